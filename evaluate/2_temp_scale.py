@@ -1,0 +1,60 @@
+"""Stage 2: fit one temperature per model on its validation split and upsert
+`<output_dir>/temperature_single_model.csv`.
+
+    python evaluate/2_temp_scale.py --predictions ./predictions/convnext_base.csv --output_dir ./calibrated
+    python evaluate/2_temp_scale.py --predictions_dir ./predictions --output_dir ./calibrated
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from utils import calibrate_temperature, tables
+from utils.calibration_runs import single_temperature_row
+from utils.cli import ArgumentParser, UserError, run_main
+from utils.prediction_io import list_prediction_files, read_predictions
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--predictions", nargs="+", metavar="FILE",
+                        help="prediction files (.npz, .csv, or official y-prediction/<ds>/<split>/raw/<model>.csv)")
+    source.add_argument("--predictions_dir", "--prediction_dir_path", metavar="DIR",
+                        help="fit every model in this predictions folder (or official y-prediction/<ds>)")
+    parser.add_argument("--output_dir", default="./calibrated", help="folder of temperature_single_model.csv")
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="with --predictions_dir: only these models")
+    parser.add_argument("--method", choices=calibrate_temperature.METHODS, default="exact",
+                        help="exact: the NLL optimum (default); official: the official grid + LBFGS(lr=0.01)")
+    return parser
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.predictions:
+        paths = [Path(p) for p in args.predictions]
+    else:
+        found = list_prediction_files(args.predictions_dir)
+        if args.models:
+            missing = [m for m in args.models if m not in found]
+            if missing:
+                raise UserError(f"--models: no prediction file for {missing} in {args.predictions_dir}")
+            found = {m: found[m] for m in args.models}
+        if not found:
+            raise UserError(f"--predictions_dir: no prediction files in {args.predictions_dir}")
+        paths = list(found.values())
+    rows = [single_temperature_row(read_predictions(path), args.method) for path in paths]      # everything is validated before writing
+    out = tables.upsert_single_temperatures(args.output_dir, rows)
+    for row in rows:
+        print(f"{row['full_name']:40s} T={row['temperature']:.4f}  NLL {row['nll_before']:.4f} -> {row['nll_after']:.4f}"
+              f"  ECE {row['ece_before']:.4f} -> {row['ece_after']:.4f}  (n_val={row['n_val']})")
+    print(f"wrote {len(rows)} row(s) to {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""Stage 3: fit the duo weights (w_large, w_small) on validation NLL and upsert
+`<output_dir>/temperature_duo.csv` (temperatures written as T = 1 / (2w); w_small = 0 is T = inf).
+
+    python evaluate/3_duo_temp_scale.py --large_model_pred ./predictions/convnext_base.csv \
+        --small_model_pred ./predictions/efficientnet_b0.csv --output_dir ./calibrated
+    python evaluate/3_duo_temp_scale.py --config configs/duos.csv --predictions_dir ./predictions
+"""
+from __future__ import annotations
+
+import sys
+
+from utils import calibrate_temperature, tables
+from utils.calibration_runs import duo_weights_row
+from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.evaluation import PredictionCache
+from utils.prediction_io import find_prediction_file
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--large_model_pred", metavar="FILE", help="prediction file of the large model")
+    parser.add_argument("--small_model_pred", metavar="FILE", help="prediction file of the sidekick")
+    parser.add_argument("--config", "--duo_csv_path", metavar="CSV", help="fit every (model_large, model_small) row")
+    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
+                        help="with --config: folder of prediction files (default ./predictions)")
+    parser.add_argument("--output_dir", default="./calibrated", help="folder of temperature_duo.csv")
+    parser.add_argument("--method", choices=calibrate_temperature.METHODS, default="exact",
+                        help="exact: the NLL optimum (default); official: grid over T then LBFGS(lr=0.01)")
+    parser.add_argument("--strict", action="store_true", help="with --config: fail on the first missing file")
+    return parser
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    pair_given = args.large_model_pred or args.small_model_pred
+    if bool(pair_given) == bool(args.config):
+        raise UserError("give either --large_model_pred and --small_model_pred, or --config DUOS_CSV")
+    cache = PredictionCache()
+    if pair_given:
+        if not (args.large_model_pred and args.small_model_pred):
+            raise UserError("--large_model_pred and --small_model_pred go together")
+        jobs = [(args.large_model_pred, args.small_model_pred)]
+    else:
+        jobs, skipped = [], []
+        for duo in tables.read_duos(args.config).itertuples():
+            paths = [find_prediction_file(args.predictions_dir, m) for m in (duo.model_large, duo.model_small)]
+            if None in paths:
+                missing = [m for m, p in zip((duo.model_large, duo.model_small), paths) if p is None]
+                if args.strict:
+                    raise UserError(f"--strict: no prediction file for {missing} in {args.predictions_dir}")
+                warn(f"{duo.model_large} + {duo.model_small}: skipped, no prediction file for {missing}")
+                skipped.append(f"{duo.model_large} + {duo.model_small}")
+                continue
+            jobs.append(tuple(paths))
+        if skipped:
+            warn(f"{len(skipped)} duo(s) skipped for missing prediction files: {', '.join(skipped)}")
+        if not jobs:
+            raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")
+    rows = [duo_weights_row(cache.get(large), cache.get(small), args.method) for large, small in jobs]
+    out = tables.upsert_duo_temperatures(args.output_dir, rows)
+    for row in rows:
+        print(f"{row['model_large']} + {row['model_small']}: w_large={row['weight_large']:.4f} "
+              f"w_small={row['weight_small']:.4f} (T_large={row['temperature_large']:.4f}, "
+              f"T_small={row['temperature_small']:.4f})  val NLL {row['val_nll']:.4f}  (n_val={row['n_val']})")
+    print(f"wrote {len(rows)} row(s) to {out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Stage 4: evaluate every single model, raw and temperature-scaled, on test and ood_test.
+
+Writes `evaluation_single_model_<dataset>.csv` (test) and `evaluation_single_model_<dataset>_ood.csv`
+(ood_test) under --output_dir, one row per model x wrapper (None, TempScaleWrapper) x uncertainty type.
+
+    python evaluate/4_evaluate_predictions.py --predictions_dir ./predictions --output_dir ./results
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from utils import tables
+from utils.calibration_runs import single_temperature_row
+from utils.cli import ArgumentParser, UserError, run_main
+from utils.evaluation import (EVAL_SPLITS, SINGLE_COLUMNS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
+                              single_model_metrics, write_results)
+from utils.prediction_io import list_prediction_files, read_predictions
+from utils.uncertainty_metrics import WeightedLogits
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
+                        help="folder of prediction files, or official y-prediction/<dataset> (default ./predictions)")
+    parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
+    parser.add_argument("--calibrated_dir", default="./calibrated",
+                        help="folder of temperature_single_model.csv from stage 2 (default ./calibrated)")
+    parser.add_argument("--backbone_csv", default="configs/backbones.csv",
+                        help="for the gflops/params columns (default configs/backbones.csv; optional)")
+    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
+                        "(default: recorded in the prediction files)")
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models")
+    parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
+                        choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
+    parser.add_argument("--fit_missing", action="store_true",
+                        help="fit missing temperatures on the val split and record them (else: error)")
+    return parser
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    files = list_prediction_files(args.predictions_dir)
+    if args.models:
+        missing = [m for m in args.models if m not in files]
+        if missing:
+            raise UserError(f"--models: no prediction file for {missing} in {args.predictions_dir}")
+        files = {m: files[m] for m in args.models}
+    if not files:
+        raise UserError(f"--predictions_dir: no prediction files in {args.predictions_dir}")
+    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    temperature_file = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
+    temperatures = tables.read_single_temperatures(temperature_file)
+    missing = [name for name in files if name not in temperatures]
+    if missing and not args.fit_missing:
+        raise UserError(f"no temperature in {temperature_file} for {missing}; run "
+                        f"`python evaluate/2_temp_scale.py --predictions_dir {args.predictions_dir} "
+                        f"--output_dir {args.calibrated_dir}` or pass --fit_missing")
+
+    rows, fitted, dataset_names = [], [], []
+    for name, path in files.items():            # one model in memory at a time
+        pset = read_predictions(path)
+        dataset_names.append(pset.dataset)
+        if name not in temperatures:
+            fitted.append(single_temperature_row(pset))
+            temperatures[name] = fitted[-1]["temperature"]
+        pset.split("test", "to evaluate the model")
+        splits = [s for s in EVAL_SPLITS if s in pset.splits]
+        descriptive = {"model": name, "gflops": tables.backbone_value(backbones, name, "GFLOPS"),
+                       "params": tables.backbone_value(backbones, name, "Params")}
+        for split in splits:
+            data = pset.splits[split]
+            for wrapper, logits in (("None", data.logits),
+                                    ("TempScaleWrapper", WeightedLogits([data.logits], [1.0 / temperatures[name]]))):
+                for uncertainty, metrics in single_model_metrics(logits, data.labels, args.uncertainty_types).items():
+                    rows.append({**metrics, **descriptive, "wrapper": wrapper, "uncertainty_type": uncertainty,
+                                 "split": split})
+        print(f"{name}: evaluated {', '.join(splits)}")
+    dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
+    if fitted:
+        tables.upsert_single_temperatures(args.calibrated_dir, fitted)
+        print(f"fitted and recorded {len(fitted)} missing temperature(s) in {temperature_file}")
+    written = write_results(args.output_dir, "single_model", dataset, rows, SINGLE_COLUMNS,
+                            ["model", "wrapper", "uncertainty_type", "split"])
+    print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

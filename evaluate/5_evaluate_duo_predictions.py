@@ -1,0 +1,145 @@
+"""Stage 5: evaluate every duo of a duos CSV in every mode and uncertainty type on test and ood_test.
+
+Writes `evaluation_duo_<dataset>.csv` (test) and `evaluation_duo_<dataset>_ood.csv` (ood_test) under
+--output_dir. Modes and uncertainty types are defined in `load_models/duo_modes.py` (contract §5).
+
+    python evaluate/5_evaluate_duo_predictions.py --config configs/duos.csv \
+        --predictions_dir ./predictions --output_dir ./results [--modes unweighted uqonly asymmetric]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs
+from utils import tables
+from utils.calibration_runs import duo_weights_row, single_temperature_row
+from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, metrics_by_uncertainty,
+                              resolve_dataset, write_results)
+from utils.prediction_io import align, find_prediction_file
+from utils.uncertainty_metrics import UNCERTAINTY_TYPES
+
+_NEEDS_SINGLE = {"unweighted_ts"}
+_NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", "--duo_csv_path", default="configs/duos.csv", metavar="CSV",
+                        help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv)")
+    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
+                        help="folder of prediction files, or official y-prediction/<dataset> (default ./predictions)")
+    parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
+    parser.add_argument("--calibrated_dir", default="./calibrated",
+                        help="folder of the stage-2/3 temperature CSVs (default ./calibrated)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="default: all five")
+    parser.add_argument("--uncertainty_types", nargs="+", default=list(UNCERTAINTY_TYPES), choices=UNCERTAINTY_TYPES,
+                        help="default: all three")
+    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
+                        "(default: recorded in the prediction files)")
+    parser.add_argument("--backbone_csv", default="configs/backbones.csv",
+                        help="fills gflops columns the duos CSV lacks (default configs/backbones.csv; optional)")
+    parser.add_argument("--strict", action="store_true", help="fail on the first duo with a missing prediction file")
+    parser.add_argument("--fit_missing", action="store_true",
+                        help="fit missing temperatures/weights on the val split and record them (else: error)")
+    return parser
+
+
+def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list[str]]:
+    jobs, skipped = [], []
+    for duo in duos.itertuples(index=False):
+        names = (duo.model_large, duo.model_small)
+        paths = [find_prediction_file(predictions_dir, name) for name in names]
+        missing = [name for name, path in zip(names, paths) if path is None]
+        if missing:
+            if strict:
+                raise UserError(f"--strict: {duo.model_large} + {duo.model_small}: no prediction file for "
+                                f"{missing} in {predictions_dir}")
+            warn(f"{duo.model_large} + {duo.model_small}: skipped, no prediction file for {missing} in {predictions_dir}")
+            skipped.append(f"{duo.model_large} + {duo.model_small}")
+            continue
+        jobs.append((duo, paths[0], paths[1]))
+    return jobs, skipped
+
+
+def check_temperatures(jobs, modes, singles: dict, weights: dict, args) -> None:
+    """Fail before any work when a needed temperature is missing (unless --fit_missing)."""
+    if args.fit_missing:
+        return
+    for duo, _, _ in jobs:
+        pair = f"{duo.model_large} + {duo.model_small}"
+        if _NEEDS_DUO & set(modes) and (duo.model_large, duo.model_small) not in weights:
+            raise UserError(f"no duo weights for {pair} in {args.calibrated_dir}/{tables.DUO_TEMPERATURE_FILE}; run "
+                            f"`python evaluate/3_duo_temp_scale.py --config {args.config} --predictions_dir "
+                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
+        lacking = [m for m in (duo.model_large, duo.model_small) if m not in singles]
+        if _NEEDS_SINGLE & set(modes) and lacking:
+            raise UserError(f"{pair}: no single-model temperature for {lacking} in {args.calibrated_dir}/"
+                            f"{tables.SINGLE_TEMPERATURE_FILE}; run `python evaluate/2_temp_scale.py --predictions_dir "
+                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    duos = tables.read_duos(args.config, backbones)
+    singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
+    weights = tables.read_duo_weights(Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
+    jobs, skipped = find_duo_files(duos, args.predictions_dir, args.strict)
+    check_temperatures(jobs, args.modes, singles, weights, args)
+
+    cache = PredictionCache()
+    rows, fitted_single, fitted_duo, dataset_names = [], [], [], []
+    for duo, large_path, small_path in sorted(jobs, key=lambda job: job[0].model_large):
+        large, small = cache.get(large_path), cache.get(small_path)
+        dataset_names += [large.dataset, small.dataset]
+        for model, pset in ((duo.model_large, large), (duo.model_small, small)):
+            if _NEEDS_SINGLE & set(args.modes) and model not in singles:
+                fitted_single.append(single_temperature_row(pset))
+                singles[model] = fitted_single[-1]["temperature"]
+        if _NEEDS_DUO & set(args.modes) and (duo.model_large, duo.model_small) not in weights:
+            fitted_duo.append(duo_weights_row(large, small))
+            weights[(duo.model_large, duo.model_small)] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
+        temps = DuoTemperatures(singles.get(duo.model_large, 1.0), singles.get(duo.model_small, 1.0),
+                                *weights.get((duo.model_large, duo.model_small), (0.5, 0.5)))
+        large.split("test", "to evaluate the duo")
+        descriptive = {"model_large": duo.model_large, "model_small": duo.model_small,
+                       "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,
+                       "gflops_balance": duo.gflops_balance}
+        for split in EVAL_SPLITS:
+            if split not in large.splits:
+                continue
+            if split not in small.splits:
+                warn(f"{duo.model_large} + {duo.model_small}: {small.source} has no '{split}' split; skipped it")
+                continue
+            data_large = large.splits[split]
+            data_small = align(data_large, small.splits[split], large.source, small.source, split)
+            outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types)
+            for mode, out in outputs.items():
+                scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
+                for uncertainty, metrics in scored.items():
+                    rows.append({**metrics, **descriptive, "mode": mode, "uncertainty_type": uncertainty, "split": split})
+        print(f"{duo.model_large} + {duo.model_small}: evaluated {len(args.modes)} mode(s)")
+
+    if skipped:
+        warn(f"{len(skipped)} duo(s) skipped for missing prediction files: {', '.join(skipped)}")
+    if not rows:
+        raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
+    dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
+    if fitted_single:
+        tables.upsert_single_temperatures(args.calibrated_dir, fitted_single)
+    if fitted_duo:
+        tables.upsert_duo_temperatures(args.calibrated_dir, fitted_duo)
+    written = write_results(args.output_dir, "duo", dataset, rows, DUO_COLUMNS,
+                            ["model_large", "model_small", "mode", "uncertainty_type", "split"])
+    print(f"wrote {len(rows)} row(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

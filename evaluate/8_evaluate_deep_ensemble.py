@@ -1,0 +1,129 @@
+"""Stage 8: the paper's deep-ensemble baseline, pool-then-calibrate (paper Appendix A.5).
+
+From K prediction files of one architecture, draw --subsets random subsets of each size in --sizes
+(all subsets when there are fewer), average the members' logits, fit one temperature on val, and
+evaluate test and ood_test. Writes per-subset rows plus `subset=mean` and `subset=std` rows to
+`evaluation_deep_ensemble_<dataset>.csv` and `..._ood.csv`.
+
+    python evaluate/8_evaluate_deep_ensemble.py --members preds/ResNet50_s*.npz --sizes 2 5 8 \
+        --subsets 32 --output_dir ./results
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils import calibrate_temperature
+from utils.cli import ArgumentParser, UserError, run_main
+from utils.evaluation import (ENSEMBLE_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
+                              single_model_metrics, write_results)
+from utils.prediction_io import align, find_prediction_file, read_predictions
+from utils.uncertainty_metrics import METRIC_COLUMNS, WeightedLogits
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--members", nargs="+", required=True, metavar="FILE_OR_MODEL",
+                        help="member prediction files, or model names inside --predictions_dir")
+    parser.add_argument("--predictions_dir", "--prediction_dir", default="./predictions", metavar="DIR",
+                        help="where member model names are looked up (default ./predictions)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=[2, 5], help="ensemble sizes m (default 2 5)")
+    parser.add_argument("--subsets", type=int, default=32, help="random subsets per size (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    parser.add_argument("--name", help="label in the 'model' column (default: the members' common name prefix)")
+    parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
+    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
+                        "(default: recorded in the prediction files)")
+    parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
+                        choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
+    parser.add_argument("--method", choices=calibrate_temperature.METHODS, default="exact",
+                        help="temperature fit: exact optimum (default) or the official grid + LBFGS")
+    return parser
+
+
+def draw_subsets(num_members: int, size: int, count: int, seed: int) -> list[tuple[int, ...]]:
+    """`count` distinct sorted index subsets of `size` (all of them when fewer exist), reproducibly."""
+    total = math.comb(num_members, size)
+    if total <= count:
+        return list(itertools.combinations(range(num_members), size))
+    rng = np.random.default_rng([seed, num_members, size])
+    chosen: dict[tuple[int, ...], None] = {}
+    while len(chosen) < count:
+        chosen.setdefault(tuple(sorted(rng.choice(num_members, size, replace=False).tolist())), None)
+    return list(chosen)
+
+
+def resolve_member(entry: str, predictions_dir: str) -> Path:
+    if os.path.sep in entry or entry.endswith((".npz", ".csv")):
+        return Path(entry)
+    found = find_prediction_file(predictions_dir, entry)
+    if found is None:
+        raise UserError(f"--members: no prediction file for '{entry}' in {predictions_dir}")
+    return found
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.subsets < 1:
+        raise UserError("--subsets must be at least 1")
+    members = [read_predictions(resolve_member(entry, args.predictions_dir)) for entry in args.members]
+    if len({m.model for m in members}) != len(members):
+        raise UserError("--members: the same model is listed twice")
+    bad_sizes = [m for m in args.sizes if not 1 <= m <= len(members)]
+    if bad_sizes:
+        raise UserError(f"--sizes: {bad_sizes} not in [1, {len(members)}] (the number of --members)")
+    reference = members[0]
+    splits = {}
+    for split in ("val",) + EVAL_SPLITS:
+        if split not in reference.splits:
+            if split in ("val", "test"):
+                reference.split(split, "to fit and evaluate the ensemble")
+            continue
+        base = reference.splits[split]
+        splits[split] = [base] + [align(base, m.split(split, "like the first member"), reference.source, m.source, split)
+                                  for m in members[1:]]
+    name = args.name or os.path.commonprefix([m.model for m in members]).rstrip("_-.") or "deep_ensemble"
+    dataset = resolve_dataset(args.dataset, [m.dataset for m in members], args.predictions_dir)
+
+    rows = []
+    for size in args.sizes:
+        subsets = draw_subsets(len(members), size, args.subsets, args.seed)
+        for number, subset in enumerate(subsets):
+            val_mean = WeightedLogits([splits["val"][i].logits for i in subset], [1.0 / size] * size).materialise()
+            temperature = calibrate_temperature.fit_temperature(val_mean.numpy(), splits["val"][0].labels,
+                                                                method=args.method).temperature
+            label = "+".join(members[i].model for i in subset)
+            for split in EVAL_SPLITS:
+                if split not in splits:
+                    continue
+                pooled = WeightedLogits([splits[split][i].logits for i in subset], [1.0 / (size * temperature)] * size)
+                for uncertainty, metrics in single_model_metrics(pooled, splits[split][0].labels,
+                                                                 args.uncertainty_types).items():
+                    rows.append({**metrics, "model": name, "m": size, "subset": str(number), "members": label,
+                                 "uncertainty_type": uncertainty, "split": split})
+        print(f"m={size}: {len(subsets)} subset(s) evaluated")
+    frame = pd.DataFrame(rows)
+    summaries = []
+    for (size, uncertainty, split), group in frame.groupby(["m", "uncertainty_type", "split"], sort=False):
+        for statistic, values in (("mean", group[METRIC_COLUMNS].mean()),
+                                  ("std", group[METRIC_COLUMNS].std(ddof=1))):     # NaN for one subset
+            summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
+                              "uncertainty_type": uncertainty, "split": split})
+    written = write_results(args.output_dir, "deep_ensemble", dataset, rows + summaries, ENSEMBLE_COLUMNS,
+                            ["model", "m", "subset", "uncertainty_type", "split"])
+    print(f"wrote {len(rows) + len(summaries)} row(s) to {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

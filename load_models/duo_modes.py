@@ -1,0 +1,99 @@
+"""What each duo mode means (contract §5): member logits + temperatures -> p, prediction, uncertainty.
+
+The single definition used online by `DuoWrapper` and offline by stage 5. With large logits l,
+small logits s, stage-2 temperatures T^single and stage-3 duo weights w (z_duo = w_l l + w_s s):
+
+| mode            | p                                   | prediction | softmax-response uncertainty |
+| unweighted      | softmax((l + s) / 2)                | argmax p   | 1 - max p                    |
+| unweighted_ts   | softmax((l/T_l + s/T_s) / 2), single| argmax p   | 1 - max p                    |
+| uqonly          | softmax(z_duo)                      | argmax l   | 1 - p[argmax l]              |
+| asymmetric      | softmax(z_duo)  (the paper)         | argmax p   | 1 - max p                    |
+| asymmetric_code | softmax(z_duo)  (official script)   | argmax p   | 1 - p[argmax l]              |
+
+Every mode also reports `entropy` = H(p) and `kl_disagreement` = its softmax-response uncertainty
++ 0.1 * KL(p_s || p_l), with p_l, p_s the members' probabilities under the mode's own scaling
+(1 for unweighted, 1/T^single for unweighted_ts, 1/T^duo = 2w for the duo modes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from utils import uncertainty_metrics as um
+
+MODES = ("unweighted", "unweighted_ts", "uqonly", "asymmetric", "asymmetric_code")
+_COMBINATION = {"unweighted": "raw", "unweighted_ts": "single", "uqonly": "duo",
+                "asymmetric": "duo", "asymmetric_code": "duo"}
+_PREDICT_WITH_LARGE = {"uqonly"}
+_UNCERTAINTY_AT_LARGE = {"uqonly", "asymmetric_code"}
+
+
+@dataclass(frozen=True)
+class DuoTemperatures:
+    """Single-model temperatures (stage 2) and duo weights (stage 3; w = 1 / (2 T^duo))."""
+    single_large: float = 1.0
+    single_small: float = 1.0
+    weight_large: float = 0.5
+    weight_small: float = 0.5
+
+
+@dataclass
+class ModeOutput:
+    logits: um.WeightedLogits           # z with p = softmax(z)
+    stats: um.SoftmaxStats
+    predictions: np.ndarray
+    uncertainty: dict[str, np.ndarray]  # by uncertainty type
+
+
+def member_scales(mode: str, temps: DuoTemperatures) -> tuple[float, float]:
+    """Per-member multipliers defining the mode's scaled member logits; z averages them."""
+    kind = _COMBINATION[mode]
+    if kind == "raw":
+        return 1.0, 1.0
+    if kind == "single":
+        return 1.0 / temps.single_large, 1.0 / temps.single_small
+    return 2.0 * temps.weight_large, 2.0 * temps.weight_small
+
+
+def combined_logits(logits_large, logits_small, mode: str, temps: DuoTemperatures) -> um.WeightedLogits:
+    scale_large, scale_small = member_scales(mode, temps)
+    return um.WeightedLogits([logits_large, logits_small], [scale_large / 2.0, scale_small / 2.0])
+
+
+def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
+                uncertainty_types=um.UNCERTAINTY_TYPES) -> dict[str, ModeOutput]:
+    """Evaluate several modes at once, computing each distinct probability vector only once."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ValueError(f"unknown duo mode(s) {unknown}; choose from {', '.join(MODES)}")
+    large, small = um.as_weighted(logits_large).members[0], um.as_weighted(logits_small).members[0]
+    large_argmax = torch.argmax(large, dim=1).numpy()
+    cache: dict[str, tuple] = {}
+    outputs = {}
+    for mode in modes:
+        kind = _COMBINATION[mode]
+        if kind not in cache:
+            z = combined_logits(large, small, mode, temps)
+            cache[kind] = (z, um.softmax_stats(z), {})
+        z, stats, kl_cache = cache[kind]
+        predictions = large_argmax if mode in _PREDICT_WITH_LARGE else stats.argmax
+        at = large_argmax if mode in _UNCERTAINTY_AT_LARGE else None
+        response = um.softmax_response(z, stats, at=at)
+        uncertainty = {}
+        for kind_u in uncertainty_types:
+            if kind_u == "softmax_response":
+                uncertainty[kind_u] = response
+            elif kind_u == "entropy":
+                uncertainty[kind_u] = um.entropy(stats)
+            elif kind_u == "kl_disagreement":
+                if "kl" not in kl_cache:
+                    scale_large, scale_small = member_scales(mode, temps)
+                    kl_cache["kl"] = um.kl_divergence(um.WeightedLogits([small], [scale_small]),
+                                                      um.WeightedLogits([large], [scale_large]))
+                uncertainty[kind_u] = um.kl_disagreement(response, kl_cache["kl"])
+            else:
+                raise ValueError(f"unknown uncertainty type '{kind_u}'; choose from {um.UNCERTAINTY_TYPES}")
+        outputs[mode] = ModeOutput(logits=z, stats=stats, predictions=predictions, uncertainty=uncertainty)
+    return outputs

@@ -1,0 +1,41 @@
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def stage(capsys):
+    """Run a stage script's main(argv) in-process: stage('evaluate/2_temp_scale.py', *args) -> (code, out, err)."""
+    def run(script: str, *args) -> tuple[int, str, str]:
+        module = importlib.import_module(script[:-3].replace("/", "."))
+        try:
+            code = module.main([str(a) for a in args])
+        except SystemExit as exc:          # argparse errors and --help
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return run
+
+
+def run_cli(script: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a stage exactly as a user does: `python <script> args...` in a fresh interpreter."""
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def snapshot(*folders: Path) -> dict:
+    """Every file under the folders with its bytes, to prove a failing stage changed nothing."""
+    state = {}
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")) if Path(folder).exists() else []:
+            if path.is_file():
+                state[str(path)] = path.read_bytes()
+    return state

@@ -1,0 +1,116 @@
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize, minimize_scalar
+
+from utils import calibrate_temperature as ct
+from utils.cli import UserError
+
+
+def synthetic(n=1500, k=20, seed=0, scale_large=1.0, scale_small=1.0, small_informative=True):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    shared = 0.5 * rng.normal(size=(n, k))
+    large = shared + 0.7 * rng.normal(size=(n, k))
+    large[np.arange(n), labels] += 2.0
+    small = (shared if small_informative else 0) + rng.normal(size=(n, k))
+    # an informative sidekick leans towards the label; a useless one slightly away from it, so the
+    # unconstrained optimum has w_small < 0 and the constrained one sits on the boundary w_small = 0
+    small[np.arange(n), labels] += 1.2 if small_informative else -0.3
+    return (scale_large * large).astype(np.float32), (scale_small * small).astype(np.float32), labels
+
+
+def reference_single(logits, labels):
+    """Dense grid over log T, then a bounded scalar refinement around the best grid point."""
+    grid = np.linspace(np.log(1e-3), np.log(1e3), 801)
+    values = [ct.nll_at([logits], labels, [np.exp(-g)]) for g in grid]
+    i = int(np.argmin(values))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    res = minimize_scalar(lambda g: ct.nll_at([logits], labels, [np.exp(-g)]), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-12})
+    return min(res.fun, values[i])
+
+
+def reference_duo(large, small, labels):
+    """Dense grid over (w_large, w_small) >= 0 including the boundary, then bounded L-BFGS-B."""
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 20, 30)])
+    best = min(((ct.nll_at([large, small], labels, [a, b]), a, b) for a in grid for b in grid))
+    res = minimize(lambda w: ct.nll_at([large, small], labels, w), [best[1], best[2]], method="L-BFGS-B",
+                   bounds=[(0, None), (0, None)], options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 1000})
+    return min(res.fun, best[0]), res.x
+
+
+@pytest.mark.parametrize("scale", [0.2, 1.0, 8.0], ids=["under-confident", "moderate", "over-confident"])
+def test_single_temperature_reaches_optimum(scale):
+    logits, _, labels = synthetic(seed=1, scale_large=scale)
+    fit = ct.fit_temperature(logits, labels)
+    assert fit.converged
+    assert fit.nll_after == pytest.approx(ct.nll_at([logits], labels, [1 / fit.temperature]), abs=1e-12)
+    assert abs(fit.nll_after - reference_single(logits, labels)) <= 1e-7
+    assert (fit.temperature > 1) == (scale > 1.5)        # over-confident logits are cooled, under- heated
+    assert fit.nll_before == pytest.approx(ct.nll_at([logits], labels, [1.0]))
+
+
+@pytest.mark.parametrize("case", ["moderate", "over-confident", "under-confident", "useless-sidekick"])
+def test_duo_weights_reach_optimum(case):
+    kwargs = {"moderate": {}, "over-confident": {"scale_large": 6.0, "scale_small": 4.0},
+              "under-confident": {"scale_large": 0.15, "scale_small": 0.2},
+              "useless-sidekick": {"small_informative": False}}[case]
+    large, small, labels = synthetic(seed=2, **kwargs)
+    fit = ct.fit_duo_weights(large, small, labels)
+    reference, reference_w = reference_duo(large, small, labels)
+    assert fit.converged
+    assert fit.weight_large >= 0 and fit.weight_small >= 0
+    assert abs(fit.nll - reference) <= 1e-7
+    if case == "useless-sidekick":
+        # the optimum reverts to the large model: w_small = 0 exactly, T_small = inf
+        assert reference_w[1] < 1e-6
+        assert fit.weight_small == 0.0 and math.isinf(fit.temperature_small)
+    else:
+        assert fit.weight_small > 0
+
+
+def test_duo_not_worse_than_its_members_or_unweighted():
+    large, small, labels = synthetic(seed=3)
+    fit = ct.fit_duo_weights(large, small, labels)
+    single = ct.fit_temperature(large, labels)
+    assert fit.nll <= single.nll_after + 1e-12
+    assert fit.nll <= ct.nll_at([large, small], labels, [0.5, 0.5])
+
+
+def test_fit_is_deterministic():
+    large, small, labels = synthetic(seed=4)
+    assert ct.fit_duo_weights(large, small, labels) == ct.fit_duo_weights(large, small, labels)
+
+
+def test_temperature_weight_conversion():
+    assert ct.weight_to_temperature(0.25) == 2.0
+    assert ct.temperature_to_weight(2.0) == 0.25
+    assert math.isinf(ct.weight_to_temperature(0.0)) and ct.temperature_to_weight(math.inf) == 0.0
+
+
+def test_official_method_follows_grid_then_lbfgs():
+    large, small, labels = synthetic(seed=5)
+    official = ct.fit_duo_weights(large, small, labels, method="official")
+    exact = ct.fit_duo_weights(large, small, labels)
+    assert official.method == "official"
+    assert 0.05 <= official.temperature_large <= 6 and 0.05 <= official.temperature_small <= 6
+    assert exact.nll <= official.nll + 1e-9
+    single = ct.fit_temperature(large, labels, method="official")
+    assert single.temperature > 0 and single.nll_after <= single.nll_before
+
+
+def test_official_cannot_reach_reverting_to_large():
+    large, small, labels = synthetic(seed=6, small_informative=False)
+    official = ct.fit_duo_weights(large, small, labels, method="official")
+    exact = ct.fit_duo_weights(large, small, labels)
+    assert exact.weight_small == 0.0
+    assert official.weight_small > 0            # the grid caps T at 4.85, i.e. w_small >= 0.1
+    assert exact.nll < official.nll
+
+
+def test_unknown_method_is_a_user_error():
+    large, small, labels = synthetic(n=50, seed=7)
+    with pytest.raises(UserError, match="--method"):
+        ct.fit_temperature(large, labels, method="newton")

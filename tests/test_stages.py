@@ -1,0 +1,324 @@
+"""Stages 2-5 and 8 end to end on synthetic prediction files, through their command lines."""
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs
+from tests.conftest import run_cli, snapshot
+from tests.helpers import make_duo_logits, permuted, write_official, write_set
+from utils import calibrate_temperature as ct
+from utils import uncertainty_metrics as um
+
+S2, S3, S4, S5, S8 = ("evaluate/2_temp_scale.py", "evaluate/3_duo_temp_scale.py", "evaluate/4_evaluate_predictions.py",
+                      "evaluate/5_evaluate_duo_predictions.py", "evaluate/8_evaluate_deep_ensemble.py")
+LARGE, SMALL = "convnext_base", "efficientnet_b0"
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A user's working folder: ./predictions with a large model and a permuted sidekick (CSV), a duos CSV."""
+    sets = make_duo_logits(num_classes=6, models=(LARGE, SMALL), quality=(2.5, 1.8), scale=(2.5, 1.0))
+    (tmp_path / "predictions").mkdir()
+    write_set(sets[LARGE], tmp_path / "predictions", ".csv")
+    write_set(permuted(sets[SMALL]), tmp_path / "predictions", ".csv")
+    pd.DataFrame({"model_large": [LARGE], "model_small": [SMALL], "gflops_large": [15.36],
+                  "gflops_small": [0.39]}).to_csv(tmp_path / "duos.csv", index=False)
+    return tmp_path, sets
+
+
+def test_readme_command_lines(workdir):
+    root, sets = workdir
+    steps = [
+        (S2, "--predictions", f"./predictions/{LARGE}.csv", f"./predictions/{SMALL}.csv", "--output_dir", "./calibrated"),
+        (S3, "--large_model_pred", f"./predictions/{LARGE}.csv", "--small_model_pred", f"./predictions/{SMALL}.csv",
+         "--output_dir", "./calibrated"),
+        (S4, "--predictions_dir", "./predictions", "--output_dir", "./results", "--dataset", "synthetic"),
+        (S5, "--config", "duos.csv", "--predictions_dir", "./predictions", "--output_dir", "./results"),
+    ]
+    for script, *args in steps:
+        result = run_cli(script, *args, cwd=root)
+        assert result.returncode == 0, result.stderr
+    # CSV prediction files carry no metadata: results are named after the predictions folder
+    assert "naming the results after the folder 'predictions'" in result.stderr
+    single = pd.read_csv(root / "calibrated" / "temperature_single_model.csv")
+    assert list(single.columns) == ["full_name", "temperature", "nll_before", "nll_after", "ece_before", "ece_after", "n_val"]
+    assert set(single.full_name) == {LARGE, SMALL} and (single.nll_after <= single.nll_before).all()
+    duo_t = pd.read_csv(root / "calibrated" / "temperature_duo.csv")
+    assert list(duo_t.columns) == ["model_large", "model_small", "temperature_large", "temperature_small",
+                                   "weight_large", "weight_small", "val_nll", "n_val"]
+    row = duo_t.iloc[0]
+    assert row.temperature_large == pytest.approx(1 / (2 * row.weight_large))
+
+    # the duo results equal a direct computation on id-aligned arrays
+    duo = pd.read_csv(root / "results" / "evaluation_duo_predictions.csv")
+    assert len(duo) == len(MODES) * 3 and set(duo["mode"]) == set(MODES)
+    assert list(duo.columns[:20]) == list(um.METRIC_COLUMNS)
+    assert duo.gflops_balance.iloc[0] == pytest.approx(0.39 / 15.36)
+    temps = dict(zip(single.full_name, single.temperature))
+    expected_temps = DuoTemperatures(temps[LARGE], temps[SMALL], row.weight_large, row.weight_small)
+    test_large, test_small = sets[LARGE].splits["test"], sets[SMALL].splits["test"]
+    outputs = duo_outputs(test_large.logits, test_small.logits, expected_temps)
+    for mode in MODES:
+        out = outputs[mode]
+        expected = um.compute_metrics(out.logits, test_large.labels, out.predictions, out.uncertainty["entropy"])
+        got = duo[(duo["mode"] == mode) & (duo.uncertainty_type == "entropy")].iloc[0]
+        for column in um.METRIC_COLUMNS:
+            assert got[column] == pytest.approx(expected[column], abs=1e-12, nan_ok=True), (mode, column)
+    assert (root / "results" / "evaluation_duo_predictions_ood.csv").exists()
+    singles = pd.read_csv(root / "results" / "evaluation_single_model_synthetic.csv", keep_default_na=False)
+    assert set(singles.wrapper) == {"None", "TempScaleWrapper"} and len(singles) == 2 * 2 * 2
+
+
+def test_permuted_rows_give_identical_results(workdir, stage):
+    root, sets = workdir
+    aligned = root / "aligned"
+    aligned.mkdir()
+    write_set(sets[LARGE], aligned, ".npz")
+    write_set(sets[SMALL], aligned, ".npz")
+    results = {}
+    for folder in ("predictions", "aligned"):
+        cal, out = root / f"cal_{folder}", root / f"out_{folder}"
+        assert stage(S3, "--config", root / "duos.csv", "--predictions_dir", root / folder, "--output_dir", cal)[0] == 0
+        assert stage(S2, "--predictions_dir", root / folder, "--output_dir", cal)[0] == 0
+        assert stage(S5, "--config", root / "duos.csv", "--predictions_dir", root / folder, "--output_dir", out,
+                     "--calibrated_dir", cal, "--dataset", "d")[0] == 0
+        results[folder] = pd.read_csv(out / "evaluation_duo_d.csv")
+    pd.testing.assert_frame_equal(results["predictions"], results["aligned"])
+
+
+def test_official_layout_through_every_stage(tmp_path, stage):
+    sets = make_duo_logits(num_classes=5, models=(LARGE, SMALL), quality=(2.5, 1.8))
+    root = tmp_path / "y-prediction" / "caltech256"
+    for pset in sets.values():
+        write_official(pset, root)
+    duos = tmp_path / "duos.csv"
+    duos.write_text(f"model_large,model_small,gflops_large,gflops_small,gflops_balance\n{LARGE},{SMALL},15.36,0.39,0.0254\n")
+    cal, out = tmp_path / "cal", tmp_path / "out"
+    assert stage(S2, "--prediction_dir_path", root / "val" / "raw", "--output_dir", cal)[0] == 0
+    assert stage(S3, "--duo_csv_path", duos, "--prediction_dir_path", root, "--output_dir", cal)[0] == 0
+    assert stage(S4, "--prediction_dir_path", root, "--save_dir", out, "--calibrated_dir", cal)[0] == 0
+    code, stdout, err = stage(S5, "--duo_csv_path", duos, "--prediction_dir_path", root, "--save_dir", out,
+                              "--calibrated_dir", cal, "--modes", "unweighted", "uqonly", "asymmetric")
+    assert code == 0, err
+    duo = pd.read_csv(out / "evaluation_duo_caltech256.csv")
+    assert set(duo["mode"]) == {"unweighted", "uqonly", "asymmetric"}
+    assert duo.gflops_balance.iloc[0] == 0.0254         # given balance is kept, not recomputed
+    assert (out / "evaluation_single_model_caltech256_ood.csv").exists()
+
+
+def test_official_temperature_csv_is_accepted(workdir, stage):
+    root, sets = workdir
+    cal = root / "cal"
+    cal.mkdir()
+    (cal / "temperature_duo.csv").write_text(f"model_large,model_small,temperature_large,temperature_small\n"
+                                             f"{LARGE},{SMALL},1.25,2.5\n")
+    code, _, err = stage(S5, "--config", root / "duos.csv", "--predictions_dir", root / "predictions", "--output_dir",
+                         root / "out", "--calibrated_dir", cal, "--modes", "asymmetric", "--dataset", "d")
+    assert code == 0, err
+    got = pd.read_csv(root / "out" / "evaluation_duo_d.csv")
+    large, small = sets[LARGE].splits["test"], sets[SMALL].splits["test"]
+    z = large.logits.astype(np.float64) / 1.25 / 2 + small.logits.astype(np.float64) / 2.5 / 2
+    expected = um.compute_metrics(z, large.labels)
+    assert got[got.uncertainty_type == "softmax_response"].NLL.iloc[0] == pytest.approx(expected["NLL"], abs=1e-9)
+
+
+def test_method_official_is_recorded_and_worse_or_equal(workdir, stage):
+    root, _ = workdir
+    args = ["--large_model_pred", root / "predictions" / f"{LARGE}.csv", "--small_model_pred",
+            root / "predictions" / f"{SMALL}.csv"]
+    assert stage(S3, *args, "--output_dir", root / "exact")[0] == 0
+    assert stage(S3, *args, "--output_dir", root / "official", "--method", "official")[0] == 0
+    exact = pd.read_csv(root / "exact" / "temperature_duo.csv").val_nll.iloc[0]
+    official = pd.read_csv(root / "official" / "temperature_duo.csv").val_nll.iloc[0]
+    assert exact <= official + 1e-12
+
+
+def test_upsert_keeps_other_rows(workdir, stage):
+    root, _ = workdir
+    cal = root / "cal"
+    assert stage(S2, "--predictions_dir", root / "predictions", "--output_dir", cal)[0] == 0
+    before = pd.read_csv(cal / "temperature_single_model.csv")
+    assert stage(S2, "--predictions", root / "predictions" / f"{SMALL}.csv", "--output_dir", cal)[0] == 0
+    after = pd.read_csv(cal / "temperature_single_model.csv")
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_missing_temperatures(workdir, stage):
+    root, _ = workdir
+    args = ["--config", root / "duos.csv", "--predictions_dir", root / "predictions", "--output_dir", root / "out",
+            "--calibrated_dir", root / "cal", "--dataset", "d"]
+    code, _, err = stage(S5, *args)
+    assert code != 0 and "3_duo_temp_scale.py" in err and f"{LARGE} + {SMALL}" in err
+    assert not (root / "out").exists()
+    code, _, err = stage(S5, *args, "--fit_missing")
+    assert code == 0, err
+    weights = pd.read_csv(root / "cal" / "temperature_duo.csv")
+    assert len(weights) == 1 and len(pd.read_csv(root / "cal" / "temperature_single_model.csv")) == 2
+
+
+def test_missing_prediction_files_are_skipped_and_listed(workdir, stage):
+    root, _ = workdir
+    duos = root / "duos3.csv"
+    duos.write_text(f"model_large,model_small\n{LARGE},{SMALL}\n{LARGE},ghost_a\nghost_b,{SMALL}\n")
+    args = ["--config", duos, "--predictions_dir", root / "predictions", "--output_dir", root / "out", "--dataset", "d",
+            "--fit_missing", "--calibrated_dir", root / "cal"]
+    code, _, err = stage(S5, *args)
+    assert code == 0
+    assert err.count("skipped, no prediction file") == 2 and "2 duo(s) skipped" in err
+    assert len(pd.read_csv(root / "out" / "evaluation_duo_d.csv")) == len(MODES) * 3
+    code, _, err = stage(S5, *args, "--strict")
+    assert code != 0 and "ghost_a" in err
+    nothing = root / "duos_none.csv"
+    nothing.write_text("model_large,model_small\nghost_a,ghost_b\n")
+    code, _, err = stage(S5, "--config", nothing, "--predictions_dir", root / "predictions", "--output_dir", root / "o2")
+    assert code != 0 and "nothing evaluated" in err
+
+
+def test_deep_ensemble_pool_then_calibrate(tmp_path, stage):
+    members = []
+    for seed in range(5):
+        pset = make_duo_logits(num_classes=4, seed=100 + seed, models=(f"ResNet50_s{seed}", "unused"))[f"ResNet50_s{seed}"]
+        # the same samples and labels for every member: reuse seed 100's labels and ids
+        members.append(pset)
+    reference = members[0]
+    for pset in members[1:]:
+        for name, split in pset.splits.items():
+            split.labels = reference.splits[name].labels
+            split.ids = reference.splits[name].ids
+    paths = [write_set(p, tmp_path / "preds") for p in members]
+    args = ["--members", *paths, "--sizes", 1, 2, 5, "--subsets", 4, "--output_dir", tmp_path / "out", "--seed", 3]
+    code, _, err = stage(S8, *args)
+    assert code == 0, err
+    frame = pd.read_csv(tmp_path / "out" / "evaluation_deep_ensemble_synthetic.csv")
+    per_subset = frame[~frame.subset.isin(["mean", "std"])]
+    counts = per_subset[per_subset.uncertainty_type == "softmax_response"].groupby("m").size().to_dict()
+    assert counts == {1: 4, 2: 4, 5: 1}            # C(5,5) = 1 < 4: every subset, once
+    assert set(frame.model) == {"ResNet50_s"}
+    # one m=2 subset recomputed by hand: average logits, fit T on val, evaluate test
+    row = per_subset[(per_subset.m == 2) & (per_subset.uncertainty_type == "softmax_response")].iloc[0]
+    chosen = [next(p for p in members if p.model == name) for name in row.members.split("+")]
+    val = sum(p.splits["val"].logits.astype(np.float64) for p in chosen) / 2
+    temperature = ct.fit_temperature(val, reference.splits["val"].labels).temperature
+    test = sum(p.splits["test"].logits.astype(np.float64) for p in chosen) / 2 / temperature
+    assert row.NLL == pytest.approx(um.compute_metrics(test, reference.splits["test"].labels)["NLL"], abs=1e-12)
+    mean_row = frame[(frame.subset == "mean") & (frame.m == 2) & (frame.uncertainty_type == "softmax_response")].iloc[0]
+    m2 = per_subset[(per_subset.m == 2) & (per_subset.uncertainty_type == "softmax_response")]
+    assert mean_row.Acc == pytest.approx(m2.Acc.mean())
+    # reproducible: the same seed draws the same subsets
+    shutil.rmtree(tmp_path / "out")
+    assert stage(S8, *args)[0] == 0
+    again = pd.read_csv(tmp_path / "out" / "evaluation_deep_ensemble_synthetic.csv")
+    pd.testing.assert_frame_equal(frame, again)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _valid_outputs(root, stage):
+    """Populate calibrated/ and results/ from a good run, so a failing run must leave them unchanged."""
+    cal, out = root / "calibrated", root / "results"
+    assert stage(S2, "--predictions_dir", root / "predictions", "--output_dir", cal)[0] == 0
+    assert stage(S3, "--config", root / "duos.csv", "--predictions_dir", root / "predictions", "--output_dir", cal)[0] == 0
+    assert stage(S5, "--config", root / "duos.csv", "--predictions_dir", root / "predictions", "--output_dir", out,
+                 "--calibrated_dir", cal, "--dataset", "d")[0] == 0
+    return cal, out
+
+
+def _rewrite_csv(path, edit):
+    frame = pd.read_csv(path, dtype={"sample_id": str})
+    edit(frame)
+    frame.to_csv(path, index=False)
+
+
+def _bad_cases(root, sets):
+    preds = root / "predictions"
+    large_csv, small_csv = preds / f"{LARGE}.csv", preds / f"{SMALL}.csv"
+    bad = root / "bad"
+    bad.mkdir()
+
+    def pair(large, small):
+        return [S3, "--large_model_pred", large, "--small_model_pred", small, "--output_dir", root / "calibrated"]
+
+    def duo_eval(predictions_dir, config=root / "duos.csv", calibrated=root / "calibrated"):
+        return [S5, "--config", config, "--predictions_dir", predictions_dir, "--output_dir", root / "results",
+                "--calibrated_dir", calibrated, "--dataset", "d"]
+
+    def fit_single(path):
+        return [S2, "--predictions", path, "--output_dir", root / "calibrated"]
+
+    def variant(name, edit_set=None, edit_frame=None, suffix=".csv", model=SMALL):
+        folder = bad / name
+        folder.mkdir()
+        shutil.copy(large_csv, folder)
+        pset = make_duo_logits(num_classes=6, models=(LARGE, SMALL), quality=(2.5, 1.8), scale=(2.5, 1.0))[model]
+        if edit_set:
+            edit_set(pset)
+        path = write_set(pset, folder, suffix)
+        if edit_frame:
+            _rewrite_csv(path, edit_frame)
+        return folder, path
+
+    cases = {}
+    cases["missing file"] = (fit_single(preds / "nope.npz"), "nope.npz")
+    corrupt = bad / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    cases["corrupt npz"] = (fit_single(corrupt), "corrupt.npz")
+    folder, path = variant("text", edit_frame=lambda f: f.__setitem__("3", f["3"].astype(object).where(f.index != 7, "abc")))
+    cases["non-numeric cell"] = (fit_single(path), "'abc'")
+
+    def add_nan(p):
+        p.splits["test"].logits[[1, 4, 9], 2] = np.nan
+        p.splits["test"].logits[11, 0] = np.inf
+    folder, path = variant("nan", add_nan)
+    cases["nan logits"] = (duo_eval(folder), "NaN or inf logits in 4 of")
+    folder, path = variant("labels", lambda p: p.splits["val"].labels.__setitem__(3, 6))
+    cases["label out of range"] = (fit_single(path), "1 labels outside [0, 6)")
+    folder, path = variant("width", lambda p: [setattr(s, "logits", np.hstack([s.logits, s.logits[:, :1]]))
+                                               for s in p.splits.values()])
+    cases["different K"] = (pair(large_csv, path), "has 7")
+    folder, path = variant("ids", lambda p: p.splits["val"].ids.__setitem__(slice(0, 3), ["a", "b", "c"]))
+    cases["ids differ as sets"] = (pair(large_csv, path), "3 only in the first, 3 only in the second")
+    folder, path = variant("dups", lambda p: p.splits["val"].ids.__setitem__(1, p.splits["val"].ids[0]))
+    cases["duplicate ids"] = (fit_single(path), "1 duplicate sample ids")
+    folder, path = variant("noval", lambda p: p.splits.pop("val"))
+    cases["no val when fitting"] = (fit_single(path), "no 'val' split")
+    folder, path = variant("notest", lambda p: p.splits.pop("test"), model=LARGE, suffix=".npz")
+    cases["no test when evaluating"] = ([S4, "--predictions_dir", folder, "--output_dir", root / "results",
+                                         "--calibrated_dir", root / "calibrated", "--dataset", "d", "--models", LARGE],
+                                        "no 'test' split")
+    empty_npz = bad / "empty.npz"
+    np.savez(empty_npz, logits_val=np.zeros((0, 6), np.float32), labels_val=np.zeros(0, np.int64),
+             ids_val=np.zeros(0, np.int64))
+    cases["empty split"] = (fit_single(empty_npz), "split 'val' is empty")
+    no_columns = bad / "duos_bad.csv"
+    no_columns.write_text("large,small\nconvnext_base,efficientnet_b0\n")
+    cases["duos csv without model columns"] = (duo_eval(preds, config=no_columns), "model_large")
+    bad_cal = bad / "cal"
+    bad_cal.mkdir()
+    (bad_cal / "temperature_single_model.csv").write_text(f"full_name,temperature\n{LARGE},0.0\n{SMALL},1.2\n")
+    cases["non-positive temperature"] = ([S4, "--predictions_dir", preds, "--output_dir", root / "results",
+                                          "--calibrated_dir", bad_cal, "--dataset", "d"], "must be > 0")
+    cases["unknown flag"] = ([S5, "--confg", root / "duos.csv"], "--confg")
+    cases["unknown mode"] = ([S5, "--modes", "ours"], "--modes")
+    return cases
+
+
+CASE_NAMES = ["missing file", "corrupt npz", "non-numeric cell", "nan logits", "label out of range", "different K",
+              "ids differ as sets", "duplicate ids", "no val when fitting", "no test when evaluating", "empty split",
+              "duos csv without model columns", "non-positive temperature", "unknown flag", "unknown mode"]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_bad_input_fails_cleanly(workdir, stage, case):
+    root, sets = workdir
+    cal, out = _valid_outputs(root, stage)
+    (script, *args), expected = _bad_cases(root, sets)[case]
+    before = snapshot(cal, out)
+    code, stdout, err = stage(script, *args)
+    assert code not in (0, None), stdout
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0]
+    assert snapshot(cal, out) == before

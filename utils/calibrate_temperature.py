@@ -1,0 +1,236 @@
+"""Fitting temperatures by validation NLL: one home for the single-model and the duo problem.
+
+Both are the same convex problem. With member logits X_1..X_d and non-negative weights w,
+    z = sum_j w_j X_j,    NLL(w) = mean_i [logsumexp(z_i) - z_{i, y_i}],
+which is convex in w (a log-sum-exp of a linear map). A single model is d = 1 with w = 1/T; a duo
+is d = 2 with the paper's Eq. 2 weights, w = 1/(2T) in the official code's (l/T_l + s/T_s)/2 form.
+`method="exact"` solves it to the optimum with projected Newton in float64 (analytic gradient and
+Hessian, Armijo backtracking, active-set handling of the w >= 0 bound, so "revert to the large
+model", w_small = 0 / T_small = inf, is reachable). `method="official"` reproduces the official
+code: a grid over T, then one torch `LBFGS(lr=0.01, max_iter=50)` step in float32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from utils.cli import UserError
+
+METHODS = ("exact", "official")
+MAX_WEIGHT = 1e3              # w <= 1e3, i.e. T >= 1e-3 (bounds the separable, NLL -> 0 case)
+_GRAD_TOL = 1e-10
+_MAX_ITER = 100
+_BLOCK_ELEMENTS = 1 << 20     # float64 entries per row block: bounds memory for large val sets
+
+
+@dataclass
+class TemperatureFit:
+    temperature: float
+    nll_before: float
+    nll_after: float
+    converged: bool
+    iterations: int
+    method: str
+
+
+@dataclass
+class DuoFit:
+    weight_large: float
+    weight_small: float
+    nll: float
+    converged: bool
+    iterations: int
+    method: str
+
+    @property
+    def temperature_large(self) -> float:
+        return weight_to_temperature(self.weight_large)
+
+    @property
+    def temperature_small(self) -> float:
+        return weight_to_temperature(self.weight_small)
+
+
+def weight_to_temperature(weight: float, members: int = 2) -> float:
+    """Duo weight w -> the official divisive temperature T with w = 1/(members * T); w = 0 -> inf."""
+    return math.inf if weight <= 0 else 1.0 / (members * weight)
+
+
+def temperature_to_weight(temperature: float, members: int = 2) -> float:
+    return 0.0 if math.isinf(temperature) else 1.0 / (members * temperature)
+
+
+# ----------------------------------------------------------------------------- the objective
+
+def _as_members(members) -> list[torch.Tensor]:
+    tensors = [m if isinstance(m, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(m)) for m in members]
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"member logits must share one [N, K] shape, got {sorted(shapes)}")
+    return tensors
+
+
+def _objective(members: list[torch.Tensor], labels: torch.Tensor, weights: np.ndarray,
+               order: int = 2) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+    """Mean NLL at `weights`, and (order >= 1) its gradient, (order >= 2) its Hessian, in float64."""
+    d = len(members)
+    n, k = members[0].shape
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    total = 0.0
+    grad = torch.zeros(d, dtype=torch.float64)
+    hess = torch.zeros(d, d, dtype=torch.float64)
+    step = max(1, _BLOCK_ELEMENTS // k)
+    with torch.inference_mode():
+        for start in range(0, n, step):
+            rows = slice(start, start + step)
+            xs = [m[rows].to(torch.float64) for m in members]
+            y = labels[rows].unsqueeze(1)
+            z = xs[0] * w[0]
+            for j in range(1, d):
+                z.add_(xs[j], alpha=float(w[j]))
+            lse = torch.logsumexp(z, dim=1)
+            total += float((lse - z.gather(1, y)[:, 0]).sum())
+            if order < 1:
+                continue
+            p = z.sub_(lse.unsqueeze(1)).exp_()
+            means = [torch.linalg.vecdot(p, x) for x in xs]               # E_p[X_j] per row
+            for j in range(d):
+                grad[j] += float((means[j] - xs[j].gather(1, y)[:, 0]).sum())
+            if order < 2:
+                continue
+            for j in range(d):
+                for i in range(j + 1):
+                    second = torch.linalg.vecdot(p * xs[j], xs[i])          # E_p[X_j X_i]
+                    hess[j, i] += float((second - means[j] * means[i]).sum())
+                    hess[i, j] = hess[j, i]
+    return total / n, (grad / n).numpy() if order >= 1 else None, (hess / n).numpy() if order >= 2 else None
+
+
+def nll_at(members, labels, weights) -> float:
+    """Mean validation NLL of z = sum_j weights[j] * members[j] (float64)."""
+    tensors = _as_members(members)
+    return _objective(tensors, torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+                      np.asarray(weights, dtype=np.float64), order=0)[0]
+
+
+def minimise_nll(members, labels, initial_weights, max_weight: float = MAX_WEIGHT) -> tuple[np.ndarray, float, bool, int]:
+    """Projected Newton for min NLL(w) over 0 <= w <= max_weight. Returns (w, nll, converged, iterations)."""
+    tensors = _as_members(members)
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    w = np.clip(np.asarray(initial_weights, dtype=np.float64), 0.0, max_weight)
+    f, g, h = _objective(tensors, y, w)
+    for iteration in range(1, _MAX_ITER + 1):
+        at_lower, at_upper = w <= 0.0, w >= max_weight
+        blocked = (at_lower & (g > 0)) | (at_upper & (g < 0))
+        free = ~blocked
+        if np.max(np.abs(np.where(free, g, 0.0)), initial=0.0) < _GRAD_TOL:
+            return w, f, True, iteration - 1
+        direction = np.zeros_like(w)
+        h_free = h[np.ix_(free, free)]
+        ridge = 1e-12 * max(np.trace(h_free), 1e-12)
+        try:
+            direction[free] = -np.linalg.solve(h_free + ridge * np.eye(free.sum()), g[free])
+        except np.linalg.LinAlgError:
+            direction[free] = -g[free]
+        if direction @ g >= 0:                          # not a descent direction: fall back to the gradient
+            direction = np.where(free, -g, 0.0)
+        step = 1.0
+        while True:
+            candidate = np.clip(w + step * direction, 0.0, max_weight)
+            f_new = _objective(tensors, y, candidate, order=0)[0]
+            if f_new <= f + 1e-4 * float(g @ (candidate - w)) or step < 1e-12:
+                break
+            step *= 0.5
+        if f_new > f or np.array_equal(candidate, w):
+            # No further decrease representable in float64: at the optimum up to rounding.
+            return w, f, f - f_new < 1e-14 or np.max(np.abs(np.where(free, g, 0.0))) < 1e-7, iteration
+        w = candidate
+        f, g, h = _objective(tensors, y, w)
+    return w, f, False, _MAX_ITER
+
+
+# ----------------------------------------------------------------------------- public fits
+
+def fit_temperature(logits, labels, method: str = "exact") -> TemperatureFit:
+    """Single-model temperature T > 0 minimising the validation NLL of logits / T."""
+    _check_method(method)
+    labels = np.asarray(labels, dtype=np.int64)
+    nll_before = nll_at([logits], labels, [1.0])
+    if method == "official":
+        temperature = _official_single(logits, labels)
+        return TemperatureFit(temperature, nll_before, nll_at([logits], labels, [1.0 / temperature]),
+                              True, 1, method)
+    w, f, converged, iterations = minimise_nll([logits], labels, [1.0])
+    return TemperatureFit(math.inf if w[0] <= 0 else 1.0 / w[0], nll_before, f, converged, iterations, method)
+
+
+def fit_duo_weights(logits_large, logits_small, labels, method: str = "exact") -> DuoFit:
+    """Duo weights (w_large, w_small) >= 0 minimising the validation NLL of w_l * l + w_s * s."""
+    _check_method(method)
+    labels = np.asarray(labels, dtype=np.int64)
+    if method == "official":
+        t_large, t_small = _official_duo(logits_large, logits_small, labels)
+        w = np.array([temperature_to_weight(t_large), temperature_to_weight(t_small)])
+        return DuoFit(w[0], w[1], nll_at([logits_large, logits_small], labels, w), True, 1, method)
+    w, f, converged, iterations = minimise_nll([logits_large, logits_small], labels, [0.5, 0.5])
+    return DuoFit(float(w[0]), float(w[1]), f, converged, iterations, method)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise UserError(f"--method: unknown fitting method '{method}' (choose from {', '.join(METHODS)})")
+
+
+# ----------------------------------------------------------------------------- the official procedure
+
+def _official_single(logits, labels) -> float:
+    x = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+    y = torch.as_tensor(labels)
+    grid = torch.arange(0.05, 5.05, 0.05)
+    with torch.no_grad():
+        losses = torch.stack([torch.nn.functional.cross_entropy(x / t, y) for t in grid])
+    temperature = torch.nn.Parameter(grid[int(losses.argmin())].clone().reshape(1))
+    _lbfgs([temperature], lambda: torch.nn.functional.cross_entropy(x / temperature, y))
+    value = float(temperature.detach())
+    if not value > 0:
+        raise UserError(f"the official grid+LBFGS fit ended at a non-positive temperature ({value:.4g}); "
+                        f"use --method exact")
+    return value
+
+
+def _official_duo(logits_large, logits_small, labels) -> tuple[float, float]:
+    large = torch.as_tensor(np.asarray(logits_large, dtype=np.float32))
+    small = torch.as_tensor(np.asarray(logits_small, dtype=np.float32))
+    y = torch.as_tensor(labels)
+    grid = torch.arange(0.05, 5.05, 0.2)
+    best, best_pair = math.inf, (1.0, 1.0)
+    with torch.no_grad():
+        for t_large in grid:
+            scaled_large = large / t_large
+            for t_small in grid:
+                loss = float(torch.nn.functional.cross_entropy((scaled_large + small / t_small) / 2, y))
+                if loss < best:
+                    best, best_pair = loss, (float(t_large), float(t_small))
+    t_l = torch.nn.Parameter(torch.tensor([best_pair[0]]))
+    t_s = torch.nn.Parameter(torch.tensor([best_pair[1]]))
+    _lbfgs([t_l, t_s], lambda: torch.nn.functional.cross_entropy((large / t_l + small / t_s) / 2, y))
+    values = float(t_l.detach()), float(t_s.detach())
+    if not min(values) > 0:
+        raise UserError(f"the official grid+LBFGS duo fit ended at non-positive temperatures {values}; "
+                        f"use --method exact")
+    return values
+
+
+def _lbfgs(params: list[torch.nn.Parameter], loss_fn) -> None:
+    optimiser = torch.optim.LBFGS(params, lr=0.01, max_iter=50)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)

@@ -1,0 +1,30 @@
+"""Fitting temperatures from prediction sets: the rows stages 2 and 3 record (and stages 4/5
+record with --fit_missing). The optimisation itself lives in `utils.calibrate_temperature`."""
+from __future__ import annotations
+
+from utils import calibrate_temperature, tables, uncertainty_metrics as um
+from utils.cli import warn
+from utils.prediction_io import PredictionSet, align
+
+
+def single_temperature_row(pset: PredictionSet, method: str = "exact") -> dict:
+    """Fit T on the 'val' split; the temperature_single_model.csv row."""
+    val = pset.split("val", "to fit the temperature")
+    fit = calibrate_temperature.fit_temperature(val.logits, val.labels, method=method)
+    if not fit.converged:
+        warn(f"{pset.model}: the temperature fit did not converge; check the logits in {pset.source}")
+    scaled = um.WeightedLogits([val.logits], [1.0 / fit.temperature])
+    return {"full_name": pset.model, "temperature": fit.temperature, "nll_before": fit.nll_before,
+            "nll_after": fit.nll_after, "ece_before": um.calibration_metrics(val.logits, val.labels)["ECE"],
+            "ece_after": um.calibration_metrics(scaled, val.labels)["ECE"], "n_val": len(val)}
+
+
+def duo_weights_row(large: PredictionSet, small: PredictionSet, method: str = "exact") -> dict:
+    """Fit (w_large, w_small) on the 'val' split, small aligned to large by sample id."""
+    val_large = large.split("val", "to fit the duo weights")
+    val_small = align(val_large, small.split("val", "to fit the duo weights"), large.source, small.source, "val")
+    fit = calibrate_temperature.fit_duo_weights(val_large.logits, val_small.logits, val_large.labels, method=method)
+    if not fit.converged:
+        warn(f"{large.model} + {small.model}: the duo fit did not converge; check the logits")
+    return tables.duo_temperature_row(large.model, small.model, fit.weight_large, fit.weight_small, fit.nll,
+                                      len(val_large))

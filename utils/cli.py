@@ -1,0 +1,46 @@
+"""Command-line plumbing shared by every stage script.
+
+One-line errors, alias flags and exit codes live here so each script stays a thin wrapper:
+library code raises `UserError` with a message that names the offending file or flag, and
+`run_main` turns it into `error: ...` on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, NoReturn, Sequence
+
+# Offline compute nodes: a pretrained lookup without this retries for ~47 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+class UserError(Exception):
+    """Bad input or configuration; the message is shown to the user as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's one-line error format."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+def run_main(main_impl: Callable[[Sequence[str] | None], int | None],
+             argv: Sequence[str] | None = None) -> int:
+    """Run a script's body, mapping `UserError` (and unreadable files) to a one-line error."""
+    try:
+        code = main_impl(argv)
+    except UserError as exc:
+        message = " ".join(str(exc).split())
+        sys.stderr.write(f"error: {message}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted; outputs written so far are complete, rerun to finish\n")
+        return 130
+    return int(code or 0)

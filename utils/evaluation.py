@@ -1,0 +1,102 @@
+"""Turning scored predictions into result rows and result files (stages 4, 5 and 8)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from utils import safe_io, uncertainty_metrics as um
+from utils.cli import UserError, warn
+from utils.prediction_io import PredictionSet, normalise_predictions_dir, read_predictions
+
+EVAL_SPLITS = ("test", "ood_test")
+SINGLE_UNCERTAINTY_TYPES = ("softmax_response", "entropy")
+SINGLE_COLUMNS = ["model", "wrapper", "uncertainty_type", "gflops", "params", "split"]
+DUO_COLUMNS = ["model_large", "model_small", "mode", "uncertainty_type", "gflops_large", "gflops_small",
+               "gflops_balance", "split"]
+ENSEMBLE_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type", "split"]
+
+
+def metrics_by_uncertainty(logits, labels: np.ndarray, predictions: np.ndarray, uncertainties: dict[str, np.ndarray],
+                           stats: um.SoftmaxStats) -> dict[str, dict[str, float]]:
+    """All metric columns for each uncertainty type; accuracy and calibration are computed once."""
+    shared = um.classification_metrics(labels, predictions, stats.num_classes)
+    shared.update(um.calibration_metrics(logits, labels, stats))
+    correct = predictions == labels
+    out = {}
+    for name, uncertainty in uncertainties.items():
+        row = dict(shared, **um.selective_metrics(correct, uncertainty))
+        out[name] = {column: row[column] for column in um.METRIC_COLUMNS}
+    return out
+
+
+def single_model_metrics(logits, labels: np.ndarray,
+                         uncertainty_types: Iterable[str] = SINGLE_UNCERTAINTY_TYPES) -> dict[str, dict[str, float]]:
+    """Metrics of one model's (possibly temperature-scaled) logits with argmax predictions."""
+    uncertainty_types = list(uncertainty_types)
+    stats = um.softmax_stats(logits, with_entropy="entropy" in uncertainty_types)
+    measures = {"softmax_response": lambda: um.softmax_response(logits, stats), "entropy": lambda: um.entropy(stats)}
+    unknown = [u for u in uncertainty_types if u not in measures]
+    if unknown:
+        raise UserError(f"--uncertainty_types: {unknown} not available for single models; choose from {list(measures)}")
+    uncertainties = {name: measures[name]() for name in uncertainty_types}
+    return metrics_by_uncertainty(logits, labels, stats.argmax, uncertainties, stats)
+
+
+def results_path(output_dir: str | Path, kind: str, dataset: str, split: str) -> Path:
+    return Path(output_dir) / f"evaluation_{kind}_{dataset}{'_ood' if split == 'ood_test' else ''}.csv"
+
+
+def write_results(output_dir: str | Path, kind: str, dataset: str, rows: list[dict],
+                  descriptive_columns: list[str], key_columns: list[str]) -> list[Path]:
+    """Upsert rows into one results file per split (test and ood_test), metric columns first."""
+    frame = pd.DataFrame(rows)
+    columns = list(um.METRIC_COLUMNS) + descriptive_columns
+    written = []
+    for split in EVAL_SPLITS:
+        part = frame[frame["split"] == split] if len(frame) else frame
+        if part.empty:
+            continue
+        path = results_path(output_dir, kind, dataset, split)
+        safe_io.upsert_csv(path, part[columns], key_columns, columns)
+        written.append(path)
+    return written
+
+
+def resolve_dataset(flag: str | None, recorded: Iterable[str | None], predictions_dir: str | Path) -> str:
+    """The dataset name for result file names: --dataset, else the one the prediction files record,
+    else (CSV files carry no metadata) the predictions folder's name."""
+    if flag:
+        return flag
+    names = {name for name in recorded if name}
+    if len(names) == 1:
+        return names.pop()
+    if not names:
+        fallback = normalise_predictions_dir(predictions_dir).resolve().name
+        warn(f"the prediction files do not record their dataset; naming the results after the folder "
+             f"'{fallback}' (pass --dataset NAME to choose)")
+        return fallback
+    raise UserError(f"--dataset: prediction files come from several datasets {sorted(names)}; pass --dataset NAME "
+                    f"or separate the folders")
+
+
+class PredictionCache:
+    """Keeps the most recently used prediction sets in memory (stages read each model many times)."""
+
+    def __init__(self, max_items: int = 8):
+        self.max_items = max_items
+        self._items: OrderedDict[str, PredictionSet] = OrderedDict()
+
+    def get(self, path: str | Path) -> PredictionSet:
+        key = str(path)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        pset = read_predictions(path)
+        self._items[key] = pset
+        if len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return pset

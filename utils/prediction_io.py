@@ -1,0 +1,337 @@
+"""Prediction files: one model's logits, labels and sample ids per split (contract §2).
+
+Formats read: the project's NPZ and CSV, and the official code's `y-prediction/<dataset>/` tree.
+Every read validates the data (finite logits, labels in range, unique ids, non-empty splits) and
+raises `UserError` naming the file, so later stages can trust what they are given. Two prediction
+sets are combined by sample id, never by row position (`align`).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils import safe_io
+from utils.cli import UserError
+
+SPLITS = ("val", "test", "ood_test")
+FEATURES_SUFFIX = ".features.npz"
+
+
+@dataclass
+class Split:
+    logits: np.ndarray   # float [N, K]; logits or log-probabilities
+    labels: np.ndarray   # int64 [N]
+    ids: np.ndarray      # int64 or str [N], unique
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class PredictionSet:
+    model: str
+    splits: dict[str, Split]
+    meta: dict = field(default_factory=dict)
+    source: str = "<memory>"
+
+    @property
+    def num_classes(self) -> int:
+        return next(iter(self.splits.values())).logits.shape[1]
+
+    @property
+    def dataset(self) -> str | None:
+        return self.meta.get("dataset")
+
+    def split(self, name: str, purpose: str = "") -> Split:
+        if name not in self.splits:
+            why = f" (needed {purpose})" if purpose else ""
+            raise UserError(f"{self.source}: no '{name}' split{why}; it has {sorted(self.splits)}")
+        return self.splits[name]
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _validate_split(split: Split, source: str, name: str) -> Split:
+    logits = np.asarray(split.logits)
+    if logits.ndim != 2:
+        raise UserError(f"{source}: split '{name}' logits must be 2-D [N, K], got shape {logits.shape}")
+    if logits.shape[0] == 0:
+        raise UserError(f"{source}: split '{name}' is empty")
+    if logits.dtype.kind != "f":
+        logits = logits.astype(np.float32)
+    bad_rows = int((~np.isfinite(logits)).any(axis=1).sum())
+    if bad_rows:
+        raise UserError(f"{source}: split '{name}' has NaN or inf logits in {bad_rows} of {len(logits)} rows")
+    labels = np.asarray(split.labels)
+    if labels.shape != (logits.shape[0],):
+        raise UserError(f"{source}: split '{name}' has {labels.shape[0] if labels.ndim else 0} labels "
+                        f"for {logits.shape[0]} logit rows")
+    if labels.dtype.kind not in "iu":
+        if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise UserError(f"{source}: split '{name}' labels must be integers")
+    labels = labels.astype(np.int64, copy=False)
+    num_classes = logits.shape[1]
+    out_of_range = int(((labels < 0) | (labels >= num_classes)).sum())
+    if out_of_range:
+        raise UserError(f"{source}: split '{name}' has {out_of_range} labels outside [0, {num_classes}) "
+                        f"(K = number of logit columns)")
+    ids = np.asarray(split.ids)
+    if ids.shape != labels.shape:
+        raise UserError(f"{source}: split '{name}' has {ids.shape[0]} ids for {labels.shape[0]} rows")
+    ids = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+    n_unique = len(pd.unique(ids))
+    if n_unique != len(ids):
+        raise UserError(f"{source}: split '{name}' has {len(ids) - n_unique} duplicate sample ids")
+    return Split(logits=logits, labels=labels, ids=ids)
+
+
+def _validate(pset: PredictionSet) -> PredictionSet:
+    if not pset.splits:
+        raise UserError(f"{pset.source}: no splits found (expected any of {', '.join(SPLITS)})")
+    for name in list(pset.splits):
+        pset.splits[name] = _validate_split(pset.splits[name], pset.source, name)
+    widths = {name: s.logits.shape[1] for name, s in pset.splits.items()}
+    if len(set(widths.values())) > 1:
+        raise UserError(f"{pset.source}: splits have different numbers of classes {widths}")
+    return pset
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_predictions(path: str | Path) -> PredictionSet:
+    """Read one model's prediction file (.npz, .csv, or an official `<split>/raw/<model>.csv`)."""
+    path = Path(path)
+    official_root = _official_root_of(path)
+    if official_root is not None:
+        return read_official(official_root, path.stem)
+    if not path.exists():
+        raise UserError(f"{path}: prediction file not found")
+    if path.suffix == ".npz":
+        pset = _read_npz(path)
+    elif path.suffix == ".csv":
+        pset = _read_csv(path)
+    else:
+        raise UserError(f"{path}: unknown prediction file type (expected .npz or .csv)")
+    return _validate(pset)
+
+
+def _model_name_of(path: Path) -> str:
+    return path.name[: -len(path.suffix)] if path.suffix else path.name
+
+
+def _read_npz(path: Path) -> PredictionSet:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+        raise UserError(f"{path}: cannot read NPZ ({type(exc).__name__}: {exc}); regenerate it with stage 1") from None
+    meta: dict = {}
+    if "meta" in data:
+        try:
+            meta = json.loads(str(data["meta"]))
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: 'meta' is not valid JSON") from None
+    splits = {}
+    for name in SPLITS:
+        if f"logits_{name}" not in data:
+            continue
+        for key in (f"labels_{name}", f"ids_{name}"):
+            if key not in data:
+                raise UserError(f"{path}: has logits_{name} but no {key}")
+        splits[name] = Split(data[f"logits_{name}"], data[f"labels_{name}"], data[f"ids_{name}"])
+    model = meta.get("model") or _model_name_of(path)
+    return PredictionSet(model=model, splits=splits, meta=meta, source=str(path))
+
+
+def _read_csv(path: Path) -> PredictionSet:
+    try:
+        frame = pd.read_csv(path, dtype={"split": str}, low_memory=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot parse CSV ({exc})") from None
+    missing = [c for c in ("split", "sample_id", "label") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: CSV lacks column(s) {missing}; expected header split,sample_id,label,0,1,...")
+    class_columns = [c for c in frame.columns if c not in ("split", "sample_id", "label")]
+    if [str(c) for c in class_columns] != [str(k) for k in range(len(class_columns))]:
+        raise UserError(f"{path}: class columns must be 0..K-1 in order after split,sample_id,label")
+    logits = _numeric_block(frame[class_columns], path)
+    labels = _numeric_block(frame[["label"]], path)[:, 0]
+    splits = {}
+    for name in frame["split"].unique():
+        if name not in SPLITS:
+            raise UserError(f"{path}: unknown split '{name}' (expected one of {', '.join(SPLITS)})")
+        rows = (frame["split"] == name).to_numpy()
+        ids = frame.loc[rows, "sample_id"].to_numpy()
+        splits[name] = Split(logits[rows], labels[rows], ids)
+    return PredictionSet(model=_model_name_of(path), splits=splits, meta={}, source=str(path))
+
+
+def _numeric_block(frame: pd.DataFrame, source: Path) -> np.ndarray:
+    if all(dtype.kind in "fiu" for dtype in frame.dtypes):
+        return frame.to_numpy(dtype=np.float64 if frame.shape[1] == 1 else np.float32)
+    coerced = frame.apply(pd.to_numeric, errors="coerce")
+    bad = coerced.isna() & frame.notna()
+    row, col = np.argwhere(bad.to_numpy())[0]
+    value = frame.iat[row, col]
+    raise UserError(f"{source}: non-numeric value {value!r} in column '{frame.columns[col]}' "
+                    f"at data row {row + 1}")
+
+
+# ----------------------------------------------------------------------------- official layout
+
+def _official_root_of(path: Path) -> Path | None:
+    """`root` if `path` is `root/<split>/raw/<model>.csv` in the official layout, else None."""
+    if path.suffix != ".csv" or path.parent.name != "raw" or path.parent.parent.name not in SPLITS:
+        return None
+    root = path.parent.parent.parent
+    return root if is_official_root(root) else None
+
+
+def is_official_root(folder: Path) -> bool:
+    folder = Path(folder)
+    return any((folder / split / "raw").is_dir() for split in SPLITS)
+
+
+def normalise_predictions_dir(folder: str | Path) -> Path:
+    """Accept the official stage-2 form `y-prediction/<ds>/val/raw` as well as `y-prediction/<ds>`."""
+    folder = Path(folder)
+    if folder.name == "raw" and folder.parent.name in SPLITS and is_official_root(folder.parent.parent):
+        return folder.parent.parent
+    return folder
+
+
+def read_official(root: Path, model: str) -> PredictionSet:
+    root = Path(root)
+    splits = {}
+    for name in SPLITS:
+        raw = root / name / "raw" / f"{model}.csv"
+        if not raw.exists():
+            continue
+        source = str(raw)
+        try:
+            frame = pd.read_csv(raw)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise UserError(f"{raw}: cannot parse CSV ({exc})") from None
+        frame = frame.loc[:, [not str(c).startswith("Unnamed") for c in frame.columns]]
+        logits = _numeric_block(frame, raw)
+        targets_path = root / name / "point_prediction.csv"
+        if not targets_path.exists():
+            raise UserError(f"{targets_path}: missing (the official layout keeps labels in column 'target')")
+        targets = pd.read_csv(targets_path)
+        if "target" not in targets.columns:
+            raise UserError(f"{targets_path}: no 'target' column")
+        labels = _numeric_block(targets[["target"]], targets_path)[:, 0]
+        if len(labels) != len(logits):
+            raise UserError(f"{source}: {len(logits)} rows but {targets_path} has {len(labels)} labels")
+        splits[name] = Split(logits, labels, np.arange(len(logits), dtype=np.int64))
+    if not splits:
+        raise UserError(f"{root}: no '{model}.csv' under any of {', '.join(s + '/raw' for s in SPLITS)}")
+    meta = {"dataset": root.name, "model": model, "kind": "logits"}
+    return _validate(PredictionSet(model=model, splits=splits, meta=meta, source=f"{root}/*/raw/{model}.csv"))
+
+
+# ----------------------------------------------------------------------------- folders
+
+def list_prediction_files(folder: str | Path) -> dict[str, Path]:
+    """Model name -> prediction file in a predictions folder (NPZ preferred over CSV)."""
+    folder = normalise_predictions_dir(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: predictions folder not found")
+    found: dict[str, Path] = {}
+    if is_official_root(folder):
+        for split in SPLITS:
+            for raw in sorted((folder / split / "raw").glob("*.csv")):
+                found.setdefault(raw.stem, raw)
+        return found
+    for path in sorted(folder.iterdir()):
+        if path.name.endswith(FEATURES_SUFFIX) or path.name.startswith("."):
+            continue
+        if path.suffix == ".npz" or (path.suffix == ".csv" and _model_name_of(path) not in found):
+            found[_model_name_of(path)] = path
+    return found
+
+
+def find_prediction_file(folder: str | Path, model: str) -> Path | None:
+    folder = normalise_predictions_dir(folder)
+    if is_official_root(folder):
+        for split in SPLITS:
+            raw = folder / split / "raw" / f"{model}.csv"
+            if raw.exists():
+                return raw
+        return None
+    for suffix in (".npz", ".csv"):
+        candidate = folder / f"{model}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_predictions(pset: PredictionSet, path: str | Path) -> Path:
+    """Write `pset` atomically as NPZ or CSV (chosen by the suffix of `path`)."""
+    path = Path(path)
+    meta = {"dataset": pset.meta.get("dataset"), "model": pset.model, "num_classes": pset.num_classes,
+            "kind": pset.meta.get("kind", "logits"), "source_checkpoint": pset.meta.get("source_checkpoint"),
+            "created": pset.meta.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    meta.update({k: v for k, v in pset.meta.items() if k not in meta})
+    if path.suffix == ".npz":
+        arrays = {"meta": np.array(json.dumps(meta))}
+        for name, split in pset.splits.items():
+            arrays[f"logits_{name}"] = np.asarray(split.logits, dtype=np.float32)
+            arrays[f"labels_{name}"] = np.asarray(split.labels, dtype=np.int64)
+            ids = np.asarray(split.ids)
+            arrays[f"ids_{name}"] = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        safe_io.write_bytes(path, buffer.getvalue())
+    elif path.suffix == ".csv":
+        frames = []
+        for name, split in pset.splits.items():
+            frame = pd.DataFrame(np.asarray(split.logits, dtype=np.float32),
+                                 columns=[str(k) for k in range(split.logits.shape[1])])
+            frame.insert(0, "label", np.asarray(split.labels, dtype=np.int64))
+            frame.insert(0, "sample_id", np.asarray(split.ids))
+            frame.insert(0, "split", name)
+            frames.append(frame)
+        safe_io.write_csv(path, pd.concat(frames, ignore_index=True))
+    else:
+        raise UserError(f"{path}: prediction files must end in .npz or .csv")
+    return path
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def align(reference: Split, other: Split, reference_source: str, other_source: str, split_name: str) -> Split:
+    """Return `other` reordered to `reference`'s sample order; error if ids differ as sets."""
+    if reference.logits.shape[1] != other.logits.shape[1]:
+        raise UserError(f"{reference_source} has {reference.logits.shape[1]} classes but {other_source} has "
+                        f"{other.logits.shape[1]}; they must predict the same label set")
+    ref_ids, other_ids = reference.ids, other.ids
+    if ref_ids.dtype.kind != other_ids.dtype.kind:
+        ref_ids, other_ids = ref_ids.astype(str), other_ids.astype(str)
+    if len(ref_ids) == len(other_ids) and np.array_equal(ref_ids, other_ids):
+        aligned = other
+    else:
+        positions = pd.Index(other_ids).get_indexer(ref_ids)
+        n_missing = int((positions < 0).sum())
+        n_extra = len(other_ids) - (len(ref_ids) - n_missing)
+        if n_missing or n_extra:
+            raise UserError(f"split '{split_name}': sample ids of {reference_source} and {other_source} differ "
+                            f"({n_missing} only in the first, {n_extra} only in the second); predict both "
+                            f"models on the same data")
+        aligned = Split(other.logits[positions], other.labels[positions], other.ids[positions])
+    n_label_diff = int((aligned.labels != reference.labels).sum())
+    if n_label_diff:
+        raise UserError(f"split '{split_name}': {reference_source} and {other_source} disagree on the label of "
+                        f"{n_label_diff} samples with the same id")
+    return aligned

@@ -1,0 +1,111 @@
+"""Safe output: atomic writes and locked CSV upserts.
+
+Every file a stage writes goes through here, so a killed job never leaves a truncated file under
+its final name and concurrent array jobs that share a CSV never lose each other's rows.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pandas as pd
+
+from utils.cli import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success fsync and rename it over `path`.
+
+    On any exception the temporary file is removed and the target is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    write_text(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive POSIX lock on the side file `.<name>.lock` beside `path`.
+
+    POSIX (fcntl) locks also hold across hosts on NFS with lockd, where cluster jobs share folders.
+    The side file is never removed, so every process locks the same inode.
+    """
+    path = Path(path)
+    lock_path = path.parent / f".{path.name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_UN)
+
+
+def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequence[str],
+               columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Insert or replace `rows` in the CSV at `path`, keyed by `key_columns`, under a file lock.
+
+    Rows of the existing file whose key is not in `rows` are kept in their order; new and
+    replaced rows follow. Returns the table as written.
+    """
+    path = Path(path)
+    key_columns = list(key_columns)
+    with file_lock(path):
+        if path.exists() and path.stat().st_size > 0:
+            existing = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={k: str for k in key_columns})
+            missing = [k for k in key_columns if k not in existing.columns]
+            if missing:
+                raise UserError(f"{path}: existing file lacks key column(s) {missing}; move it aside and rerun")
+            new_keys = set(map(tuple, rows[key_columns].astype(str).itertuples(index=False, name=None)))
+            old_keys = list(map(tuple, existing[key_columns].astype(str).itertuples(index=False, name=None)))
+            keep = [key not in new_keys for key in old_keys]
+            merged = pd.concat([existing[keep], rows], ignore_index=True)
+        else:
+            merged = rows.reset_index(drop=True)
+        merged = merged.drop_duplicates(subset=key_columns, keep="last")
+        if columns is not None:
+            merged = merged[[c for c in columns if c in merged.columns]
+                            + [c for c in merged.columns if c not in columns]]
+        write_csv(path, merged)
+    return merged

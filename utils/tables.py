@@ -1,0 +1,174 @@
+"""The CSV tables stages share: duo lists, backbone lists and fitted temperatures.
+
+Readers validate and accept the official code's column sets; writers upsert under a file lock so
+concurrent array jobs lose nothing (contract §3).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utils import safe_io
+from utils.calibrate_temperature import temperature_to_weight, weight_to_temperature
+from utils.cli import UserError
+
+SINGLE_TEMPERATURE_FILE = "temperature_single_model.csv"
+DUO_TEMPERATURE_FILE = "temperature_duo.csv"
+SINGLE_TEMPERATURE_COLUMNS = ["full_name", "temperature", "nll_before", "nll_after", "ece_before", "ece_after", "n_val"]
+DUO_TEMPERATURE_COLUMNS = ["model_large", "model_small", "temperature_large", "temperature_small",
+                           "weight_large", "weight_small", "val_nll", "n_val"]
+DUO_COLUMNS = ["model_large", "model_small", "source_large", "source_small",
+               "gflops_large", "gflops_small", "gflops_balance"]
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        return pd.read_csv(path, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot parse {what} ({exc})") from None
+
+
+def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna() & (frame[column].astype(str).str.strip() != "")
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"{path}: non-numeric value {frame[column].iloc[row]!r} in column '{column}' at data row {row + 1}")
+    return values
+
+
+# ----------------------------------------------------------------------------- duo and backbone lists
+
+def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The duos to evaluate: official columns, optional sources; gflops_balance computed when absent."""
+    path = Path(path)
+    frame = _read_table(path, "duos CSV")
+    missing = [c for c in ("model_large", "model_small") if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: duos CSV lacks column(s) {missing}; header must include model_large,model_small")
+    frame = frame.dropna(subset=["model_large", "model_small"]).copy()
+    if frame.empty:
+        raise UserError(f"{path}: duos CSV has no rows")
+    for column in ("model_large", "model_small"):
+        frame[column] = frame[column].astype(str).str.strip()
+    for side in ("large", "small"):
+        column = f"gflops_{side}"
+        if column in frame.columns:
+            frame[column] = _numeric_column(frame, column, path)
+        else:
+            frame[column] = np.nan
+        if backbones is not None:
+            looked_up = frame[f"model_{side}"].map(lambda name: backbone_value(backbones, name, "GFLOPS"))
+            frame[column] = frame[column].fillna(looked_up)
+    if "gflops_balance" in frame.columns:
+        frame["gflops_balance"] = _numeric_column(frame, "gflops_balance", path)
+    else:
+        frame["gflops_balance"] = np.nan
+    frame["gflops_balance"] = frame["gflops_balance"].fillna(frame["gflops_small"] / frame["gflops_large"])
+    return frame.drop_duplicates(subset=["model_large", "model_small"]).reset_index(drop=True)
+
+
+def read_backbones(path: str | Path | None, required: bool = False) -> pd.DataFrame | None:
+    """backbones.csv, or None when it is absent and not required (metadata columns stay empty)."""
+    if path is None or (not Path(path).exists() and not required):
+        return None
+    frame = _read_table(Path(path), "backbone CSV")
+    if "model_name" not in frame.columns:
+        raise UserError(f"{path}: backbone CSV lacks column 'model_name'")
+    return frame
+
+
+def backbone_value(backbones: pd.DataFrame | None, model: str, column: str) -> float:
+    """A numeric column of backbones.csv for `model` (case-insensitive; soups `<arch>_greedy` and
+    `<arch>_uniform` map to their arch), NaN when unknown."""
+    if backbones is None or column not in backbones.columns:
+        return math.nan
+    names = backbones["model_name"].astype(str).str.lower()
+    for candidate in (model, *[model[: -len(suffix)] for suffix in ("_greedy", "_uniform") if model.endswith(suffix)]):
+        hits = backbones.loc[names == candidate.lower(), column]
+        if len(hits):
+            value = pd.to_numeric(hits.iloc[0], errors="coerce")
+            return float(value) if pd.notna(value) else math.nan
+    return math.nan
+
+
+# ----------------------------------------------------------------------------- temperatures
+
+def read_single_temperatures(path: str | Path) -> dict[str, float]:
+    """model -> temperature from temperature_single_model.csv ({} when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    frame = _read_table(path, "temperature CSV")
+    for column in ("full_name", "temperature"):
+        if column not in frame.columns:
+            raise UserError(f"{path}: temperature CSV lacks column '{column}'")
+    temperatures = _numeric_column(frame, "temperature", path)
+    _check_positive(path, frame["full_name"], temperatures, "temperature")
+    return dict(zip(frame["full_name"].astype(str), temperatures.astype(float)))
+
+
+def read_duo_weights(path: str | Path) -> dict[tuple[str, str], tuple[float, float]]:
+    """(large, small) -> (w_large, w_small) from temperature_duo.csv; the official file's
+    temperatures-only columns are converted with w = 1 / (2T)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    frame = _read_table(path, "duo temperature CSV")
+    for column in ("model_large", "model_small", "temperature_large", "temperature_small"):
+        if column not in frame.columns:
+            raise UserError(f"{path}: duo temperature CSV lacks column '{column}'")
+    names = frame["model_large"].astype(str) + " + " + frame["model_small"].astype(str)
+    weights = {}
+    t_large = _numeric_column(frame, "temperature_large", path)
+    t_small = _numeric_column(frame, "temperature_small", path)
+    _check_positive(path, names, t_large, "temperature_large")
+    _check_positive(path, names, t_small, "temperature_small")
+    has_weights = {"weight_large", "weight_small"} <= set(frame.columns)
+    w_large = _numeric_column(frame, "weight_large", path) if has_weights else None
+    w_small = _numeric_column(frame, "weight_small", path) if has_weights else None
+    for i, (large, small) in enumerate(zip(frame["model_large"].astype(str), frame["model_small"].astype(str))):
+        if has_weights and pd.notna(w_large.iloc[i]) and pd.notna(w_small.iloc[i]):
+            pair = (float(w_large.iloc[i]), float(w_small.iloc[i]))
+            if min(pair) < 0:
+                raise UserError(f"{path}: negative duo weight for {large} + {small}")
+        else:
+            pair = (temperature_to_weight(float(t_large.iloc[i])), temperature_to_weight(float(t_small.iloc[i])))
+        weights[(large, small)] = pair
+    return weights
+
+
+def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str) -> None:
+    bad = ~(values > 0)          # catches NaN, zero and negatives; inf is allowed (weight 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"{path}: {column} must be > 0, got {values.iloc[i]!r} for {names.iloc[i]}; "
+                        f"refit it with the temperature stage")
+
+
+def upsert_single_temperatures(folder: str | Path, rows: list[dict]) -> Path:
+    path = Path(folder) / SINGLE_TEMPERATURE_FILE
+    safe_io.upsert_csv(path, pd.DataFrame(rows, columns=SINGLE_TEMPERATURE_COLUMNS), ["full_name"],
+                       SINGLE_TEMPERATURE_COLUMNS)
+    return path
+
+
+def upsert_duo_temperatures(folder: str | Path, rows: list[dict]) -> Path:
+    path = Path(folder) / DUO_TEMPERATURE_FILE
+    safe_io.upsert_csv(path, pd.DataFrame(rows, columns=DUO_TEMPERATURE_COLUMNS), ["model_large", "model_small"],
+                       DUO_TEMPERATURE_COLUMNS)
+    return path
+
+
+def duo_temperature_row(large: str, small: str, weight_large: float, weight_small: float, val_nll: float,
+                        n_val: int) -> dict:
+    return {"model_large": large, "model_small": small,
+            "temperature_large": weight_to_temperature(weight_large),
+            "temperature_small": weight_to_temperature(weight_small),
+            "weight_large": weight_large, "weight_small": weight_small, "val_nll": val_nll, "n_val": n_val}
