@@ -24,6 +24,8 @@ def build_parser() -> ArgumentParser:
                         help="fit every model in this predictions folder (or official y-prediction/<ds>)")
     parser.add_argument("--output_dir", default="./calibrated", help="folder of temperature_single_model.csv")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="with --predictions_dir: only these models")
+    parser.add_argument("--dataset", "--dataset_name", help="accepted for compatibility with the official "
+                        "command lines; the temperature file does not depend on it")
     parser.add_argument("--method", choices=calibrate_temperature.METHODS, default="exact",
                         help="exact: the NLL optimum (default); official: the official grid + LBFGS(lr=0.01)")
     return parser

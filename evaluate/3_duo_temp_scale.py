@@ -24,6 +24,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
                         help="with --config: folder of prediction files (default ./predictions)")
     parser.add_argument("--output_dir", default="./calibrated", help="folder of temperature_duo.csv")
+    parser.add_argument("--dataset", "--dataset_name", help="accepted for compatibility with the official "
+                        "command lines; the temperature file does not depend on it")
     parser.add_argument("--method", choices=calibrate_temperature.METHODS, default="exact",
                         help="exact: the NLL optimum (default); official: grid over T then LBFGS(lr=0.01)")
     parser.add_argument("--strict", action="store_true", help="with --config: fail on the first missing file")
