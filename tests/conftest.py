@@ -25,10 +25,10 @@ def stage(capsys):
     return run
 
 
-def run_cli(script: str, *args, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_cli(script: str, *args, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a stage exactly as a user does: `python <script> args...` in a fresh interpreter."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
 
 
 def snapshot(*folders: Path) -> dict:

@@ -8,7 +8,6 @@ sets are combined by sample id, never by row position (`align`).
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -291,9 +290,7 @@ def write_predictions(pset: PredictionSet, path: str | Path) -> Path:
             arrays[f"labels_{name}"] = np.asarray(split.labels, dtype=np.int64)
             ids = np.asarray(split.ids)
             arrays[f"ids_{name}"] = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        safe_io.write_bytes(path, buffer.getvalue())
+        safe_io.write_npz(path, arrays)
     elif path.suffix == ".csv":
         frames = []
         for name, split in pset.splits.items():

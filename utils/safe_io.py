@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import pandas as pd
 
 from utils.cli import UserError
@@ -56,6 +57,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
+
+
+def write_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """numpy savez (no pickle) to `path`, atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
 
 
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:

@@ -1,0 +1,184 @@
+"""Stage 1: predict val, test and ood_test with trained models and write one prediction file each.
+
+    python evaluate/1_single_model_prediction.py --model_path ./checkpoints/convnext_base_best.pth \
+        --dataset iwildcam --output_dir ./predictions
+    python evaluate/1_single_model_prediction.py --all_models --model_dir ./checkpoints/iwildcam/ff \
+        --dataset iwildcam
+    python evaluate/1_single_model_prediction.py --all_models --dataset imagenet     # pretrained, ImageNet heads
+
+A complete output from the same checkpoint is reused unless --overwrite; a partial or stale one
+(another checkpoint, missing splits or features) is redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from load_data.dataloaders import make_loaders
+from load_data.datasets import DATASETS, load_dataset
+from load_models import model_loader
+from train.engine import predict, resolve_device
+from utils import safe_io, tables
+from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.config import dataset_config
+from utils.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, Split, read_predictions, write_predictions
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_path", metavar="FILE", help="checkpoint (project checkpoint or raw state_dict)")
+    parser.add_argument("--all_models", action="store_true", help="predict every checkpoint in --model_dir "
+                        "(ImageNet: every backbones.csv row, pretrained, when --model_dir has no checkpoints)")
+    parser.add_argument("--model_dir", "--model_dir_path", metavar="DIR",
+                        help="with --all_models: folder of *.pth (default ./checkpoints/<dataset>/ff, "
+                             "./checkpoints/imagenet for ImageNet)")
+    parser.add_argument("--model", "--model_name", metavar="NAME",
+                        help="architecture of a raw state_dict, or (ImageNet) a pretrained model to predict")
+    parser.add_argument("--source", choices=model_loader.SOURCES, help="torchvision or timm (default: backbones.csv "
+                        "or guessed from the name)")
+    parser.add_argument("--tv_weights", help="torchvision weights name for the preprocessing (default: backbones.csv)")
+    parser.add_argument("--weights", default="default",
+                        help="ImageNet without checkpoint: default (staged pretrained) | none | FILE")
+    parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="model names, sources, tv_weights")
+    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
+    parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: configs/<dataset>.yaml)")
+    parser.add_argument("--ood_dir", "--ood_dataset_dir", help="ImageNetV2 root for imagenet's ood_test")
+    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
+    parser.add_argument("--output_dir", default="./predictions", help="prediction files folder (default ./predictions)")
+    parser.add_argument("--format", choices=("npz", "csv"), default="npz", help="prediction file format")
+    parser.add_argument("--features", "--feature_extractor_mode", action="store_true",
+                        help="also write <model>.features.npz with the pooled penultimate features")
+    parser.add_argument("--image_size", type=int, help="resize inputs to this size (default: the checkpoint's, else "
+                        "the weights' own preprocessing)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--overwrite", action="store_true", help="recompute even if a complete file exists")
+    return parser
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def list_jobs(args, backbones) -> list[dict]:
+    """(name, checkpoint or None) for every model to predict."""
+    def job(name: str, checkpoint: Path | None) -> dict:
+        arch = model_loader.architecture_of(name)
+        source = args.source or _backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
+        tv_weights = args.tv_weights or _backbone_text(backbones, arch, "tv_weights")
+        return {"name": name, "checkpoint": checkpoint, "source": source, "tv_weights": tv_weights}
+
+    if args.model_path:
+        path = Path(args.model_path)
+        if not path.exists():
+            raise UserError(f"--model_path: {path} not found")
+        name = args.model or model_loader.read_checkpoint(path).get("model_name") or path.stem.removesuffix("_best")
+        return [job(name, path)]
+    if not args.all_models:
+        if args.dataset == "imagenet" and args.model:
+            return [job(args.model, None)]
+        raise UserError("give --model_path FILE, or --all_models (with --model_dir), or for ImageNet --model NAME")
+    default_dir = Path("checkpoints") / ("imagenet" if args.dataset == "imagenet" else f"{args.dataset}/ff")
+    folder = Path(args.model_dir or default_dir)
+    checkpoints = sorted(folder.glob("*.pth")) if folder.is_dir() else []
+    if checkpoints:
+        return [job(path.stem, path) for path in checkpoints]
+    if args.dataset == "imagenet":
+        if backbones is None:
+            raise UserError(f"--backbone_csv: {args.backbone_csv} not found (needed to list the ImageNet models)")
+        return [job(str(name), None) for name in backbones["model_name"]]
+    raise UserError(f"--model_dir: no *.pth checkpoints in {folder}")
+
+
+def _backbone_text(backbones, name: str, column: str) -> str | None:
+    if backbones is None or column not in backbones.columns:
+        return None
+    hits = backbones.loc[backbones["model_name"].astype(str).str.lower() == name.lower(), column]
+    return str(hits.iloc[0]) if len(hits) and str(hits.iloc[0]) not in ("nan", "") else None
+
+
+def is_complete(path: Path, features_path: Path, source_id: str, splits: list[str], want_features: bool) -> bool:
+    if not path.exists() or (want_features and not features_path.exists()):
+        return False
+    try:
+        existing = read_predictions(path)
+    except UserError:
+        return False          # partial or corrupt: redo
+    if path.suffix == ".npz" and existing.meta.get("source_checkpoint") != source_id:
+        return False          # written from another checkpoint
+    return sorted(existing.splits) == sorted(splits)
+
+
+def predict_model(job: dict, data, args, image_size_default, device) -> tuple[PredictionSet, dict | None]:
+    if job["checkpoint"] is not None:
+        model, record = model_loader.load_model_from_checkpoint(job["checkpoint"], job["name"], job["source"],
+                                                                num_classes=data.num_classes)
+        image_size = args.image_size or record.get("image_size") or image_size_default
+        source, tv_weights = record.get("source", job["source"]), record.get("tv_weights") or job["tv_weights"]
+    else:
+        model = model_loader.get_model_with_head(job["name"], source=job["source"], tv_weights=job["tv_weights"],
+                                                 keep_imagenet_head=True, weights=args.weights)
+        image_size, source, tv_weights = args.image_size or image_size_default, job["source"], job["tv_weights"]
+    transforms = model_loader.get_transforms(job["name"], source, tv_weights, image_size)
+    loaders = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=[s for s in SPLITS if data.splits.get(s)],
+                           pin_memory=device.type == "cuda")
+    model.to(device)
+    splits, features = {}, {}
+    for split, loader in loaders.items():
+        out = predict(model, loader, device, with_features=args.features, description=f"{job['name']} {split}")
+        splits[split] = Split(out.logits, out.labels, out.ids)
+        if args.features:
+            features[f"features_{split}"] = out.features
+            features[f"ids_{split}"] = out.ids
+        print(f"{job['name']}: {split} {len(out.labels)} samples, acc {np.mean(out.logits.argmax(1) == out.labels):.4f}")
+    return PredictionSet(job["name"], splits, {"dataset": args.dataset, "kind": "logits"}), (features or None)
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = dataset_config(args.dataset, args.config)
+    data_dir = args.data_dir or config["data"].get("root")
+    ood_dir = args.ood_dir or config["data"].get("ood_root")
+    if args.dataset == "imagenet" and ood_dir and not Path(ood_dir).exists():
+        warn(f"imagenet: ImageNetV2 folder {ood_dir} not found; predicting without ood_test (pass --ood_dir)")
+        ood_dir = None
+    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    jobs = list_jobs(args, backbones)
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, data_dir, ood_root=ood_dir, split_dir=config["data"].get("split_dir"))
+    splits = [s for s in SPLITS if data.splits.get(s) is not None]
+    output_dir = Path(args.output_dir)
+    done = 0
+    for job in jobs:
+        path = output_dir / f"{job['name']}.{args.format}"
+        features_path = output_dir / f"{job['name']}{FEATURES_SUFFIX}"
+        source_id = (f"{job['checkpoint']}#sha256:{file_digest(job['checkpoint'])}" if job["checkpoint"]
+                     else f"pretrained:{job['source']}:{job['tv_weights'] or 'default'}:{args.weights}")
+        if not args.overwrite and is_complete(path, features_path, source_id, splits, args.features):
+            print(f"{job['name']}: {path} is complete, skipped (--overwrite recomputes)")
+            continue
+        pset, features = predict_model(job, data, args, config["data"].get("image_size"), device)
+        pset.meta["source_checkpoint"] = source_id
+        if features:
+            safe_io.write_npz(features_path, features)
+        write_predictions(pset, path)
+        print(f"{job['name']}: wrote {path}")
+        done += 1
+    print(f"{done} model(s) predicted, {len(jobs) - done} reused")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

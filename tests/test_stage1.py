@@ -1,0 +1,117 @@
+"""Stage 1 end to end on tiny fixture datasets with small random-init models."""
+import numpy as np
+import pytest
+import torch
+
+from load_data.dataloaders import get_dataloaders
+from load_models import model_loader
+from tests import fixtures
+from tests.conftest import run_cli
+from utils.prediction_io import read_predictions
+
+S1 = "evaluate/1_single_model_prediction.py"
+
+
+@pytest.fixture
+def caltech(tmp_path):
+    fixtures.make_caltech256(tmp_path / "data")
+    model = model_loader.get_model_with_head("resnet10t", 4, source="timm", weights="none")
+    ckpt = model_loader.save_checkpoint(tmp_path / "ff" / "resnet10t.pth", model, model_name="resnet10t",
+                                        source="timm", num_classes=4, dataset="caltech256", image_size=16)
+    return tmp_path, model, ckpt
+
+
+def common(root):
+    return ["--dataset", "caltech256", "--data_dir", root / "data", "--output_dir", root / "preds",
+            "--num_workers", 0, "--batch_size", 8, "--device", "cpu"]
+
+
+def test_predictions_match_a_direct_forward_pass(caltech, stage):
+    root, model, ckpt = caltech
+    code, out, err = stage(S1, "--model_path", ckpt, *common(root), "--features")
+    assert code == 0, err
+    pset = read_predictions(root / "preds" / "resnet10t.npz")
+    assert set(pset.splits) == {"val", "test"} and pset.meta["dataset"] == "caltech256"
+    assert pset.meta["source_checkpoint"].startswith(str(ckpt)) and "sha256:" in pset.meta["source_checkpoint"]
+    transforms = model_loader.get_transforms("resnet10t", "timm", image_size=16)
+    loaders, _ = get_dataloaders("caltech256", root / "data", 6, transforms=transforms)
+    model.eval()
+    with torch.no_grad():
+        xs, ys, ids = zip(*[(x, y, i) for x, y, batch_ids in loaders["test"] for i in [batch_ids]])
+        direct = torch.cat([model(x) for x in xs]).numpy()
+    assert np.allclose(pset.splits["test"].logits, direct, atol=1e-5)
+    assert pset.splits["test"].ids.tolist() == [i for batch in ids for i in batch]
+    features = np.load(root / "preds" / "resnet10t.features.npz")
+    assert features["features_test"].shape == (6, 512) and features["ids_val"].tolist() == pset.splits["val"].ids.tolist()
+
+
+def test_rerun_skips_and_overwrite_rewrites(caltech, stage):
+    root, _, ckpt = caltech
+    assert stage(S1, "--model_path", ckpt, *common(root))[0] == 0
+    target = root / "preds" / "resnet10t.npz"
+    first = target.stat().st_mtime_ns
+    code, out, _ = stage(S1, "--model_path", ckpt, *common(root))
+    assert code == 0 and "skipped" in out and target.stat().st_mtime_ns == first
+    code, out, _ = stage(S1, "--model_path", ckpt, *common(root), "--overwrite")
+    assert code == 0 and "wrote" in out and target.stat().st_mtime_ns != first
+    # a file from another checkpoint is stale and is redone
+    other = model_loader.get_model_with_head("resnet10t", 4, source="timm", weights="none")
+    model_loader.save_checkpoint(ckpt, other, model_name="resnet10t", source="timm", num_classes=4, image_size=16)
+    code, out, _ = stage(S1, "--model_path", ckpt, *common(root))
+    assert "wrote" in out
+    # a truncated file is redone too
+    target.write_bytes(target.read_bytes()[:100])
+    assert "wrote" in stage(S1, "--model_path", ckpt, *common(root))[1]
+
+
+def test_all_models_with_soups_and_raw_state_dicts(caltech, stage):
+    root, model, ckpt = caltech
+    model_loader.save_checkpoint(root / "ff" / "resnet10t_greedy.pth", model, model_name="resnet10t_greedy",
+                                 source="timm", num_classes=4, image_size=16)
+    small = model_loader.get_model_with_head("MNASNet0_5", 4, source="torchvision", weights="none")
+    torch.save(small.state_dict(), root / "ff" / "MNASNet0_5.pth")                   # the official code's format
+    code, out, err = stage(S1, "--all_models", "--model_dir", root / "ff", *common(root), "--image_size", 16,
+                           "--format", "csv")
+    assert code == 0, err
+    assert sorted(p.name for p in (root / "preds").iterdir()) == ["MNASNet0_5.csv", "resnet10t.csv",
+                                                                   "resnet10t_greedy.csv"]
+    assert read_predictions(root / "preds" / "MNASNet0_5.csv").num_classes == 4
+
+
+def test_imagenet_pretrained_heads(tmp_path, stage):
+    root, v2 = fixtures.make_imagenet(tmp_path)
+    csv = tmp_path / "bb.csv"
+    csv.write_text("model_name,source,tv_weights,GFLOPS\nShuffleNet_V2_X0_5,torchvision,IMAGENET1K_V1,0.04\n")
+    code, _, err = stage(S1, "--all_models", "--dataset", "imagenet", "--data_dir", root, "--ood_dir", v2,
+                         "--backbone_csv", csv, "--weights", "none", "--output_dir", tmp_path / "p", "--num_workers", 0,
+                         "--model_dir", tmp_path / "nothing_here", "--image_size", 32)
+    assert code == 0, err
+    pset = read_predictions(tmp_path / "p" / "ShuffleNet_V2_X0_5.npz")
+    assert pset.num_classes == 1000 and set(pset.splits) == {"val", "test", "ood_test"}
+
+
+@pytest.mark.parametrize("case", ["other architecture", "other class count", "missing root", "unknown dataset",
+                                  "weights not staged"])
+def test_stage1_bad_input(caltech, case, tmp_path, monkeypatch):
+    root, model, ckpt = caltech
+    args = {"other architecture": ["--model_path", ckpt, "--model", "ResNet50", *common(root)],
+            "other class count": ["--model_path", ckpt, "--dataset", "mnist5k", "--output_dir", root / "preds"],
+            "missing root": ["--model_path", ckpt, "--dataset", "caltech256", "--data_dir", root / "nope",
+                             "--output_dir", root / "preds"],
+            "unknown dataset": ["--model_path", ckpt, "--dataset", "cifar10"],
+            "weights not staged": ["--dataset", "imagenet", "--model", "ShuffleNet_V2_X0_5", "--data_dir", root / "data",
+                                   "--output_dir", root / "preds"]}[case]
+    expected = {"other architecture": "checkpoint is for resnet10t, not ResNet50",
+                "other class count": "checkpoint has 4 classes but the dataset has 10",
+                "missing root": "does not exist", "unknown dataset": "invalid choice: 'cifar10'",
+                "weights not staged": "shufflenetv2_x0.5-f707e7126e.pth"}[case]
+    if case == "weights not staged":
+        imagenet_root, v2 = fixtures.make_imagenet(root / "data")
+        args[args.index("--data_dir") + 1] = imagenet_root
+        args += ["--ood_dir", v2]
+    env_home = {"TORCH_HOME": str(tmp_path / "empty_torch_home")}
+    result = run_cli(S1, *args, cwd=root, env=env_home)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert not (root / "preds").exists()

@@ -1,0 +1,72 @@
+"""Stage every backbone's pretrained weights into the local caches (run on a machine with internet),
+or check offline that they are all there (`--check`, e.g. on a compute node).
+
+    python train/download_imagenet_models.py --backbone_csv configs/backbones.csv
+    python train/download_imagenet_models.py --backbone_csv configs/backbones.csv --check
+    python train/download_imagenet_models.py --save_checkpoints ./checkpoints/imagenet   # ImageNet-head checkpoints
+
+torchvision weights go to $TORCH_HOME/hub/checkpoints, timm weights to the Hugging Face cache
+($HF_HOME/hub); point both variables at a shared folder to serve a cluster.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="models to stage (model_name, source, "
+                        "tv_weights columns)")
+    parser.add_argument("--models", nargs="+", metavar="NAME", help="only these rows of the CSV")
+    parser.add_argument("--check", action="store_true", help="offline: verify every model's weights are staged and load")
+    parser.add_argument("--save_checkpoints", metavar="DIR", help="also save ImageNet-head checkpoints <DIR>/<model>.pth "
+                        "(the ImageNet experiments predict these)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.check:
+        os.environ["HF_HUB_OFFLINE"] = "0"      # must precede the first import of huggingface_hub / timm
+    from load_models import model_loader
+    from utils import tables
+    from utils.cli import UserError, run_main
+
+    def body(_argv) -> int:
+        backbones = tables.read_backbones(args.backbone_csv, required=True)
+        rows = backbones
+        if args.models:
+            known = set(backbones["model_name"].astype(str))
+            unknown = [m for m in args.models if m not in known]
+            if unknown:
+                raise UserError(f"--models: {unknown} not in {args.backbone_csv}")
+            rows = backbones[backbones["model_name"].isin(args.models)]
+        failures = []
+        for row in rows.itertuples(index=False):
+            name, source = str(row.model_name), str(row.source)
+            tv_weights = None if str(getattr(row, "tv_weights", "nan")) in ("nan", "") else str(row.tv_weights)
+            try:
+                model = model_loader.get_model_with_head(name, source=source, tv_weights=tv_weights,
+                                                         keep_imagenet_head=True, weights="default",
+                                                         allow_download=not args.check)
+            except UserError as exc:
+                failures.append(name)
+                print(f"MISSING {name}: {exc}")
+                continue
+            if args.save_checkpoints:
+                model_loader.save_checkpoint(os.path.join(args.save_checkpoints, f"{name}.pth"), model, model_name=name,
+                                             source=source, tv_weights=tv_weights, num_classes=1000, dataset="imagenet")
+            print(f"OK      {name} ({source})")
+        if failures:
+            raise UserError(f"{len(failures)} of {len(rows)} model(s) not staged: {', '.join(failures)}")
+        print(f"all {len(rows)} model(s) {'present' if args.check else 'staged'}")
+        return 0
+
+    return run_main(body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
