@@ -71,17 +71,21 @@ def file_digest(path: Path) -> str:
 def list_jobs(args, backbones) -> list[dict]:
     """(name, checkpoint or None) for every model to predict."""
     def job(name: str, checkpoint: Path | None) -> dict:
-        arch = model_loader.architecture_of(name)
+        # the output is named after the file (e.g. ResNet50_s1, ConvNeXt_Base_greedy); the architecture
+        # comes from the checkpoint's metadata, else --model, else the name itself
+        recorded = model_loader.read_checkpoint(checkpoint).get("model_name") if checkpoint else None
+        if recorded and args.model and model_loader.architecture_of(args.model).lower() != recorded.lower():
+            raise UserError(f"{checkpoint}: checkpoint is for {recorded}, not {args.model}")
+        arch = model_loader.architecture_of(recorded or args.model or name)
         source = args.source or _backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
         tv_weights = args.tv_weights or _backbone_text(backbones, arch, "tv_weights")
-        return {"name": name, "checkpoint": checkpoint, "source": source, "tv_weights": tv_weights}
+        return {"name": name, "arch": arch, "checkpoint": checkpoint, "source": source, "tv_weights": tv_weights}
 
     if args.model_path:
         path = Path(args.model_path)
         if not path.exists():
             raise UserError(f"--model_path: {path} not found")
-        name = args.model or model_loader.read_checkpoint(path).get("model_name") or path.stem.removesuffix("_best")
-        return [job(name, path)]
+        return [job(path.stem.removesuffix("_best"), path)]
     if not args.all_models:
         if args.dataset == "imagenet" and args.model:
             return [job(args.model, None)]
@@ -119,15 +123,15 @@ def is_complete(path: Path, features_path: Path, source_id: str, splits: list[st
 
 def predict_model(job: dict, data, args, image_size_default, device) -> tuple[PredictionSet, dict | None]:
     if job["checkpoint"] is not None:
-        model, record = model_loader.load_model_from_checkpoint(job["checkpoint"], job["name"], job["source"],
+        model, record = model_loader.load_model_from_checkpoint(job["checkpoint"], job["arch"], job["source"],
                                                                 num_classes=data.num_classes)
         image_size = args.image_size or record.get("image_size") or image_size_default
         source, tv_weights = record.get("source", job["source"]), record.get("tv_weights") or job["tv_weights"]
     else:
-        model = model_loader.get_model_with_head(job["name"], source=job["source"], tv_weights=job["tv_weights"],
+        model = model_loader.get_model_with_head(job["arch"], source=job["source"], tv_weights=job["tv_weights"],
                                                  keep_imagenet_head=True, weights=args.weights)
         image_size, source, tv_weights = args.image_size or image_size_default, job["source"], job["tv_weights"]
-    transforms = model_loader.get_transforms(job["name"], source, tv_weights, image_size)
+    transforms = model_loader.get_transforms(job["arch"], source, tv_weights, image_size)
     loaders = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=[s for s in SPLITS if data.splits.get(s)],
                            pin_memory=device.type == "cuda")
     model.to(device)

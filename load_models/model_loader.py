@@ -226,9 +226,11 @@ def _to_rgb(image):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(path: str | Path, model: nn.Module, **meta) -> Path:
-    """Atomically write {"state_dict", "model_name", "source", "num_classes", ...metadata}."""
-    record = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+def save_checkpoint(path: str | Path, model: nn.Module | dict, **meta) -> Path:
+    """Atomically write {"state_dict", "model_name", "source", "num_classes", ...metadata} from a
+    model or its state_dict."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    record = {"state_dict": {k: v.detach().cpu() for k, v in state.items()},
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **meta}
     buffer = io.BytesIO()
     torch.save(record, buffer)

@@ -39,3 +39,13 @@ def snapshot(*folders: Path) -> dict:
             if path.is_file():
                 state[str(path)] = path.read_bytes()
     return state
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (each start costs ~5 s and ~1.4 GB)."""
+    import ray
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

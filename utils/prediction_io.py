@@ -308,27 +308,57 @@ def write_predictions(pset: PredictionSet, path: str | Path) -> Path:
 
 # ----------------------------------------------------------------------------- alignment
 
+def positions_of(reference_ids: np.ndarray, other_ids: np.ndarray, reference_source: str, other_source: str,
+                 split_name: str) -> np.ndarray | None:
+    """Row positions in `other_ids` of each reference id (None when already in the same order);
+    an error naming both sources when the ids differ as sets."""
+    if reference_ids.dtype.kind != other_ids.dtype.kind:
+        reference_ids, other_ids = reference_ids.astype(str), other_ids.astype(str)
+    if len(reference_ids) == len(other_ids) and np.array_equal(reference_ids, other_ids):
+        return None
+    positions = pd.Index(other_ids).get_indexer(reference_ids)
+    n_missing = int((positions < 0).sum())
+    n_extra = len(other_ids) - (len(reference_ids) - n_missing)
+    if n_missing or n_extra:
+        raise UserError(f"split '{split_name}': sample ids of {reference_source} and {other_source} differ "
+                        f"({n_missing} only in the first, {n_extra} only in the second); predict both "
+                        f"models on the same data")
+    return positions
+
+
 def align(reference: Split, other: Split, reference_source: str, other_source: str, split_name: str) -> Split:
     """Return `other` reordered to `reference`'s sample order; error if ids differ as sets."""
     if reference.logits.shape[1] != other.logits.shape[1]:
         raise UserError(f"{reference_source} has {reference.logits.shape[1]} classes but {other_source} has "
                         f"{other.logits.shape[1]}; they must predict the same label set")
-    ref_ids, other_ids = reference.ids, other.ids
-    if ref_ids.dtype.kind != other_ids.dtype.kind:
-        ref_ids, other_ids = ref_ids.astype(str), other_ids.astype(str)
-    if len(ref_ids) == len(other_ids) and np.array_equal(ref_ids, other_ids):
-        aligned = other
-    else:
-        positions = pd.Index(other_ids).get_indexer(ref_ids)
-        n_missing = int((positions < 0).sum())
-        n_extra = len(other_ids) - (len(ref_ids) - n_missing)
-        if n_missing or n_extra:
-            raise UserError(f"split '{split_name}': sample ids of {reference_source} and {other_source} differ "
-                            f"({n_missing} only in the first, {n_extra} only in the second); predict both "
-                            f"models on the same data")
-        aligned = Split(other.logits[positions], other.labels[positions], other.ids[positions])
+    positions = positions_of(reference.ids, other.ids, reference_source, other_source, split_name)
+    aligned = other if positions is None else Split(other.logits[positions], other.labels[positions],
+                                                    other.ids[positions])
     n_label_diff = int((aligned.labels != reference.labels).sum())
     if n_label_diff:
         raise UserError(f"split '{split_name}': {reference_source} and {other_source} disagree on the label of "
                         f"{n_label_diff} samples with the same id")
     return aligned
+
+
+def read_features(prediction_path: str | Path, reference: PredictionSet) -> dict[str, np.ndarray]:
+    """The `<model>.features.npz` beside a prediction file, each split aligned to `reference`'s ids."""
+    path = Path(prediction_path)
+    features_path = path.with_name(_model_name_of(path) + FEATURES_SUFFIX)
+    if not features_path.exists():
+        raise UserError(f"{features_path}: features file not found; run stage 1 with --features")
+    try:
+        with np.load(features_path, allow_pickle=False) as archive:
+            data = {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{features_path}: cannot read NPZ ({type(exc).__name__}: {exc})") from None
+    out = {}
+    for split, ref in reference.splits.items():
+        if f"features_{split}" not in data:
+            raise UserError(f"{features_path}: no features for split '{split}'")
+        ids = data[f"ids_{split}"]
+        ids = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+        positions = positions_of(ref.ids, ids, reference.source, str(features_path), split)
+        features = data[f"features_{split}"]
+        out[split] = features if positions is None else features[positions]
+    return out

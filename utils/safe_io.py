@@ -90,6 +90,55 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
             fcntl.lockf(handle.fileno(), fcntl.LOCK_UN)
 
 
+class LockedTable:
+    """A CSV table read under its file lock; `upsert` changes it, and it is written on leaving
+    `locked_table` (only if changed)."""
+
+    def __init__(self, path: Path, key_columns: Sequence[str], columns: Sequence[str] | None):
+        self.path, self.key_columns, self.columns, self.changed = path, list(key_columns), columns, False
+        if path.exists() and path.stat().st_size > 0:
+            self.frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
+                                     dtype={k: str for k in self.key_columns})
+            missing = [k for k in self.key_columns if k not in self.frame.columns]
+            if missing:
+                raise UserError(f"{path}: existing file lacks key column(s) {missing}; move it aside and rerun")
+        else:
+            self.frame = pd.DataFrame(columns=list(columns or key_columns))
+
+    def _keys(self, frame: pd.DataFrame) -> list[tuple]:
+        return list(frame[self.key_columns].astype(str).itertuples(index=False, name=None))
+
+    def get(self, **key) -> dict | None:
+        """The stored row whose key columns equal `key`, or None."""
+        wanted = tuple(str(key[k]) for k in self.key_columns)
+        for position, existing in enumerate(self._keys(self.frame)):
+            if existing == wanted:
+                return self.frame.iloc[position].to_dict()
+        return None
+
+    def upsert(self, rows: pd.DataFrame) -> None:
+        new_keys = set(self._keys(rows))
+        keep = [key not in new_keys for key in self._keys(self.frame)]
+        merged = pd.concat([self.frame[keep], rows], ignore_index=True) if len(self.frame) else rows.reset_index(drop=True)
+        self.frame = merged.drop_duplicates(subset=self.key_columns, keep="last")
+        self.changed = True
+
+
+@contextlib.contextmanager
+def locked_table(path: str | os.PathLike, key_columns: Sequence[str],
+                 columns: Sequence[str] | None = None) -> Iterator[LockedTable]:
+    """Read-modify-write of a shared CSV under an exclusive lock (concurrent array jobs lose nothing)."""
+    path = Path(path)
+    with file_lock(path):
+        table = LockedTable(path, key_columns, columns)
+        yield table
+        if table.changed:
+            frame = table.frame
+            if columns is not None:
+                frame = frame[[c for c in columns if c in frame.columns] + [c for c in frame.columns if c not in columns]]
+            write_csv(path, frame)
+
+
 def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequence[str],
                columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Insert or replace `rows` in the CSV at `path`, keyed by `key_columns`, under a file lock.
@@ -97,23 +146,6 @@ def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequenc
     Rows of the existing file whose key is not in `rows` are kept in their order; new and
     replaced rows follow. Returns the table as written.
     """
-    path = Path(path)
-    key_columns = list(key_columns)
-    with file_lock(path):
-        if path.exists() and path.stat().st_size > 0:
-            existing = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={k: str for k in key_columns})
-            missing = [k for k in key_columns if k not in existing.columns]
-            if missing:
-                raise UserError(f"{path}: existing file lacks key column(s) {missing}; move it aside and rerun")
-            new_keys = set(map(tuple, rows[key_columns].astype(str).itertuples(index=False, name=None)))
-            old_keys = list(map(tuple, existing[key_columns].astype(str).itertuples(index=False, name=None)))
-            keep = [key not in new_keys for key in old_keys]
-            merged = pd.concat([existing[keep], rows], ignore_index=True)
-        else:
-            merged = rows.reset_index(drop=True)
-        merged = merged.drop_duplicates(subset=key_columns, keep="last")
-        if columns is not None:
-            merged = merged[[c for c in columns if c in merged.columns]
-                            + [c for c in merged.columns if c not in columns]]
-        write_csv(path, merged)
-    return merged
+    with locked_table(path, key_columns, columns) as table:
+        table.upsert(rows)
+    return table.frame

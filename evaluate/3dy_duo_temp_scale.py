@@ -1,0 +1,99 @@
+"""Dynamic duos (an EXTENSION, not in the paper; the official code's 3dy script): per-sample duo
+temperatures from the members' penultimate features (load_models/dynamic_duo.py), fitted on val,
+evaluated on test and ood_test with the standard metrics.
+
+    python evaluate/3dy_duo_temp_scale.py --large_model_pred ./predictions/convnext_base.npz \
+        --small_model_pred ./predictions/efficientnet_b0.npz --output_dir ./results
+    python evaluate/3dy_duo_temp_scale.py --config configs/duos.csv --predictions_dir ./predictions
+
+Needs stage 1's --features files. Writes evaluation_dynamic_duo_<dataset>[_ood].csv (mode
+"dynamic_<concat|separate>") and the fitted temperature models to <calibrated_dir>/dynamic_duo/.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from load_models import dynamic_duo
+from utils import calibrate_temperature, safe_io, tables
+from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.evaluation import DUO_COLUMNS, EVAL_SPLITS, PredictionCache, resolve_dataset, single_model_metrics, write_results
+from utils.prediction_io import align, find_prediction_file, read_features
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--large_model_pred", metavar="FILE", help="prediction file of the large model")
+    parser.add_argument("--small_model_pred", metavar="FILE", help="prediction file of the sidekick")
+    parser.add_argument("--config", "--duo_csv_path", metavar="CSV", help="every (model_large, model_small) row")
+    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR")
+    parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
+    parser.add_argument("--calibrated_dir", default="./calibrated", help="where the fitted models are saved")
+    parser.add_argument("--mode", choices=dynamic_duo.MODES, default="concat", help="which features feed each temperature")
+    parser.add_argument("--optimizer", choices=dynamic_duo.OPTIMIZERS, default="lbfgs")
+    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if bool(args.large_model_pred and args.small_model_pred) == bool(args.config):
+        raise UserError("give --large_model_pred and --small_model_pred, or --config DUOS_CSV")
+    pairs = [(args.large_model_pred, args.small_model_pred, None)] if args.config is None else []
+    if args.config:
+        for duo in tables.read_duos(args.config).itertuples(index=False):
+            paths = [find_prediction_file(args.predictions_dir, m) for m in (duo.model_large, duo.model_small)]
+            if None in paths:
+                warn(f"{duo.model_large} + {duo.model_small}: skipped, missing prediction file")
+                continue
+            pairs.append((*paths, duo))
+    cache, rows, names = PredictionCache(), [], []
+    torch.manual_seed(args.seed)
+    for large_path, small_path, duo in pairs:
+        large, small = cache.get(large_path), cache.get(small_path)
+        names += [large.dataset, small.dataset]
+        aligned = {s: align(large.splits[s], small.split(s, "like the large model"), large.source, small.source, s)
+                   for s in large.splits}
+        # both members' features, row-aligned to the large model's sample ids
+        feats_large, feats_small = read_features(large_path, large), read_features(small_path, large)
+        val = large.split("val", "to fit the dynamic temperatures")
+        model = dynamic_duo.DynamicTemperatures(feats_large["val"].shape[1], feats_small["val"].shape[1], args.mode)
+        history = dynamic_duo.fit(model, val.logits, aligned["val"].logits, feats_large["val"], feats_small["val"],
+                                  val.labels, optimizer=args.optimizer, seed=args.seed)
+        static = calibrate_temperature.fit_duo_weights(val.logits, aligned["val"].logits, val.labels)
+        print(f"{large.model} + {small.model}: val NLL constant T (init) {history[0]:.4f} -> dynamic {history[-1]:.4f} "
+              f"(static duo optimum {static.nll:.4f})")
+        buffer = io.BytesIO()
+        torch.save({"state_dict": model.state_dict(), "mode": args.mode, "val_nll": history[-1]}, buffer)
+        safe_io.write_bytes(Path(args.calibrated_dir) / "dynamic_duo" / f"{large.model}+{small.model}.pt", buffer.getvalue())
+        descriptive = {"model_large": large.model, "model_small": small.model,
+                       "gflops_large": getattr(duo, "gflops_large", np.nan), "gflops_small": getattr(duo, "gflops_small", np.nan),
+                       "gflops_balance": getattr(duo, "gflops_balance", np.nan)}
+        for split in EVAL_SPLITS:
+            if split not in large.splits:
+                continue
+            with torch.no_grad():
+                z = model(*(torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in
+                            (large.splits[split].logits, aligned[split].logits, feats_large[split], feats_small[split])))
+            for uncertainty, metrics in single_model_metrics(z.numpy(), large.splits[split].labels).items():
+                rows.append({**metrics, **descriptive, "mode": f"dynamic_{args.mode}", "uncertainty_type": uncertainty,
+                             "split": split})
+    if not rows:
+        raise UserError("nothing evaluated: no duo has prediction files")
+    written = write_results(args.output_dir, "dynamic_duo", resolve_dataset(args.dataset, names, args.predictions_dir),
+                            rows, DUO_COLUMNS, ["model_large", "model_small", "mode", "uncertainty_type", "split"])
+    print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

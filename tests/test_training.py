@@ -1,0 +1,190 @@
+"""Training and baselines on a tiny fixture dataset: hp_tune (Ray Tune), soups, IVON, Laplace, dynamic duos."""
+import importlib
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from load_models import dynamic_duo, model_loader
+from tests import fixtures
+from tests.conftest import REPO
+from train import soups
+from utils.prediction_io import read_predictions
+
+hp_tune = importlib.import_module("train.hp_tune")
+laplace_stage = importlib.import_module("evaluate.6_laplace")
+COMMON = ["--dataset", "caltech256", "--weights", "none", "--image_size", 16, "--batch_size", 8, "--num_workers", 0,
+          "--cpus_per_trial", 1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_session):
+    root = tmp_path_factory.mktemp("train")
+    fixtures.make_caltech256(root / "data")
+    args = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", root / "data", "--output_dir",
+            root / "ck", "--lp_samples", 2, "--num_samples", 3, "--epochs_lp", 1, "--epochs_ff", 2,
+            "--debug_fail_trials", 1]
+    code = hp_tune.main([str(a) for a in args])
+    assert code == 0
+    return root, args
+
+
+def test_hp_tune_outputs(trained):
+    root, _ = trained
+    out = root / "ck" / "caltech256"
+    for path in (out / "lp" / "resnet10t.pth", out / "ff" / "resnet10t.pth", root / "ck" / "resnet10t_best.pth"):
+        model, record = model_loader.load_model_from_checkpoint(path)
+        assert record["num_classes"] == 4 and record["model_name"] == "resnet10t" and "val_metric" in record
+    trials = pd.read_csv(out / "soup" / "resnet10t_trials.csv")
+    assert len(trials) == 2                                  # trial 1 raised on purpose: tolerated, left out
+    assert all((out / "soup" / "resnet10t" / f"trial{i}.pth").exists() for i in trials.trial)
+    ff = pd.read_csv(out / "optimal_hyperparams_ff.csv")
+    assert ff.trials_ok.item() == 2 and ff.trials_failed.item() == 1
+    assert 1e-6 <= ff.lr.item() <= 3e-4 and 1e-8 <= ff.weight_decay.item() <= 1e-5
+    lp = pd.read_csv(out / "optimal_hyperparams_lp.csv")
+    assert 1e-4 <= lp.lr.item() <= 1e-2
+
+
+def test_hp_tune_rerun_reuses_lp_and_keeps_a_better_record(trained, capsys):
+    root, args = trained
+    out = root / "ck" / "caltech256"
+    lp_bytes = (out / "lp" / "resnet10t.pth").read_bytes()
+    best = pd.read_csv(out / "optimal_hyperparams_ff.csv")
+    # pretend the stored FT record is unbeatable: the rerun must keep it and its checkpoint
+    best.loc[0, "val_metric"] = 2.0
+    best.to_csv(out / "optimal_hyperparams_ff.csv", index=False)
+    ff_bytes = (out / "ff" / "resnet10t.pth").read_bytes()
+    assert hp_tune.main([str(a) for a in args[:-2]] + ["--num_samples", "1"]) == 0
+    captured = capsys.readouterr()
+    assert "== LP: reusing" in captured.out and "kept it" in captured.err
+    assert (out / "lp" / "resnet10t.pth").read_bytes() == lp_bytes
+    assert (out / "ff" / "resnet10t.pth").read_bytes() == ff_bytes
+    assert pd.read_csv(out / "optimal_hyperparams_ff.csv").val_metric.item() == 2.0
+    assert len(pd.read_csv(out / "soup" / "resnet10t_trials.csv")) == 3      # soup ingredients accumulate
+
+
+def test_trained_checkpoints_feed_stage_1(trained, stage):
+    root, _ = trained
+    code, out, err = stage("evaluate/1_single_model_prediction.py", "--model_path", root / "ck" / "resnet10t_best.pth",
+                           "--dataset", "caltech256", "--data_dir", root / "data", "--output_dir", root / "preds",
+                           "--num_workers", 0)
+    assert code == 0, err
+    assert read_predictions(root / "preds" / "resnet10t.npz").num_classes == 4
+
+
+def test_make_soup(trained, stage):
+    root, _ = trained
+    code, out, err = stage("train/make_soup.py", "--model", "resnet10t", "--dataset", "caltech256", "--data_dir",
+                           root / "data", "--output_dir", root / "ck", "--num_workers", 0)
+    assert code == 0, err
+    ff = root / "ck" / "caltech256" / "ff"
+    trials = pd.read_csv(root / "ck" / "caltech256" / "soup" / "resnet10t_trials.csv")
+    states = [model_loader.read_checkpoint(p)["state_dict"] for p in trials.checkpoint]
+    uniform = model_loader.read_checkpoint(ff / "resnet10t_uniform.pth")["state_dict"]
+    for key, value in uniform.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, torch.stack([s[key] for s in states]).mean(0), atol=1e-6), key
+    assert (ff / "resnet10t_greedy.pth").exists()
+    used = pd.read_csv(root / "ck" / "caltech256" / "soup" / "resnet10t_soups.csv")
+    assert set(used.soup) == {"uniform", "greedy"}
+
+
+def test_greedy_soup_adds_only_improving_ingredients():
+    # one scalar "weight"; the metric is -|w - 1|. Ingredients (best first): 2, 0, 5, 1.
+    states = [{"w": torch.tensor([v])} for v in (2.0, 0.0, 5.0, 1.0)]
+    soup, used, history = soups.greedy_soup(states, lambda s: -abs(float(s["w"]) - 1.0))
+    # 2 -> mean(2, 0) = 1 improves; mean(2, 0, 5) = 2.33 does not; mean(2, 0, 1) = 1 does not strictly improve
+    assert used == [0, 1] and float(soup["w"]) == pytest.approx(1.0)
+    assert history == pytest.approx([-1.0, 0.0, -4 / 3, 0.0])
+    mean, count = soups.uniform_soup(iter(states))
+    assert count == 4 and float(mean["w"]) == pytest.approx(2.0)
+
+
+def test_ivon_writes_log_probabilities(trained, stage):
+    root, _ = trained
+    code, out, err = stage("train/ivon_train.py", "--model", "resnet10t", "--dataset", "caltech256", "--data_dir",
+                           root / "data", "--output_dir", root / "ck", "--predictions_dir", root / "preds", "--epochs", 1,
+                           "--batch_size", 8, "--num_workers", 0, "--test_samples", 3)
+    assert code == 0, err
+    mc = read_predictions(root / "preds" / "resnet10t_ivon.npz")
+    det = read_predictions(root / "preds" / "resnet10t_ivon_det.npz")
+    assert mc.meta["kind"] == "log_probs" and det.meta["kind"] == "logits"
+    for split in mc.splits.values():
+        assert np.allclose(np.exp(split.logits.astype(np.float64)).sum(1), 1.0, atol=1e-5)
+        assert (split.logits <= 1e-6).all()
+    assert "ivon_state" in model_loader.read_checkpoint(root / "ck" / "caltech256" / "ivon" / "resnet10t.pth")
+
+
+def test_laplace_writes_log_probabilities(trained, stage):
+    root, _ = trained
+    code, out, err = stage("evaluate/6_laplace.py", "--model_path", root / "ck" / "caltech256" / "ff" / "resnet10t.pth",
+                           "--dataset", "caltech256", "--data_dir", root / "data", "--predictions_dir", root / "preds",
+                           "--num_workers", 0)
+    assert code == 0, err
+    pset = read_predictions(root / "preds" / "resnet10t_LA.npz")
+    assert pset.meta["kind"] == "log_probs" and pset.model == "resnet10t_LA"
+    for split in pset.splits.values():
+        assert np.allclose(np.exp(split.logits.astype(np.float64)).sum(1), 1.0, atol=1e-5)
+
+
+def test_closed_form_kron_predictive_equals_the_library():
+    from laplace import Laplace
+    torch.manual_seed(0)
+    features, labels = torch.randn(200, 6), torch.randint(0, 4, (200,))
+    head = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(6, 4))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(features, labels), batch_size=50)
+    la = Laplace(head, "classification", subset_of_weights="last_layer", hessian_structure="kron")
+    la.fit(loader)
+    la.prior_precision = 0.7
+    x = torch.randn(30, 6)
+    _, library_var = la._glm_predictive_distribution(x)
+    library_probs = la(x, pred_type="glm", link_approx="probit")
+    assert laplace_stage.use_fast_kron_predictive(la)
+    _, fast_var = la._glm_predictive_distribution(x)
+    assert torch.allclose(fast_var, library_var, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(la(x, pred_type="glm", link_approx="probit"), library_probs, atol=1e-6)
+
+
+def test_dynamic_duo_beats_constant_temperatures():
+    # The large model is reliable on half the samples, the sidekick on the other half; a feature
+    # says which half. Per-sample temperatures can exploit that; constant ones cannot.
+    rng = np.random.default_rng(0)
+    n, k = 600, 5
+    labels = rng.integers(0, k, n)
+    large_good = rng.random(n) < 0.5
+    large, small = rng.normal(size=(n, k)), rng.normal(size=(n, k))
+    large[np.arange(n), labels] += np.where(large_good, 4.0, 0.0)
+    small[np.arange(n), labels] += np.where(large_good, 0.0, 4.0)
+    feats_large = np.c_[large_good.astype(float), rng.normal(size=(n, 3))]
+    feats_small = rng.normal(size=(n, 2))
+    model = dynamic_duo.DynamicTemperatures(4, 2, "concat")
+    history = dynamic_duo.fit(model, large, small, feats_large, feats_small, labels)
+    from utils.calibrate_temperature import fit_duo_weights
+    static = fit_duo_weights(large, small, labels)
+    assert history[-1] < history[0] and history[-1] < static.nll - 0.1
+    adam = dynamic_duo.DynamicTemperatures(4, 2, "separate")
+    assert dynamic_duo.fit(adam, large, small, feats_large, feats_small, labels, optimizer="adam")[-1] < history[0]
+
+
+def test_slurm_scripts_parse():
+    for script in ("train_array.sh", "predict_array.sh", "ray_cluster.sh"):
+        assert subprocess.run(["bash", "-n", str(REPO / "slurm" / script)]).returncode == 0
+
+
+def test_dynamic_duo_script(trained, stage):
+    root, _ = trained
+    soup = root / "ck" / "caltech256" / "soup" / "resnet10t"
+    for checkpoint in (root / "ck" / "resnet10t_best.pth", soup / "trial0.pth"):
+        assert stage("evaluate/1_single_model_prediction.py", "--model_path", checkpoint, "--dataset", "caltech256",
+                     "--data_dir", root / "data", "--output_dir", root / "dyn", "--num_workers", 0, "--features")[0] == 0
+    code, out, err = stage("evaluate/3dy_duo_temp_scale.py", "--large_model_pred", root / "dyn" / "resnet10t.npz",
+                           "--small_model_pred", root / "dyn" / "trial0.npz", "--output_dir", root / "dyn_results",
+                           "--calibrated_dir", root / "dyn_cal")
+    assert code == 0, err
+    rows = pd.read_csv(root / "dyn_results" / "evaluation_dynamic_duo_caltech256.csv")
+    assert set(rows["mode"]) == {"dynamic_concat"} and len(rows) == 2
+    assert (root / "dyn_cal" / "dynamic_duo" / "resnet10t+trial0.pt").exists()

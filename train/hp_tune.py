@@ -1,0 +1,196 @@
+"""Train one backbone with the paper's recipe: a Ray Tune search over linear probing (LP), then over
+fine-tuning (FT) initialised from the best LP checkpoint (paper A.2, paper-notes §4.2-4.3).
+
+    python train/hp_tune.py --model convnext_base --dataset iwildcam --num_samples 12 --output_dir ./checkpoints
+
+Outputs under <output_dir>/<dataset>/: lp/<name>.pth, ff/<name>.pth, optimal_hyperparams_{lp,ff}.csv,
+soup/<name>/trial<i>.pth with soup/<name>_trials.csv, and the README's <output_dir>/<name>_best.pth.
+A better existing record is never overwritten. Join a Ray cluster with --ray_address auto.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from load_data.datasets import DATASETS
+from load_models import model_loader
+from train import tuning
+from utils import safe_io, tables
+from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.config import dataset_config
+
+HYPER_COLUMNS = ["model", "architecture", "source", "lr", "weight_decay", "val_metric", "selection_metric", "epochs",
+                 "checkpoint", "trials_ok", "trials_failed"]
+TRIAL_COLUMNS = ["trial", "checkpoint", "lr", "weight_decay", "val_metric", "epochs_run"]
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", "--model_name", required=True, help="backbone (backbones.csv spelling or timm name)")
+    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS)
+    parser.add_argument("--num_samples", type=int, help="FT trials (default: the YAML's search.num_samples, else 12)")
+    parser.add_argument("--lp_samples", type=int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
+    parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
+    parser.add_argument("--save_name", help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
+    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
+    parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
+    parser.add_argument("--source", choices=model_loader.SOURCES, help="default: backbones.csv, else guessed")
+    parser.add_argument("--tv_weights", help="torchvision weights (default: backbones.csv, else DEFAULT)")
+    parser.add_argument("--weights", default="default", help="pretrained weights: default (staged) | none | FILE")
+    parser.add_argument("--backbone_csv", default="configs/backbones.csv")
+    parser.add_argument("--cpus_per_trial", type=int, help="default 4 with a GPU, else 1")
+    parser.add_argument("--gpus_per_trial", type=float, help="default 1 with a GPU, else 0")
+    parser.add_argument("--ray_address", help="join an existing Ray cluster (e.g. auto); default: start locally")
+    parser.add_argument("--storage_path", help="Ray Tune results (default <output_dir>/<dataset>/ray_results)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--seed", type=int, default=0, help="search sampling and training seed")
+    parser.add_argument("--epochs_lp", type=int, help="override the YAML's training.num_epochs_lp")
+    parser.add_argument("--epochs_ff", type=int, help="override the YAML's training.num_epochs_ff")
+    parser.add_argument("--batch_size", type=int, help="override the YAML's training.batch_size")
+    parser.add_argument("--num_workers", type=int, help="override the YAML's training.num_workers")
+    parser.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
+    parser.add_argument("--image_size", type=int, help="resize inputs to this size (default: the weights' own)")
+    parser.add_argument("--report_every", type=int, default=1,
+                        help="validate every N epochs and at the last (3 reproduces the official cadence)")
+    parser.add_argument("--skip_lp_if_exist", action=argparse.BooleanOptionalAction,
+                        default=True, help="reuse lp/<name>.pth when present (default on)")
+    parser.add_argument("--resume", action="store_true", help="resume interrupted searches from Ray's state")
+    parser.add_argument("--debug_fail_trials", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
+    return parser
+
+
+def settings(args) -> tuple[dict, dict, dict]:
+    config = dataset_config(args.dataset, args.config)
+    train_cfg, search = config["training"], config["search"]
+    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    arch = model_loader.architecture_of(args.model)
+    row = None if backbones is None else backbones[backbones["model_name"].astype(str).str.lower() == arch.lower()]
+    source = args.source or (str(row["source"].iloc[0]) if row is not None and len(row) else None) \
+        or model_loader.guess_source(arch)
+    tv_weights = args.tv_weights or (str(row["tv_weights"].iloc[0]) if row is not None and len(row) and
+                                     pd.notna(row["tv_weights"].iloc[0]) else None)
+    data_dir = args.data_dir or config["data"].get("root")
+    setup = {"model": args.model, "save_name": args.save_name or args.model, "dataset": args.dataset,
+             "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "source": source, "tv_weights": tv_weights,
+             "weights": args.weights if args.weights in ("default", "none") else str(Path(args.weights).resolve()),
+             "split_dir": config["data"].get("split_dir"), "image_size": args.image_size or config["data"].get("image_size"),
+             "batch_size": args.batch_size or train_cfg.get("batch_size", 32),
+             "num_workers": args.num_workers if args.num_workers is not None else train_cfg.get("num_workers", 4),
+             "subset": args.subset, "precision": args.precision, "device": args.device, "seed": args.seed,
+             "report_every": max(1, args.report_every), "warmup_epochs": train_cfg.get("warmup_epochs", 1),
+             "selection_metric": train_cfg.get("selection_metric", "f1" if args.dataset == "iwildcam" else "acc"),
+             "fail_trials": args.debug_fail_trials}
+    counts = {"lp": args.lp_samples or search.get("lp_samples", 4), "ff": args.num_samples or search.get("num_samples", 12),
+              "epochs_lp": args.epochs_lp or train_cfg.get("num_epochs_lp", 8),
+              "epochs_ff": args.epochs_ff or train_cfg.get("num_epochs_ff", 12),
+              "grace_period": train_cfg.get("grace_period", 4)}
+    spaces = {"lp_lr": search.get("lp_lr", [1e-4, 1e-2]), "ff_lr": search.get("ff_lr", [1e-6, 3e-4]),
+              "ff_weight_decay": search.get("ff_weight_decay", [1e-8, 1e-5])}
+    return setup, counts, spaces
+
+
+def save_trial_checkpoint(path: Path, trial: tuning.TrialResult, setup: dict, stage: str, num_classes: int) -> None:
+    model_loader.save_checkpoint(path, trial.best_state, model_name=model_loader.architecture_of(setup["model"]),
+                                 source=setup["source"], tv_weights=setup["tv_weights"], num_classes=num_classes,
+                                 dataset=setup["dataset"], image_size=setup["image_size"], stage=stage,
+                                 hyperparameters=trial.config, val_metric=trial.best_metric,
+                                 selection_metric=setup["selection_metric"])
+
+
+def record_if_better(root: Path, stage: str, trial: tuning.TrialResult, setup: dict, num_classes: int,
+                     ok: int, failed: int) -> bool:
+    """Write <stage>/<name>.pth and its optimal_hyperparams row unless a better record exists."""
+    name = setup["save_name"]
+    target = root / stage / f"{name}.pth"
+    with safe_io.locked_table(root / f"optimal_hyperparams_{stage}.csv", ["model"], HYPER_COLUMNS) as table:
+        existing = table.get(model=name)
+        if existing is not None and target.exists() and float(existing["val_metric"]) > trial.best_metric:
+            warn(f"{name}: the existing {stage.upper()} record (val {float(existing['val_metric']):.4f}) is better than "
+                 f"this search's best ({trial.best_metric:.4f}); kept it")
+            return False
+        save_trial_checkpoint(target, trial, setup, stage, num_classes)
+        table.upsert(pd.DataFrame([{"model": name, "architecture": setup["model"], "source": setup["source"],
+                                    "lr": trial.config["lr"], "weight_decay": trial.config.get("weight_decay", 0.0),
+                                    "val_metric": trial.best_metric, "selection_metric": setup["selection_metric"],
+                                    "epochs": trial.epochs_run, "checkpoint": str(target), "trials_ok": ok,
+                                    "trials_failed": failed}]))
+    return True
+
+
+def run_stage(stage: str, setup: dict, param_space: dict, samples: int, args, counts, storage, resources):
+    setup = dict(setup, stage=stage, epochs=counts[f"epochs_{stage}"])
+    print(f"== {stage.upper()}: {samples} trial(s) x {setup['epochs']} epoch(s) of {setup['model']} on {setup['dataset']}")
+    grid = tuning.run_search(stage, setup, param_space, samples, storage, resources, counts["grace_period"],
+                             args.seed, args.resume)
+    done, failed = tuning.finished_trials(grid)
+    for line in failed:
+        warn(f"{stage.upper()} trial failed: {line}")
+    if not done:
+        raise UserError(f"all {samples} {stage.upper()} trial(s) failed; see the warnings above and {storage}")
+    return setup, done, failed
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    setup, counts, spaces = settings(args)
+    root = Path(args.output_dir) / args.dataset
+    storage = Path(args.storage_path or root / "ray_results").resolve()
+    from load_data.datasets import load_dataset
+    num_classes = load_dataset(args.dataset, setup["data_dir"], split_dir=setup["split_dir"]).num_classes
+    if setup["weights"] == "default":   # fail here, not in every trial, when weights are not staged
+        model_loader.get_model_with_head(setup["model"], num_classes, setup["source"], setup["tv_weights"])
+
+    import ray
+    from ray import tune
+    if not ray.is_initialized():
+        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True,
+                 **({} if args.ray_address else {"num_cpus": tuning.cpu_count()}))
+    resources = tuning.default_resources(args.cpus_per_trial, args.gpus_per_trial)
+    setup["threads"] = resources["cpu"]
+    name = setup["save_name"]
+    lp_path = root / "lp" / f"{name}.pth"
+    if args.skip_lp_if_exist and lp_path.exists():
+        print(f"== LP: reusing {lp_path} (--no-skip_lp_if_exist reruns it)")
+    else:
+        lp_setup, done, failed = run_stage("lp", setup, {"lr": tune.loguniform(*spaces["lp_lr"]), "weight_decay": 0.0},
+                                           counts["lp"], args, counts, storage, resources)
+        best = max(done, key=lambda t: t.best_metric)
+        record_if_better(root, "lp", best, lp_setup, num_classes, len(done), len(failed))
+        print(f"== LP best: val {best.best_metric:.4f} with lr {best.config['lr']:.3g} -> {lp_path}")
+
+    ft_space = {"lr": tune.loguniform(*spaces["ff_lr"]), "weight_decay": tune.loguniform(*spaces["ff_weight_decay"])}
+    ft_setup, done, failed = run_stage("ff", dict(setup, lp_checkpoint=str(lp_path.resolve())), ft_space, counts["ff"],
+                                       args, counts, storage, resources)
+    soup_dir = root / "soup" / name
+    with safe_io.locked_table(root / "soup" / f"{name}_trials.csv", ["trial"], TRIAL_COLUMNS) as table:
+        next_index = len(table.frame)
+        rows = []
+        for offset, trial in enumerate(done):
+            path = soup_dir / f"trial{next_index + offset}.pth"
+            save_trial_checkpoint(path, trial, ft_setup, "ff", num_classes)
+            rows.append({"trial": next_index + offset, "checkpoint": str(path), "lr": trial.config["lr"],
+                         "weight_decay": trial.config["weight_decay"], "val_metric": trial.best_metric,
+                         "epochs_run": trial.epochs_run})
+        table.upsert(pd.DataFrame(rows))
+    best = max(done, key=lambda t: t.best_metric)
+    if record_if_better(root, "ff", best, ft_setup, num_classes, len(done), len(failed)):
+        safe_io.write_bytes(Path(args.output_dir) / f"{name}_best.pth", (root / "ff" / f"{name}.pth").read_bytes())
+    print(f"== FT best: val {best.best_metric:.4f} ({ft_setup['selection_metric']}) with lr {best.config['lr']:.3g}, "
+          f"wd {best.config['weight_decay']:.3g}; {len(done)} trial(s) kept for soups in {soup_dir}, "
+          f"{len(failed)} failed")
+    return 0
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

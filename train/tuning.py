@@ -1,0 +1,179 @@
+"""Ray Tune plumbing for hp_tune: the trial function (LP or FT), the search, and its results.
+
+A trial builds its own model and loaders from a plain `setup` dict (so it runs on any Ray worker),
+trains, validates every `report_every` epochs and reports `val_metric` with a checkpoint holding
+the training state plus the best weights so far. A resumed trial continues from that checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray.tune import Callback
+
+LP, FT = "lp", "ff"
+_STATE_FILE = "state.pt"
+
+
+def _loaders(setup: dict, transforms):
+    from load_data.dataloaders import get_dataloaders
+    loaders, data = get_dataloaders(setup["dataset"], setup["data_dir"], setup["batch_size"], setup["num_workers"],
+                                    transforms=transforms, split_dir=setup.get("split_dir"), subset=setup.get("subset"),
+                                    pin_memory=torch.cuda.is_available())
+    if loaders["train"] is None or loaders["val"] is None:
+        raise ValueError(f"{setup['dataset']} has no train/val split to tune on")
+    return loaders, data
+
+
+def build_model(setup: dict, num_classes: int, stage: str):
+    """LP: pretrained backbone (setup['weights']), frozen, new head. FT: the LP checkpoint, unfrozen."""
+    from load_models import model_loader
+    if stage == LP:
+        return model_loader.get_model_with_head(setup["model"], num_classes, source=setup["source"],
+                                                tv_weights=setup.get("tv_weights"), freeze=True, weights=setup["weights"])
+    model, _ = model_loader.load_model_from_checkpoint(setup["lp_checkpoint"], setup["model"], setup["source"],
+                                                       num_classes=num_classes)
+    return model
+
+
+def trial(config: dict) -> None:
+    """The Ray Tune trainable for both stages (config = sampled hyper-parameters + 'setup')."""
+    from ray import tune
+
+    from load_models import model_loader
+    from train import engine
+
+    setup = config["setup"]
+    stage = setup["stage"]
+    torch.set_num_threads(max(1, int(setup.get("threads", 1))))
+    trial_index = int(tune.get_context().get_trial_id().rsplit("_", 1)[-1])
+    torch.manual_seed(setup["seed"] * 1000 + trial_index)
+    if trial_index in setup.get("fail_trials", []):
+        raise RuntimeError(f"trial {trial_index} failed on purpose (--debug_fail_trials)")
+    transforms = model_loader.get_transforms(setup["model"], setup["source"], setup.get("tv_weights"),
+                                             setup.get("image_size"))
+    loaders, data = _loaders(setup, transforms)
+    device = engine.resolve_device(setup.get("device", "auto"))
+    model = build_model(setup, data.num_classes, stage).to(device)
+    if stage == FT:
+        for parameter in model.parameters():
+            parameter.requires_grad = True
+    optimizer = engine.make_optimizer(model, config["lr"], config.get("weight_decay", 0.0))
+    epochs = setup["epochs"]
+    scheduler = engine.make_scheduler(optimizer, epochs, setup["warmup_epochs"]) if stage == FT else None
+    start_epoch, best_metric, best_state = 0, -math.inf, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler"):
+            scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, best_metric, best_state = saved["epoch"] + 1, saved["best_metric"], saved["best_state"]
+    for epoch in range(start_epoch, epochs):
+        loss = engine.train_one_epoch(model, loaders["train"], optimizer, device, setup.get("precision", "auto"))
+        if scheduler is not None:
+            scheduler.step()
+        if epoch % setup.get("report_every", 1) != 0 and epoch != epochs - 1:
+            continue
+        predictions = engine.predict(model, loaders["val"], device)
+        metric = engine.selection_score(predictions, setup["selection_metric"])
+        if metric > best_metric:
+            best_metric = metric
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
+                        "best_metric": best_metric, "best_state": best_state}, Path(folder) / _STATE_FILE)
+            tune.report({"val_metric": metric, "best_val_metric": best_metric, "train_loss": loss, "epoch": epoch + 1},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+@dataclass
+class TrialResult:
+    index: int
+    config: dict          # the sampled hyper-parameters
+    best_metric: float
+    best_state: dict
+    epochs_run: int
+
+
+def finished_trials(result_grid) -> tuple[list[TrialResult], list[str]]:
+    """Successful trials with their best weights, and one line per failed trial."""
+    done, failed = [], []
+    for result in result_grid:
+        name = Path(result.path).name if result.path else "?"
+        if result.error is not None or result.checkpoint is None:
+            failed.append(f"{name}: {type(result.error).__name__ if result.error else 'no checkpoint'}: "
+                          f"{str(result.error).splitlines()[0] if result.error else ''}")
+            continue
+        with result.checkpoint.as_directory() as folder:
+            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=False)
+        if saved["best_state"] is None:
+            failed.append(f"{name}: never validated")
+            continue
+        suffix = str(result.metrics.get("trial_id", name)).rsplit("_", 1)[-1]
+        index = int(suffix) if suffix.isdigit() else len(done) + len(failed)
+        hyper = {k: v for k, v in result.config.items() if k != "setup"}
+        done.append(TrialResult(index, hyper, float(saved["best_metric"]), saved["best_state"],
+                                int(result.metrics.get("epoch", 0))))
+    return sorted(done, key=lambda t: t.index), failed
+
+
+def run_search(stage: str, setup: dict, param_space: dict, num_samples: int, storage: Path, resources: dict,
+               grace_period: int, seed: int, resume: bool):
+    """One Ray Tune search (LP: no early stopping; FT: ASHA). Returns the ResultGrid."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    epochs = setup["epochs"]
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=epochs if stage == LP else
+                              max(1, min(grace_period, epochs)))
+    name = f"{setup['save_name']}_{stage}"
+    trainable = tune.with_resources(trial, resources)
+    experiment = storage / name
+    if resume and tune.Tuner.can_restore(str(experiment)):
+        print(f"resuming the {stage.upper()} search in {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True,
+                                   param_space={**param_space, "setup": setup})
+    else:
+        tuner = tune.Tuner(
+            trainable, param_space={**param_space, "setup": setup},
+            tune_config=tune.TuneConfig(metric="val_metric", mode="max", num_samples=num_samples, scheduler=scheduler,
+                                        search_alg=BasicVariantGenerator(random_state=seed)),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                      callbacks=[TrialLines(stage)],
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=tune.FailureConfig(max_failures=0)))
+    return tuner.fit()
+
+
+class TrialLines(Callback):
+    """One line per finished or failed trial (instead of Ray's table), readable in slurm logs."""
+
+    def __init__(self, stage: str):
+        self.stage = stage.upper()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        metrics = trial.last_result or {}
+        print(f"[{self.stage}] {trial.trial_id} done: best val {metrics.get('best_val_metric', float('nan')):.4f} "
+              f"after {metrics.get('epoch', '?')} epoch(s), config "
+              f"{ {k: v for k, v in trial.config.items() if k != 'setup'} }", flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"[{self.stage}] {trial.trial_id} FAILED (the search continues)", flush=True)
+
+
+def default_resources(cpus: int | None, gpus: float | None) -> dict:
+    has_gpu = torch.cuda.is_available()
+    return {"cpu": cpus or (4 if has_gpu else 1), "gpu": gpus if gpus is not None else (1 if has_gpu else 0)}
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
