@@ -18,10 +18,7 @@ test: setup
 	$(PY) -m pytest
 
 demo: setup
-	@echo "The MNIST-5k demo pipeline (training, prediction, report) is not built yet: it needs the"
-	@echo "dataset/model loaders and training stages. The evaluation stages run today on any prediction files:"
-	@echo "  $(PY) evaluate/2_temp_scale.py --help"
-	@exit 1
+	$(PY) evaluate/run_pipeline.py --config configs/pipeline_mnist5k.yaml
 
 bench: setup
 	$(PY) bench/bench_metrics.py

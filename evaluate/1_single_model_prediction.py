@@ -20,7 +20,7 @@ import numpy as np
 from load_data.dataloaders import make_loaders
 from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
-from train.engine import predict, resolve_device
+from train.engine import predict, prepare_model, resolve_device
 from utils import safe_io, tables
 from utils.cli import ArgumentParser, UserError, run_main, warn
 from utils.config import dataset_config
@@ -54,6 +54,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--image_size", type=int, help="resize inputs to this size (default: the checkpoint's, else "
                         "the weights' own preprocessing)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="auto: bf16 autocast on CUDA (logits carry bf16 rounding), fp32 on CPU")
+    parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=4)
     parser.add_argument("--overwrite", action="store_true", help="recompute even if a complete file exists")
@@ -134,10 +137,11 @@ def predict_model(job: dict, data, args, image_size_default, device) -> tuple[Pr
     transforms = model_loader.get_transforms(job["arch"], source, tv_weights, image_size)
     loaders = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=[s for s in SPLITS if data.splits.get(s)],
                            pin_memory=device.type == "cuda")
-    model.to(device)
+    model = prepare_model(model, device, channels_last=args.channels_last)
     splits, features = {}, {}
     for split, loader in loaders.items():
-        out = predict(model, loader, device, with_features=args.features, description=f"{job['name']} {split}")
+        out = predict(model, loader, device, with_features=args.features, description=f"{job['name']} {split}",
+                      precision=args.precision, channels_last=args.channels_last)
         splits[split] = Split(out.logits, out.labels, out.ids)
         if args.features:
             features[f"features_{split}"] = out.features

@@ -287,3 +287,16 @@ def _summarise_load_error(exc: RuntimeError) -> str:
     """torch's multi-line load_state_dict error as one short line (missing/unexpected/size mismatch)."""
     lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
     return "; ".join(line[:100] + ("..." if len(line) > 100 else "") for line in lines[:3])
+
+
+def count_gflops(model: nn.Module, image_size: int) -> float:
+    """Multiply-adds (GFLOPS in torchvision's convention) of one forward pass at image_size."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9

@@ -27,7 +27,7 @@ def trained(tmp_path_factory, ray_session):
     fixtures.make_caltech256(root / "data")
     args = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", root / "data", "--output_dir",
             root / "ck", "--lp_samples", 2, "--num_samples", 3, "--epochs_lp", 1, "--epochs_ff", 2,
-            "--debug_fail_trials", 1]
+            "--channels_last", "--accumulate", 2, "--debug_fail_trials", 1]
     code = hp_tune.main([str(a) for a in args])
     assert code == 0
     return root, args
@@ -71,7 +71,7 @@ def test_trained_checkpoints_feed_stage_1(trained, stage):
     root, _ = trained
     code, out, err = stage("evaluate/1_single_model_prediction.py", "--model_path", root / "ck" / "resnet10t_best.pth",
                            "--dataset", "caltech256", "--data_dir", root / "data", "--output_dir", root / "preds",
-                           "--num_workers", 0)
+                           "--num_workers", 0, "--channels_last", "--precision", "bf16")
     assert code == 0, err
     assert read_predictions(root / "preds" / "resnet10t.npz").num_classes == 4
 

@@ -31,7 +31,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 @torch.inference_mode()
 def predict(model: nn.Module, loader, device: torch.device, with_features: bool = False,
-            description: str = "") -> Predictions:
+            description: str = "", precision: str = "fp32", channels_last: bool = False) -> Predictions:
     """Logits (and pooled penultimate features) for every sample of a loader of (x, y, id)."""
     model.eval()
     logits, labels, ids, features = [], [], [], []
@@ -40,12 +40,13 @@ def predict(model: nn.Module, loader, device: torch.device, with_features: bool 
         from tqdm import tqdm
         batches = tqdm(loader, desc=description, leave=False)
     for x, y, sample_ids in batches:
-        x = x.to(device, non_blocking=True)
-        if with_features:
-            out, feats = logits_and_features(model, x)
-            features.append(feats.float().cpu())
-        else:
-            out = model(x)
+        x = _to_device(x, device, channels_last)
+        with autocast_context(device, precision):
+            if with_features:
+                out, feats = logits_and_features(model, x)
+                features.append(feats.float().cpu())
+            else:
+                out = model(x)
         logits.append(out.float().cpu())
         labels.append(torch.as_tensor(y))
         ids.extend(sample_ids.tolist() if isinstance(sample_ids, torch.Tensor) else list(sample_ids))
@@ -57,12 +58,29 @@ def predict(model: nn.Module, loader, device: torch.device, with_features: bool 
 
 # ----------------------------------------------------------------------------- training
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CUDA for "bf16" (and "auto"); plain fp32 otherwise."""
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def autocast_context(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA for "auto" and "bf16"; on CPU only when "bf16" is asked for; else fp32."""
     import contextlib
-    if device.type == "cuda" and precision in ("bf16", "auto"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False, compile: bool = False) -> nn.Module:
+    """Move to the device (channels_last memory format if asked), enable cuDNN autotuning on CUDA
+    and optionally torch.compile."""
+    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return torch.compile(model) if compile else model
+
+
+def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -80,23 +98,36 @@ def make_scheduler(optimizer: torch.optim.Optimizer, epochs: int, warmup_epochs:
 
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, device: torch.device,
-                    precision: str = "auto", step_hook=None) -> float:
-    """One epoch of cross-entropy training; returns the mean loss. A non-finite loss raises
-    FloatingPointError (Ray Tune then marks the trial as failed, the search goes on)."""
+                    precision: str = "auto", channels_last: bool = False, accumulate: int = 1) -> float:
+    """One epoch of cross-entropy training; returns the mean loss.
+
+    With `accumulate` = k the loader's batches are micro-batches: gradients of k of them are summed
+    (each loss scaled by 1/k) before one optimizer step, so the effective batch size is k times the
+    loader's when memory is short. A non-finite loss raises FloatingPointError (Ray Tune then marks
+    the trial as failed and the search goes on).
+    """
     model.train()
     criterion = nn.CrossEntropyLoss()
     total, count = 0.0, 0
+    optimizer.zero_grad(set_to_none=True)
+    pending = 0
     for x, y, _ in loader:
-        x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
+        x, y = _to_device(x, device, channels_last), torch.as_tensor(y).to(device, non_blocking=True)
         with autocast_context(device, precision):
             loss = criterion(model(x), y)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {float(loss)}")
-        loss.backward()
-        (step_hook or optimizer.step)()
+            raise FloatingPointError(f"non-finite training loss {float(loss.detach())}")
+        (loss / accumulate).backward()
+        pending += 1
+        if pending == accumulate:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            pending = 0
         total += float(loss.detach()) * len(y)
         count += len(y)
+    if pending:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
     return total / max(count, 1)
 
 

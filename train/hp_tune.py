@@ -48,6 +48,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--storage_path", help="Ray Tune results (default <output_dir>/<dataset>/ray_results)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    parser.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster convs on GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in every trial")
+    parser.add_argument("--accumulate", type=int, default=1,
+                        help="gradient accumulation: micro-batches of batch_size/N, one step per N (same effective batch)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--seed", type=int, default=0, help="search sampling and training seed")
     parser.add_argument("--epochs_lp", type=int, help="override the YAML's training.num_epochs_lp")
@@ -83,6 +87,7 @@ def settings(args) -> tuple[dict, dict, dict]:
              "batch_size": args.batch_size or train_cfg.get("batch_size", 32),
              "num_workers": args.num_workers if args.num_workers is not None else train_cfg.get("num_workers", 4),
              "subset": args.subset, "precision": args.precision, "device": args.device, "seed": args.seed,
+             "channels_last": args.channels_last, "compile": args.compile, "accumulate": max(1, args.accumulate),
              "report_every": max(1, args.report_every), "warmup_epochs": train_cfg.get("warmup_epochs", 1),
              "selection_metric": train_cfg.get("selection_metric", "f1" if args.dataset == "iwildcam" else "acc"),
              "fail_trials": args.debug_fail_trials}
@@ -143,8 +148,9 @@ def main_impl(argv=None) -> int:
     storage = Path(args.storage_path or root / "ray_results").resolve()
     from load_data.datasets import load_dataset
     num_classes = load_dataset(args.dataset, setup["data_dir"], split_dir=setup["split_dir"]).num_classes
-    if setup["weights"] == "default":   # fail here, not in every trial, when weights are not staged
-        model_loader.get_model_with_head(setup["model"], num_classes, setup["source"], setup["tv_weights"])
+    # fail here, not in every trial: unknown model names, unstaged or unreadable weights
+    model_loader.get_model_with_head(setup["model"], num_classes, setup["source"], setup["tv_weights"],
+                                     weights=setup["weights"])
 
     import ray
     from ray import tune

@@ -21,7 +21,8 @@ _STATE_FILE = "state.pt"
 
 def _loaders(setup: dict, transforms):
     from load_data.dataloaders import get_dataloaders
-    loaders, data = get_dataloaders(setup["dataset"], setup["data_dir"], setup["batch_size"], setup["num_workers"],
+    micro_batch = max(1, setup["batch_size"] // setup.get("accumulate", 1))
+    loaders, data = get_dataloaders(setup["dataset"], setup["data_dir"], micro_batch, setup["num_workers"],
                                     transforms=transforms, split_dir=setup.get("split_dir"), subset=setup.get("subset"),
                                     pin_memory=torch.cuda.is_available())
     if loaders["train"] is None or loaders["val"] is None:
@@ -58,10 +59,12 @@ def trial(config: dict) -> None:
                                              setup.get("image_size"))
     loaders, data = _loaders(setup, transforms)
     device = engine.resolve_device(setup.get("device", "auto"))
-    model = build_model(setup, data.num_classes, stage).to(device)
+    raw = build_model(setup, data.num_classes, stage)
     if stage == FT:
-        for parameter in model.parameters():
+        for parameter in raw.parameters():
             parameter.requires_grad = True
+    channels_last = bool(setup.get("channels_last"))
+    model = engine.prepare_model(raw, device, channels_last, bool(setup.get("compile")))   # raw keeps plain keys
     optimizer = engine.make_optimizer(model, config["lr"], config.get("weight_decay", 0.0))
     epochs = setup["epochs"]
     scheduler = engine.make_scheduler(optimizer, epochs, setup["warmup_epochs"]) if stage == FT else None
@@ -70,24 +73,26 @@ def trial(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=False)
-        model.load_state_dict(saved["model"])
+        raw.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler"):
             scheduler.load_state_dict(saved["scheduler"])
         start_epoch, best_metric, best_state = saved["epoch"] + 1, saved["best_metric"], saved["best_state"]
     for epoch in range(start_epoch, epochs):
-        loss = engine.train_one_epoch(model, loaders["train"], optimizer, device, setup.get("precision", "auto"))
+        loss = engine.train_one_epoch(model, loaders["train"], optimizer, device, setup.get("precision", "auto"),
+                                      channels_last, setup.get("accumulate", 1))
         if scheduler is not None:
             scheduler.step()
         if epoch % setup.get("report_every", 1) != 0 and epoch != epochs - 1:
             continue
-        predictions = engine.predict(model, loaders["val"], device)
+        predictions = engine.predict(model, loaders["val"], device, precision=setup.get("precision", "auto"),
+                                     channels_last=channels_last)
         metric = engine.selection_score(predictions, setup["selection_metric"])
         if metric > best_metric:
             best_metric = metric
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
                         "best_metric": best_metric, "best_state": best_state}, Path(folder) / _STATE_FILE)
             tune.report({"val_metric": metric, "best_val_metric": best_metric, "train_loss": loss, "epoch": epoch + 1},

@@ -19,6 +19,24 @@ import pandas as pd
 from utils.cli import UserError
 
 
+_KILL_ENV = "ASYMMETRIC_DUOS_KILL_AT"
+_kill_counts: dict[str, int] = {}
+
+
+def _kill_point(name: str) -> None:
+    """Test hook for the kill tests: ASYMMETRIC_DUOS_KILL_AT="before_rename:3" SIGKILLs this process
+    the 3rd time a write reaches that point (points: before_rename, after_rename)."""
+    spec = os.environ.get(_KILL_ENV)
+    if not spec:
+        return
+    point, _, count = spec.partition(":")
+    if point == name:
+        _kill_counts[name] = _kill_counts.get(name, 0) + 1
+        if _kill_counts[name] == int(count or 1):
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success fsync and rename it over `path`.
@@ -34,8 +52,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        _kill_point("before_rename")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+        _kill_point("after_rename")
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -274,3 +274,25 @@ def compute_metrics(logits, labels: np.ndarray, predictions: np.ndarray | None =
     row.update(calibration_metrics(logits, labels, stats))
     row.update(selective_metrics(predictions == labels, uncertainty))
     return {name: row[name] for name in METRIC_COLUMNS}
+
+
+# ----------------------------------------------------------------------------- curves (for figures)
+
+def risk_coverage_curve(correct: np.ndarray, uncertainty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage k/N, selective risk errors_k/k) for k = 1..N, most confident first (stable order)."""
+    order = np.argsort(uncertainty, kind="stable")
+    errors = np.cumsum(~np.asarray(correct, dtype=bool)[order])
+    k = np.arange(1, len(order) + 1)
+    return k / len(order), errors / k
+
+
+def reliability_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS):
+    """Per ECE bin (lo, hi]: mean confidence, accuracy and count (NaN for empty bins)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    counts = np.bincount(bins, minlength=n_bins)
+    conf = np.bincount(bins, weights=confidence, minlength=n_bins)
+    acc = np.bincount(bins, weights=np.asarray(correct, dtype=np.float64), minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return edges, conf / counts, acc / counts, counts

@@ -1,0 +1,241 @@
+"""Run a whole experiment by calling the stage scripts in order (a thin sequencer: every stage stays
+runnable on its own, and each step prints its equivalent command line).
+
+    python evaluate/run_pipeline.py --config configs/pipeline_mnist5k.yaml          # `make demo`
+    python evaluate/run_pipeline.py --config configs/pipeline_caltech256.yaml --print_slurm
+
+Stages whose outputs are complete are reused (trained checkpoints, prediction files, soups,
+baselines); the cheap evaluation stages rerun and upsert their rows. `--print_slurm` writes the
+equivalent job-array scripts under <output_root>/slurm/ instead of running anything.
+"""
+from __future__ import annotations
+
+import importlib
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from load_models import model_loader
+from train import tuning
+from utils import safe_io
+from utils.cli import ArgumentParser, UserError, run_main
+from utils.config import REPO_ROOT
+
+STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
+          "deep_ensemble", "report")
+SCRIPTS = {"train": "train/hp_tune.py", "soup": "train/make_soup.py", "predict": "evaluate/1_single_model_prediction.py",
+           "ivon": "train/ivon_train.py", "laplace": "evaluate/6_laplace.py", "temp_scale": "evaluate/2_temp_scale.py",
+           "duo_temp_scale": "evaluate/3_duo_temp_scale.py", "evaluate": "evaluate/4_evaluate_predictions.py",
+           "evaluate_duo": "evaluate/5_evaluate_duo_predictions.py",
+           "deep_ensemble": "evaluate/8_evaluate_deep_ensemble.py", "report": "evaluate/9_make_report.py"}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="configs/pipeline_mnist5k.yaml", help="pipeline YAML")
+    parser.add_argument("--output_root", help="override the YAML's output_root")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (default: the YAML's)")
+    parser.add_argument("--print_slurm", action="store_true", help="write slurm job-array scripts instead of running")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run: 1 trial, 1 epoch, 300 training images")
+    return parser
+
+
+class Plan:
+    """Paths and per-stage command lines derived from the pipeline YAML."""
+
+    def __init__(self, config: dict, root: Path, tiny: bool):
+        self.config, self.root, self.tiny = config, root, tiny
+        self.dataset = config["dataset"]
+        self.train = dict(config.get("train") or {})
+        if tiny:
+            self.train.update(lp_samples=1, num_samples=2, sidekick_samples=1, epochs_lp=1, epochs_ff=1, subset=300)
+        self.checkpoints, self.predictions = root / "checkpoints", root / "predictions"
+        self.calibrated, self.results = root / "calibrated", root / "results"
+        self.ff = self.checkpoints / self.dataset / "ff"
+        self.large = config["large"]
+        seeds = int(config.get("ensemble_seeds", 0))
+        self.seed_names = [f"{self.large}_s{i}" for i in range(1, seeds + 1)]
+        if config.get("all_backbones"):
+            backbones = pd.read_csv(REPO_ROOT / "configs" / "backbones.csv")
+            self.sidekicks = [m for m in backbones.model_name if m != self.large]
+        else:
+            self.sidekicks = list(config.get("sidekicks") or [])
+
+    def common(self) -> list:
+        args = ["--dataset", self.dataset]
+        if self.config.get("data_dir"):
+            args += ["--data_dir", self.config["data_dir"]]
+        return args
+
+    def hp_tune(self, model: str, save_name: str, seed: int, samples: int) -> list:
+        t = self.train
+        args = ["--model", model, "--save_name", save_name, *self.common(), "--output_dir", self.checkpoints,
+                "--seed", seed, "--num_samples", samples, "--weights", self.config.get("weights", "default")]
+        for key, flag in (("lp_samples", "--lp_samples"), ("epochs_lp", "--epochs_lp"), ("epochs_ff", "--epochs_ff"),
+                          ("batch_size", "--batch_size"), ("subset", "--subset")):
+            if t.get(key) is not None:
+                args += [flag, t[key]]
+        if self.config.get("source"):
+            args += ["--source", self.config["source"]]
+        if self.config.get("image_size"):
+            args += ["--image_size", self.config["image_size"]]
+        # share the cores between the trials that run at once
+        concurrent = max(samples, int(t.get("lp_samples") or 1))
+        return args + ["--cpus_per_trial", max(1, tuning.cpu_count() // concurrent)]
+
+    def train_jobs(self) -> list[tuple[str, list]]:
+        samples = self.train.get("num_samples", 12)
+        jobs = [(self.large, self.hp_tune(self.large, self.large, 0, samples))]
+        jobs += [(name, self.hp_tune(self.large, name, i + 1, 1)) for i, name in enumerate(self.seed_names)]
+        jobs += [(m, self.hp_tune(m, m, 0, self.train.get("sidekick_samples", samples))) for m in self.sidekicks]
+        return jobs
+
+    def duos_csv(self) -> Path:
+        return Path(self.config["duos_csv"]) if self.config.get("duos_csv") else self.root / "duos.csv"
+
+
+def write_duo_tables(plan: Plan) -> None:
+    """The demo's duos.csv and backbones.csv, with GFLOPS counted at the run's resolution."""
+    if plan.config.get("duos_csv"):
+        return
+    rows = []
+    for name in [plan.large] + plan.sidekicks:
+        model = model_loader.get_model_with_head(name, 10, source=plan.config.get("source"), weights="none")
+        rows.append({"model_name": name, "source": plan.config.get("source") or model_loader.guess_source(name),
+                     "Params": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+                     "GFLOPS": model_loader.count_gflops(model, plan.config.get("image_size") or 224)})
+    backbones = pd.DataFrame(rows)
+    for suffix in ("", *[f"_s{i}" for i in range(1, len(plan.seed_names) + 1)], "_greedy", "_uniform"):
+        if suffix:
+            extra = backbones.iloc[[0]].copy()
+            extra["model_name"] = plan.large + suffix
+            backbones = pd.concat([backbones, extra], ignore_index=True)
+    safe_io.write_csv(plan.root / "backbones.csv", backbones)
+    large = rows[0]
+    duos = [{"model_large": large["model_name"], "model_small": r["model_name"], "source_large": large["source"],
+             "source_small": r["source"], "gflops_large": large["GFLOPS"], "gflops_small": r["GFLOPS"],
+             "gflops_balance": r["GFLOPS"] / large["GFLOPS"]} for r in rows[1:] if r["GFLOPS"] < large["GFLOPS"]]
+    safe_io.write_csv(plan.duos_csv(), pd.DataFrame(duos))
+
+
+def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
+    """(stage, script, argv, output that makes the step complete or None) in order."""
+    out = []
+    backbone_csv = plan.root / "backbones.csv" if not plan.config.get("duos_csv") else REPO_ROOT / "configs/backbones.csv"
+    for stage in stages:
+        script = SCRIPTS[stage]
+        if stage == "train":
+            out += [(stage, script, argv, plan.ff / f"{name}.pth") for name, argv in plan.train_jobs()]
+        elif stage == "soup":
+            out.append((stage, script, ["--model", plan.large, *plan.common(), "--output_dir", plan.checkpoints,
+                                        "--num_workers", 0], plan.ff / f"{plan.large}_greedy.pth"))
+        elif stage == "predict":
+            args = ["--all_models", "--model_dir", plan.ff, *plan.common(), "--output_dir", plan.predictions,
+                    "--num_workers", 0, "--backbone_csv", backbone_csv]
+            out.append((stage, script, args, None))
+        elif stage == "ivon":
+            model = (plan.config.get("ivon") or {}).get("model", plan.large)
+            cfg = plan.config.get("ivon") or {}
+            args = ["--model", model, *plan.common(), "--output_dir", plan.checkpoints, "--predictions_dir",
+                    plan.predictions, "--num_workers", 0]
+            args += sum(([f"--{k}", v] for k, v in cfg.items() if k != "model"), [])
+            if plan.tiny:
+                args += ["--subset", plan.train.get("subset")]
+            out.append((stage, script, args, plan.predictions / f"{model}_ivon.npz"))
+        elif stage == "laplace":
+            model = (plan.config.get("laplace") or {}).get("model", plan.large)
+            args = ["--model_path", plan.ff / f"{model}.pth", *plan.common(), "--predictions_dir", plan.predictions,
+                    "--num_workers", 0] + (["--subset", plan.train.get("subset")] if plan.tiny else [])
+            out.append((stage, script, args, plan.predictions / f"{model}_LA.npz"))
+        elif stage == "temp_scale":
+            out.append((stage, script, ["--predictions_dir", plan.predictions, "--output_dir", plan.calibrated], None))
+        elif stage == "duo_temp_scale":
+            out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
+                                        "--output_dir", plan.calibrated], None))
+        elif stage == "evaluate":
+            out.append((stage, script, ["--predictions_dir", plan.predictions, "--output_dir", plan.results,
+                                        "--calibrated_dir", plan.calibrated, "--backbone_csv", backbone_csv], None))
+        elif stage == "evaluate_duo":
+            out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
+                                        "--output_dir", plan.results, "--calibrated_dir", plan.calibrated,
+                                        "--backbone_csv", backbone_csv], None))
+        elif stage == "deep_ensemble" and plan.seed_names:
+            cfg = plan.config.get("deep_ensemble") or {}
+            members = [plan.large] + plan.seed_names
+            sizes = [m for m in cfg.get("sizes", [2]) if m <= len(members)]
+            out.append((stage, script, ["--members", *members, "--predictions_dir", plan.predictions, "--sizes", *sizes,
+                                        "--subsets", cfg.get("subsets", 32), "--name", plan.large,
+                                        "--output_dir", plan.results], None))
+        elif stage == "report":
+            out.append((stage, script, ["--results_dir", plan.results, "--calibrated_dir", plan.calibrated,
+                                        "--predictions_dir", plan.predictions, "--large", plan.large], None))
+    return out
+
+
+def command_line(script: str, argv: list) -> str:
+    return "python " + " ".join(shlex.quote(str(a)) for a in [script, *argv])
+
+
+def write_slurm(plan: Plan, all_steps) -> Path:
+    folder = plan.root / "slurm"
+    train = [command_line(s, a) for stage, s, a, _ in all_steps if stage == "train"]
+    rest = [command_line(s, a) for stage, s, a, _ in all_steps if stage != "train"]
+    header = "#!/bin/bash\n#SBATCH --gres=gpu:1\n#SBATCH --cpus-per-task=8\n#SBATCH --mem=48G\n#SBATCH --time=24:00:00\n" \
+             "#SBATCH --output=logs/%x_%A_%a.out\nset -euo pipefail\ncd \"${SLURM_SUBMIT_DIR:-.}\"\nexport HF_HUB_OFFLINE=1\n"
+    cases = "\n".join(f"  {i + 1}) .venv/bin/{c} ;;" for i, c in enumerate(train))
+    safe_io.write_text(folder / "01_train_array.sh", header + "#SBATCH --job-name=duo-train\n"
+                       f"case \"${{SLURM_ARRAY_TASK_ID}}\" in\n{cases}\nesac\n")
+    safe_io.write_text(folder / "02_after_training.sh", header + "#SBATCH --job-name=duo-eval\n"
+                       + "\n".join(f".venv/bin/{c}" for c in rest) + "\n")
+    safe_io.write_text(folder / "submit.sh", "#!/bin/bash\nset -euo pipefail\n"
+                       f"train=$(sbatch --parsable --array=1-{len(train)} {folder / '01_train_array.sh'})\n"
+                       f"sbatch --dependency=afterok:${{train}} {folder / '02_after_training.sh'}\n")
+    return folder
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    path = Path(args.config)
+    if not path.exists():
+        raise UserError(f"--config: {path} not found")
+    config = yaml.safe_load(path.read_text()) or {}
+    for key in ("dataset", "large"):
+        if key not in config:
+            raise UserError(f"{path}: missing key '{key}'")
+    plan = Plan(config, Path(args.output_root or config.get("output_root", "runs/pipeline")), args.tiny)
+    stages = args.stages or config.get("stages", list(STAGES))
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise UserError(f"{path}: unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
+    plan.root.mkdir(parents=True, exist_ok=True)
+    write_duo_tables(plan)
+    all_steps = steps(plan, stages)
+    if args.print_slurm:
+        folder = write_slurm(plan, all_steps)
+        print(f"wrote {folder}/01_train_array.sh, 02_after_training.sh and submit.sh; run `bash {folder}/submit.sh`")
+        return 0
+    started = time.time()
+    for number, (stage, script, step_argv, done_when) in enumerate(all_steps, start=1):
+        prefix = f"[{number}/{len(all_steps)} {stage} {time.time() - started:5.0f}s]"
+        if done_when is not None and Path(done_when).exists():
+            print(f"{prefix} reused: {done_when} exists")
+            continue
+        print(f"{prefix} {command_line(script, step_argv)}", flush=True)
+        module = importlib.import_module(script[:-3].replace("/", "."))
+        code = module.main([str(a) for a in step_argv])
+        if code:
+            raise UserError(f"stage '{stage}' failed (exit {code}); fix it and rerun: finished stages are reused")
+    print(f"pipeline finished in {time.time() - started:.0f} s; outputs under {plan.root}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

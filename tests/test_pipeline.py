@@ -1,0 +1,75 @@
+"""The demo pipeline end to end at a tiny size, and its slurm rendering."""
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import REPO
+from utils.prediction_io import read_predictions
+
+pipeline = importlib.import_module("evaluate.run_pipeline")
+
+
+def tiny_config(tmp_path):
+    config = yaml.safe_load((REPO / "configs" / "pipeline_mnist5k.yaml").read_text())
+    config.update(sidekicks=config["sidekicks"][2:], ensemble_seeds=1, deep_ensemble={"sizes": [2], "subsets": 2})
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
+    root = tmp_path / "demo"
+    args = ["--config", tiny_config(tmp_path), "--output_root", root, "--tiny"]
+    assert pipeline.main([str(a) for a in args]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline finished" in out and "| resnet18 (temp-scaled) | test |" in out
+    predictions = root / "predictions"
+    expected = {"resnet18", "resnet18_s1", "resnet18_greedy", "resnet18_uniform", "regnetx_002", "resnet10t",
+                "resnet18_ivon", "resnet18_ivon_det", "resnet18_LA"}
+    assert {p.name[:-4] for p in predictions.glob("*.npz")} == expected
+    for path in predictions.glob("*.npz"):
+        pset = read_predictions(path)
+        assert set(pset.splits) == {"val", "test", "ood_test"} and pset.num_classes == 10
+    for name in ("temperature_single_model.csv", "temperature_duo.csv"):
+        assert len(pd.read_csv(root / "calibrated" / name)) > 0
+    results = root / "results"
+    for kind in ("single_model", "duo", "deep_ensemble"):
+        for suffix in ("", "_ood"):
+            frame = pd.read_csv(results / f"evaluation_{kind}_mnist5k{suffix}.csv", dtype={"subset": str})
+            if "subset" in frame:                      # the std over a single subset is NaN by definition
+                frame = frame[frame["subset"] != "std"]
+            assert len(frame) > 0 and np.isfinite(frame["NLL"]).all()
+    duos = pd.read_csv(results / "evaluation_duo_mnist5k.csv")
+    assert set(duos.model_small) == {"regnetx_002", "resnet10t"} and (duos.gflops_balance < 1).all()
+    report = (results / "REPORT.md").read_text()
+    for figure in ("radar.png", "metrics_vs_balance.png", "weight_ratio.png", "curves.png"):
+        assert figure in report
+        with Image.open(results / figure) as image:
+            assert image.size[0] > 300 and image.size[1] > 300
+    # a rerun reuses every finished expensive stage
+    assert pipeline.main([str(a) for a in args]) == 0
+    rerun = capsys.readouterr().out
+    assert rerun.count("reused:") == 7                  # 4 trainings, the soup, IVON and Laplace
+    assert "hp_tune.py" not in rerun and "is complete, skipped" in rerun
+
+
+def test_print_slurm(tmp_path, capsys):
+    config = yaml.safe_load((REPO / "configs" / "pipeline_caltech256.yaml").read_text())
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert pipeline.main(["--config", str(path), "--output_root", str(tmp_path / "run"), "--print_slurm"]) == 0
+    array = (tmp_path / "run" / "slurm" / "01_train_array.sh").read_text()
+    assert array.count("hp_tune.py") == 40 and "--array" not in array
+    assert "--array=1-40" in (tmp_path / "run" / "slurm" / "submit.sh").read_text()
+    assert "5_evaluate_duo_predictions.py" in (tmp_path / "run" / "slurm" / "02_after_training.sh").read_text()
+
+
+def test_bad_pipeline_config(tmp_path, stage):
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset: mnist5k\n")
+    code, _, err = stage("evaluate/run_pipeline.py", "--config", path)
+    assert code != 0 and "missing key 'large'" in err
