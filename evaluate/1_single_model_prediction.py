@@ -43,7 +43,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--weights", default="default",
                         help="ImageNet without checkpoint: default (staged pretrained) | none | FILE")
     parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="model names, sources, tv_weights")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
+    parser.add_argument("--dataset", "--dataset_name", choices=DATASETS,
+                        help="dataset (default: the checkpoint's, or the only one under ./checkpoints)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: configs/<dataset>.yaml)")
     parser.add_argument("--ood_dir", "--ood_dataset_dir", help="ImageNetV2 root for imagenet's ood_test")
     parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
@@ -150,8 +151,26 @@ def predict_model(job: dict, data, args, image_size_default, device) -> tuple[Pr
     return PredictionSet(job["name"], splits, {"dataset": args.dataset, "kind": "logits"}), (features or None)
 
 
+def resolve_dataset_flag(args) -> str:
+    """--dataset, else the dataset a --model_path checkpoint records, else (--all_models) the only
+    dataset with trained checkpoints under ./checkpoints/<dataset>/ff."""
+    if args.dataset:
+        return args.dataset
+    if args.model_path and Path(args.model_path).exists():
+        recorded = model_loader.read_checkpoint(args.model_path).get("dataset")
+        if recorded in DATASETS:
+            return recorded
+    if args.all_models:
+        found = sorted(p.parent.parent.name for p in Path("checkpoints").glob("*/ff/*.pth")
+                       if p.parent.parent.name in DATASETS)
+        if len(set(found)) == 1:
+            return found[0]
+    raise UserError(f"--dataset: give the dataset ({', '.join(DATASETS)}); it could not be inferred")
+
+
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.dataset = resolve_dataset_flag(args)
     config = dataset_config(args.dataset, args.config)
     data_dir = args.data_dir or config["data"].get("root")
     ood_dir = args.ood_dir or config["data"].get("ood_root")

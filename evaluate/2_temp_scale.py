@@ -11,8 +11,8 @@ from pathlib import Path
 
 from utils import calibrate_temperature, tables
 from utils.calibration_runs import single_temperature_row
-from utils.cli import ArgumentParser, UserError, run_main
-from utils.prediction_io import list_prediction_files, read_predictions
+from utils.cli import ArgumentParser, run_main
+from utils.prediction_io import read_predictions, select_prediction_files
 
 
 def build_parser() -> ArgumentParser:
@@ -36,15 +36,7 @@ def main_impl(argv=None) -> int:
     if args.predictions:
         paths = [Path(p) for p in args.predictions]
     else:
-        found = list_prediction_files(args.predictions_dir)
-        if args.models:
-            missing = [m for m in args.models if m not in found]
-            if missing:
-                raise UserError(f"--models: no prediction file for {missing} in {args.predictions_dir}")
-            found = {m: found[m] for m in args.models}
-        if not found:
-            raise UserError(f"--predictions_dir: no prediction files in {args.predictions_dir}")
-        paths = list(found.values())
+        paths = list(select_prediction_files(args.predictions_dir, args.models).values())
     rows = [single_temperature_row(read_predictions(path), args.method) for path in paths]      # everything is validated before writing
     out = tables.upsert_single_temperatures(args.output_dir, rows)
     for row in rows:

@@ -15,7 +15,7 @@ from utils.calibration_runs import single_temperature_row
 from utils.cli import ArgumentParser, UserError, run_main
 from utils.evaluation import (EVAL_SPLITS, SINGLE_COLUMNS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
                               single_model_metrics, write_results)
-from utils.prediction_io import list_prediction_files, read_predictions
+from utils.prediction_io import read_predictions, select_prediction_files
 from utils.uncertainty_metrics import WeightedLogits
 
 
@@ -40,14 +40,7 @@ def build_parser() -> ArgumentParser:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    files = list_prediction_files(args.predictions_dir)
-    if args.models:
-        missing = [m for m in args.models if m not in files]
-        if missing:
-            raise UserError(f"--models: no prediction file for {missing} in {args.predictions_dir}")
-        files = {m: files[m] for m in args.models}
-    if not files:
-        raise UserError(f"--predictions_dir: no prediction files in {args.predictions_dir}")
+    files = select_prediction_files(args.predictions_dir, args.models)
     backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
     temperature_file = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
     temperatures = tables.read_single_temperatures(temperature_file)

@@ -162,16 +162,14 @@ def predictive_chunk(num_classes: int, feature_dim: int, budget_gb: float) -> in
 @torch.no_grad()
 def laplace_log_probs(la, loader, device, chunk: int, link_approx: str) -> engine.Predictions:
     log_probs, labels, ids = [], [], []
-    for x, y, batch_ids in loader:
+    for x, y, sample_ids in loader:
         x = x.to(device)
         parts = [la(x[i:i + chunk], pred_type="glm", link_approx=link_approx) for i in range(0, len(x), chunk)]
         probs = torch.cat(parts).double().clamp_min(1e-300)
         log_probs.append((probs / probs.sum(1, keepdim=True)).log().float().cpu())
-        labels.append(torch.as_tensor(y))
-        ids.extend(batch_ids.tolist() if isinstance(batch_ids, (torch.Tensor, np.ndarray)) else list(batch_ids))
-    id_array = np.asarray(ids)
-    return engine.Predictions(torch.cat(log_probs).numpy(), torch.cat(labels).numpy().astype(np.int64),
-                              id_array.astype(np.int64) if id_array.dtype.kind in "iu" else id_array.astype(str), None)
+        labels.append(y)
+        ids.extend(engine.batch_ids(sample_ids))
+    return engine.stack_predictions(log_probs, labels, ids)
 
 
 def main_impl(argv=None) -> int:

@@ -138,7 +138,7 @@ def main_impl(argv=None) -> int:
         note = report.radar_figure(duos, single, large, folder / "radar.png", tuple(args.balance))
         report.metric_vs_balance_figure(duos, single, large, folder / "metrics_vs_balance.png")
         sections += ["## Relative improvement over the temperature-scaled large model (Fig. 1 style)", "",
-                     f"![radar](radar.png)", "", f"Asymmetric duos, {note}; shading: ± std over sidekicks.", "",
+                     "![radar](radar.png)", "", f"Asymmetric duos, {note}; shading: ± std over sidekicks.", "",
                      "## Metrics against FLOPs balance (Figs. 2-6 style)", "", "![metrics](metrics_vs_balance.png)", ""]
         sections += ["## Duos vs deep ensembles (Tables 1-2 style; mean ± std)", "",
                      report.markdown_table(duo_vs_ensemble_table(single, duos, ensembles, large)), ""]

@@ -1,12 +1,12 @@
 """A catalogue of bad inputs across the stages: each must exit non-zero with a one-line
 `error: ...` naming the file or flag, and leave every output folder exactly as it was."""
+import importlib
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from load_models import model_loader
 from tests.conftest import snapshot
@@ -40,8 +40,6 @@ def workspace(tmp_path_factory):
     for pset in sets.values():
         write_set(pset, preds)
     (root / "duos.csv").write_text("model_large,model_small,gflops_large,gflops_small\nlarge,small,10,1\n")
-    from evaluate import __name__ as _  # noqa: F401  (package importable)
-    import importlib
     for script, args in ((S2, ["--predictions_dir", preds, "--output_dir", cal]),
                          (S3, ["--config", root / "duos.csv", "--predictions_dir", preds, "--output_dir", cal]),
                          (S5, ["--config", root / "duos.csv", "--predictions_dir", preds, "--output_dir", out,

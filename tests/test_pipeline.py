@@ -3,7 +3,6 @@ import importlib
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
 from PIL import Image
 

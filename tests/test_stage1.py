@@ -115,3 +115,17 @@ def test_stage1_bad_input(caltech, case, tmp_path, monkeypatch):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
     assert not (root / "preds").exists()
+
+
+def test_dataset_is_inferred_from_the_checkpoint_or_folder(caltech, stage, monkeypatch):
+    root, _, ckpt = caltech
+    code, out, err = stage(S1, "--model_path", ckpt, "--data_dir", root / "data", "--output_dir", root / "p",
+                           "--num_workers", 0)
+    assert code == 0, err                              # the checkpoint records dataset=caltech256
+    assert read_predictions(root / "p" / "resnet10t.npz").dataset == "caltech256"
+    monkeypatch.chdir(root)                            # the seed README's bare `--all_models`
+    (root / "checkpoints" / "caltech256").mkdir(parents=True)
+    (root / "ff").rename(root / "checkpoints" / "caltech256" / "ff")
+    code, out, err = stage(S1, "--all_models", "--data_dir", root / "data", "--num_workers", 0)
+    assert code == 0, err
+    assert (root / "predictions" / "resnet10t.npz").exists()

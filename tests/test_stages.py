@@ -1,5 +1,4 @@
 """Stages 2-5 and 8 end to end on synthetic prediction files, through their command lines."""
-import math
 import shutil
 
 import numpy as np
@@ -234,7 +233,7 @@ def _rewrite_csv(path, edit):
 
 def _bad_cases(root, sets):
     preds = root / "predictions"
-    large_csv, small_csv = preds / f"{LARGE}.csv", preds / f"{SMALL}.csv"
+    large_csv = preds / f"{LARGE}.csv"
     bad = root / "bad"
     bad.mkdir()
 

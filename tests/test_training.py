@@ -1,8 +1,6 @@
 """Training and baselines on a tiny fixture dataset: hp_tune (Ray Tune), soups, IVON, Laplace, dynamic duos."""
 import importlib
-import math
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -188,3 +186,17 @@ def test_dynamic_duo_script(trained, stage):
     rows = pd.read_csv(root / "dyn_results" / "evaluation_dynamic_duo_caltech256.csv")
     assert set(rows["mode"]) == {"dynamic_concat"} and len(rows) == 2
     assert (root / "dyn_cal" / "dynamic_duo" / "resnet10t+trial0.pt").exists()
+
+
+def test_one_trial_hp_tune_is_reproducible(tmp_path, ray_session):
+    fixtures.make_caltech256(tmp_path / "data")
+    records = []
+    for run in ("a", "b"):
+        args = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", tmp_path / "data", "--output_dir",
+                tmp_path / run, "--lp_samples", 1, "--num_samples", 1, "--epochs_lp", 1, "--epochs_ff", 1, "--seed", 5]
+        assert hp_tune.main([str(a) for a in args]) == 0
+        records.append(model_loader.read_checkpoint(tmp_path / run / "caltech256" / "ff" / "resnet10t.pth"))
+    assert records[0]["val_metric"] == records[1]["val_metric"]
+    assert records[0]["hyperparameters"] == records[1]["hyperparameters"]
+    for key, value in records[0]["state_dict"].items():
+        assert torch.equal(value, records[1]["state_dict"][key]), key

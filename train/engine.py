@@ -20,6 +20,19 @@ class Predictions:
     features: np.ndarray | None   # float32 [N, D]
 
 
+def stack_predictions(outputs: list[torch.Tensor], labels: list, ids: list, features: list | None = None) -> Predictions:
+    """Batches of (logits or log-probs, labels, ids[, features]) as one Predictions."""
+    id_array = np.asarray(ids)
+    return Predictions(logits=torch.cat(outputs).float().numpy(),
+                       labels=torch.cat([torch.as_tensor(y) for y in labels]).numpy().astype(np.int64),
+                       ids=id_array.astype(np.int64) if id_array.dtype.kind in "iu" else id_array.astype(str),
+                       features=torch.cat(features).numpy() if features else None)
+
+
+def batch_ids(sample_ids) -> list:
+    return sample_ids.tolist() if isinstance(sample_ids, (torch.Tensor, np.ndarray)) else list(sample_ids)
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,12 +61,9 @@ def predict(model: nn.Module, loader, device: torch.device, with_features: bool 
             else:
                 out = model(x)
         logits.append(out.float().cpu())
-        labels.append(torch.as_tensor(y))
-        ids.extend(sample_ids.tolist() if isinstance(sample_ids, torch.Tensor) else list(sample_ids))
-    id_array = np.asarray(ids)
-    return Predictions(logits=torch.cat(logits).numpy(), labels=torch.cat(labels).numpy().astype(np.int64),
-                       ids=id_array.astype(np.int64) if id_array.dtype.kind in "iu" else id_array.astype(str),
-                       features=torch.cat(features).numpy() if with_features else None)
+        labels.append(y)
+        ids.extend(batch_ids(sample_ids))
+    return stack_predictions(logits, labels, ids, features if with_features else None)
 
 
 # ----------------------------------------------------------------------------- training

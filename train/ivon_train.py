@@ -73,18 +73,16 @@ def mc_log_probs(model, optimizer, loader, device, samples: int) -> engine.Predi
     """log of the mean softmax over `samples` posterior draws (never a double softmax)."""
     model.eval()
     log_probs, labels, ids = [], [], []
-    for x, y, batch_ids in loader:
+    for x, y, sample_ids in loader:
         x = x.to(device)
         draws = []
         for _ in range(samples):
             with optimizer.sampled_params():
                 draws.append(torch.log_softmax(model(x).double(), dim=1))
         log_probs.append((torch.logsumexp(torch.stack(draws), 0) - math.log(samples)).float().cpu())
-        labels.append(torch.as_tensor(y))
-        ids.extend(batch_ids.tolist() if isinstance(batch_ids, torch.Tensor) else list(batch_ids))
-    id_array = np.asarray(ids)
-    return engine.Predictions(torch.cat(log_probs).numpy(), torch.cat(labels).numpy().astype(np.int64),
-                              id_array.astype(np.int64) if id_array.dtype.kind in "iu" else id_array.astype(str), None)
+        labels.append(y)
+        ids.extend(engine.batch_ids(sample_ids))
+    return engine.stack_predictions(log_probs, labels, ids)
 
 
 def main_impl(argv=None) -> int:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from load_data.dataloaders import make_loaders
 from load_data.datasets import DATASETS, load_dataset

@@ -259,6 +259,19 @@ def list_prediction_files(folder: str | Path) -> dict[str, Path]:
     return found
 
 
+def select_prediction_files(folder: str | Path, models: list[str] | None = None) -> dict[str, Path]:
+    """The folder's prediction files, only `models` when given (`--models`); an error when none remain."""
+    found = list_prediction_files(folder)
+    if models:
+        missing = [m for m in models if m not in found]
+        if missing:
+            raise UserError(f"--models: no prediction file for {missing} in {folder}")
+        found = {m: found[m] for m in models}
+    if not found:
+        raise UserError(f"--predictions_dir: no prediction files in {folder}")
+    return found
+
+
 def find_prediction_file(folder: str | Path, model: str) -> Path | None:
     folder = normalise_predictions_dir(folder)
     if is_official_root(folder):

@@ -161,6 +161,7 @@ def weight_ratio_figure(weights: dict, single: dict, balances: pd.Series, path: 
         for x, y, name in points:
             ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.axhline(1.0, color="black", ls="--", lw=0.8)
     title = "How much more the duo trusts the large model"
     if reverted:
