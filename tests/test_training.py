@@ -200,3 +200,22 @@ def test_one_trial_hp_tune_is_reproducible(tmp_path, ray_session):
     assert records[0]["hyperparameters"] == records[1]["hyperparameters"]
     for key, value in records[0]["state_dict"].items():
         assert torch.equal(value, records[1]["state_dict"][key]), key
+
+
+def test_resume_restores_the_search(tmp_path, ray_session, capsys):
+    fixtures.make_caltech256(tmp_path / "data")
+    base = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", tmp_path / "data", "--output_dir",
+            tmp_path / "ck", "--lp_samples", 1, "--num_samples", 2, "--epochs_lp", 1, "--epochs_ff", 1]
+    assert hp_tune.main([str(a) for a in base + ["--debug_fail_trials", 1]]) == 0
+    first = pd.read_csv(tmp_path / "ck" / "caltech256" / "optimal_hyperparams_ff.csv")
+    assert first.trials_failed.item() == 1
+    capsys.readouterr()
+    assert hp_tune.main([str(a) for a in base + ["--resume"]]) == 0
+    out = capsys.readouterr().out
+    assert "resuming the FF search" in out
+    second = pd.read_csv(tmp_path / "ck" / "caltech256" / "optimal_hyperparams_ff.csv")
+    # the restored search keeps its trials and their stored configs: the finished trial is not retrained,
+    # the errored one is rerun with its own config (which still asks it to fail)
+    assert second.trials_ok.item() == 1 and second.trials_failed.item() == 1
+    assert second.val_metric.item() == first.val_metric.item()
+    assert "LP: reusing" in out
