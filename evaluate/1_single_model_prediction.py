@@ -54,12 +54,13 @@ def build_parser() -> ArgumentParser:
                         help="also write <model>.features.npz with the pooled penultimate features")
     parser.add_argument("--image_size", type=int, help="resize inputs to this size (default: the checkpoint's, else "
                         "the weights' own preprocessing)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available, else CPU")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 autocast on CUDA (logits carry bf16 rounding), fp32 on CPU")
     parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute even if a complete file exists")
     return parser
 

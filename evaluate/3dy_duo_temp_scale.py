@@ -30,13 +30,15 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--large_model_pred", metavar="FILE", help="prediction file of the large model")
     parser.add_argument("--small_model_pred", metavar="FILE", help="prediction file of the sidekick")
     parser.add_argument("--config", "--duo_csv_path", metavar="CSV", help="every (model_large, model_small) row")
-    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR")
+    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
+                        help="with --config: folder of prediction and features files")
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
     parser.add_argument("--calibrated_dir", default="./calibrated", help="where the fitted models are saved")
     parser.add_argument("--mode", choices=dynamic_duo.MODES, default="concat", help="which features feed each temperature")
-    parser.add_argument("--optimizer", choices=dynamic_duo.OPTIMIZERS, default="lbfgs")
+    parser.add_argument("--optimizer", choices=dynamic_duo.OPTIMIZERS, default="lbfgs",
+                        help="full-batch L-BFGS (strong Wolfe) or mini-batch Adam")
     parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
 
 

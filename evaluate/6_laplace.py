@@ -41,23 +41,27 @@ from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_path", "--trained_model_path", required=True, help="fine-tuned checkpoint")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
     parser.add_argument("--predictions_dir", default="./predictions", help="where <name>_LA.npz goes")
     parser.add_argument("--model", "--model_name", help="architecture of a raw state_dict")
     parser.add_argument("--source", choices=model_loader.SOURCES, help="source of a raw state_dict")
     parser.add_argument("--save_name", help="output name without _LA (default: the checkpoint's file name)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
     parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
-    parser.add_argument("--subset_of_weights", default="last_layer", choices=("last_layer", "all"))
-    parser.add_argument("--hessian_structure", default="kron", choices=("kron", "diag", "full"))
+    parser.add_argument("--subset_of_weights", default="last_layer", choices=("last_layer", "all"),
+                        help="which weights get a posterior (the paper: last_layer)")
+    parser.add_argument("--hessian_structure", default="kron", choices=("kron", "diag", "full"),
+                        help="posterior precision structure (the paper: kron)")
     parser.add_argument("--prior_method", default="gridsearch", choices=("gridsearch", "marglik"),
                         help="gridsearch on val NLL (the official choice) or the marginal likelihood")
-    parser.add_argument("--link_approx", default="probit", choices=("probit", "bridge", "bridge_norm", "mc"))
+    parser.add_argument("--link_approx", default="probit", choices=("probit", "bridge", "bridge_norm", "mc"),
+                        help="GLM predictive link approximation (the official: probit)")
     parser.add_argument("--batch_size", type=int, default=32, help="batch size of the Hessian fit")
     parser.add_argument("--max_memory_gb", type=float, default=2.0, help="budget for the predictive's Jacobians")
     parser.add_argument("--subset", type=int, help="fit on the first N training images (quick runs)")
-    parser.add_argument("--num_workers", type=int, default=4)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available, else CPU")
     return parser
 
 

@@ -33,16 +33,17 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--models", nargs="*", default=[], help="single models to time (default: none)")
     parser.add_argument("--pairs", nargs="*", default=[], metavar="LARGE:SMALL", help="duos to time")
     parser.add_argument("--duos_csv", help="time every duo of this CSV (and its members)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available, else CPU")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA")
-    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
     parser.add_argument("--max_batch", type=int, default=512, help="singles: start here, halve on OOM")
     parser.add_argument("--duo_batch", type=int, nargs="+", default=[256, 32], help="duo batch sizes")
     parser.add_argument("--image_size", type=int, help="override every model's own input size")
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=20, help="untimed calls before timing")
+    parser.add_argument("--reps", type=int, default=100, help="timed calls (mean latency)")
     parser.add_argument("--no_graphs", action="store_true", help="eager only (always on CPU)")
-    parser.add_argument("--output", default="throughput.csv")
+    parser.add_argument("--output", default="throughput.csv", help="results CSV")
     return parser
 
 

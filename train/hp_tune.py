@@ -31,7 +31,7 @@ TRIAL_COLUMNS = ["trial", "checkpoint", "lr", "weight_decay", "val_metric", "epo
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", "--model_name", required=True, help="backbone (backbones.csv spelling or timm name)")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
     parser.add_argument("--num_samples", type=int, help="FT trials (default: the YAML's search.num_samples, else 12)")
     parser.add_argument("--lp_samples", type=int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
@@ -41,7 +41,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--source", choices=model_loader.SOURCES, help="default: backbones.csv, else guessed")
     parser.add_argument("--tv_weights", help="torchvision weights (default: backbones.csv, else DEFAULT)")
     parser.add_argument("--weights", default="default", help="pretrained weights: default (staged) | none | FILE")
-    parser.add_argument("--backbone_csv", default="configs/backbones.csv")
+    parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="sources and tv_weights of the models")
     parser.add_argument("--cpus_per_trial", type=int, help="default 4 with a GPU, else 1")
     parser.add_argument("--gpus_per_trial", type=float, help="default 1 with a GPU, else 0")
     parser.add_argument("--ray_address", help="join an existing Ray cluster (e.g. auto); default: start locally")
@@ -52,7 +52,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every trial")
     parser.add_argument("--accumulate", type=int, default=1,
                         help="gradient accumulation: micro-batches of batch_size/N, one step per N (same effective batch)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available, else CPU")
     parser.add_argument("--seed", type=int, default=0, help="search sampling and training seed")
     parser.add_argument("--epochs_lp", type=int, help="override the YAML's training.num_epochs_lp")
     parser.add_argument("--epochs_ff", type=int, help="override the YAML's training.num_epochs_ff")
@@ -65,7 +66,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--skip_lp_if_exist", action=argparse.BooleanOptionalAction,
                         default=True, help="reuse lp/<name>.pth when present (default on)")
     parser.add_argument("--resume", action="store_true", help="resume interrupted searches from Ray's state")
-    parser.add_argument("--debug_fail_trials", type=int, nargs="*", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--debug_fail_trials", type=int, nargs="*", default=[], metavar="INDEX",
+                        help="test hook: these trial indices raise at start (shows failed trials are tolerated)")
     return parser
 
 

@@ -30,7 +30,7 @@ from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", "--model_name", required=True, help="the model hp_tune trained")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (hp_tune's --output_dir)")
     parser.add_argument("--predictions_dir", default="./predictions", help="where the prediction files go")
     parser.add_argument("--save_name", help="hp_tune's --save_name (default: --model)")
@@ -42,12 +42,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--train_samples", type=int, default=1, help="weight samples per training step")
     parser.add_argument("--test_samples", type=int, default=8, help="weight samples of the MC predictive")
     parser.add_argument("--ess", type=float, help="effective sample size (default: the training set size)")
-    parser.add_argument("--hess_init", type=float, default=1.0)
+    parser.add_argument("--hess_init", type=float, default=1.0, help="IVON's initial Hessian estimate")
     parser.add_argument("--weight_decay", type=float, default=1e-4, help="IVON's prior precision (library default)")
     parser.add_argument("--batch_size", type=int, help="default: the YAML's batch_size")
-    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
     parser.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available, else CPU")
     parser.add_argument("--seed", type=int, default=0, help="weight-sampling and shuffling seed")
     return parser
 

@@ -26,15 +26,16 @@ from utils.config import dataset_config
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", "--model_name", required=True, help="the model hp_tune trained")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
     parser.add_argument("--output_dir", default="./checkpoints", help="the checkpoint root hp_tune wrote")
     parser.add_argument("--save_name", help="hp_tune's --save_name (default: --model)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
     parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
     parser.add_argument("--greedy_metric", choices=("acc", "f1"), help="default: the dataset's selection metric")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=4)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: CUDA when available, else CPU")
     return parser
 
 

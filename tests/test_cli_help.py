@@ -1,0 +1,21 @@
+"""Every script's --help describes every flag (the contract), and --help exits 0."""
+import importlib
+
+import pytest
+
+SCRIPTS = ["evaluate.1_single_model_prediction", "evaluate.2_temp_scale", "evaluate.3_duo_temp_scale",
+           "evaluate.3dy_duo_temp_scale", "evaluate.4_evaluate_predictions", "evaluate.5_evaluate_duo_predictions",
+           "evaluate.6_laplace", "evaluate.8_evaluate_deep_ensemble", "evaluate.9_make_report", "evaluate.run_pipeline",
+           "evaluate.extra_eval_throughput", "train.hp_tune", "train.make_soup", "train.ivon_train",
+           "train.download_imagenet_models"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_flag_has_a_description(name, capsys):
+    module = importlib.import_module(name)
+    parser = module.build_parser()
+    undescribed = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
+    assert not undescribed
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
