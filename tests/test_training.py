@@ -7,14 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from load_models import dynamic_duo, model_loader
+from load_models import dynamic_duo, laplace_tools, model_loader
 from tests import fixtures
 from tests.conftest import REPO
 from train import soups
 from utils.prediction_io import read_predictions
 
 hp_tune = importlib.import_module("train.hp_tune")
-laplace_stage = importlib.import_module("evaluate.6_laplace")
 COMMON = ["--dataset", "caltech256", "--weights", "none", "--image_size", 16, "--batch_size", 8, "--num_workers", 0,
           "--cpus_per_trial", 1]
 
@@ -141,7 +140,7 @@ def test_closed_form_kron_predictive_equals_the_library():
     x = torch.randn(30, 6)
     _, library_var = la._glm_predictive_distribution(x)
     library_probs = la(x, pred_type="glm", link_approx="probit")
-    assert laplace_stage.use_fast_kron_predictive(la)
+    assert laplace_tools.use_fast_kron_predictive(la)
     _, fast_var = la._glm_predictive_distribution(x)
     assert torch.allclose(fast_var, library_var, rtol=1e-4, atol=1e-6)
     assert torch.allclose(la(x, pred_type="glm", link_approx="probit"), library_probs, atol=1e-6)
