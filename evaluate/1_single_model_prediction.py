@@ -82,8 +82,8 @@ def list_jobs(args, backbones) -> list[dict]:
         if recorded and args.model and model_loader.architecture_of(args.model).lower() != recorded.lower():
             raise UserError(f"{checkpoint}: checkpoint is for {recorded}, not {args.model}")
         arch = model_loader.architecture_of(recorded or args.model or name)
-        source = args.source or _backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
-        tv_weights = args.tv_weights or _backbone_text(backbones, arch, "tv_weights")
+        source = args.source or tables.backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
+        tv_weights = args.tv_weights or tables.backbone_text(backbones, arch, "tv_weights")
         return {"name": name, "arch": arch, "checkpoint": checkpoint, "source": source, "tv_weights": tv_weights}
 
     if args.model_path:
@@ -105,13 +105,6 @@ def list_jobs(args, backbones) -> list[dict]:
             raise UserError(f"--backbone_csv: {args.backbone_csv} not found (needed to list the ImageNet models)")
         return [job(str(name), None) for name in backbones["model_name"]]
     raise UserError(f"--model_dir: no *.pth checkpoints in {folder}")
-
-
-def _backbone_text(backbones, name: str, column: str) -> str | None:
-    if backbones is None or column not in backbones.columns:
-        return None
-    hits = backbones.loc[backbones["model_name"].astype(str).str.lower() == name.lower(), column]
-    return str(hits.iloc[0]) if len(hits) and str(hits.iloc[0]) not in ("nan", "") else None
 
 
 def is_complete(path: Path, features_path: Path, source_id: str, splits: list[str], want_features: bool) -> bool:

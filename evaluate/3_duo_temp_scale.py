@@ -12,8 +12,7 @@ import sys
 from utils import calibrate_temperature, tables
 from utils.calibration_runs import duo_weights_row
 from utils.cli import ArgumentParser, UserError, run_main, warn
-from utils.evaluation import PredictionCache
-from utils.prediction_io import find_prediction_file
+from utils.evaluation import PredictionCache, find_duo_files
 
 
 def build_parser() -> ArgumentParser:
@@ -43,17 +42,8 @@ def main_impl(argv=None) -> int:
             raise UserError("--large_model_pred and --small_model_pred go together")
         jobs = [(args.large_model_pred, args.small_model_pred)]
     else:
-        jobs, skipped = [], []
-        for duo in tables.read_duos(args.config).itertuples():
-            paths = [find_prediction_file(args.predictions_dir, m) for m in (duo.model_large, duo.model_small)]
-            if None in paths:
-                missing = [m for m, p in zip((duo.model_large, duo.model_small), paths) if p is None]
-                if args.strict:
-                    raise UserError(f"--strict: no prediction file for {missing} in {args.predictions_dir}")
-                warn(f"{duo.model_large} + {duo.model_small}: skipped, no prediction file for {missing}")
-                skipped.append(f"{duo.model_large} + {duo.model_small}")
-                continue
-            jobs.append(tuple(paths))
+        found, skipped = find_duo_files(tables.read_duos(args.config), args.predictions_dir, args.strict)
+        jobs = [(large, small) for _, large, small in found]
         if skipped:
             warn(f"{len(skipped)} duo(s) skipped for missing prediction files: {', '.join(skipped)}")
         if not jobs:

@@ -20,9 +20,10 @@ import torch
 
 from load_models import dynamic_duo
 from utils import calibrate_temperature, safe_io, tables
-from utils.cli import ArgumentParser, UserError, run_main, warn
-from utils.evaluation import DUO_COLUMNS, EVAL_SPLITS, PredictionCache, resolve_dataset, single_model_metrics, write_results
-from utils.prediction_io import align, find_prediction_file, read_features
+from utils.cli import ArgumentParser, UserError, run_main
+from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, resolve_dataset,
+                              single_model_metrics, write_results)
+from utils.prediction_io import align, read_features
 
 
 def build_parser() -> ArgumentParser:
@@ -46,14 +47,10 @@ def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.large_model_pred and args.small_model_pred) == bool(args.config):
         raise UserError("give --large_model_pred and --small_model_pred, or --config DUOS_CSV")
-    pairs = [(args.large_model_pred, args.small_model_pred, None)] if args.config is None else []
+    pairs = [(args.large_model_pred, args.small_model_pred, None)]
     if args.config:
-        for duo in tables.read_duos(args.config).itertuples(index=False):
-            paths = [find_prediction_file(args.predictions_dir, m) for m in (duo.model_large, duo.model_small)]
-            if None in paths:
-                warn(f"{duo.model_large} + {duo.model_small}: skipped, missing prediction file")
-                continue
-            pairs.append((*paths, duo))
+        found, _ = find_duo_files(tables.read_duos(args.config), args.predictions_dir, strict=False)
+        pairs = [(large, small, duo) for duo, large, small in found]
     cache, rows, names = PredictionCache(), [], []
     torch.manual_seed(args.seed)
     for large_path, small_path, duo in pairs:

@@ -15,9 +15,9 @@ from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs
 from utils import tables
 from utils.calibration_runs import duo_weights_row, single_temperature_row
 from utils.cli import ArgumentParser, UserError, run_main, warn
-from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, metrics_by_uncertainty,
+from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, metrics_by_uncertainty,
                               resolve_dataset, write_results)
-from utils.prediction_io import align, find_prediction_file
+from utils.prediction_io import align
 from utils.uncertainty_metrics import UNCERTAINTY_TYPES
 
 _NEEDS_SINGLE = {"unweighted_ts"}
@@ -44,23 +44,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--fit_missing", action="store_true",
                         help="fit missing temperatures/weights on the val split and record them (else: error)")
     return parser
-
-
-def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list[str]]:
-    jobs, skipped = [], []
-    for duo in duos.itertuples(index=False):
-        names = (duo.model_large, duo.model_small)
-        paths = [find_prediction_file(predictions_dir, name) for name in names]
-        missing = [name for name, path in zip(names, paths) if path is None]
-        if missing:
-            if strict:
-                raise UserError(f"--strict: {duo.model_large} + {duo.model_small}: no prediction file for "
-                                f"{missing} in {predictions_dir}")
-            warn(f"{duo.model_large} + {duo.model_small}: skipped, no prediction file for {missing} in {predictions_dir}")
-            skipped.append(f"{duo.model_large} + {duo.model_small}")
-            continue
-        jobs.append((duo, paths[0], paths[1]))
-    return jobs, skipped
 
 
 def check_temperatures(jobs, modes, singles: dict, weights: dict, args) -> None:

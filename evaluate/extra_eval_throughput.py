@@ -83,8 +83,8 @@ class Timer:
 class Member:
     def __init__(self, name: str, backbones, args, device):
         self.name = name
-        self.source = _text(backbones, name, "source") or model_loader.guess_source(name)
-        self.tv_weights = _text(backbones, name, "tv_weights")
+        self.source = tables.backbone_text(backbones, name, "source") or model_loader.guess_source(name)
+        self.tv_weights = tables.backbone_text(backbones, name, "tv_weights")
         self.size = input_size(name, self.source, self.tv_weights, args.image_size)
         model = model_loader.get_model_with_head(name, source=self.source, tv_weights=self.tv_weights,
                                                  keep_imagenet_head=True, weights="none").eval()
@@ -101,13 +101,6 @@ class Member:
     def forward(self, x):
         with autocast_context(self.device, self.args.precision):
             return self.model(x)
-
-
-def _text(backbones, name, column):
-    if backbones is None or column not in backbones.columns:
-        return None
-    hits = backbones.loc[backbones["model_name"].astype(str).str.lower() == name.lower(), column]
-    return str(hits.iloc[0]) if len(hits) and str(hits.iloc[0]) not in ("nan", "") else None
 
 
 def largest_batch(member: Member, timer: Timer, start: int) -> tuple[int, float]:

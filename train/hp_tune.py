@@ -76,11 +76,8 @@ def settings(args) -> tuple[dict, dict, dict]:
     train_cfg, search = config["training"], config["search"]
     backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
     arch = model_loader.architecture_of(args.model)
-    row = None if backbones is None else backbones[backbones["model_name"].astype(str).str.lower() == arch.lower()]
-    source = args.source or (str(row["source"].iloc[0]) if row is not None and len(row) else None) \
-        or model_loader.guess_source(arch)
-    tv_weights = args.tv_weights or (str(row["tv_weights"].iloc[0]) if row is not None and len(row) and
-                                     pd.notna(row["tv_weights"].iloc[0]) else None)
+    source = args.source or tables.backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
+    tv_weights = args.tv_weights or tables.backbone_text(backbones, arch, "tv_weights")
     data_dir = args.data_dir or config["data"].get("root")
     setup = {"model": args.model, "save_name": args.save_name or args.model, "dataset": args.dataset,
              "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "source": source, "tv_weights": tv_weights,

@@ -10,7 +10,7 @@ import pandas as pd
 
 from utils import safe_io, uncertainty_metrics as um
 from utils.cli import UserError, warn
-from utils.prediction_io import PredictionSet, normalise_predictions_dir, read_predictions
+from utils.prediction_io import PredictionSet, find_prediction_file, normalise_predictions_dir, read_predictions
 
 EVAL_SPLITS = ("test", "ood_test")
 SINGLE_UNCERTAINTY_TYPES = ("softmax_response", "entropy")
@@ -100,3 +100,22 @@ class PredictionCache:
         if len(self._items) > self.max_items:
             self._items.popitem(last=False)
         return pset
+
+
+def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list[str]]:
+    """(duo row, large file, small file) for every duo with both prediction files; a warning per
+    duo skipped (or, with `strict`, an error on the first)."""
+    jobs, skipped = [], []
+    for duo in duos.itertuples(index=False):
+        names = (duo.model_large, duo.model_small)
+        paths = [find_prediction_file(predictions_dir, name) for name in names]
+        missing = [name for name, path in zip(names, paths) if path is None]
+        if missing:
+            if strict:
+                raise UserError(f"--strict: {duo.model_large} + {duo.model_small}: no prediction file for "
+                                f"{missing} in {predictions_dir}")
+            warn(f"{duo.model_large} + {duo.model_small}: skipped, no prediction file for {missing} in {predictions_dir}")
+            skipped.append(f"{duo.model_large} + {duo.model_small}")
+            continue
+        jobs.append((duo, paths[0], paths[1]))
+    return jobs, skipped

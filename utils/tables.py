@@ -84,18 +84,29 @@ def read_backbones(path: str | Path | None, required: bool = False) -> pd.DataFr
     return frame
 
 
-def backbone_value(backbones: pd.DataFrame | None, model: str, column: str) -> float:
-    """A numeric column of backbones.csv for `model` (case-insensitive; soups `<arch>_greedy` and
-    `<arch>_uniform` map to their arch), NaN when unknown."""
+def _backbone_cell(backbones: pd.DataFrame | None, model: str, column: str):
+    """The raw cell of backbones.csv for `model` (case-insensitive; soups `<arch>_greedy` and
+    `<arch>_uniform` map to their arch), or None when unknown."""
     if backbones is None or column not in backbones.columns:
-        return math.nan
+        return None
     names = backbones["model_name"].astype(str).str.lower()
     for candidate in (model, *[model[: -len(suffix)] for suffix in ("_greedy", "_uniform") if model.endswith(suffix)]):
         hits = backbones.loc[names == candidate.lower(), column]
         if len(hits):
-            value = pd.to_numeric(hits.iloc[0], errors="coerce")
-            return float(value) if pd.notna(value) else math.nan
-    return math.nan
+            return hits.iloc[0]
+    return None
+
+
+def backbone_value(backbones: pd.DataFrame | None, model: str, column: str) -> float:
+    """A numeric column of backbones.csv for `model`, NaN when unknown."""
+    value = pd.to_numeric(_backbone_cell(backbones, model, column), errors="coerce")
+    return float(value) if pd.notna(value) else math.nan
+
+
+def backbone_text(backbones: pd.DataFrame | None, model: str, column: str) -> str | None:
+    """A text column of backbones.csv for `model` (e.g. source, tv_weights), None when unknown or empty."""
+    value = _backbone_cell(backbones, model, column)
+    return None if value is None or pd.isna(value) or str(value) == "" else str(value)
 
 
 # ----------------------------------------------------------------------------- temperatures
