@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 from utils import calibrate_temperature, tables
 from utils.calibration_runs import single_temperature_row
 from utils.cli import ArgumentParser, run_main
-from utils.prediction_io import read_predictions, select_prediction_files
+from utils.prediction_io import prediction_paths, read_predictions, select_prediction_files
 
 
 def build_parser() -> ArgumentParser:
@@ -34,7 +32,7 @@ def build_parser() -> ArgumentParser:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.predictions:
-        paths = [Path(p) for p in args.predictions]
+        paths = prediction_paths(args.predictions, "--predictions")
     else:
         paths = list(select_prediction_files(args.predictions_dir, args.models).values())
     rows = [single_temperature_row(read_predictions(path), args.method) for path in paths]      # everything is validated before writing

@@ -11,8 +11,9 @@ import sys
 
 from utils import calibrate_temperature, tables
 from utils.calibration_runs import duo_weights_row
-from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.cli import ArgumentParser, UserError, run_main
 from utils.evaluation import PredictionCache, find_duo_files
+from utils.prediction_io import resolve_prediction_path
 
 
 def build_parser() -> ArgumentParser:
@@ -40,15 +41,17 @@ def main_impl(argv=None) -> int:
     if pair_given:
         if not (args.large_model_pred and args.small_model_pred):
             raise UserError("--large_model_pred and --small_model_pred go together")
-        jobs = [(args.large_model_pred, args.small_model_pred)]
+        jobs = [(resolve_prediction_path(args.large_model_pred), resolve_prediction_path(args.small_model_pred))]
     else:
         found, skipped = find_duo_files(tables.read_duos(args.config), args.predictions_dir, args.strict)
         jobs = [(large, small) for _, large, small in found]
-        if skipped:
-            warn(f"{len(skipped)} duo(s) skipped for missing prediction files: {', '.join(skipped)}")
         if not jobs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")
-    rows = [duo_weights_row(cache.get(large), cache.get(small), args.method) for large, small in jobs]
+    pairs = [(cache.get(large), cache.get(small)) for large, small in jobs]
+    for large, small in pairs:
+        if large.model.casefold() == small.model.casefold():
+            raise UserError(f"{large.source} and {small.source} are the same model ({large.model}); a duo needs two")
+    rows = [duo_weights_row(large, small, args.method) for large, small in pairs]
     out = tables.upsert_duo_temperatures(args.output_dir, rows)
     for row in rows:
         print(f"{row['model_large']} + {row['model_small']}: w_large={row['weight_large']:.4f} "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from utils import tables
 from utils.calibration_runs import single_temperature_row
-from utils.cli import ArgumentParser, UserError, run_main
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.evaluation import (EVAL_SPLITS, SINGLE_COLUMNS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
                               single_model_metrics, write_results)
 from utils.prediction_io import read_predictions, select_prediction_files
@@ -26,8 +26,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
     parser.add_argument("--calibrated_dir", default="./calibrated",
                         help="folder of temperature_single_model.csv from stage 2 (default ./calibrated)")
-    parser.add_argument("--backbone_csv", default="configs/backbones.csv",
-                        help="for the gflops/params columns (default configs/backbones.csv; optional)")
+    add_backbone_csv(parser, "for the gflops/params columns")
     parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
                         "(default: recorded in the prediction files)")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models")
@@ -41,7 +40,7 @@ def build_parser() -> ArgumentParser:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     files = select_prediction_files(args.predictions_dir, args.models)
-    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    backbones = tables.read_backbones(args.backbone_csv)
     temperature_file = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
     temperatures = tables.read_single_temperatures(temperature_file)
     missing = [name for name in files if name not in temperatures]

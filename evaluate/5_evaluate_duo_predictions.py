@@ -14,7 +14,7 @@ from pathlib import Path
 from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs
 from utils import tables
 from utils.calibration_runs import duo_weights_row, single_temperature_row
-from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main, warn
 from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, metrics_by_uncertainty,
                               resolve_dataset, write_results)
 from utils.prediction_io import align
@@ -27,7 +27,8 @@ _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", "--duo_csv_path", default="configs/duos.csv", metavar="CSV",
-                        help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv)")
+                        help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv; a relative path "
+                             "not found in the working folder is read from the repository)")
     parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
                         help="folder of prediction files, or official y-prediction/<dataset> (default ./predictions)")
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
@@ -38,8 +39,7 @@ def build_parser() -> ArgumentParser:
                         help="default: all three")
     parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
                         "(default: recorded in the prediction files)")
-    parser.add_argument("--backbone_csv", default="configs/backbones.csv",
-                        help="fills gflops columns the duos CSV lacks (default configs/backbones.csv; optional)")
+    add_backbone_csv(parser, "fills gflops columns the duos CSV lacks")
     parser.add_argument("--strict", action="store_true", help="fail on the first duo with a missing prediction file")
     parser.add_argument("--fit_missing", action="store_true",
                         help="fit missing temperatures/weights on the val split and record them (else: error)")
@@ -65,7 +65,7 @@ def check_temperatures(jobs, modes, singles: dict, weights: dict, args) -> None:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    backbones = tables.read_backbones(args.backbone_csv)
     duos = tables.read_duos(args.config, backbones)
     singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
     weights = tables.read_duo_weights(Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
@@ -74,27 +74,28 @@ def main_impl(argv=None) -> int:
 
     cache = PredictionCache()
     rows, fitted_single, fitted_duo, dataset_names = [], [], [], []
-    for duo, large_path, small_path in sorted(jobs, key=lambda job: job[0].model_large):
+    for duo, large_path, small_path in sorted(jobs, key=lambda job: job[0].model_large.casefold()):
         large, small = cache.get(large_path), cache.get(small_path)
+        pair = (large.model, small.model)            # the identities: the files' names
         dataset_names += [large.dataset, small.dataset]
-        for model, pset in ((duo.model_large, large), (duo.model_small, small)):
-            if _NEEDS_SINGLE & set(args.modes) and model not in singles:
+        for pset in (large, small):
+            if _NEEDS_SINGLE & set(args.modes) and pset.model not in singles:
                 fitted_single.append(single_temperature_row(pset))
-                singles[model] = fitted_single[-1]["temperature"]
-        if _NEEDS_DUO & set(args.modes) and (duo.model_large, duo.model_small) not in weights:
+                singles[pset.model] = fitted_single[-1]["temperature"]
+        if _NEEDS_DUO & set(args.modes) and pair not in weights:
             fitted_duo.append(duo_weights_row(large, small))
-            weights[(duo.model_large, duo.model_small)] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
-        temps = DuoTemperatures(singles.get(duo.model_large, 1.0), singles.get(duo.model_small, 1.0),
-                                *weights.get((duo.model_large, duo.model_small), (0.5, 0.5)))
+            weights[pair] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
+        temps = DuoTemperatures(singles.get(large.model, 1.0), singles.get(small.model, 1.0),
+                                *weights.get(pair, (0.5, 0.5)))
         large.split("test", "to evaluate the duo")
-        descriptive = {"model_large": duo.model_large, "model_small": duo.model_small,
+        descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,
                        "gflops_balance": duo.gflops_balance}
         for split in EVAL_SPLITS:
             if split not in large.splits:
                 continue
             if split not in small.splits:
-                warn(f"{duo.model_large} + {duo.model_small}: {small.source} has no '{split}' split; skipped it")
+                warn(f"{large.model} + {small.model}: {small.source} has no '{split}' split; skipped it")
                 continue
             data_large = large.splits[split]
             data_small = align(data_large, small.splits[split], large.source, small.source, split)
@@ -103,10 +104,8 @@ def main_impl(argv=None) -> int:
                 scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
                 for uncertainty, metrics in scored.items():
                     rows.append({**metrics, **descriptive, "mode": mode, "uncertainty_type": uncertainty, "split": split})
-        print(f"{duo.model_large} + {duo.model_small}: evaluated {len(args.modes)} mode(s)")
+        print(f"{large.model} + {small.model}: evaluated {len(args.modes)} mode(s)")
 
-    if skipped:
-        warn(f"{len(skipped)} duo(s) skipped for missing prediction files: {', '.join(skipped)}")
     if not rows:
         raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)

@@ -20,6 +20,7 @@ import pandas as pd
 from load_models.duo_modes import DuoTemperatures, duo_outputs
 from utils import report, safe_io, tables, uncertainty_metrics as um
 from utils.cli import ArgumentParser, UserError, run_main
+from utils.model_names import NameMap
 from utils.prediction_io import find_prediction_file, read_predictions, align
 
 
@@ -127,8 +128,10 @@ def main_impl(argv=None) -> int:
     if single.empty:
         raise UserError(f"--results_dir: no evaluation_single_model_*.csv in {results}; run stage 4 first")
     large = args.large or (duos["model_large"].iloc[0] if len(duos) else single["model"].iloc[0])
-    if large not in set(single["model"]):
+    models = NameMap((name, True) for name in single["model"].astype(str))
+    if large not in models:
         raise UserError(f"--large: {large} has no rows in {results}/evaluation_single_model_*.csv")
+    large = models.spelling(large)                    # the results' spelling of the name given in any case
     out_path = Path(args.output or results / "REPORT.md")
     folder = out_path.parent
     sections = [f"# Asymmetric duos report: {large} on {', '.join(sorted(set(single['dataset'])))}", ""]

@@ -24,12 +24,12 @@ import torch
 from load_models import model_loader
 from train.engine import PRECISIONS, autocast_context, prepare_model, resolve_device
 from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, run_main
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="sources, tv_weights and GFLOPS")
+    add_backbone_csv(parser, "sources, tv_weights and GFLOPS")
     parser.add_argument("--models", nargs="*", default=[], help="single models to time (default: none)")
     parser.add_argument("--pairs", nargs="*", default=[], metavar="LARGE:SMALL", help="duos to time")
     parser.add_argument("--duos_csv", help="time every duo of this CSV (and its members)")
@@ -175,7 +175,7 @@ def r_squared(x: np.ndarray, y: np.ndarray) -> float:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
-    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    backbones = tables.read_backbones(args.backbone_csv)
     pairs = [tuple(p.split(":", 1)) for p in args.pairs]
     if any(len(p) != 2 for p in pairs):
         raise UserError("--pairs: write each pair as LARGE:SMALL")

@@ -23,7 +23,8 @@ from load_models import model_loader
 from train import tuning
 from utils import safe_io
 from utils.cli import ArgumentParser, UserError, run_main
-from utils.config import REPO_ROOT
+from utils.config import REPO_ROOT, resolve_config_path
+from utils.model_names import existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
           "deep_ensemble", "report")
@@ -199,9 +200,7 @@ def write_slurm(plan: Plan, all_steps) -> Path:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    path = Path(args.config)
-    if not path.exists():
-        raise UserError(f"--config: {path} not found")
+    path = resolve_config_path(args.config, "--config")
     config = yaml.safe_load(path.read_text()) or {}
     for key in ("dataset", "large"):
         if key not in config:
@@ -221,7 +220,7 @@ def main_impl(argv=None) -> int:
     started = time.time()
     for number, (stage, script, step_argv, done_when) in enumerate(all_steps, start=1):
         prefix = f"[{number}/{len(all_steps)} {stage} {time.time() - started:5.0f}s]"
-        if done_when is not None and Path(done_when).exists():
+        if done_when is not None and existing_path(done_when).exists():       # names in any case
             print(f"{prefix} reused: {done_when} exists")
             continue
         print(f"{prefix} {command_line(script, step_argv)}", flush=True)

@@ -27,6 +27,23 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def add_backbone_csv(parser: argparse.ArgumentParser, purpose: str) -> None:
+    """The shared `--backbone_csv` flag (official alias `--backbone_csv_path`)."""
+    parser.add_argument("--backbone_csv", "--backbone_csv_path", metavar="CSV",
+                        help=f"{purpose} (default: the repository's configs/backbones.csv, whatever the working "
+                             f"folder; a relative path not found in the working folder is read from the repository)")
+
+
+def parse_bool(text: str) -> bool:
+    """True/False for flags the official scripts take as `--flag True|False`."""
+    value = str(text).strip().lower()
+    if value in ("true", "1", "yes", "y", "on"):
+        return True
+    if value in ("false", "0", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
 

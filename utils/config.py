@@ -13,6 +13,20 @@ from utils.cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_BACKBONES = CONFIG_DIR / "backbones.csv"
+
+
+def resolve_config_path(path: str | Path, flag: str) -> Path:
+    """A config file or folder named on the command line: the path as given when it exists (relative
+    to the working folder, so an explicit file always wins), else the same relative path inside this
+    repository (`configs/duos.csv` works from any folder); an error naming `flag` when neither exists."""
+    path = Path(path)
+    if path.exists():
+        return path
+    if not path.is_absolute() and (REPO_ROOT / path).exists():
+        return REPO_ROOT / path
+    where = "" if path.is_absolute() else f" (looked in the working folder and in the repository {REPO_ROOT})"
+    raise UserError(f"{flag}: {path} not found{where}")
 
 _NUMBER = (int, float)
 _OPTIONAL_STR = (str, type(None))
@@ -28,9 +42,9 @@ SCHEMA: dict[str, dict[str, tuple]] = {
 
 def load_config(path: str | Path) -> dict:
     """Read and check a YAML config; missing sections are empty dicts."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"--config: {path} not found")
+    path = resolve_config_path(path, "--config")
+    if not path.is_file():
+        raise UserError(f"--config: {path} is not a file")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -58,9 +72,15 @@ def load_config(path: str | Path) -> dict:
     return config
 
 
-def dataset_config(dataset: str, path: str | Path | None = None) -> dict:
-    """`path`, else configs/<dataset>.yaml of this repository, else empty defaults."""
+def dataset_config(dataset: str, path: str | Path | None = None, config_dir: str | Path | None = None) -> dict:
+    """`path`, else `<config_dir>/<dataset>.yaml` (the official `--config_dir`), else
+    configs/<dataset>.yaml of this repository, else empty defaults."""
     if path is not None:
         return load_config(path)
+    if config_dir is not None:
+        folder = resolve_config_path(config_dir, "--config_dir")
+        if not (folder / f"{dataset}.yaml").is_file():
+            raise UserError(f"--config_dir: no {dataset}.yaml in {folder}")
+        return load_config(folder / f"{dataset}.yaml")
     default = CONFIG_DIR / f"{dataset}.yaml"
     return load_config(default) if default.exists() else {section: {} for section in SCHEMA}

@@ -10,7 +10,8 @@ import pandas as pd
 
 from utils import safe_io, uncertainty_metrics as um
 from utils.cli import UserError, warn
-from utils.prediction_io import PredictionSet, find_prediction_file, normalise_predictions_dir, read_predictions
+from utils.model_names import check_plain_name
+from utils.prediction_io import PredictionSet, list_prediction_files, normalise_predictions_dir, read_predictions
 
 EVAL_SPLITS = ("test", "ood_test")
 SINGLE_UNCERTAINTY_TYPES = ("softmax_response", "entropy")
@@ -70,10 +71,10 @@ def resolve_dataset(flag: str | None, recorded: Iterable[str | None], prediction
     """The dataset name for result file names: --dataset, else the one the prediction files record,
     else (CSV files carry no metadata) the predictions folder's name."""
     if flag:
-        return flag
+        return check_plain_name(flag, "--dataset")
     names = {name for name in recorded if name}
     if len(names) == 1:
-        return names.pop()
+        return check_plain_name(names.pop(), "the dataset recorded in the prediction files")
     if not names:
         fallback = normalise_predictions_dir(predictions_dir).resolve().name
         warn(f"the prediction files do not record their dataset; naming the results after the folder "
@@ -103,19 +104,25 @@ class PredictionCache:
 
 
 def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list[str]]:
-    """(duo row, large file, small file) for every duo with both prediction files; a warning per
-    duo skipped (or, with `strict`, an error on the first)."""
-    jobs, skipped = [], []
+    """(duo row, large file, small file) for every duo with both prediction files, names matched
+    case-insensitively; the duos skipped are summarised in one warning (with `strict`, an error on
+    the first)."""
+    available = list_prediction_files(predictions_dir)
+    jobs, skipped, missing_models = [], [], {}
     for duo in duos.itertuples(index=False):
         names = (duo.model_large, duo.model_small)
-        paths = [find_prediction_file(predictions_dir, name) for name in names]
-        missing = [name for name, path in zip(names, paths) if path is None]
+        missing = [name for name in names if name not in available]
         if missing:
             if strict:
                 raise UserError(f"--strict: {duo.model_large} + {duo.model_small}: no prediction file for "
                                 f"{missing} in {predictions_dir}")
-            warn(f"{duo.model_large} + {duo.model_small}: skipped, no prediction file for {missing} in {predictions_dir}")
             skipped.append(f"{duo.model_large} + {duo.model_small}")
+            for name in missing:
+                missing_models.setdefault(name.casefold(), name)
             continue
-        jobs.append((duo, paths[0], paths[1]))
+        jobs.append((duo, available[duo.model_large], available[duo.model_small]))
+    if skipped:
+        shown = sorted(missing_models.values())
+        warn(f"{len(skipped)} of {len(skipped) + len(jobs)} duo(s) skipped: no prediction file in {predictions_dir} "
+             f"for {len(shown)} model(s): {', '.join(shown[:12])}{', ...' if len(shown) > 12 else ''}")
     return jobs, skipped

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from utils import safe_io
-from utils.cli import UserError
+from utils.cli import UserError, warn
+from utils.model_names import NameMap, existing_path, find_file, fold, unique_by_case
 
 SPLITS = ("val", "test", "ood_test")
 FEATURES_SUFFIX = ".features.npz"
@@ -106,9 +107,18 @@ def _validate(pset: PredictionSet) -> PredictionSet:
 
 # ----------------------------------------------------------------------------- reading
 
+def is_features_file(path: str | Path) -> bool:
+    return Path(path).name.endswith(FEATURES_SUFFIX)
+
+
 def read_predictions(path: str | Path) -> PredictionSet:
-    """Read one model's prediction file (.npz, .csv, or an official `<split>/raw/<model>.csv`)."""
+    """Read one model's prediction file (.npz, .csv, or an official `<split>/raw/<model>.csv`).
+
+    The model's name is the file's stem, whatever its `meta.model` says (a warning names both)."""
     path = Path(path)
+    if is_features_file(path):
+        raise UserError(f"{path}: a features file (stage 1 --features), not a prediction file; give "
+                        f"{path.name[: -len(FEATURES_SUFFIX)]}.npz instead")
     official_root = _official_root_of(path)
     if official_root is not None:
         return read_official(official_root, path.stem)
@@ -147,7 +157,11 @@ def _read_npz(path: Path) -> PredictionSet:
             if key not in data:
                 raise UserError(f"{path}: has logits_{name} but no {key}")
         splits[name] = Split(data[f"logits_{name}"], data[f"labels_{name}"], data[f"ids_{name}"])
-    model = meta.get("model") or _model_name_of(path)
+    model = _model_name_of(path)
+    recorded = meta.get("model")
+    if recorded is not None and fold(recorded) != fold(model):
+        warn(f"{path}: meta.model is '{recorded}' but the file is named '{model}'; the file name is the model's "
+             f"name, so its rows are keyed '{model}'")
     return PredictionSet(model=model, splits=splits, meta=meta, source=str(path))
 
 
@@ -208,13 +222,48 @@ def normalise_predictions_dir(folder: str | Path) -> Path:
     return folder
 
 
+def _official_labels(split_dir: Path, num_rows: int, source: str) -> np.ndarray:
+    """The `target` column of an official split folder's point_prediction.csv."""
+    targets_path = split_dir / "point_prediction.csv"
+    if not targets_path.is_file():
+        raise UserError(f"{targets_path}: missing (the official layout keeps labels in column 'target')")
+    try:
+        targets = pd.read_csv(targets_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{targets_path}: cannot parse CSV ({' '.join(str(exc).split())})") from None
+    if "target" not in targets.columns:
+        raise UserError(f"{targets_path}: no 'target' column")
+    labels = _numeric_block(targets[["target"]], targets_path)[:, 0]
+    if len(labels) != num_rows:
+        raise UserError(f"{source}: {num_rows} rows but {targets_path} has {len(labels)} labels")
+    return labels
+
+
+def read_official_ensemble(path: str | Path) -> Split:
+    """An official pre-averaged ensemble file, `y-prediction/<ds>/<split>/deep_ensemble/<model>_<m>.csv`
+    (logits without a header row), with labels from the split folder's point_prediction.csv."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, header=None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot parse CSV ({' '.join(str(exc).split())})") from None
+    first = pd.to_numeric(frame.iloc[0], errors="coerce")
+    if np.array_equal(first.to_numpy(), np.arange(frame.shape[1])):        # a header row 0..K-1 after all
+        frame = frame.iloc[1:].reset_index(drop=True)
+    logits = _numeric_block(frame, path)
+    labels = _official_labels(path.parent.parent, len(logits), str(path))
+    split = path.parent.parent.name
+    return _validate_split(Split(logits, labels, np.arange(len(logits), dtype=np.int64)), str(path), split)
+
+
 def read_official(root: Path, model: str) -> PredictionSet:
     root = Path(root)
     splits = {}
     for name in SPLITS:
-        raw = root / name / "raw" / f"{model}.csv"
-        if not raw.exists():
+        raw = find_file(root / name / "raw", f"{model}.csv")
+        if raw is None:
             continue
+        model = raw.stem
         source = str(raw)
         try:
             frame = pd.read_csv(raw)
@@ -222,15 +271,7 @@ def read_official(root: Path, model: str) -> PredictionSet:
             raise UserError(f"{raw}: cannot parse CSV ({exc})") from None
         frame = frame.loc[:, [not str(c).startswith("Unnamed") for c in frame.columns]]
         logits = _numeric_block(frame, raw)
-        targets_path = root / name / "point_prediction.csv"
-        if not targets_path.exists():
-            raise UserError(f"{targets_path}: missing (the official layout keeps labels in column 'target')")
-        targets = pd.read_csv(targets_path)
-        if "target" not in targets.columns:
-            raise UserError(f"{targets_path}: no 'target' column")
-        labels = _numeric_block(targets[["target"]], targets_path)[:, 0]
-        if len(labels) != len(logits):
-            raise UserError(f"{source}: {len(logits)} rows but {targets_path} has {len(labels)} labels")
+        labels = _official_labels(root / name, len(logits), source)
         splits[name] = Split(logits, labels, np.arange(len(logits), dtype=np.int64))
     if not splits:
         raise UserError(f"{root}: no '{model}.csv' under any of {', '.join(s + '/raw' for s in SPLITS)}")
@@ -240,51 +281,80 @@ def read_official(root: Path, model: str) -> PredictionSet:
 
 # ----------------------------------------------------------------------------- folders
 
-def list_prediction_files(folder: str | Path) -> dict[str, Path]:
-    """Model name -> prediction file in a predictions folder (NPZ preferred over CSV)."""
+def list_prediction_files(folder: str | Path) -> NameMap:
+    """Model name -> prediction file in a predictions folder (NPZ preferred over CSV of the same
+    name; `*.features.npz` and hidden files are never prediction files). Names match
+    case-insensitively; two files whose names differ only by case are an error."""
     folder = normalise_predictions_dir(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: predictions folder not found")
-    found: dict[str, Path] = {}
     if is_official_root(folder):
-        for split in SPLITS:
-            for raw in sorted((folder / split / "raw").glob("*.csv")):
-                found.setdefault(raw.stem, raw)
-        return found
-    for path in sorted(folder.iterdir()):
-        if path.name.endswith(FEATURES_SUFFIX) or path.name.startswith("."):
+        candidates = [raw for split in SPLITS for raw in sorted((folder / split / "raw").glob("*.csv"))]
+    else:
+        candidates = [p for p in sorted(folder.iterdir()) if p.suffix in (".npz", ".csv") and p.is_file()
+                      and not is_features_file(p) and not p.name.startswith(".")]
+    found = NameMap()
+    for path in candidates:
+        name = _model_name_of(path)
+        if name in found:
+            spelt = found.spelling(name)
+            if spelt != name:
+                raise UserError(f"{folder}: '{found[name].name}' and '{path.name}' differ only by case, so they name "
+                                f"the same model; remove or rename one of them")
+            if path.suffix == ".npz" and found[name].suffix == ".csv":
+                found[name] = path
             continue
-        if path.suffix == ".npz" or (path.suffix == ".csv" and _model_name_of(path) not in found):
-            found[_model_name_of(path)] = path
+        found[name] = path
     return found
 
 
-def select_prediction_files(folder: str | Path, models: list[str] | None = None) -> dict[str, Path]:
-    """The folder's prediction files, only `models` when given (`--models`); an error when none remain."""
+def select_prediction_files(folder: str | Path, models: list[str] | None = None) -> NameMap:
+    """The folder's prediction files, only `models` when given (`--models`, any case); an error when
+    none remain."""
     found = list_prediction_files(folder)
     if models:
         missing = [m for m in models if m not in found]
         if missing:
             raise UserError(f"--models: no prediction file for {missing} in {folder}")
-        found = {m: found[m] for m in models}
+        unique_by_case(models, "--models")
+        found = NameMap((found.spelling(m), found[m]) for m in models)
     if not found:
         raise UserError(f"--predictions_dir: no prediction files in {folder}")
     return found
 
 
 def find_prediction_file(folder: str | Path, model: str) -> Path | None:
-    folder = normalise_predictions_dir(folder)
-    if is_official_root(folder):
-        for split in SPLITS:
-            raw = folder / split / "raw" / f"{model}.csv"
-            if raw.exists():
-                return raw
-        return None
-    for suffix in (".npz", ".csv"):
-        candidate = folder / f"{model}{suffix}"
-        if candidate.exists():
-            return candidate
-    return None
+    """The prediction file of `model` (any case) in a predictions folder or official tree, else None."""
+    return list_prediction_files(folder).get(model) if Path(normalise_predictions_dir(folder)).is_dir() else None
+
+
+def resolve_prediction_path(path: str | Path) -> Path:
+    """An explicit prediction file argument: the file itself when it exists, else the file of the same
+    model in the same folder (any case, .npz or .csv), so `predictions/convnext_base.csv` finds the
+    `predictions/ConvNeXt_Base.npz` that stage 1 wrote. A missing file is reported by the reader."""
+    path = Path(path)
+    if path.exists() or _official_root_of(path) is not None or is_features_file(path):
+        return path
+    if path.suffix not in (".npz", ".csv") or not path.parent.is_dir():
+        return existing_path(path)
+    found = list_prediction_files(path.parent).get(_model_name_of(path))
+    if found is None:
+        return path
+    print(f"{path}: not found; using {found}, the same model's prediction file")
+    return found
+
+
+def prediction_paths(entries: list[str], flag: str) -> list[Path]:
+    """Prediction files given on the command line (often a shell glob): each resolved as in
+    `resolve_prediction_path`; features files that a glob also matched are left out with a note."""
+    paths, features = [], []
+    for entry in entries:
+        (features if is_features_file(entry) else paths).append(entry)
+    if features:
+        print(f"{flag}: left out {len(features)} features file(s) (*{FEATURES_SUFFIX}), which are not prediction files")
+    if not paths:
+        raise UserError(f"{flag}: only features files given ({', '.join(features[:3])}); give the prediction files")
+    return [resolve_prediction_path(p) for p in paths]
 
 
 # ----------------------------------------------------------------------------- writing

@@ -126,11 +126,13 @@ class LockedTable:
             self.frame = pd.DataFrame(columns=list(columns or key_columns))
 
     def _keys(self, frame: pd.DataFrame) -> list[tuple]:
-        return list(frame[self.key_columns].astype(str).itertuples(index=False, name=None))
+        # model names are one identity in any case (contract §2): `resnet18` and `ResNet18` are one row
+        return [tuple(str(v).casefold() for v in key)
+                for key in frame[self.key_columns].astype(str).itertuples(index=False, name=None)]
 
     def get(self, **key) -> dict | None:
-        """The stored row whose key columns equal `key`, or None."""
-        wanted = tuple(str(key[k]) for k in self.key_columns)
+        """The stored row whose key columns equal `key` (ignoring case), or None."""
+        wanted = tuple(str(key[k]).casefold() for k in self.key_columns)
         for position, existing in enumerate(self._keys(self.frame)):
             if existing == wanted:
                 return self.frame.iloc[position].to_dict()
@@ -140,7 +142,7 @@ class LockedTable:
         new_keys = set(self._keys(rows))
         keep = [key not in new_keys for key in self._keys(self.frame)]
         merged = pd.concat([self.frame[keep], rows], ignore_index=True) if len(self.frame) else rows.reset_index(drop=True)
-        self.frame = merged.drop_duplicates(subset=self.key_columns, keep="last")
+        self.frame = merged[~pd.Series(self._keys(merged)).duplicated(keep="last").to_numpy()]
         self.changed = True
 
 

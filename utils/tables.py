@@ -14,6 +14,8 @@ import pandas as pd
 from utils import safe_io
 from utils.calibrate_temperature import temperature_to_weight, weight_to_temperature
 from utils.cli import UserError
+from utils.config import DEFAULT_BACKBONES, resolve_config_path
+from utils.model_names import NameMap
 
 SINGLE_TEMPERATURE_FILE = "temperature_single_model.csv"
 DUO_TEMPERATURE_FILE = "temperature_duo.csv"
@@ -28,10 +30,14 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give the {what} file")
     try:
         return pd.read_csv(path, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot parse {what} ({exc})") from None
+        raise UserError(f"{path}: cannot parse {what} ({' '.join(str(exc).split())})") from None
+    except PermissionError:
+        raise UserError(f"{path}: permission denied reading the {what}") from None
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
@@ -46,8 +52,9 @@ def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
 # ----------------------------------------------------------------------------- duo and backbone lists
 
 def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The duos to evaluate: official columns, optional sources; gflops_balance computed when absent."""
-    path = Path(path)
+    """The duos to evaluate: official columns, optional sources; gflops_balance computed when absent.
+    A relative `path` that is not in the working folder is looked up in the repository."""
+    path = resolve_config_path(path, "--config")
     frame = _read_table(path, "duos CSV")
     missing = [c for c in ("model_large", "model_small") if c not in frame.columns]
     if missing:
@@ -71,17 +78,26 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
     else:
         frame["gflops_balance"] = np.nan
     frame["gflops_balance"] = frame["gflops_balance"].fillna(frame["gflops_small"] / frame["gflops_large"])
-    return frame.drop_duplicates(subset=["model_large", "model_small"]).reset_index(drop=True)
+    folded = frame[["model_large", "model_small"]].apply(lambda column: column.str.casefold())
+    same = np.flatnonzero((folded["model_large"] == folded["model_small"]).to_numpy())
+    if len(same):
+        raise UserError(f"{path}: data row {same[0] + 1} pairs {frame['model_large'].iloc[same[0]]} with itself; "
+                        f"a duo needs two different models")
+    return frame[~folded.duplicated()].reset_index(drop=True)        # one row per pair, names in any case
 
 
-def read_backbones(path: str | Path | None, required: bool = False) -> pd.DataFrame | None:
-    """backbones.csv, or None when it is absent and not required (metadata columns stay empty)."""
-    if path is None or (not Path(path).exists() and not required):
-        return None
+def read_backbones(path: str | Path | None = None) -> pd.DataFrame:
+    """backbones.csv: `path` (relative to the working folder, else to the repository), by default the
+    repository's configs/backbones.csv whatever the working folder."""
+    path = DEFAULT_BACKBONES if path is None else resolve_config_path(path, "--backbone_csv")
     frame = _read_table(Path(path), "backbone CSV")
     if "model_name" not in frame.columns:
         raise UserError(f"{path}: backbone CSV lacks column 'model_name'")
     return frame
+
+
+def backbone_names(backbones: pd.DataFrame | None) -> list[str]:
+    return [] if backbones is None else backbones["model_name"].dropna().astype(str).tolist()
 
 
 def _backbone_cell(backbones: pd.DataFrame | None, model: str, column: str):
@@ -111,32 +127,48 @@ def backbone_text(backbones: pd.DataFrame | None, model: str, column: str) -> st
 
 # ----------------------------------------------------------------------------- temperatures
 
-def read_single_temperatures(path: str | Path) -> dict[str, float]:
-    """model -> temperature from temperature_single_model.csv ({} when the file does not exist)."""
+def _check_unique(path: Path, keys: list, what: str) -> None:
+    """One row per model (or pair), names compared case-insensitively: a duplicate would make the
+    last row win silently."""
+    seen = NameMap()
+    for key in keys:
+        if key in seen:
+            shown = " + ".join(key) if isinstance(key, tuple) else key
+            raise UserError(f"{path}: two rows for {what} {shown}; keep one (rerun the stage that fits it to "
+                            f"rewrite the row)")
+        seen[key] = True
+
+
+def read_single_temperatures(path: str | Path) -> NameMap:
+    """model -> temperature from temperature_single_model.csv (empty when the file does not exist);
+    model names match case-insensitively."""
     path = Path(path)
     if not path.exists():
-        return {}
+        return NameMap()
     frame = _read_table(path, "temperature CSV")
     for column in ("full_name", "temperature"):
         if column not in frame.columns:
             raise UserError(f"{path}: temperature CSV lacks column '{column}'")
     temperatures = _numeric_column(frame, "temperature", path)
     _check_positive(path, frame["full_name"], temperatures, "temperature")
-    return dict(zip(frame["full_name"].astype(str), temperatures.astype(float)))
+    names = frame["full_name"].astype(str).tolist()
+    _check_unique(path, names, "model")
+    return NameMap(zip(names, temperatures.astype(float)))
 
 
-def read_duo_weights(path: str | Path) -> dict[tuple[str, str], tuple[float, float]]:
-    """(large, small) -> (w_large, w_small) from temperature_duo.csv; the official file's
-    temperatures-only columns are converted with w = 1 / (2T)."""
+def read_duo_weights(path: str | Path) -> NameMap:
+    """(large, small) -> (w_large, w_small) from temperature_duo.csv (names match case-insensitively);
+    the official file's temperatures-only columns are converted with w = 1 / (2T)."""
     path = Path(path)
     if not path.exists():
-        return {}
+        return NameMap()
     frame = _read_table(path, "duo temperature CSV")
     for column in ("model_large", "model_small", "temperature_large", "temperature_small"):
         if column not in frame.columns:
             raise UserError(f"{path}: duo temperature CSV lacks column '{column}'")
     names = frame["model_large"].astype(str) + " + " + frame["model_small"].astype(str)
-    weights = {}
+    _check_unique(path, list(zip(frame["model_large"].astype(str), frame["model_small"].astype(str))), "duo")
+    weights = NameMap()
     t_large = _numeric_column(frame, "temperature_large", path)
     t_small = _numeric_column(frame, "temperature_small", path)
     _check_positive(path, names, t_large, "temperature_large")

@@ -1,0 +1,134 @@
+"""Model identity (contract §2): a model's name is the stem of its prediction file.
+
+Names are compared case-insensitively everywhere: a duos CSV row `ResNet18` finds `resnet18.npz`, a
+temperature row written as `convnext_base` serves `ConvNeXt_Base`. Files a stage creates are spelt as
+the model's `configs/backbones.csv` row (`--model convnext_base` writes `ConvNeXt_Base.npz`), with the
+derived suffixes kept (`_s1`, `_greedy`, `_uniform`, `_ivon`, `_ivon_det`, `_LA`). Two files whose
+names differ only by case are an error naming both, and a name that becomes part of a path must be a
+plain name.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable
+
+from utils.cli import UserError
+
+# derived names: seeds, soups and the baselines' prediction files (canonically lowercase, but `_LA`)
+_SUFFIX_PATTERN = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", re.IGNORECASE)
+
+
+def fold(name) -> str:
+    return str(name).casefold()
+
+
+def check_plain_name(name: str, what: str) -> str:
+    """`name` unchanged if it can safely be a file name: no separators, no '..', not empty."""
+    text = str(name)
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0") or text != text.strip():
+        raise UserError(f"{what}: {text!r} is not a plain name (no path separators, no '..', no leading or trailing "
+                        f"spaces); it becomes part of a file name")
+    return text
+
+
+def canonical_name(name: str, backbone_names: Iterable[str] | None) -> str:
+    """`name` spelt as its backbones.csv row when it (or its base before derived suffixes such as
+    `_s1`, `_greedy`, `_ivon`, `_LA`) matches a row case-insensitively; else `name` unchanged."""
+    rows: dict[str, str] = {}
+    for row in backbone_names or ():
+        rows.setdefault(fold(row), str(row))
+    base, suffixes = str(name), []
+    while True:
+        if fold(base) in rows:
+            return rows[fold(base)] + "".join(reversed(suffixes))
+        match = _SUFFIX_PATTERN.search(base)
+        if match is None or match.start() == 0:
+            return str(name)
+        suffix = match.group(1)
+        suffixes.append("_LA" if suffix.lower() == "_la" else suffix.lower())
+        base = base[: match.start()]
+
+
+class NameMap(dict):
+    """A dict keyed by model names, or tuples of names, whose lookups ignore case. Keys keep the
+    spelling they were stored with (iteration yields them); `spelling(key)` gives it for any case."""
+
+    def __init__(self, items: Iterable[tuple] = ()):
+        super().__init__()
+        self._index: dict = {}
+        for key, value in items:
+            self[key] = value
+
+    @staticmethod
+    def _fold(key):
+        return tuple(fold(k) for k in key) if isinstance(key, tuple) else fold(key)
+
+    def __setitem__(self, key, value) -> None:
+        stored = self._index.get(self._fold(key))
+        if stored is not None and stored != key:
+            super().__delitem__(stored)              # the newest spelling wins
+        self._index[self._fold(key)] = key
+        super().__setitem__(key, value)
+
+    def __getitem__(self, key):
+        stored = self._index.get(self._fold(key))
+        if stored is None:
+            raise KeyError(key)
+        return super().__getitem__(stored)
+
+    def __contains__(self, key) -> bool:
+        return self._fold(key) in self._index
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def spelling(self, key):
+        return self._index[self._fold(key)]
+
+
+def unique_by_case(names: Iterable[str], where: str) -> None:
+    """Error when a name is listed twice, or two names differ only by case (one model, two spellings)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if fold(name) not in seen:
+            seen[fold(name)] = name
+            continue
+        other = seen[fold(name)]
+        if other == name:
+            raise UserError(f"{where}: {name} is listed twice")
+        raise UserError(f"{where}: '{other}' and '{name}' differ only by case, so they name the same model; "
+                        f"remove or rename one of them")
+
+
+def find_file(folder: str | Path, filename: str) -> Path | None:
+    """`folder/filename`, or the one entry of `folder` whose name equals `filename` ignoring case;
+    None when there is none, an error when two entries differ only by case."""
+    folder = Path(folder)
+    exact = folder / filename
+    if not folder.is_dir():
+        return None
+    matches = sorted(p for p in folder.iterdir() if fold(p.name) == fold(filename))
+    if len(matches) > 1:
+        raise UserError(f"{folder}: {', '.join(p.name for p in matches)} differ only by case, so they name the same "
+                        f"model; remove or rename one of them")
+    if matches:
+        return matches[0]
+    return exact if exact.exists() else None
+
+
+def output_path(folder: str | Path, filename: str) -> Path:
+    """Where to write `filename` in `folder`: over an existing file of the same name in another case
+    (one model, one file), else `folder/filename`."""
+    return find_file(folder, filename) or Path(folder) / filename
+
+
+def existing_path(path: str | Path) -> Path:
+    """`path` if it exists, else the file of the same name in its folder ignoring case (so
+    `checkpoints/convnext_base_best.pth` finds `checkpoints/ConvNeXt_Base_best.pth`); `path` itself
+    when neither exists (the caller reports it)."""
+    path = Path(path)
+    if path.exists():
+        return path
+    found = find_file(path.parent, path.name)
+    return found if found is not None else path
