@@ -9,7 +9,7 @@ import torch
 
 from load_models import dynamic_duo, laplace_tools, model_loader
 from tests import fixtures
-from tests.conftest import REPO
+from tests.conftest import REPO, snapshot
 from train import soups
 from utils.prediction_io import read_predictions
 
@@ -64,6 +64,19 @@ def test_hp_tune_rerun_reuses_lp_and_keeps_a_better_record(trained, capsys):
     assert len(pd.read_csv(out / "soup" / "resnet10t_trials.csv")) == 3      # soup ingredients accumulate
 
 
+def test_hp_tune_resume_is_idempotent(trained, capsys):
+    """Restoring a finished search (the slurm template passes --resume on every requeue) any number of
+    times leaves the same soup trial list and the same trial files."""
+    root, args = trained
+    out = root / "ck" / "caltech256"
+    before = snapshot(out / "soup")
+    for _ in range(2):
+        assert hp_tune.main([str(a) for a in args[:-2]] + ["--resume"]) == 0
+        assert snapshot(out / "soup") == before
+    printed = capsys.readouterr().out
+    assert printed.count("resuming the FF search") == 2 and printed.count("0 new trial(s)") == 2
+
+
 def test_trained_checkpoints_feed_stage_1(trained, stage):
     root, _ = trained
     code, out, err = stage("evaluate/1_single_model_prediction.py", "--model_path", root / "ck" / "resnet10t_best.pth",
@@ -79,8 +92,9 @@ def test_make_soup(trained, stage):
                            root / "data", "--output_dir", root / "ck", "--num_workers", 0)
     assert code == 0, err
     ff = root / "ck" / "caltech256" / "ff"
-    trials = pd.read_csv(root / "ck" / "caltech256" / "soup" / "resnet10t_trials.csv")
-    states = [model_loader.read_checkpoint(p)["state_dict"] for p in trials.checkpoint]
+    soup = root / "ck" / "caltech256" / "soup"
+    trials = pd.read_csv(soup / "resnet10t_trials.csv")
+    states = [model_loader.read_checkpoint(soup / p)["state_dict"] for p in trials.checkpoint]   # relative to the CSV
     uniform = model_loader.read_checkpoint(ff / "resnet10t_uniform.pth")["state_dict"]
     for key, value in uniform.items():
         if value.is_floating_point():

@@ -9,7 +9,6 @@ A better existing record is never overwritten. Join a Ray cluster with --ray_add
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -20,12 +19,13 @@ from load_data.datasets import DATASETS
 from load_models import model_loader
 from train import tuning
 from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, parse_bool, run_main, warn
 from utils.config import dataset_config
+from utils.model_names import canonical_name, check_plain_name, output_path
 
 HYPER_COLUMNS = ["model", "architecture", "source", "lr", "weight_decay", "val_metric", "selection_metric", "epochs",
                  "checkpoint", "trials_ok", "trials_failed"]
-TRIAL_COLUMNS = ["trial", "checkpoint", "lr", "weight_decay", "val_metric", "epochs_run"]
+TRIAL_COLUMNS = ["trial", "checkpoint", "lr", "weight_decay", "val_metric", "epochs_run", "run_id"]
 
 
 def build_parser() -> ArgumentParser:
@@ -36,12 +36,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--lp_samples", type=int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
     parser.add_argument("--save_name", help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
+    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
+    parser.add_argument("--config_dir", help="the official flag: a folder holding <dataset>.yaml (--config wins)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
     parser.add_argument("--source", choices=model_loader.SOURCES, help="default: backbones.csv, else guessed")
     parser.add_argument("--tv_weights", help="torchvision weights (default: backbones.csv, else DEFAULT)")
     parser.add_argument("--weights", default="default", help="pretrained weights: default (staged) | none | FILE")
-    parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="sources and tv_weights of the models")
+    add_backbone_csv(parser, "sources, tv_weights and the spelling of model names")
     parser.add_argument("--cpus_per_trial", type=int, help="default 4 with a GPU, else 1")
     parser.add_argument("--gpus_per_trial", type=float, help="default 1 with a GPU, else 0")
     parser.add_argument("--ray_address", help="join an existing Ray cluster (e.g. auto); default: start locally")
@@ -63,8 +64,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--image_size", type=int, help="resize inputs to this size (default: the weights' own)")
     parser.add_argument("--report_every", type=int, default=1,
                         help="validate every N epochs and at the last (3 reproduces the official cadence)")
-    parser.add_argument("--skip_lp_if_exist", action=argparse.BooleanOptionalAction,
-                        default=True, help="reuse lp/<name>.pth when present (default on)")
+    parser.add_argument("--skip_lp_if_exist", nargs="?", const=True, default=True, type=parse_bool, metavar="True|False",
+                        help="reuse lp/<name>.pth when present (default True; the official form `--skip_lp_if_exist "
+                             "False` reruns LP, which the official parser read as True)")
+    parser.add_argument("--no-skip_lp_if_exist", dest="skip_lp_if_exist", action="store_false",
+                        help="rerun the LP search even when lp/<name>.pth exists")
     parser.add_argument("--resume", action="store_true", help="resume interrupted searches from Ray's state")
     parser.add_argument("--debug_fail_trials", type=int, nargs="*", default=[], metavar="INDEX",
                         help="test hook: these trial indices raise at start (shows failed trials are tolerated)")
@@ -72,14 +76,16 @@ def build_parser() -> ArgumentParser:
 
 
 def settings(args) -> tuple[dict, dict, dict]:
-    config = dataset_config(args.dataset, args.config)
+    config = dataset_config(args.dataset, args.config, args.config_dir)
     train_cfg, search = config["training"], config["search"]
-    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    backbones = tables.read_backbones(args.backbone_csv)
     arch = model_loader.architecture_of(args.model)
     source = args.source or tables.backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
     tv_weights = args.tv_weights or tables.backbone_text(backbones, arch, "tv_weights")
     data_dir = args.data_dir or config["data"].get("root")
-    setup = {"model": args.model, "save_name": args.save_name or args.model, "dataset": args.dataset,
+    save_name = check_plain_name(args.save_name or args.model, "--save_name" if args.save_name else "--model")
+    setup = {"model": args.model, "save_name": canonical_name(save_name, tables.backbone_names(backbones)),
+             "dataset": args.dataset,
              "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "source": source, "tv_weights": tv_weights,
              "weights": args.weights if args.weights in ("default", "none") else str(Path(args.weights).resolve()),
              "split_dir": config["data"].get("split_dir"), "image_size": args.image_size or config["data"].get("image_size"),
@@ -109,14 +115,18 @@ def save_trial_checkpoint(path: Path, trial: tuning.TrialResult, setup: dict, st
 
 def record_if_better(root: Path, stage: str, trial: tuning.TrialResult, setup: dict, num_classes: int,
                      ok: int, failed: int) -> bool:
-    """Write <stage>/<name>.pth and its optimal_hyperparams row unless a better record exists."""
+    """Write <stage>/<name>.pth and its optimal_hyperparams row unless an equal or better record exists
+    (so restoring a finished search changes nothing)."""
     name = setup["save_name"]
-    target = root / stage / f"{name}.pth"
+    target = output_path(root / stage, f"{name}.pth")
     with safe_io.locked_table(root / f"optimal_hyperparams_{stage}.csv", ["model"], HYPER_COLUMNS) as table:
         existing = table.get(model=name)
-        if existing is not None and target.exists() and float(existing["val_metric"]) > trial.best_metric:
-            warn(f"{name}: the existing {stage.upper()} record (val {float(existing['val_metric']):.4f}) is better than "
-                 f"this search's best ({trial.best_metric:.4f}); kept it")
+        if existing is not None and target.exists() and float(existing["val_metric"]) >= trial.best_metric:
+            if float(existing["val_metric"]) > trial.best_metric:
+                warn(f"{name}: the existing {stage.upper()} record (val {float(existing['val_metric']):.4f}) is better "
+                     f"than this search's best ({trial.best_metric:.4f}); kept it")
+            else:
+                print(f"{name}: {target} already holds this {stage.upper()} result (val {trial.best_metric:.4f})")
             return False
         save_trial_checkpoint(target, trial, setup, stage, num_classes)
         table.upsert(pd.DataFrame([{"model": name, "architecture": setup["model"], "source": setup["source"],
@@ -125,6 +135,35 @@ def record_if_better(root: Path, stage: str, trial: tuning.TrialResult, setup: d
                                     "epochs": trial.epochs_run, "checkpoint": str(target), "trials_ok": ok,
                                     "trials_failed": failed}]))
     return True
+
+
+def record_soup_trials(root: Path, name: str, done: list, setup: dict, num_classes: int) -> tuple[Path, int]:
+    """List each successful FT trial once in soup/<name>_trials.csv with its weights in
+    soup/<name>/trial<i>.pth. A trial already listed (the same Ray trial, e.g. a search restored by
+    --resume) keeps its index and file; new trials get the next indices. Returns (folder, new trials)."""
+    soup_dir = output_path(root / "soup", name)
+    trials_csv = output_path(root / "soup", f"{name}_trials.csv")
+    with safe_io.locked_table(trials_csv, ["trial"], TRIAL_COLUMNS) as table:
+        frame = table.frame
+        known = dict(zip(frame["run_id"].astype(str), frame["trial"])) if "run_id" in frame and len(frame) else {}
+        next_index = int(pd.to_numeric(frame["trial"]).max()) + 1 if len(frame) else 0
+        rows = []
+        for trial in done:
+            if trial.run_id and trial.run_id in known:
+                path = soup_dir / f"trial{int(known[trial.run_id])}.pth"
+                if not path.exists():                # listed but its file was lost: write it again
+                    save_trial_checkpoint(path, trial, setup, "ff", num_classes)
+                continue
+            path = soup_dir / f"trial{next_index}.pth"
+            save_trial_checkpoint(path, trial, setup, "ff", num_classes)
+            # relative to the CSV's folder, so the list stays valid from any working folder
+            rows.append({"trial": next_index, "checkpoint": os.path.relpath(path, trials_csv.parent), "lr": trial.config["lr"],
+                         "weight_decay": trial.config["weight_decay"], "val_metric": trial.best_metric,
+                         "epochs_run": trial.epochs_run, "run_id": trial.run_id})
+            next_index += 1
+        if rows:
+            table.upsert(pd.DataFrame(rows, columns=TRIAL_COLUMNS))
+    return soup_dir, len(rows)
 
 
 def run_stage(stage: str, setup: dict, param_space: dict, samples: int, args, counts, storage, resources):
@@ -159,9 +198,9 @@ def main_impl(argv=None) -> int:
     resources = tuning.default_resources(args.cpus_per_trial, args.gpus_per_trial)
     setup["threads"] = resources["cpu"]
     name = setup["save_name"]
-    lp_path = root / "lp" / f"{name}.pth"
+    lp_path = output_path(root / "lp", f"{name}.pth")
     if args.skip_lp_if_exist and lp_path.exists():
-        print(f"== LP: reusing {lp_path} (--no-skip_lp_if_exist reruns it)")
+        print(f"== LP: reusing {lp_path} (--skip_lp_if_exist False reruns it)")
     else:
         lp_setup, done, failed = run_stage("lp", setup, {"lr": tune.loguniform(*spaces["lp_lr"]), "weight_decay": 0.0},
                                            counts["lp"], args, counts, storage, resources)
@@ -172,23 +211,15 @@ def main_impl(argv=None) -> int:
     ft_space = {"lr": tune.loguniform(*spaces["ff_lr"]), "weight_decay": tune.loguniform(*spaces["ff_weight_decay"])}
     ft_setup, done, failed = run_stage("ff", dict(setup, lp_checkpoint=str(lp_path.resolve())), ft_space, counts["ff"],
                                        args, counts, storage, resources)
-    soup_dir = root / "soup" / name
-    with safe_io.locked_table(root / "soup" / f"{name}_trials.csv", ["trial"], TRIAL_COLUMNS) as table:
-        next_index = len(table.frame)
-        rows = []
-        for offset, trial in enumerate(done):
-            path = soup_dir / f"trial{next_index + offset}.pth"
-            save_trial_checkpoint(path, trial, ft_setup, "ff", num_classes)
-            rows.append({"trial": next_index + offset, "checkpoint": str(path), "lr": trial.config["lr"],
-                         "weight_decay": trial.config["weight_decay"], "val_metric": trial.best_metric,
-                         "epochs_run": trial.epochs_run})
-        table.upsert(pd.DataFrame(rows))
+    soup_dir, added = record_soup_trials(root, name, done, ft_setup, num_classes)
     best = max(done, key=lambda t: t.best_metric)
-    if record_if_better(root, "ff", best, ft_setup, num_classes, len(done), len(failed)):
-        safe_io.write_bytes(Path(args.output_dir) / f"{name}_best.pth", (root / "ff" / f"{name}.pth").read_bytes())
+    ff_path = output_path(root / "ff", f"{name}.pth")
+    best_copy = output_path(Path(args.output_dir), f"{name}_best.pth")
+    if record_if_better(root, "ff", best, ft_setup, num_classes, len(done), len(failed)) or not best_copy.exists():
+        safe_io.write_bytes(best_copy, ff_path.read_bytes())
     print(f"== FT best: val {best.best_metric:.4f} ({ft_setup['selection_metric']}) with lr {best.config['lr']:.3g}, "
-          f"wd {best.config['weight_decay']:.3g}; {len(done)} trial(s) kept for soups in {soup_dir}, "
-          f"{len(failed)} failed")
+          f"wd {best.config['weight_decay']:.3g}; {added} new trial(s) kept for soups in {soup_dir} "
+          f"({len(done) - added} already listed), {len(failed)} failed")
     return 0
 
 

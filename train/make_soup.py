@@ -18,9 +18,10 @@ from load_data.dataloaders import make_loaders
 from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
 from train import engine, soups
-from utils import safe_io
-from utils.cli import ArgumentParser, UserError, run_main
+from utils import safe_io, tables
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.config import dataset_config
+from utils.model_names import canonical_name, check_plain_name, output_path
 
 
 def build_parser() -> ArgumentParser:
@@ -30,7 +31,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output_dir", default="./checkpoints", help="the checkpoint root hp_tune wrote")
     parser.add_argument("--save_name", help="hp_tune's --save_name (default: --model)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
+    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
+    parser.add_argument("--source", choices=model_loader.SOURCES,
+                        help="source of the trial checkpoints when they are raw state_dicts (the official flag; "
+                             "project checkpoints record it)")
+    add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--greedy_metric", choices=("acc", "f1"), help="default: the dataset's selection metric")
     parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
     parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
@@ -39,21 +44,46 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def read_trials(path: Path) -> pd.DataFrame:
+    """The trial list hp_tune wrote, best first, each checkpoint once (a list that an older version
+    extended on every --resume named the same trial several times)."""
+    trials = pd.read_csv(path).rename(columns={"checkpoint_path": "checkpoint"})      # the official column name
+    missing_columns = [c for c in ("checkpoint", "val_metric", "trial") if c not in trials.columns]
+    if missing_columns:
+        raise UserError(f"{path}: lacks column(s) {missing_columns}; it is written by train/hp_tune.py")
+    trials = trials.drop_duplicates(subset="checkpoint")
+    if "run_id" in trials.columns:
+        listed = trials["run_id"].fillna("").astype(str)
+        trials = trials[(listed == "") | ~listed.duplicated()]
+    trials = trials.sort_values("val_metric", ascending=False, kind="stable").reset_index(drop=True)
+    # paths are relative to the CSV's folder (older lists: to the folder hp_tune ran in)
+    trials["checkpoint"] = [str(path.parent / c) if not Path(c).is_absolute() and (path.parent / c).exists() else c
+                            for c in trials["checkpoint"].astype(str)]
+    missing = [p for p in trials["checkpoint"] if not Path(p).exists()]
+    if missing:
+        raise UserError(f"{path}: {len(missing)} trial checkpoint(s) missing, e.g. {missing[0]}")
+    if trials.empty:
+        raise UserError(f"{path}: no trials listed; run train/hp_tune.py first")
+    return trials
+
+
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = dataset_config(args.dataset, args.config)
-    name = args.save_name or args.model
+    given = check_plain_name(args.save_name or args.model, "--save_name" if args.save_name else "--model")
+    name = canonical_name(given, tables.backbone_names(tables.read_backbones(args.backbone_csv)))
     root = Path(args.output_dir) / args.dataset
-    trials_csv = root / "soup" / f"{name}_trials.csv"
-    if not trials_csv.exists():
-        raise UserError(f"{trials_csv} not found; run train/hp_tune.py for {name} on {args.dataset} first")
-    trials = pd.read_csv(trials_csv).sort_values("val_metric", ascending=False, kind="stable")
-    missing = [p for p in trials["checkpoint"] if not Path(p).exists()]
-    if missing:
-        raise UserError(f"{trials_csv}: {len(missing)} trial checkpoint(s) missing, e.g. {missing[0]}")
+    trials_csv = output_path(root / "soup", f"{name}_trials.csv")
+    official = output_path(root / "soup" / name, f"{name}_trials.csv")      # where the official hp_tune puts it
+    if not trials_csv.exists() and not official.exists():
+        raise UserError(f"{trials_csv} not found; run train/hp_tune.py for {given} on {args.dataset} first")
+    trials_csv = trials_csv if trials_csv.exists() else official
+    trials = read_trials(trials_csv)
     metric = args.greedy_metric or config["training"].get("selection_metric", "f1" if args.dataset == "iwildcam" else "acc")
 
-    model, record = model_loader.load_model_from_checkpoint(trials["checkpoint"].iloc[0])
+    first = trials["checkpoint"].iloc[0]
+    recorded = model_loader.read_checkpoint(first).get("model_name")       # raw state_dicts record nothing
+    model, record = model_loader.load_model_from_checkpoint(first, None if recorded else args.model, args.source)
     data = load_dataset(args.dataset, args.data_dir or config["data"].get("root"), split_dir=config["data"].get("split_dir"))
     transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),
                                              record.get("image_size"))
@@ -73,13 +103,13 @@ def main_impl(argv=None) -> int:
     uniform_score = evaluate(uniform)
     greedy, used, history = soups.greedy_soup(states(), evaluate)
     meta = {k: record.get(k) for k in ("model_name", "source", "tv_weights", "num_classes", "dataset", "image_size")}
-    model_loader.save_checkpoint(root / "ff" / f"{name}_uniform.pth", uniform, **meta, stage="uniform_soup",
+    model_loader.save_checkpoint(output_path(root / "ff", f"{name}_uniform.pth"), uniform, **meta, stage="uniform_soup",
                                  val_metric=uniform_score, selection_metric=metric)
-    model_loader.save_checkpoint(root / "ff" / f"{name}_greedy.pth", greedy, **meta, stage="greedy_soup",
+    model_loader.save_checkpoint(output_path(root / "ff", f"{name}_greedy.pth"), greedy, **meta, stage="greedy_soup",
                                  val_metric=max(history), selection_metric=metric)
     rows = [{"soup": "uniform", "trial": t, "val_metric_soup": uniform_score} for t in trials["trial"]]
     rows += [{"soup": "greedy", "trial": trials["trial"].iloc[i], "val_metric_soup": max(history[: i + 1])} for i in used]
-    safe_io.write_csv(root / "soup" / f"{name}_soups.csv", pd.DataFrame(rows))
+    safe_io.write_csv(output_path(root / "soup", f"{name}_soups.csv"), pd.DataFrame(rows))
     best_single = float(trials["val_metric"].iloc[0])
     print(f"{name}: best trial val {metric} {best_single:.4f} (as recorded); uniform soup of {count}: "
           f"{uniform_score:.4f}; greedy soup of {len(used)} (trials {trials['trial'].iloc[used].tolist()}): "

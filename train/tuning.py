@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from ray.tune import Callback
 
+from utils.model_names import find_file
+
 LP, FT = "lp", "ff"
 _STATE_FILE = "state.pt"
 
@@ -72,12 +74,13 @@ def trial(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=False)
-        raw.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None and saved.get("scheduler"):
-            scheduler.load_state_dict(saved["scheduler"])
-        start_epoch, best_metric, best_state = saved["epoch"] + 1, saved["best_metric"], saved["best_state"]
+            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=True)
+        if saved.get("optimizer") is not None:        # the final epoch's checkpoint keeps only the best weights
+            raw.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if scheduler is not None and saved.get("scheduler"):
+                scheduler.load_state_dict(saved["scheduler"])
+        start_epoch, best_metric, best_state = saved["epoch"] + 1, saved["best_metric"], best_weights(saved)
     for epoch in range(start_epoch, epochs):
         loss = engine.train_one_epoch(model, loaders["train"], optimizer, device, setup.get("precision", "auto"),
                                       channels_last, setup.get("accumulate", 1))
@@ -88,15 +91,27 @@ def trial(config: dict) -> None:
         predictions = engine.predict(model, loaders["val"], device, precision=setup.get("precision", "auto"),
                                      channels_last=channels_last)
         metric = engine.selection_score(predictions, setup["selection_metric"])
-        if metric > best_metric:
+        improved = metric > best_metric
+        if improved:
             best_metric = metric
             best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
+        final = epoch == epochs - 1
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"model": raw.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch,
-                        "best_metric": best_metric, "best_state": best_state}, Path(folder) / _STATE_FILE)
+            # The best weights are stored once (the current ones when this epoch is the best), and the final
+            # epoch's checkpoint, which no resume continues from, keeps only them: for ConvNeXt-B that is
+            # 350 MB per trial instead of 1.4 GB.
+            torch.save({"model": raw.state_dict() if improved or not final else None,
+                        "optimizer": None if final else optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler and not final else None, "epoch": epoch,
+                        "best_metric": best_metric, "best_is_current": improved,
+                        "best_state": None if improved else best_state}, Path(folder) / _STATE_FILE)
             tune.report({"val_metric": metric, "best_val_metric": best_metric, "train_loss": loss, "epoch": epoch + 1},
                         checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def best_weights(saved: dict) -> dict | None:
+    """The best weights a trial checkpoint holds (the current ones when that epoch was the best)."""
+    return saved["model"] if saved.get("best_is_current") else saved.get("best_state")
 
 
 @dataclass
@@ -106,6 +121,7 @@ class TrialResult:
     best_metric: float
     best_state: dict
     epochs_run: int
+    run_id: str = ""      # <experiment>/<trial folder>: the same trial whenever a search is restored
 
 
 def finished_trials(result_grid) -> tuple[list[TrialResult], list[str]]:
@@ -118,15 +134,17 @@ def finished_trials(result_grid) -> tuple[list[TrialResult], list[str]]:
                           f"{str(result.error).splitlines()[0] if result.error else ''}")
             continue
         with result.checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=False)
-        if saved["best_state"] is None:
+            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=True)
+        best_state = best_weights(saved)
+        if best_state is None:
             failed.append(f"{name}: never validated")
             continue
         suffix = str(result.metrics.get("trial_id", name)).rsplit("_", 1)[-1]
         index = int(suffix) if suffix.isdigit() else len(done) + len(failed)
         hyper = {k: v for k, v in result.config.items() if k != "setup"}
-        done.append(TrialResult(index, hyper, float(saved["best_metric"]), saved["best_state"],
-                                int(result.metrics.get("epoch", 0))))
+        run_id = f"{Path(result.path).parent.name}/{name}" if result.path else ""
+        done.append(TrialResult(index, hyper, float(saved["best_metric"]), best_state,
+                                int(result.metrics.get("epoch", 0)), run_id))
     return sorted(done, key=lambda t: t.index), failed
 
 
@@ -142,7 +160,7 @@ def run_search(stage: str, setup: dict, param_space: dict, num_samples: int, sto
                               max(1, min(grace_period, epochs)))
     name = f"{setup['save_name']}_{stage}"
     trainable = tune.with_resources(trial, resources)
-    experiment = storage / name
+    experiment = find_file(storage, name) or storage / name       # a search started under another case
     if resume and tune.Tuner.can_restore(str(experiment)):
         print(f"resuming the {stage.upper()} search in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True,
@@ -152,7 +170,7 @@ def run_search(stage: str, setup: dict, param_space: dict, num_samples: int, sto
             trainable, param_space={**param_space, "setup": setup},
             tune_config=tune.TuneConfig(metric="val_metric", mode="max", num_samples=num_samples, scheduler=scheduler,
                                         search_alg=BasicVariantGenerator(random_state=seed)),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+            run_config=tune.RunConfig(name=experiment.name, storage_path=str(storage), verbose=0,
                                       callbacks=[TrialLines(stage)],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       failure_config=tune.FailureConfig(max_failures=0)))
