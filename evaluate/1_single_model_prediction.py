@@ -22,8 +22,9 @@ from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
 from train.engine import predict, prepare_model, resolve_device
 from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, run_main, warn
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main, warn
 from utils.config import dataset_config
+from utils.model_names import canonical_name, check_plain_name, existing_path, unique_by_case
 from utils.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, Split, read_predictions, write_predictions
 
 
@@ -32,9 +33,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--model_path", metavar="FILE", help="checkpoint (project checkpoint or raw state_dict)")
     parser.add_argument("--all_models", action="store_true", help="predict every checkpoint in --model_dir "
                         "(ImageNet: every backbones.csv row, pretrained, when --model_dir has no checkpoints)")
+    parser.add_argument("--mode", choices=("single model", "soup"), default="single model",
+                        help="the official flag: 'single model' predicts every checkpoint of --model_dir (soups "
+                             "included), 'soup' only the soups (*_greedy.pth, *_uniform.pth)")
     parser.add_argument("--model_dir", "--model_dir_path", metavar="DIR",
-                        help="with --all_models: folder of *.pth (default ./checkpoints/<dataset>/ff, "
-                             "./checkpoints/imagenet for ImageNet)")
+                        help="predict every *.pth in this folder (implies --all_models; default "
+                             "./checkpoints/<dataset>/ff, ./checkpoints/imagenet for ImageNet)")
     parser.add_argument("--model", "--model_name", metavar="NAME",
                         help="architecture of a raw state_dict, or (ImageNet) a pretrained model to predict")
     parser.add_argument("--source", choices=model_loader.SOURCES, help="torchvision or timm (default: backbones.csv "
@@ -42,7 +46,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--tv_weights", help="torchvision weights name for the preprocessing (default: backbones.csv)")
     parser.add_argument("--weights", default="default",
                         help="ImageNet without checkpoint: default (staged pretrained) | none | FILE")
-    parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="model names, sources, tv_weights")
+    add_backbone_csv(parser, "model names (their spelling), sources, tv_weights")
     parser.add_argument("--dataset", "--dataset_name", choices=DATASETS,
                         help="dataset (default: the checkpoint's, or the only one under ./checkpoints)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: configs/<dataset>.yaml)")
@@ -76,6 +80,7 @@ def file_digest(path: Path) -> str:
 def list_jobs(args, backbones) -> list[dict]:
     """(name, checkpoint or None) for every model to predict."""
     def job(name: str, checkpoint: Path | None) -> dict:
+        name = canonical_name(check_plain_name(name, "model name"), tables.backbone_names(backbones))
         # the output is named after the file (e.g. ResNet50_s1, ConvNeXt_Base_greedy); the architecture
         # comes from the checkpoint's metadata, else --model, else the name itself
         recorded = model_loader.read_checkpoint(checkpoint).get("model_name") if checkpoint else None
@@ -87,22 +92,25 @@ def list_jobs(args, backbones) -> list[dict]:
         return {"name": name, "arch": arch, "checkpoint": checkpoint, "source": source, "tv_weights": tv_weights}
 
     if args.model_path:
-        path = Path(args.model_path)
+        path = existing_path(args.model_path)
         if not path.exists():
             raise UserError(f"--model_path: {path} not found")
         return [job(path.stem.removesuffix("_best"), path)]
-    if not args.all_models:
+    if not args.all_models and not args.model_dir:       # the official form gives only --model_dir_path
         if args.dataset == "imagenet" and args.model:
             return [job(args.model, None)]
         raise UserError("give --model_path FILE, or --all_models (with --model_dir), or for ImageNet --model NAME")
     default_dir = Path("checkpoints") / ("imagenet" if args.dataset == "imagenet" else f"{args.dataset}/ff")
     folder = Path(args.model_dir or default_dir)
     checkpoints = sorted(folder.glob("*.pth")) if folder.is_dir() else []
+    if args.mode == "soup":
+        checkpoints = [p for p in checkpoints if p.stem.lower().endswith(model_loader.SOUP_SUFFIXES)]
+        if not checkpoints:
+            raise UserError(f"--mode soup: no *_greedy.pth or *_uniform.pth in {folder}; run train/make_soup.py first")
     if checkpoints:
+        unique_by_case([path.stem for path in checkpoints], f"--model_dir {folder}")
         return [job(path.stem, path) for path in checkpoints]
     if args.dataset == "imagenet":
-        if backbones is None:
-            raise UserError(f"--backbone_csv: {args.backbone_csv} not found (needed to list the ImageNet models)")
         return [job(str(name), None) for name in backbones["model_name"]]
     raise UserError(f"--model_dir: no *.pth checkpoints in {folder}")
 
@@ -150,11 +158,11 @@ def resolve_dataset_flag(args) -> str:
     dataset with trained checkpoints under ./checkpoints/<dataset>/ff."""
     if args.dataset:
         return args.dataset
-    if args.model_path and Path(args.model_path).exists():
-        recorded = model_loader.read_checkpoint(args.model_path).get("dataset")
+    if args.model_path and existing_path(args.model_path).exists():
+        recorded = model_loader.read_checkpoint(existing_path(args.model_path)).get("dataset")
         if recorded in DATASETS:
             return recorded
-    if args.all_models:
+    if args.all_models or args.model_dir:
         found = sorted(p.parent.parent.name for p in Path("checkpoints").glob("*/ff/*.pth")
                        if p.parent.parent.name in DATASETS)
         if len(set(found)) == 1:
@@ -171,7 +179,7 @@ def main_impl(argv=None) -> int:
     if args.dataset == "imagenet" and ood_dir and not Path(ood_dir).exists():
         warn(f"imagenet: ImageNetV2 folder {ood_dir} not found; predicting without ood_test (pass --ood_dir)")
         ood_dir = None
-    backbones = tables.read_backbones(args.backbone_csv, required=args.backbone_csv != "configs/backbones.csv")
+    backbones = tables.read_backbones(args.backbone_csv)
     jobs = list_jobs(args, backbones)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, data_dir, ood_root=ood_dir, split_dir=config["data"].get("split_dir"))

@@ -23,7 +23,7 @@ from utils import calibrate_temperature, safe_io, tables
 from utils.cli import ArgumentParser, UserError, run_main
 from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, resolve_dataset,
                               single_model_metrics, write_results)
-from utils.prediction_io import align, read_features
+from utils.prediction_io import align, read_features, resolve_prediction_path
 
 
 def build_parser() -> ArgumentParser:
@@ -39,6 +39,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--optimizer", choices=dynamic_duo.OPTIMIZERS, default="lbfgs",
                         help="full-batch L-BFGS (strong Wolfe) or mini-batch Adam")
     parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files")
+    parser.add_argument("--num_epochs", type=int, default=32, help="epochs of the Adam optimizer (the official flag)")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     return parser
 
@@ -47,10 +48,13 @@ def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if bool(args.large_model_pred and args.small_model_pred) == bool(args.config):
         raise UserError("give --large_model_pred and --small_model_pred, or --config DUOS_CSV")
-    pairs = [(args.large_model_pred, args.small_model_pred, None)]
     if args.config:
         found, _ = find_duo_files(tables.read_duos(args.config), args.predictions_dir, strict=False)
         pairs = [(large, small, duo) for duo, large, small in found]
+        if not pairs:
+            raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")
+    else:
+        pairs = [(resolve_prediction_path(args.large_model_pred), resolve_prediction_path(args.small_model_pred), None)]
     cache, rows, names = PredictionCache(), [], []
     torch.manual_seed(args.seed)
     for large_path, small_path, duo in pairs:
@@ -63,7 +67,7 @@ def main_impl(argv=None) -> int:
         val = large.split("val", "to fit the dynamic temperatures")
         model = dynamic_duo.DynamicTemperatures(feats_large["val"].shape[1], feats_small["val"].shape[1], args.mode)
         history = dynamic_duo.fit(model, val.logits, aligned["val"].logits, feats_large["val"], feats_small["val"],
-                                  val.labels, optimizer=args.optimizer, seed=args.seed)
+                                  val.labels, optimizer=args.optimizer, epochs=args.num_epochs, seed=args.seed)
         static = calibrate_temperature.fit_duo_weights(val.logits, aligned["val"].logits, val.labels)
         print(f"{large.model} + {small.model}: val NLL constant T (init) {history[0]:.4f} -> dynamic {history[-1]:.4f} "
               f"(static duo optimum {static.nll:.4f})")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,8 +34,10 @@ from load_models import model_loader
 from load_models.laplace_tools import (PairLoader, feature_loaders, laplace_log_probs, predictive_chunk,
                                        use_fast_kron_predictive)
 from train import engine
-from utils.cli import ArgumentParser, UserError, run_main
+from utils import tables
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.config import dataset_config
+from utils.model_names import canonical_name, check_plain_name, existing_path, output_path
 from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
 
 
@@ -49,7 +50,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--source", choices=model_loader.SOURCES, help="source of a raw state_dict")
     parser.add_argument("--save_name", help="output name without _LA (default: the checkpoint's file name)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
+    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
+    add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--subset_of_weights", default="last_layer", choices=("last_layer", "all"),
                         help="which weights get a posterior (the paper: last_layer)")
     parser.add_argument("--hessian_structure", default="kron", choices=("kron", "diag", "full"),
@@ -72,9 +74,11 @@ def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = dataset_config(args.dataset, args.config)
     data = load_dataset(args.dataset, args.data_dir or config["data"].get("root"), split_dir=config["data"].get("split_dir"))
-    model, record = model_loader.load_model_from_checkpoint(args.model_path, args.model, args.source,
+    model_path = existing_path(args.model_path)
+    model, record = model_loader.load_model_from_checkpoint(model_path, args.model, args.source,
                                                             num_classes=data.num_classes)
-    name = args.save_name or Path(args.model_path).stem.removesuffix("_best")
+    given = check_plain_name(args.save_name or model_path.stem.removesuffix("_best"), "--save_name")
+    name = canonical_name(given, tables.backbone_names(tables.read_backbones(args.backbone_csv)))
     transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),
                                              record.get("image_size"))
     _, head = model_loader.find_head(model)
@@ -111,9 +115,9 @@ def main_impl(argv=None) -> int:
         print(f"{name}_LA: {split} acc {np.mean(out.logits.argmax(1) == out.labels):.4f}, "
               f"NLL {-np.mean(out.logits[np.arange(len(out.labels)), out.labels]):.4f}")
     path = write_predictions(PredictionSet(f"{name}_LA", splits, {
-        "dataset": args.dataset, "kind": "log_probs", "source_checkpoint": str(args.model_path),
+        "dataset": args.dataset, "kind": "log_probs", "source_checkpoint": str(model_path),
         "prior_precision": prior if math.isfinite(prior) else None, "hessian_structure": args.hessian_structure}),
-        Path(args.predictions_dir) / f"{name}_LA.npz")
+        output_path(args.predictions_dir, f"{name}_LA.npz"))
     print(f"wrote {path}")
     return 0
 

@@ -7,6 +7,13 @@ evaluate test and ood_test. Writes per-subset rows plus `subset=mean` and `subse
 
     python evaluate/8_evaluate_deep_ensemble.py --members preds/ResNet50_s*.npz --sizes 2 5 8 \
         --subsets 32 --output_dir ./results
+
+The official command line (no --members) evaluates the official code's pre-averaged ensembles
+instead, as the official script did: every `<model>_<m>.csv` of --prediction_dir (logits without a
+header; labels from ../point_prediction.csv), raw (no temperature), one row each with subset "top".
+
+    python evaluate/8_evaluate_deep_ensemble.py --dataset_name caltech256 --backbone_csv_path \
+        configs/backbones.csv --prediction_dir y-prediction/caltech256/test/deep_ensemble
 """
 from __future__ import annotations
 
@@ -19,20 +26,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils import calibrate_temperature
-from utils.cli import ArgumentParser, UserError, run_main
+from utils import calibrate_temperature, tables
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.evaluation import (ENSEMBLE_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
                               single_model_metrics, write_results)
-from utils.prediction_io import align, find_prediction_file, read_predictions
+from utils.model_names import NameMap, check_plain_name, unique_by_case
+from utils.prediction_io import (align, find_prediction_file, prediction_paths, read_official_ensemble,
+                                 read_predictions)
 from utils.uncertainty_metrics import METRIC_COLUMNS, WeightedLogits
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--members", nargs="+", required=True, metavar="FILE_OR_MODEL",
-                        help="member prediction files, or model names inside --predictions_dir")
+    parser.add_argument("--members", nargs="+", metavar="FILE_OR_MODEL",
+                        help="member prediction files, or model names inside --predictions_dir (without it: the "
+                             "official pre-averaged <model>_<m>.csv files of --prediction_dir)")
     parser.add_argument("--predictions_dir", "--prediction_dir", default="./predictions", metavar="DIR",
                         help="where member model names are looked up (default ./predictions)")
+    add_backbone_csv(parser, "with the official form: which <model> of <model>_<m>.csv files are evaluated")
     parser.add_argument("--sizes", nargs="+", type=int, default=[2, 5], help="ensemble sizes m (default 2 5)")
     parser.add_argument("--subsets", type=int, default=32, help="random subsets per size (default 32)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset draw (default 0)")
@@ -59,22 +70,54 @@ def draw_subsets(num_members: int, size: int, count: int, seed: int) -> list[tup
     return list(chosen)
 
 
-def resolve_member(entry: str, predictions_dir: str) -> Path:
+def resolve_member(entry: str, predictions_dir: str) -> str:
+    """A member given as a file (kept as given) or as a model name in --predictions_dir (any case)."""
     if os.path.sep in entry or entry.endswith((".npz", ".csv")):
-        return Path(entry)
-    found = find_prediction_file(predictions_dir, entry)
+        return entry
+    found = find_prediction_file(predictions_dir, check_plain_name(entry, "--members"))
     if found is None:
         raise UserError(f"--members: no prediction file for '{entry}' in {predictions_dir}")
-    return found
+    return str(found)
+
+
+def official_ensembles(args) -> list[dict]:
+    """Rows for the official code's pre-averaged ensembles `<model>_<m>.csv` (the top-m fine-tuning
+    trials' mean logits), evaluated raw as the official script did; <model> must be a backbone row."""
+    folder = Path(args.predictions_dir)
+    if not folder.is_dir():
+        raise UserError(f"--prediction_dir: {folder} not found")
+    known = NameMap((name, True) for name in tables.backbone_names(tables.read_backbones(args.backbone_csv)))
+    rows = []
+    for path in sorted(folder.glob("*.csv")):
+        base, _, m = path.stem.rpartition("_")
+        if not m.isdigit() or base not in known:
+            print(f"{path.name}: not <backbone>_<m>.csv, skipped")
+            continue
+        split = read_official_ensemble(path)
+        for uncertainty, metrics in single_model_metrics(split.logits, split.labels, args.uncertainty_types).items():
+            rows.append({**metrics, "model": known.spelling(base), "m": int(m), "subset": "top", "members": path.name,
+                         "uncertainty_type": uncertainty, "split": "test"})
+        print(f"{path.name}: evaluated (m={m}, raw logits)")
+    if not rows:
+        raise UserError(f"--prediction_dir: no <backbone>_<m>.csv ensembles in {folder}; give --members FILE ... "
+                        f"to build deep ensembles from prediction files")
+    return rows
 
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.subsets < 1:
         raise UserError("--subsets must be at least 1")
-    members = [read_predictions(resolve_member(entry, args.predictions_dir)) for entry in args.members]
-    if len({m.model for m in members}) != len(members):
-        raise UserError("--members: the same model is listed twice")
+    if not args.members:
+        dataset = check_plain_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
+        rows = official_ensembles(args)
+        written = write_results(args.output_dir, "deep_ensemble", dataset, rows, ENSEMBLE_COLUMNS,
+                                ["model", "m", "subset", "uncertainty_type", "split"])
+        print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
+        return 0
+    paths = prediction_paths([resolve_member(entry, args.predictions_dir) for entry in args.members], "--members")
+    members = [read_predictions(path) for path in paths]
+    unique_by_case([m.model for m in members], "--members")
     bad_sizes = [m for m in args.sizes if not 1 <= m <= len(members)]
     if bad_sizes:
         raise UserError(f"--sizes: {bad_sizes} not in [1, {len(members)}] (the number of --members)")

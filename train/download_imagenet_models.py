@@ -17,8 +17,8 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone_csv", default="configs/backbones.csv", help="models to stage (model_name, source, "
-                        "tv_weights columns)")
+    parser.add_argument("--backbone_csv", help="models to stage (model_name, source, tv_weights columns; default: "
+                        "the repository's configs/backbones.csv)")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="only these rows of the CSV")
     parser.add_argument("--check", action="store_true", help="offline: verify every model's weights are staged and load")
     parser.add_argument("--save_checkpoints", metavar="DIR", help="also save ImageNet-head checkpoints <DIR>/<model>.pth "
@@ -36,14 +36,15 @@ def main(argv=None) -> int:
     from utils.cli import UserError, run_main
 
     def body(_argv) -> int:
-        backbones = tables.read_backbones(args.backbone_csv, required=True)
+        backbones = tables.read_backbones(args.backbone_csv)
         rows = backbones
-        if args.models:
-            known = set(backbones["model_name"].astype(str))
-            unknown = [m for m in args.models if m not in known]
+        if args.models:                           # names in any case
+            known = {name.casefold() for name in backbones["model_name"].astype(str)}
+            unknown = [m for m in args.models if m.casefold() not in known]
             if unknown:
-                raise UserError(f"--models: {unknown} not in {args.backbone_csv}")
-            rows = backbones[backbones["model_name"].isin(args.models)]
+                raise UserError(f"--models: {unknown} not in {args.backbone_csv or 'configs/backbones.csv'}")
+            wanted = {m.casefold() for m in args.models}
+            rows = backbones[backbones["model_name"].astype(str).str.casefold().isin(wanted)]
         failures = []
         for row in rows.itertuples(index=False):
             name, source = str(row.model_name), str(row.source)

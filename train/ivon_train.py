@@ -22,8 +22,10 @@ from load_data.dataloaders import make_loaders
 from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
 from train import engine
-from utils.cli import ArgumentParser, UserError, run_main
+from utils import tables
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.config import dataset_config
+from utils.model_names import canonical_name, check_plain_name, output_path
 from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
 
 
@@ -35,7 +37,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--predictions_dir", default="./predictions", help="where the prediction files go")
     parser.add_argument("--save_name", help="hp_tune's --save_name (default: --model)")
     parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
+    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
+    parser.add_argument("--config_dir", help="the official flag: a folder holding <dataset>.yaml (--config wins)")
+    parser.add_argument("--source", choices=model_loader.SOURCES,
+                        help="source of the starting checkpoint when it is a raw state_dict (the official flag; "
+                             "project checkpoints record it)")
+    parser.add_argument("--tv_weights", help="torchvision weights whose preprocessing a raw state_dict uses "
+                        "(the official flag; project checkpoints record it)")
+    add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--learning_rate", type=float, default=1e-3, help="IVON learning rate (official default 1e-3)")
     parser.add_argument("--epochs", type=int, help="default: the YAML's num_epochs_ff (the official script used 36)")
     parser.add_argument("--warmup_epochs", type=int, help="default: the YAML's warmup_epochs")
@@ -89,14 +98,18 @@ def mc_log_probs(model, optimizer, loader, device, samples: int) -> engine.Predi
 def main_impl(argv=None) -> int:
     import ivon
     args = build_parser().parse_args(argv)
-    config = dataset_config(args.dataset, args.config)
-    name = args.save_name or args.model
+    config = dataset_config(args.dataset, args.config, args.config_dir)
+    given = check_plain_name(args.save_name or args.model, "--save_name" if args.save_name else "--model")
+    name = canonical_name(given, tables.backbone_names(tables.read_backbones(args.backbone_csv)))
     root = Path(args.output_dir) / args.dataset
-    start = next((p for p in (root / "ff" / f"{name}.pth", root / "lp" / f"{name}.pth") if p.exists()), None)
+    start = next((p for p in (output_path(root / "ff", f"{name}.pth"), output_path(root / "lp", f"{name}.pth"))
+                  if p.exists()), None)
     if start is None:
-        raise UserError(f"no {root}/ff/{name}.pth or {root}/lp/{name}.pth; run train/hp_tune.py for {name} first")
+        raise UserError(f"no {root}/ff/{name}.pth or {root}/lp/{name}.pth; run train/hp_tune.py for {given} first")
     torch.manual_seed(args.seed)
-    model, record = model_loader.load_model_from_checkpoint(start)
+    recorded = model_loader.read_checkpoint(start).get("model_name")         # raw state_dicts record nothing
+    model, record = model_loader.load_model_from_checkpoint(start, None if recorded else args.model, args.source)
+    record["tv_weights"] = record.get("tv_weights") or args.tv_weights
     data = load_dataset(args.dataset, args.data_dir or config["data"].get("root"), split_dir=config["data"].get("split_dir"))
     transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),
                                              record.get("image_size"))
@@ -126,7 +139,8 @@ def main_impl(argv=None) -> int:
                              "optimizer": optimizer.state_dict()})
     model.load_state_dict(best[1]["model"])
     optimizer.load_state_dict(best[1]["optimizer"])
-    model_loader.save_checkpoint(root / "ivon" / f"{name}.pth", model, **{k: record.get(k) for k in (
+    ivon_path = output_path(root / "ivon", f"{name}.pth")
+    model_loader.save_checkpoint(ivon_path, model, **{k: record.get(k) for k in (
         "model_name", "source", "tv_weights", "num_classes", "dataset", "image_size")}, ivon_state=best[1]["optimizer"],
         stage="ivon", val_metric=best[0], hyperparameters={"lr": args.learning_rate, "ess": ess, "epochs": epochs,
                                                            "train_samples": args.train_samples})
@@ -139,11 +153,11 @@ def main_impl(argv=None) -> int:
         mc[split] = Split(out.logits, out.labels, out.ids)
         plain = engine.predict(model, loaders[split], device)
         det[split] = Split(plain.logits, plain.labels, plain.ids)
-    source = f"{root / 'ivon' / f'{name}.pth'}"
+    source = str(ivon_path)
     for suffix, splits, kind in (("_ivon", mc, "log_probs"), ("_ivon_det", det, "logits")):
         path = write_predictions(PredictionSet(f"{name}{suffix}", splits, {"dataset": args.dataset, "kind": kind,
                                                "source_checkpoint": source, "test_samples": args.test_samples}),
-                                 Path(args.predictions_dir) / f"{name}{suffix}.npz")
+                                 output_path(args.predictions_dir, f"{name}{suffix}.npz"))
         print(f"wrote {path}")
     return 0
 
