@@ -87,17 +87,19 @@ def official_ensembles(args) -> list[dict]:
     if not folder.is_dir():
         raise UserError(f"--prediction_dir: {folder} not found")
     known = NameMap((name, True) for name in tables.backbone_names(tables.read_backbones(args.backbone_csv)))
+    # the folder is y-prediction/<dataset>/<split>/deep_ensemble (the official script called every split "test")
+    split = folder.resolve().parent.name if folder.resolve().parent.name in EVAL_SPLITS else "test"
     rows = []
     for path in sorted(folder.glob("*.csv")):
         base, _, m = path.stem.rpartition("_")
         if not m.isdigit() or base not in known:
             print(f"{path.name}: not <backbone>_<m>.csv, skipped")
             continue
-        split = read_official_ensemble(path)
-        for uncertainty, metrics in single_model_metrics(split.logits, split.labels, args.uncertainty_types).items():
+        data = read_official_ensemble(path)
+        for uncertainty, metrics in single_model_metrics(data.logits, data.labels, args.uncertainty_types).items():
             rows.append({**metrics, "model": known.spelling(base), "m": int(m), "subset": "top", "members": path.name,
-                         "uncertainty_type": uncertainty, "split": "test"})
-        print(f"{path.name}: evaluated (m={m}, raw logits)")
+                         "uncertainty_type": uncertainty, "split": split})
+        print(f"{path.name}: evaluated ({split}, m={m}, raw logits)")
     if not rows:
         raise UserError(f"--prediction_dir: no <backbone>_<m>.csv ensembles in {folder}; give --members FILE ... "
                         f"to build deep ensembles from prediction files")

@@ -132,6 +132,14 @@ def main_impl(argv=None) -> int:
     if large not in models:
         raise UserError(f"--large: {large} has no rows in {results}/evaluation_single_model_*.csv")
     large = models.spelling(large)                    # the results' spelling of the name given in any case
+    # one results folder may hold several datasets: report those of the large model, and only its own
+    # deep ensembles (another architecture's ensembles are not its baseline)
+    datasets = set(single.loc[single["model"] == large, "dataset"])
+    single = single[single["dataset"].isin(datasets)]
+    duos = duos[duos["dataset"].isin(datasets)] if len(duos) else duos
+    if len(ensembles):
+        ensembles = ensembles[ensembles["dataset"].isin(datasets)
+                              & (ensembles["model"].astype(str).str.casefold() == large.casefold())]
     out_path = Path(args.output or results / "REPORT.md")
     folder = out_path.parent
     sections = [f"# Asymmetric duos report: {large} on {', '.join(sorted(set(single['dataset'])))}", ""]

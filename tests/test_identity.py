@@ -35,6 +35,15 @@ def test_canonical_name_follows_backbones_spelling():
     assert canonical_name("my_net_greedy", None) == "my_net_greedy"
 
 
+def test_gflops_of_derived_models():
+    backbones = tables.read_backbones()
+    for name in ("CONVNEXT_BASE_GREEDY", "ConvNeXt_Base_uniform", "convnext_base_s2", "ConvNeXt_Base_ivon_det"):
+        assert tables.backbone_value(backbones, name, "GFLOPS") == 15.36, name
+    # the MC predictive and Laplace cost more than one forward pass: no figure rather than a wrong one
+    for name in ("ConvNeXt_Base_ivon", "Swin_V2_S_LA", "unknown_net"):
+        assert np.isnan(tables.backbone_value(backbones, name, "GFLOPS")), name
+
+
 def test_name_map_and_plain_names():
     temps = NameMap([("ResNet18", 1.5), (("ConvNeXt_Base", "resnet18"), (0.4, 0.1))])
     assert temps["resnet18"] == 1.5 and ("convnext_base", "RESNET18") in temps and temps.get("x") is None
@@ -167,7 +176,7 @@ def test_a_prediction_file_named_in_another_case_or_format_resolves(tmp_path, st
     write_predictions(make_duo_logits()["large"], tmp_path / "ConvNeXt_Base.npz")
     code, out, err = stage(S2, "--predictions", tmp_path / "convnext_base.csv", "--output_dir", tmp_path / "cal")
     assert code == 0, err
-    assert "using" in out and "ConvNeXt_Base.npz" in out
+    assert "convnext_base.csv: reading" in out and "ConvNeXt_Base.npz" in out
     assert list(pd.read_csv(tmp_path / "cal" / "temperature_single_model.csv").full_name) == ["ConvNeXt_Base"]
     code, _, err = stage(S2, "--predictions", tmp_path / "absent.npz", "--output_dir", tmp_path / "cal")
     assert code == 2 and "absent.npz: prediction file not found" in err
@@ -196,6 +205,36 @@ def test_duos_csv_rows_pairing_a_model_with_itself_or_repeated(tmp_path):
     path.write_text("model_large,model_small\nResNet50,resnet50\n")
     with pytest.raises(UserError, match="pairs ResNet50 with itself"):
         tables.read_duos(path)
+    path.write_text("model_large,model_small\nResNet50,../../tmp/evil\n")
+    with pytest.raises(UserError, match="data row 1, model_small: '../../tmp/evil' is not a plain name"):
+        tables.read_duos(path)
+
+
+def test_report_keeps_to_the_large_models_dataset_and_ensembles(tmp_path, stage):
+    """One results folder holding two datasets (as the README's two blocks write): the report of a large
+    model shows its dataset only, and no other architecture's deep ensembles."""
+    for dataset, names in (("dsa", ("ConvNeXt_Base", "EfficientNet_B0")), ("dsb", ("ResNet50", "ResNet50_s1"))):
+        sets = make_duo_logits(models=names)
+        for pset in sets.values():
+            pset.meta["dataset"] = dataset
+            write_set(pset, tmp_path / dataset)
+        common = ["--predictions_dir", tmp_path / dataset, "--calibrated_dir", tmp_path / f"cal_{dataset}"]
+        assert stage(S4, *common, "--output_dir", tmp_path / "res", "--fit_missing")[0] == 0
+        duos = tmp_path / f"duos_{dataset}.csv"
+        duos.write_text(f"model_large,model_small\n{names[0]},{names[1]}\n")
+        assert stage(S5, "--config", duos, *common, "--output_dir", tmp_path / "res", "--fit_missing")[0] == 0
+    assert stage("evaluate/8_evaluate_deep_ensemble.py", "--members", "ResNet50", "ResNet50_s1", "--predictions_dir",
+                 tmp_path / "dsb", "--sizes", 2, "--output_dir", tmp_path / "res")[0] == 0
+    code, out, err = stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res", "--large", "convnext_base",
+                           "--calibrated_dir", tmp_path / "cal_dsa")
+    assert code == 0, err
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    assert report.startswith("# Asymmetric duos report: ConvNeXt_Base on dsa\n")
+    assert "ResNet50" not in report and "deep ensemble m=" not in report and "DE(m=" not in report
+    code, out, err = stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res", "--large", "ResNet50",
+                           "--output", tmp_path / "rn50.md")
+    assert code == 0, err
+    assert "deep ensemble m=2" in (tmp_path / "rn50.md").read_text()
 
 
 def test_names_from_files_never_become_paths_unchecked(tmp_path, stage):

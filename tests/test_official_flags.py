@@ -108,6 +108,19 @@ def test_official_deep_ensemble_folder(tmp_path, stage):
     raw_acc = np.mean(test.logits.argmax(1) == test.labels)
     assert rows[(rows.m == 1)].Acc.iloc[0] == pytest.approx(raw_acc)
     assert "notes.csv: not <backbone>_<m>.csv, skipped" in out
+    # the same form on the ood_test folder fills the _ood file and leaves the test rows alone
+    ood_folder = root / "ood_test" / "deep_ensemble"
+    ood_folder.mkdir()
+    ood = pset.splits["ood_test"]
+    pd.DataFrame(ood.logits).to_csv(ood_folder / "resnet50_1.csv", index=False, header=False)
+    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", "--dataset_name", "caltech256",
+                           "--backbone_csv_path", "configs/backbones.csv", "--prediction_dir", ood_folder,
+                           "--save_dir", tmp_path / "res")
+    assert code == 0, err
+    ood_rows = pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_caltech256_ood.csv")
+    assert set(ood_rows.split) == {"ood_test"} and set(ood_rows.model) == {"ResNet50"}
+    assert ood_rows.Acc.iloc[0] == pytest.approx(np.mean(ood.logits.argmax(1) == ood.labels))
+    assert pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_caltech256.csv").equals(rows)
 
 
 def test_stage1_mode_soup_predicts_only_the_soups(tmp_path):

@@ -96,7 +96,7 @@ def test_readme_reproduction_runs_as_written(tmp_path):
     fixtures.make_caltech256(work / "data")
     script, _ = readme_script((REPO / "README.md").read_text())
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+           "HF_HUB_OFFLINE": "1"}
     before = repository_outputs()
     result = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, f"README command failed:\n{result.stderr[-6000:]}"

@@ -35,13 +35,16 @@ def parse_every_file(folder):
         pd.read_csv(path)                       # a truncated CSV would raise or lose its header
 
 
-@pytest.fixture
-def workspace(tmp_path):
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """The inputs (read-only for the tests) and one uninterrupted run of the stages, the reference."""
+    tmp_path = tmp_path_factory.mktemp("reliability")
     sets = make_duo_logits(num_classes=5, models=("a_large", "b_small"), seed=11)
     sets.update(make_duo_logits(num_classes=5, models=("c_large", "d_small"), seed=11))
     for pset in sets.values():
         write_set(pset, tmp_path / "predictions")
     (tmp_path / "duos.csv").write_text("model_large,model_small\na_large,b_small\nc_large,d_small\na_large,d_small\n")
+    assert pipeline(tmp_path, tmp_path / "reference") is None
     return tmp_path
 
 
@@ -62,8 +65,7 @@ def pipeline(root, out, kill_at=None):
 @pytest.mark.parametrize("kill_at", ["before_rename:1", "after_rename:1", "before_rename:2", "after_rename:2"])
 def test_killed_stages_rerun_to_the_same_outputs(workspace, kill_at):
     reference = workspace / "reference"
-    assert pipeline(workspace, reference) is None
-    killed = workspace / "killed"
+    killed = workspace / f"killed_{kill_at.replace(':', '_')}"
     result = pipeline(workspace, killed, kill_at=kill_at)
     assert result is not None and result.returncode == -9          # SIGKILL
     parse_every_file(killed)                                        # nothing truncated under a final name
@@ -105,8 +107,8 @@ def test_eight_concurrent_writers_lose_nothing(tmp_path):
 
 
 def test_stage_outputs_are_reproducible(workspace):
-    first, second = workspace / "one", workspace / "two"
-    assert pipeline(workspace, first) is None and pipeline(workspace, second) is None
+    first, second = workspace / "reference", workspace / "two"
+    assert pipeline(workspace, second) is None
     assert all_files(first) == all_files(second)                   # byte-identical CSVs
 
 

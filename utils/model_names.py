@@ -17,6 +17,9 @@ from utils.cli import UserError
 
 # derived names: seeds, soups and the baselines' prediction files (canonically lowercase, but `_LA`)
 _SUFFIX_PATTERN = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", re.IGNORECASE)
+# the derived models that cost what their backbone costs per image (so they share its GFLOPs); the
+# IVON Monte-Carlo predictive (_ivon) and Laplace (_LA) cost more, and have no backbones.csv figure
+SAME_COST_SUFFIXES = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det)$", re.IGNORECASE)
 
 
 def fold(name) -> str:
@@ -32,22 +35,30 @@ def check_plain_name(name: str, what: str) -> str:
     return text
 
 
-def canonical_name(name: str, backbone_names: Iterable[str] | None) -> str:
-    """`name` spelt as its backbones.csv row when it (or its base before derived suffixes such as
-    `_s1`, `_greedy`, `_ivon`, `_LA`) matches a row case-insensitively; else `name` unchanged."""
+def backbone_row(name: str, backbone_names: Iterable[str] | None,
+                 suffixes: re.Pattern = _SUFFIX_PATTERN) -> tuple[str, str] | None:
+    """(the backbones.csv row spelling, the derived suffixes in canonical spelling) when `name`, or
+    its base before derived suffixes, matches a row case-insensitively; else None."""
     rows: dict[str, str] = {}
     for row in backbone_names or ():
         rows.setdefault(fold(row), str(row))
-    base, suffixes = str(name), []
+    base, found = str(name), []
     while True:
         if fold(base) in rows:
-            return rows[fold(base)] + "".join(reversed(suffixes))
-        match = _SUFFIX_PATTERN.search(base)
+            return rows[fold(base)], "".join(reversed(found))
+        match = suffixes.search(base)
         if match is None or match.start() == 0:
-            return str(name)
+            return None
         suffix = match.group(1)
-        suffixes.append("_LA" if suffix.lower() == "_la" else suffix.lower())
+        found.append("_LA" if suffix.lower() == "_la" else suffix.lower())
         base = base[: match.start()]
+
+
+def canonical_name(name: str, backbone_names: Iterable[str] | None) -> str:
+    """`name` spelt as its backbones.csv row when it (or its base before derived suffixes such as
+    `_s1`, `_greedy`, `_ivon`, `_LA`) matches a row case-insensitively; else `name` unchanged."""
+    match = backbone_row(name, backbone_names)
+    return str(name) if match is None else match[0] + match[1]
 
 
 class NameMap(dict):

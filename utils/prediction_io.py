@@ -340,7 +340,7 @@ def resolve_prediction_path(path: str | Path) -> Path:
     found = list_prediction_files(path.parent).get(_model_name_of(path))
     if found is None:
         return path
-    print(f"{path}: not found; using {found}, the same model's prediction file")
+    print(f"{path}: reading {found}, the same model's prediction file")
     return found
 
 
@@ -353,7 +353,8 @@ def prediction_paths(entries: list[str], flag: str) -> list[Path]:
     if features:
         print(f"{flag}: left out {len(features)} features file(s) (*{FEATURES_SUFFIX}), which are not prediction files")
     if not paths:
-        raise UserError(f"{flag}: only features files given ({', '.join(features[:3])}); give the prediction files")
+        raise UserError(f"{flag}: only features files given ({len(features)}, e.g. {features[0]}); give the "
+                        f"prediction files")
     return [resolve_prediction_path(p) for p in paths]
 
 

@@ -44,14 +44,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and the target is left untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_folder(path.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot write there ({exc.strerror}); choose another output folder") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; colleagues on a cluster read what the umask allows
         _kill_point("before_rename")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -59,6 +63,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_folder(folder: str | os.PathLike) -> None:
+    """mkdir -p, with a one-line error when a file is in the way or the place is not writable."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"{folder}: cannot create this output folder, a file of that name is in the way; choose "
+                        f"another folder") from None
+    except PermissionError:
+        raise UserError(f"{folder}: permission denied creating this output folder; choose another folder") from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -101,7 +122,7 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
     """
     path = Path(path)
     lock_path = path.parent / f".{path.name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(lock_path.parent)
     with open(lock_path, "a") as handle:
         fcntl.lockf(handle.fileno(), fcntl.LOCK_EX)
         try:
@@ -122,6 +143,11 @@ class LockedTable:
             missing = [k for k in self.key_columns if k not in self.frame.columns]
             if missing:
                 raise UserError(f"{path}: existing file lacks key column(s) {missing}; move it aside and rerun")
+            repeated = pd.Series(self._keys(self.frame)).duplicated().to_numpy()
+            if repeated.any():                     # an upsert would silently keep only one of them
+                row = self.frame[self.key_columns].iloc[int(repeated.argmax())].tolist()
+                raise UserError(f"{path}: two rows for {', '.join(map(str, row))} (names in any case are one "
+                                f"model); keep one and rerun")
         else:
             self.frame = pd.DataFrame(columns=list(columns or key_columns))
 

@@ -15,7 +15,7 @@ from utils import safe_io
 from utils.calibrate_temperature import temperature_to_weight, weight_to_temperature
 from utils.cli import UserError
 from utils.config import DEFAULT_BACKBONES, resolve_config_path
-from utils.model_names import NameMap
+from utils.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, check_plain_name
 
 SINGLE_TEMPERATURE_FILE = "temperature_single_model.csv"
 DUO_TEMPERATURE_FILE = "temperature_duo.csv"
@@ -64,6 +64,8 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
         raise UserError(f"{path}: duos CSV has no rows")
     for column in ("model_large", "model_small"):
         frame[column] = frame[column].astype(str).str.strip()
+        for row, name in enumerate(frame[column]):
+            check_plain_name(name, f"{path}: data row {row + 1}, {column}")
     for side in ("large", "small"):
         column = f"gflops_{side}"
         if column in frame.columns:
@@ -101,16 +103,14 @@ def backbone_names(backbones: pd.DataFrame | None) -> list[str]:
 
 
 def _backbone_cell(backbones: pd.DataFrame | None, model: str, column: str):
-    """The raw cell of backbones.csv for `model` (case-insensitive; soups `<arch>_greedy` and
-    `<arch>_uniform` map to their arch), or None when unknown."""
+    """The raw cell of backbones.csv for `model` (any case; seeds, soups and IVON's mean weights map
+    to their backbone, which costs the same), or None when unknown."""
     if backbones is None or column not in backbones.columns:
         return None
-    names = backbones["model_name"].astype(str).str.lower()
-    for candidate in (model, *[model[: -len(suffix)] for suffix in ("_greedy", "_uniform") if model.endswith(suffix)]):
-        hits = backbones.loc[names == candidate.lower(), column]
-        if len(hits):
-            return hits.iloc[0]
-    return None
+    match = backbone_row(model, backbone_names(backbones), SAME_COST_SUFFIXES)
+    if match is None:
+        return None
+    return backbones.loc[backbones["model_name"].astype(str) == match[0], column].iloc[0]
 
 
 def backbone_value(backbones: pd.DataFrame | None, model: str, column: str) -> float:
