@@ -24,7 +24,7 @@ from train.engine import predict, prepare_model, resolve_device
 from utils import safe_io, tables
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main, warn
 from utils.config import dataset_config
-from utils.model_names import canonical_name, check_plain_name, existing_path, unique_by_case
+from utils.model_names import existing_path, unique_by_case
 from utils.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, Split, read_predictions, write_predictions
 
 
@@ -80,7 +80,7 @@ def file_digest(path: Path) -> str:
 def list_jobs(args, backbones) -> list[dict]:
     """(name, checkpoint or None) for every model to predict."""
     def job(name: str, checkpoint: Path | None) -> dict:
-        name = canonical_name(check_plain_name(name, "model name"), tables.backbone_names(backbones))
+        name = tables.model_identity(name, "model name", backbones)
         # the output is named after the file (e.g. ResNet50_s1, ConvNeXt_Base_greedy); the architecture
         # comes from the checkpoint's metadata, else --model, else the name itself
         recorded = model_loader.read_checkpoint(checkpoint).get("model_name") if checkpoint else None
@@ -158,8 +158,9 @@ def resolve_dataset_flag(args) -> str:
     dataset with trained checkpoints under ./checkpoints/<dataset>/ff."""
     if args.dataset:
         return args.dataset
-    if args.model_path and existing_path(args.model_path).exists():
-        recorded = model_loader.read_checkpoint(existing_path(args.model_path)).get("dataset")
+    model_path = existing_path(args.model_path) if args.model_path else None
+    if model_path is not None and model_path.exists():
+        recorded = model_loader.read_checkpoint(model_path).get("dataset")
         if recorded in DATASETS:
             return recorded
     if args.all_models or args.model_dir:

@@ -47,11 +47,7 @@ def main_impl(argv=None) -> int:
         jobs = [(large, small) for _, large, small in found]
         if not jobs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")
-    pairs = [(cache.get(large), cache.get(small)) for large, small in jobs]
-    for large, small in pairs:
-        if large.model.casefold() == small.model.casefold():
-            raise UserError(f"{large.source} and {small.source} are the same model ({large.model}); a duo needs two")
-    rows = [duo_weights_row(large, small, args.method) for large, small in pairs]
+    rows = [duo_weights_row(cache.get(large), cache.get(small), args.method) for large, small in jobs]
     out = tables.upsert_duo_temperatures(args.output_dir, rows)
     for row in rows:
         print(f"{row['model_large']} + {row['model_small']}: w_large={row['weight_large']:.4f} "

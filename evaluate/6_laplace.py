@@ -37,7 +37,7 @@ from train import engine
 from utils import tables
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.config import dataset_config
-from utils.model_names import canonical_name, check_plain_name, existing_path, output_path
+from utils.model_names import existing_path, output_path
 from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
 
 
@@ -77,8 +77,8 @@ def main_impl(argv=None) -> int:
     model_path = existing_path(args.model_path)
     model, record = model_loader.load_model_from_checkpoint(model_path, args.model, args.source,
                                                             num_classes=data.num_classes)
-    given = check_plain_name(args.save_name or model_path.stem.removesuffix("_best"), "--save_name")
-    name = canonical_name(given, tables.backbone_names(tables.read_backbones(args.backbone_csv)))
+    name = tables.model_identity(args.save_name or model_path.stem.removesuffix("_best"), "--save_name",
+                                 tables.read_backbones(args.backbone_csv))
     transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),
                                              record.get("image_size"))
     _, head = model_loader.find_head(model)

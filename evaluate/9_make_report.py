@@ -96,8 +96,8 @@ def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
     singles = tables.read_single_temperatures(Path(calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
     weights = tables.read_duo_weights(Path(calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
     large_set = read_predictions(large_path)
-    small_set = read_predictions(find_prediction_file(predictions_dir, small)) if small and \
-        find_prediction_file(predictions_dir, small) else None
+    small_path = find_prediction_file(predictions_dir, small) if small else None
+    small_set = read_predictions(small_path) if small_path else None
     curves = {}
     for split in ("test", "ood_test"):
         if split not in large_set.splits:

@@ -254,10 +254,13 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_model_from_checkpoint(path: str | Path, model_name: str | None = None, source: str | None = None,
-                               num_classes: int | None = None) -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint was trained as (no pretrained weights needed) and load it."""
+                               num_classes: int | None = None, raw_name: str | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint was trained as (no pretrained weights needed) and load it.
+
+    `model_name` must agree with the architecture the checkpoint records; `raw_name` only names the
+    architecture of a raw state_dict, which records none."""
     record = read_checkpoint(path)
-    name = record.get("model_name") or model_name
+    name = record.get("model_name") or model_name or raw_name
     if not name:
         raise UserError(f"{path}: a raw state_dict does not say its architecture; pass --model NAME (and --source)")
     if model_name and record.get("model_name") and architecture_of(model_name).lower() != architecture_of(record["model_name"]).lower():

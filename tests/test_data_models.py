@@ -183,6 +183,12 @@ def test_checkpoint_roundtrip_and_mismatches(tmp_path):
         model_loader.load_model_from_checkpoint(tmp_path / "raw.pth", "ResNet50", "torchvision")
     raw, record = model_loader.load_model_from_checkpoint(tmp_path / "raw.pth", "resnet10t", "timm")
     assert record["num_classes"] == 6
+    # raw_name (make_soup's and ivon_train's --model) names a raw state_dict's architecture only: a project
+    # checkpoint keeps the architecture it records, whatever the output name (e.g. a seed's)
+    raw, record = model_loader.load_model_from_checkpoint(tmp_path / "raw.pth", source="timm", raw_name="resnet10t")
+    assert record["model_name"] == "resnet10t"
+    _, record = model_loader.load_model_from_checkpoint(path, raw_name="resnet10t_s1")
+    assert record["model_name"] == "resnet10t"
 
 
 def _stage_env(tmp_path):

@@ -182,6 +182,13 @@ def test_a_prediction_file_named_in_another_case_or_format_resolves(tmp_path, st
     assert code == 2 and "absent.npz: prediction file not found" in err
 
 
+def test_a_duo_of_one_model_with_itself_is_refused(tmp_path, stage):
+    path = write_set(make_duo_logits()["large"], tmp_path)
+    code, _, err = stage(S3, "--large_model_pred", path, "--small_model_pred", tmp_path / "LARGE.csv",
+                         "--output_dir", tmp_path / "cal")
+    assert code == 2 and "are the same model (large); a duo needs two" in err and not (tmp_path / "cal").exists()
+
+
 def test_temperature_tables_match_names_in_any_case_and_reject_duplicates(tmp_path):
     path = tmp_path / "temperature_single_model.csv"
     path.write_text("full_name,temperature\nResNet18,1.5\n")

@@ -99,9 +99,12 @@ def test_official_deep_ensemble_folder(tmp_path, stage):
     for m in (1, 2):
         pd.DataFrame(test.logits * m).to_csv(folder / f"ResNet50_{m}.csv", index=False, header=False)
     pd.DataFrame(test.logits).to_csv(folder / "notes.csv", index=False, header=False)
-    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", "--dataset_name", "caltech256",
-                           "--backbone_csv_path", "configs/backbones.csv", "--prediction_dir", folder,
-                           "--save_dir", tmp_path / "res")
+
+    def official_stage8(prediction_dir):
+        return stage("evaluate/8_evaluate_deep_ensemble.py", "--dataset_name", "caltech256", "--backbone_csv_path",
+                     "configs/backbones.csv", "--prediction_dir", prediction_dir, "--save_dir", tmp_path / "res")
+
+    code, out, err = official_stage8(folder)
     assert code == 0, err
     rows = pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_caltech256.csv")
     assert sorted(set(rows.m)) == [1, 2] and set(rows.model) == {"ResNet50"} and set(rows.subset) == {"top"}
@@ -113,9 +116,7 @@ def test_official_deep_ensemble_folder(tmp_path, stage):
     ood_folder.mkdir()
     ood = pset.splits["ood_test"]
     pd.DataFrame(ood.logits).to_csv(ood_folder / "resnet50_1.csv", index=False, header=False)
-    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", "--dataset_name", "caltech256",
-                           "--backbone_csv_path", "configs/backbones.csv", "--prediction_dir", ood_folder,
-                           "--save_dir", tmp_path / "res")
+    code, out, err = official_stage8(ood_folder)
     assert code == 0, err
     ood_rows = pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_caltech256_ood.csv")
     assert set(ood_rows.split) == {"ood_test"} and set(ood_rows.model) == {"ResNet50"}

@@ -21,7 +21,7 @@ from train import tuning
 from utils import safe_io, tables
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, parse_bool, run_main, warn
 from utils.config import dataset_config
-from utils.model_names import canonical_name, check_plain_name, output_path
+from utils.model_names import output_path
 
 HYPER_COLUMNS = ["model", "architecture", "source", "lr", "weight_decay", "val_metric", "selection_metric", "epochs",
                  "checkpoint", "trials_ok", "trials_failed"]
@@ -83,8 +83,9 @@ def settings(args) -> tuple[dict, dict, dict]:
     source = args.source or tables.backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
     tv_weights = args.tv_weights or tables.backbone_text(backbones, arch, "tv_weights")
     data_dir = args.data_dir or config["data"].get("root")
-    save_name = check_plain_name(args.save_name or args.model, "--save_name" if args.save_name else "--model")
-    setup = {"model": args.model, "save_name": canonical_name(save_name, tables.backbone_names(backbones)),
+    save_name = tables.model_identity(args.save_name or args.model, "--save_name" if args.save_name else "--model",
+                                      backbones)
+    setup = {"model": args.model, "save_name": save_name,
              "dataset": args.dataset,
              "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "source": source, "tv_weights": tv_weights,
              "weights": args.weights if args.weights in ("default", "none") else str(Path(args.weights).resolve()),

@@ -25,7 +25,7 @@ from train import engine
 from utils import tables
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.config import dataset_config
-from utils.model_names import canonical_name, check_plain_name, output_path
+from utils.model_names import output_path
 from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
 
 
@@ -99,16 +99,16 @@ def main_impl(argv=None) -> int:
     import ivon
     args = build_parser().parse_args(argv)
     config = dataset_config(args.dataset, args.config, args.config_dir)
-    given = check_plain_name(args.save_name or args.model, "--save_name" if args.save_name else "--model")
-    name = canonical_name(given, tables.backbone_names(tables.read_backbones(args.backbone_csv)))
+    given = args.save_name or args.model
+    name = tables.model_identity(given, "--save_name" if args.save_name else "--model",
+                                 tables.read_backbones(args.backbone_csv))
     root = Path(args.output_dir) / args.dataset
     start = next((p for p in (output_path(root / "ff", f"{name}.pth"), output_path(root / "lp", f"{name}.pth"))
                   if p.exists()), None)
     if start is None:
         raise UserError(f"no {root}/ff/{name}.pth or {root}/lp/{name}.pth; run train/hp_tune.py for {given} first")
     torch.manual_seed(args.seed)
-    recorded = model_loader.read_checkpoint(start).get("model_name")         # raw state_dicts record nothing
-    model, record = model_loader.load_model_from_checkpoint(start, None if recorded else args.model, args.source)
+    model, record = model_loader.load_model_from_checkpoint(start, source=args.source, raw_name=args.model)
     record["tv_weights"] = record.get("tv_weights") or args.tv_weights
     data = load_dataset(args.dataset, args.data_dir or config["data"].get("root"), split_dir=config["data"].get("split_dir"))
     transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),

@@ -21,7 +21,7 @@ from train import engine, soups
 from utils import safe_io, tables
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.config import dataset_config
-from utils.model_names import canonical_name, check_plain_name, output_path
+from utils.model_names import output_path
 
 
 def build_parser() -> ArgumentParser:
@@ -70,8 +70,9 @@ def read_trials(path: Path) -> pd.DataFrame:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config = dataset_config(args.dataset, args.config)
-    given = check_plain_name(args.save_name or args.model, "--save_name" if args.save_name else "--model")
-    name = canonical_name(given, tables.backbone_names(tables.read_backbones(args.backbone_csv)))
+    given = args.save_name or args.model
+    name = tables.model_identity(given, "--save_name" if args.save_name else "--model",
+                                 tables.read_backbones(args.backbone_csv))
     root = Path(args.output_dir) / args.dataset
     trials_csv = output_path(root / "soup", f"{name}_trials.csv")
     official = output_path(root / "soup" / name, f"{name}_trials.csv")      # where the official hp_tune puts it
@@ -81,9 +82,8 @@ def main_impl(argv=None) -> int:
     trials = read_trials(trials_csv)
     metric = args.greedy_metric or config["training"].get("selection_metric", "f1" if args.dataset == "iwildcam" else "acc")
 
-    first = trials["checkpoint"].iloc[0]
-    recorded = model_loader.read_checkpoint(first).get("model_name")       # raw state_dicts record nothing
-    model, record = model_loader.load_model_from_checkpoint(first, None if recorded else args.model, args.source)
+    model, record = model_loader.load_model_from_checkpoint(trials["checkpoint"].iloc[0], source=args.source,
+                                                            raw_name=args.model)
     data = load_dataset(args.dataset, args.data_dir or config["data"].get("root"), split_dir=config["data"].get("split_dir"))
     transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),
                                              record.get("image_size"))

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from ray.tune import Callback
 
-from utils.model_names import find_file
+from utils.model_names import output_path
 
 LP, FT = "lp", "ff"
 _STATE_FILE = "state.pt"
@@ -160,7 +160,7 @@ def run_search(stage: str, setup: dict, param_space: dict, num_samples: int, sto
                               max(1, min(grace_period, epochs)))
     name = f"{setup['save_name']}_{stage}"
     trainable = tune.with_resources(trial, resources)
-    experiment = find_file(storage, name) or storage / name       # a search started under another case
+    experiment = output_path(storage, name)                      # a search started under another case
     if resume and tune.Tuner.can_restore(str(experiment)):
         print(f"resuming the {stage.upper()} search in {experiment}")
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_errored=True,

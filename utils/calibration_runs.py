@@ -3,7 +3,7 @@ record with --fit_missing). The optimisation itself lives in `utils.calibrate_te
 from __future__ import annotations
 
 from utils import calibrate_temperature, tables, uncertainty_metrics as um
-from utils.cli import warn
+from utils.cli import UserError, warn
 from utils.prediction_io import PredictionSet, align
 
 
@@ -21,6 +21,8 @@ def single_temperature_row(pset: PredictionSet, method: str = "exact") -> dict:
 
 def duo_weights_row(large: PredictionSet, small: PredictionSet, method: str = "exact") -> dict:
     """Fit (w_large, w_small) on the 'val' split, small aligned to large by sample id."""
+    if large.model.casefold() == small.model.casefold():
+        raise UserError(f"{large.source} and {small.source} are the same model ({large.model}); a duo needs two")
     val_large = large.split("val", "to fit the duo weights")
     val_small = align(val_large, small.split("val", "to fit the duo weights"), large.source, small.source, "val")
     fit = calibrate_temperature.fit_duo_weights(val_large.logits, val_small.logits, val_large.labels, method=method)

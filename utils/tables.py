@@ -15,7 +15,7 @@ from utils import safe_io
 from utils.calibrate_temperature import temperature_to_weight, weight_to_temperature
 from utils.cli import UserError
 from utils.config import DEFAULT_BACKBONES, resolve_config_path
-from utils.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, check_plain_name
+from utils.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, canonical_name, check_plain_name
 
 SINGLE_TEMPERATURE_FILE = "temperature_single_model.csv"
 DUO_TEMPERATURE_FILE = "temperature_duo.csv"
@@ -100,6 +100,11 @@ def read_backbones(path: str | Path | None = None) -> pd.DataFrame:
 
 def backbone_names(backbones: pd.DataFrame | None) -> list[str]:
     return [] if backbones is None else backbones["model_name"].dropna().astype(str).tolist()
+
+
+def model_identity(name: str, what: str, backbones: pd.DataFrame | None) -> str:
+    """The name the files of a model given as `name` carry: a plain name, spelt as its backbones.csv row."""
+    return canonical_name(check_plain_name(name, what), backbone_names(backbones))
 
 
 def _backbone_cell(backbones: pd.DataFrame | None, model: str, column: str):
