@@ -22,7 +22,7 @@ from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
 from train.engine import predict, prepare_model, resolve_device
 from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main, warn
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main, warn
 from utils.config import dataset_config
 from utils.model_names import existing_path, unique_by_case
 from utils.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, Split, read_predictions, write_predictions
@@ -56,15 +56,15 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--format", choices=("npz", "csv"), default="npz", help="prediction file format")
     parser.add_argument("--features", "--feature_extractor_mode", action="store_true",
                         help="also write <model>.features.npz with the pooled penultimate features")
-    parser.add_argument("--image_size", type=int, help="resize inputs to this size (default: the checkpoint's, else "
+    parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the checkpoint's, else "
                         "the weights' own preprocessing)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 autocast on CUDA (logits carry bf16 rounding), fp32 on CPU")
     parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
-    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="images per batch")
+    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute even if a complete file exists")
     return parser
 

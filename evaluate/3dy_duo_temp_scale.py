@@ -20,7 +20,7 @@ import torch
 
 from load_models import dynamic_duo
 from utils import calibrate_temperature, safe_io, tables
-from utils.cli import ArgumentParser, UserError, run_main
+from utils.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
 from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, resolve_dataset,
                               single_model_metrics, write_results)
 from utils.prediction_io import align, read_features, resolve_prediction_path
@@ -39,8 +39,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--optimizer", choices=dynamic_duo.OPTIMIZERS, default="lbfgs",
                         help="full-batch L-BFGS (strong Wolfe) or mini-batch Adam")
     parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files")
-    parser.add_argument("--num_epochs", type=int, default=32, help="epochs of the Adam optimizer (the official flag)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--num_epochs", type=positive_int, default=32, help="epochs of the Adam optimizer (the official flag)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     return parser
 
 

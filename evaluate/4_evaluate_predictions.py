@@ -13,8 +13,8 @@ from pathlib import Path
 from utils import tables
 from utils.calibration_runs import single_temperature_row
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
-from utils.evaluation import (EVAL_SPLITS, SINGLE_COLUMNS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
-                              single_model_metrics, write_results)
+from utils.evaluation import (EVAL_SPLITS, SINGLE_COLUMNS, SINGLE_UNCERTAINTY_TYPES, check_scaled_logits,
+                              largest_magnitude, resolve_dataset, single_model_metrics, write_results)
 from utils.prediction_io import read_predictions, select_prediction_files
 from utils.uncertainty_metrics import WeightedLogits
 
@@ -62,6 +62,7 @@ def main_impl(argv=None) -> int:
                        "params": tables.backbone_value(backbones, name, "Params")}
         for split in splits:
             data = pset.splits[split]
+            check_scaled_logits([largest_magnitude(data.logits)], [1.0 / temperatures[name]], f"{temperature_file}: {name}")
             for wrapper, logits in (("None", data.logits),
                                     ("TempScaleWrapper", WeightedLogits([data.logits], [1.0 / temperatures[name]]))):
                 for uncertainty, metrics in single_model_metrics(logits, data.labels, args.uncertainty_types).items():

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs
+from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs, member_scales
 from utils import tables
 from utils.calibration_runs import duo_weights_row, single_temperature_row
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main, warn
-from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, metrics_by_uncertainty,
-                              resolve_dataset, write_results)
+from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, check_scaled_logits, find_duo_files,
+                              largest_magnitude, metrics_by_uncertainty, resolve_dataset, write_results)
 from utils.prediction_io import align
 from utils.uncertainty_metrics import UNCERTAINTY_TYPES
 
@@ -99,6 +99,10 @@ def main_impl(argv=None) -> int:
                 continue
             data_large = large.splits[split]
             data_small = align(data_large, small.splits[split], large.source, small.source, split)
+            magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
+            for scales in {member_scales(mode, temps) for mode in args.modes}:
+                check_scaled_logits(magnitudes, [scale / 2 for scale in scales],
+                                    f"{args.calibrated_dir}: {large.model} + {small.model}")
             outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types)
             for mode, out in outputs.items():
                 scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)

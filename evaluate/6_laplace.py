@@ -35,7 +35,8 @@ from load_models.laplace_tools import (PairLoader, feature_loaders, laplace_log_
                                        use_fast_kron_predictive)
 from train import engine
 from utils import tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.cli import (ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_float, positive_int,
+                       run_main)
 from utils.config import dataset_config
 from utils.model_names import existing_path, output_path
 from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
@@ -60,10 +61,10 @@ def build_parser() -> ArgumentParser:
                         help="gridsearch on val NLL (the official choice) or the marginal likelihood")
     parser.add_argument("--link_approx", default="probit", choices=("probit", "bridge", "bridge_norm", "mc"),
                         help="GLM predictive link approximation (the official: probit)")
-    parser.add_argument("--batch_size", type=int, default=32, help="batch size of the Hessian fit")
-    parser.add_argument("--max_memory_gb", type=float, default=2.0, help="budget for the predictive's Jacobians")
-    parser.add_argument("--subset", type=int, help="fit on the first N training images (quick runs)")
-    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--batch_size", type=positive_int, default=32, help="batch size of the Hessian fit")
+    parser.add_argument("--max_memory_gb", type=positive_float, default=2.0, help="budget for the predictive's Jacobians")
+    parser.add_argument("--subset", type=positive_int, help="fit on the first N training images (quick runs)")
+    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU")
     return parser

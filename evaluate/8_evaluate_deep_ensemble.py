@@ -2,8 +2,8 @@
 
 From K prediction files of one architecture, draw --subsets random subsets of each size in --sizes
 (all subsets when there are fewer), average the members' logits, fit one temperature on val, and
-evaluate test and ood_test. Writes per-subset rows plus `subset=mean` and `subset=std` rows to
-`evaluation_deep_ensemble_<dataset>.csv` and `..._ood.csv`.
+evaluate test and ood_test. Writes per-subset rows plus `subset=mean` and `subset=std` rows (std only
+where a size has two or more subsets) to `evaluation_deep_ensemble_<dataset>.csv` and `..._ood.csv`.
 
     python evaluate/8_evaluate_deep_ensemble.py --members preds/ResNet50_s*.npz --sizes 2 5 8 \
         --subsets 32 --output_dir ./results
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from utils import calibrate_temperature, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
 from utils.evaluation import (ENSEMBLE_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
                               single_model_metrics, write_results)
 from utils.model_names import NameMap, check_plain_name, unique_by_case
@@ -44,9 +44,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--predictions_dir", "--prediction_dir", default="./predictions", metavar="DIR",
                         help="where member model names are looked up (default ./predictions)")
     add_backbone_csv(parser, "with the official form: which <model> of <model>_<m>.csv files are evaluated")
-    parser.add_argument("--sizes", nargs="+", type=int, default=[2, 5], help="ensemble sizes m (default 2 5)")
-    parser.add_argument("--subsets", type=int, default=32, help="random subsets per size (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subset draw (default 0)")
+    parser.add_argument("--sizes", nargs="+", type=positive_int, default=[2, 5], help="ensemble sizes m (default 2 5)")
+    parser.add_argument("--subsets", type=positive_int, default=32, help="random subsets per size (default 32)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subset draw (default 0)")
     parser.add_argument("--name", help="label in the 'model' column (default: the members' common name prefix)")
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
     parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
@@ -156,8 +156,10 @@ def main_impl(argv=None) -> int:
     frame = pd.DataFrame(rows)
     summaries = []
     for (size, uncertainty, split), group in frame.groupby(["m", "uncertainty_type", "split"], sort=False):
-        for statistic, values in (("mean", group[METRIC_COLUMNS].mean()),
-                                  ("std", group[METRIC_COLUMNS].std(ddof=1))):     # NaN for one subset
+        statistics = [("mean", group[METRIC_COLUMNS].mean())]
+        if len(group) > 1:                 # the spread of one subset is undefined: no row rather than a NaN one
+            statistics.append(("std", group[METRIC_COLUMNS].std(ddof=1)))
+        for statistic, values in statistics:
             summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
                               "uncertainty_type": uncertainty, "split": split})
     written = write_results(args.output_dir, "deep_ensemble", dataset, rows + summaries, ENSEMBLE_COLUMNS,

@@ -24,7 +24,7 @@ import torch
 from load_models import model_loader
 from train.engine import PRECISIONS, autocast_context, prepare_model, resolve_device
 from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
 
 
 def build_parser() -> ArgumentParser:
@@ -37,11 +37,11 @@ def build_parser() -> ArgumentParser:
                         help="auto: CUDA when available, else CPU")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA")
     parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--max_batch", type=int, default=512, help="singles: start here, halve on OOM")
-    parser.add_argument("--duo_batch", type=int, nargs="+", default=[256, 32], help="duo batch sizes")
-    parser.add_argument("--image_size", type=int, help="override every model's own input size")
-    parser.add_argument("--warmup", type=int, default=20, help="untimed calls before timing")
-    parser.add_argument("--reps", type=int, default=100, help="timed calls (mean latency)")
+    parser.add_argument("--max_batch", type=positive_int, default=512, help="singles: start here, halve on OOM")
+    parser.add_argument("--duo_batch", type=positive_int, nargs="+", default=[256, 32], help="duo batch sizes")
+    parser.add_argument("--image_size", type=positive_int, help="override every model's own input size")
+    parser.add_argument("--warmup", type=non_negative_int, default=20, help="untimed calls before timing")
+    parser.add_argument("--reps", type=positive_int, default=100, help="timed calls (mean latency)")
     parser.add_argument("--no_graphs", action="store_true", help="eager only (always on CPU)")
     parser.add_argument("--output", default="throughput.csv", help="results CSV")
     return parser

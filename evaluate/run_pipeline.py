@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+from load_data.datasets import DATASETS
 from load_models import model_loader
 from train import tuning
-from utils import safe_io
+from utils import safe_io, tables
 from utils.cli import ArgumentParser, UserError, run_main
-from utils.config import REPO_ROOT, resolve_config_path
-from utils.model_names import existing_path
+from utils.config import REPO_ROOT, Field, check_mapping, load_yaml
+from utils.model_names import check_plain_name, existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
           "deep_ensemble", "report")
@@ -33,6 +33,38 @@ SCRIPTS = {"train": "train/hp_tune.py", "soup": "train/make_soup.py", "predict":
            "duo_temp_scale": "evaluate/3_duo_temp_scale.py", "evaluate": "evaluate/4_evaluate_predictions.py",
            "evaluate_duo": "evaluate/5_evaluate_duo_predictions.py",
            "deep_ensemble": "evaluate/8_evaluate_deep_ensemble.py", "report": "evaluate/9_make_report.py"}
+
+
+_TEXT, _OPTIONAL_TEXT = Field((str,)), Field((str, type(None)))
+_COUNT, _OPTIONAL_COUNT, _RATE = Field((int,), 1), Field((int, type(None)), 1), Field((int, float), 1e-300)
+# every key of a pipeline YAML; a misspelt or mistyped one is an error, never a silently ignored setting
+PIPELINE_SCHEMA = {
+    "dataset": Field((str,), choices=DATASETS), "output_root": _TEXT, "data_dir": _OPTIONAL_TEXT,
+    "image_size": _OPTIONAL_COUNT, "weights": _TEXT, "source": Field((str, type(None)), choices=model_loader.SOURCES),
+    "large": _TEXT, "sidekicks": Field((list,), items=(str,)), "all_backbones": Field((bool,)),
+    "duos_csv": _OPTIONAL_TEXT, "ensemble_seeds": Field((int,), 0),
+    "train": {key: _OPTIONAL_COUNT for key in ("lp_samples", "num_samples", "sidekick_samples", "epochs_lp",
+                                               "epochs_ff", "batch_size", "subset")},
+    "deep_ensemble": {"sizes": Field((list,), 1, items=(int,)), "subsets": _COUNT},
+    "ivon": {"model": _TEXT, "epochs": _COUNT, "warmup_epochs": Field((int,), 0), "train_samples": _COUNT,
+             "test_samples": _COUNT, "learning_rate": _RATE, "ess": _RATE, "hess_init": _RATE,
+             "weight_decay": Field((int, float), 0), "batch_size": _COUNT},
+    "laplace": {"model": _TEXT},
+    "stages": Field((list,), items=(str,), choices=STAGES),
+}
+
+
+def load_pipeline(path: str) -> tuple[dict, Path]:
+    """The pipeline YAML, checked against PIPELINE_SCHEMA; names that become file names are plain."""
+    raw, path = load_yaml(path, "pipeline YAML")
+    config = check_mapping(raw, PIPELINE_SCHEMA, path)
+    for key in ("dataset", "large"):
+        if key not in config:
+            raise UserError(f"{path}: missing key '{key}'")
+    for name in [config["large"], *config.get("sidekicks", []), (config.get("ivon") or {}).get("model", "x"),
+                 (config.get("laplace") or {}).get("model", "x")]:
+        check_plain_name(name, f"{path}: model name")
+    return config, path
 
 
 def build_parser() -> ArgumentParser:
@@ -61,8 +93,8 @@ class Plan:
         seeds = int(config.get("ensemble_seeds", 0))
         self.seed_names = [f"{self.large}_s{i}" for i in range(1, seeds + 1)]
         if config.get("all_backbones"):
-            backbones = pd.read_csv(REPO_ROOT / "configs" / "backbones.csv")
-            self.sidekicks = [m for m in backbones.model_name if m != self.large]
+            backbones = tables.read_backbones()
+            self.sidekicks = [m for m in tables.backbone_names(backbones) if m.casefold() != self.large.casefold()]
         else:
             self.sidekicks = list(config.get("sidekicks") or [])
 
@@ -192,30 +224,25 @@ def write_slurm(plan: Plan, all_steps) -> Path:
                        f"case \"${{SLURM_ARRAY_TASK_ID}}\" in\n{cases}\nesac\n")
     safe_io.write_text(folder / "02_after_training.sh", header + "#SBATCH --job-name=duo-eval\n"
                        + "\n".join(f".venv/bin/{c}" for c in rest) + "\n")
+    # every path is quoted: an output_root with spaces or shell syntax in it is a name, never a command
+    train_job, after_job = (shlex.quote(str(folder / name)) for name in ("01_train_array.sh", "02_after_training.sh"))
     safe_io.write_text(folder / "submit.sh", "#!/bin/bash\nset -euo pipefail\n"
-                       f"train=$(sbatch --parsable --array=1-{len(train)} {folder / '01_train_array.sh'})\n"
-                       f"sbatch --dependency=afterok:${{train}} {folder / '02_after_training.sh'}\n")
+                       f"train=$(sbatch --parsable --array=1-{len(train)} {train_job})\n"
+                       f"sbatch --dependency=afterok:\"${{train}}\" {after_job}\n")
     return folder
 
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    path = resolve_config_path(args.config, "--config")
-    config = yaml.safe_load(path.read_text()) or {}
-    for key in ("dataset", "large"):
-        if key not in config:
-            raise UserError(f"{path}: missing key '{key}'")
+    config, path = load_pipeline(args.config)
     plan = Plan(config, Path(args.output_root or config.get("output_root", "runs/pipeline")), args.tiny)
     stages = args.stages or config.get("stages", list(STAGES))
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown:
-        raise UserError(f"{path}: unknown stage(s) {unknown}; known: {', '.join(STAGES)}")
-    plan.root.mkdir(parents=True, exist_ok=True)
+    safe_io.make_folder(plan.root)
     write_duo_tables(plan)
     all_steps = steps(plan, stages)
     if args.print_slurm:
         folder = write_slurm(plan, all_steps)
-        print(f"wrote {folder}/01_train_array.sh, 02_after_training.sh and submit.sh; run `bash {folder}/submit.sh`")
+        print(f"wrote {folder}/01_train_array.sh, 02_after_training.sh and submit.sh; run `bash {shlex.quote(str(folder / 'submit.sh'))}`")
         return 0
     started = time.time()
     for number, (stage, script, step_argv, done_when) in enumerate(all_steps, start=1):

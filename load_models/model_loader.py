@@ -96,9 +96,12 @@ def _load_timm(model_name: str, weights: str, allow_download: bool) -> nn.Module
     if weights == "none":
         return timm.create_model(arch, pretrained=False)
     if weights != "default":
-        if not Path(weights).exists():
-            raise UserError(f"--weights: {weights} not found")
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+        path = safe_io.readable(weights, "--weights file")
+        try:
+            return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+        except Exception as exc:       # timm's loader: an unpickling, format or shape error
+            raise UserError(f"--weights: {path}: cannot read it as a plain state_dict of {arch} "
+                            f"({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:160]})") from None
     try:
         return timm.create_model(arch, pretrained=True)
     except Exception as exc:       # huggingface_hub raises several types for a missing cache entry
@@ -112,11 +115,15 @@ def _load_timm(model_name: str, weights: str, allow_download: bool) -> nn.Module
 
 
 def _load_state_file(model: nn.Module, path: str | Path, model_name: str) -> None:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"--weights: {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    path = safe_io.readable(path, "--weights file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"--weights: {path}: cannot read it as a plain state_dict ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:160]})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise UserError(f"--weights: {path} holds no state_dict")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -242,10 +249,12 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise UserError(f"--model_path: {path} not found")
+    safe_io.readable(path, "checkpoint")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path}: cannot read checkpoint ({type(exc).__name__}: "
+                        f"{(str(exc).splitlines() or [''])[0][:160]})") from None
     if not isinstance(record, dict):
         raise UserError(f"{path}: not a state_dict or a project checkpoint")
     if "state_dict" not in record:                 # a raw state_dict (the official code's checkpoints)

@@ -1,7 +1,14 @@
-"""A catalogue of bad inputs across the stages: each must exit non-zero with a one-line
-`error: ...` naming the file or flag, and leave every output folder exactly as it was."""
-import importlib
+"""The catalogue of bad inputs: one table for every stage.
+
+Each case builds one bad input (a malformed file, a wrong flag, a hostile name) in a copy of a
+workspace whose outputs came from a good run, runs the stage, and must get: exit 2, a single
+`error:` line that names the file or flag (warnings may precede it), no traceback, and every file
+under the test's folder byte-identical afterwards (nothing written to the outputs or anywhere else).
+Cases are grouped by class; `test_catalogue_covers_every_class` keeps the classes filled.
+"""
+import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,207 +16,967 @@ import pandas as pd
 import pytest
 
 from load_models import model_loader
+from tests import fixtures
 from tests.conftest import snapshot
 from tests.helpers import make_duo_logits, write_set
 
-S1, S2, S3, S4, S5, S8 = ("evaluate/1_single_model_prediction.py", "evaluate/2_temp_scale.py",
-                          "evaluate/3_duo_temp_scale.py", "evaluate/4_evaluate_predictions.py",
-                          "evaluate/5_evaluate_duo_predictions.py", "evaluate/8_evaluate_deep_ensemble.py")
-HP, SOUP = "train/hp_tune.py", "train/make_soup.py"
+S1, S2, S3, S3DY, S4, S5, S8 = ("evaluate/1_single_model_prediction.py", "evaluate/2_temp_scale.py",
+                                "evaluate/3_duo_temp_scale.py", "evaluate/3dy_duo_temp_scale.py",
+                                "evaluate/4_evaluate_predictions.py", "evaluate/5_evaluate_duo_predictions.py",
+                                "evaluate/8_evaluate_deep_ensemble.py")
+HP, SOUP, PIPE = "train/hp_tune.py", "train/make_soup.py", "evaluate/run_pipeline.py"
+CLASSES = ("prediction file", "table", "config", "flag", "file system", "path safety", "checkpoint and data")
+CATALOGUE: dict = {}
 
 
-def variant(root: Path, name: str, edit=None, model: str = "small", suffix: str = ".npz", frame_edit=None) -> Path:
-    folder = root / "bad" / name
-    folder.mkdir(parents=True)
-    pset = make_duo_logits(num_classes=6, seed=3)[model]
-    if edit:
-        edit(pset)
-    path = write_set(pset, folder, suffix)
-    if frame_edit:
-        frame = pd.read_csv(path, dtype={"sample_id": str})
-        frame_edit(frame)
-        frame.to_csv(path, index=False)
-    return path
+def case(klass: str, name: str):
+    """Register `build(ws) -> (argv, expected text of the error line)` under `klass`."""
+    assert klass in CLASSES and name not in CATALOGUE, name
 
+    def register(build):
+        CATALOGUE[name] = (klass, build)
+        return build
+    return register
+
+
+class Workspace:
+    """A copy of the good workspace plus helpers that write one bad input each under bad/."""
+
+    def __init__(self, root: Path, shared: Path):
+        self.root, self.shared = root, shared
+        self.preds, self.cal, self.out = root / "predictions", root / "calibrated", root / "results"
+        self.large, self.small = self.preds / "large.npz", self.preds / "small.npz"
+        self.duos = root / "duos.csv"
+        self.bad = root / "bad"
+        self.bad.mkdir(exist_ok=True)
+
+    def variant(self, name: str, edit=None, model: str = "small", suffix: str = ".npz", frame_edit=None) -> Path:
+        """The model's prediction file with `edit` applied to its splits (and `frame_edit` to its CSV)."""
+        folder = self.bad / name
+        folder.mkdir(parents=True)
+        other = self.small if model == "large" else self.large
+        shutil.copy(other, folder)               # its partner, so the folder holds a whole duo
+        pset = make_duo_logits(num_classes=6, seed=3)[model]
+        if edit:
+            edit(pset)
+        path = write_set(pset, folder, suffix)
+        if frame_edit:
+            frame = pd.read_csv(path, dtype={"sample_id": str}, keep_default_na=False)
+            frame_edit(frame)
+            frame.to_csv(path, index=False)
+        return path
+
+    def npz(self, name: str, model: str = "small", **changes) -> Path:
+        """The model's NPZ with some arrays replaced (None removes one)."""
+        with np.load(self.preds / f"{model}.npz") as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        for key, value in changes.items():
+            if value is None:
+                arrays.pop(key)
+            else:
+                arrays[key] = value
+        path = self.bad / name / f"{model}.npz"
+        path.parent.mkdir(parents=True)
+        np.savez(path, **arrays)
+        return path
+
+    def text(self, name: str, content, folder: str = "") -> Path:
+        path = self.bad / folder / name if folder else self.bad / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+        return path
+
+    def cal_dir(self, name: str, single: str | None = None, duo: str | None = None) -> Path:
+        folder = self.bad / name
+        folder.mkdir(parents=True)
+        if single is not None:
+            (folder / "temperature_single_model.csv").write_text(single)
+        if duo is not None:
+            (folder / "temperature_duo.csv").write_text(duo)
+        return folder
+
+    def fit(self, path):
+        return [S2, "--predictions", path, "--output_dir", self.cal]
+
+    def pair(self, small, large=None):
+        return [S3, "--large_model_pred", large or self.large, "--small_model_pred", small, "--output_dir", self.cal]
+
+    def evaluate(self, predictions=None, calibrated=None, *extra):
+        return [S4, "--predictions_dir", predictions or self.preds, "--output_dir", self.out,
+                "--calibrated_dir", calibrated or self.cal, *extra]
+
+    def duo(self, config=None, calibrated=None, predictions=None, *extra):
+        return [S5, "--config", config or self.duos, "--predictions_dir", predictions or self.preds,
+                "--output_dir", self.out, "--calibrated_dir", calibrated or self.cal, *extra]
+
+    def mnist(self):
+        return ["--dataset", "mnist5k", "--output_dir", self.root / "s1out", "--num_workers", 0]
+
+    def caltech(self):
+        return ["--dataset", "caltech256", "--data_dir", self.shared / "data", "--output_dir", self.root / "s1out",
+                "--num_workers", 0, "--batch_size", 8, "--device", "cpu"]
+
+    def hp(self, *extra, model="resnet10t"):
+        return [HP, "--model", model, "--dataset", "mnist5k", "--weights", "none", "--output_dir", self.root / "hp",
+                *extra]
+
+    def pipeline(self, content: str):
+        return [PIPE, "--config", self.text("pipeline.yaml", content), "--output_root", self.root / "run"]
+
+
+GOOD_PIPELINE = "dataset: mnist5k\nlarge: resnet18\nsidekicks: [resnet10t]\nstages: [temp_scale]\n"
+
+
+def _split_edit(split, **values):
+    def edit(pset):
+        for attribute, value in values.items():
+            setattr(pset.splits[split], attribute, value(pset.splits[split]) if callable(value) else value)
+    return edit
+
+
+# ----------------------------------------------------------------------------- prediction files
+
+@case("prediction file", "missing prediction file")
+def _(ws):
+    return ws.fit(ws.preds / "nope.npz"), "nope.npz: prediction file not found"
+
+
+@case("prediction file", "corrupt npz")
+def _(ws):
+    return ws.fit(ws.text("corrupt.npz", b"PK\x03\x04 garbage")), "corrupt.npz: cannot read NPZ"
+
+
+@case("prediction file", "non-numeric csv cell")
+def _(ws):
+    path = ws.variant("text", suffix=".csv", frame_edit=lambda f: f.__setitem__(
+        "2", f["2"].astype(object).where(f.index != 4, "x1")))
+    return ws.fit(path), "non-numeric value 'x1' in column '2' at data row 5"
+
+
+@case("prediction file", "empty logit cell in csv")
+def _(ws):
+    path = ws.variant("blank", suffix=".csv", frame_edit=lambda f: f.__setitem__(
+        "1", f["1"].astype(object).where(f.index != 2, "")))
+    return ws.fit(path), "non-numeric value '' in column '1' at data row 3"
+
+
+@case("prediction file", "True/False logit cells")
+def _(ws):
+    path = ws.variant("bools", suffix=".csv", frame_edit=lambda f: f.__setitem__("0", f.index % 2 == 0))
+    return ws.fit(path), "non-numeric value True in column '0'"
+
+
+@case("prediction file", "NaN logits")
+def _(ws):
+    return ws.fit(ws.variant("nan", _split_edit("val", logits=lambda s: np.where(np.arange(len(s))[:, None] < 2,
+                                                                                  np.nan, s.logits)))), \
+        "NaN or inf logits in 2 of"
+
+
+@case("prediction file", "inf logits in test")
+def _(ws):
+    def edit(pset):
+        pset.splits["test"].logits[[1, 4, 9], 2] = np.inf
+    return ws.duo(None, None, ws.variant("inf", edit).parent), "split 'test' has NaN or inf logits in 3 of"
+
+
+@case("prediction file", "complex logits")
+def _(ws):
+    logits = np.load(ws.small)["logits_val"].astype(np.complex64) + 1j
+    return ws.fit(ws.npz("complex", logits_val=logits)), "logits are complex numbers"
+
+
+@case("prediction file", "text logits in npz")
+def _(ws):
+    logits = np.load(ws.small)["logits_val"].astype(str)
+    logits[0, 0] = "high"
+    return ws.fit(ws.npz("strlogits", logits_val=logits)), "logits are text"
+
+
+@case("prediction file", "structured logits in npz")
+def _(ws):
+    logits = np.zeros(300, dtype=[("a", "f4"), ("b", "f4")])
+    return ws.fit(ws.npz("structured", logits_val=logits)), "records"
+
+
+@case("prediction file", "one logit column")
+def _(ws):
+    return ws.fit(ws.npz("onecol", logits_val=np.zeros((300, 1), np.float32), labels_val=np.zeros(300, np.int64))), \
+        "1 logit column(s)"
+
+
+@case("prediction file", "label out of range")
+def _(ws):
+    return ws.fit(ws.variant("label", _split_edit("val", labels=lambda s: np.r_[-1, s.labels[1:]]))), \
+        "1 labels outside [0, 6)"
+
+
+@case("prediction file", "fractional labels")
+def _(ws):
+    labels = np.load(ws.small)["labels_val"].astype(np.float64)
+    labels[3] = 2.5
+    return ws.fit(ws.npz("fraclabel", labels_val=labels)), "labels must be whole numbers"
+
+
+@case("prediction file", "duplicate ids")
+def _(ws):
+    return ws.fit(ws.variant("dup", _split_edit("val", ids=lambda s: np.r_[s.ids[:1], s.ids[:-1]]))), \
+        "1 duplicate sample ids"
+
+
+@case("prediction file", "NaN ids in npz")
+def _(ws):
+    ids = np.arange(300, dtype=np.float64)
+    ids[7] = np.nan
+    return ws.fit(ws.npz("nanids", ids_val=ids)), "1 NaN or inf sample ids"
+
+
+@case("prediction file", "empty-string ids in npz")
+def _(ws):
+    ids = np.load(ws.small)["ids_val"].copy()
+    ids[[2, 5]] = ""
+    return ws.fit(ws.npz("blankids", ids_val=ids)), "2 empty sample ids"
+
+
+@case("prediction file", "empty id cell in csv")
+def _(ws):
+    path = ws.variant("blankcsvid", suffix=".csv", frame_edit=lambda f: f.__setitem__(
+        "sample_id", f["sample_id"].where(f.index != 0, "")))
+    return ws.fit(path), "1 empty sample ids"
+
+
+@case("prediction file", "0-d ids")
+def _(ws):
+    return ws.fit(ws.npz("zerodim", ids_val=np.array(5))), "needs one sample id per row (300), got shape ()"
+
+
+@case("prediction file", "meta is a list")
+def _(ws):
+    return ws.fit(ws.npz("metalist", meta=np.array(json.dumps(["dataset", "x"])))), "'meta' must be a JSON object"
+
+
+@case("prediction file", "meta is null")
+def _(ws):
+    return ws.fit(ws.npz("metanull", meta=np.array("null"))), "'meta' must be a JSON object"
+
+
+@case("prediction file", "logits without labels")
+def _(ws):
+    return ws.fit(ws.npz("nolabels", labels_val=None)), "has logits_val but no labels_val"
+
+
+@case("prediction file", "no val split")
+def _(ws):
+    return ws.fit(ws.variant("noval", lambda p: p.splits.pop("val"))), "no 'val' split"
+
+
+@case("prediction file", "no test split")
+def _(ws):
+    return ws.evaluate(ws.variant("notest", lambda p: p.splits.pop("test")).parent, None, "--fit_missing"), \
+        "no 'test' split"
+
+
+@case("prediction file", "empty split")
+def _(ws):
+    return ws.fit(ws.npz("emptysplit", logits_val=np.zeros((0, 6), np.float32), labels_val=np.zeros(0, np.int64),
+                         ids_val=np.zeros(0, np.int64))), "split 'val' is empty"
+
+
+@case("prediction file", "header-only prediction csv")
+def _(ws):
+    return ws.fit(ws.text("small.csv", "split,sample_id,label,0,1\n", "headeronly")), "no data rows"
+
+
+@case("prediction file", "zero-byte prediction csv")
+def _(ws):
+    return ws.fit(ws.text("small.csv", "", "zerobyte")), "is an empty file"
+
+
+@case("prediction file", "unknown split name")
+def _(ws):
+    path = ws.variant("split", suffix=".csv", frame_edit=lambda f: f.__setitem__(
+        "split", f["split"].replace("ood_test", "ood")))
+    return ws.fit(path), "unknown split 'ood'"
+
+
+@case("prediction file", "different class counts")
+def _(ws):
+    return ws.pair(ws.variant("k", lambda p: [setattr(s, "logits", np.hstack([s.logits, s.logits[:, :1]]))
+                                              for s in p.splits.values()])), "has 7"
+
+
+@case("prediction file", "ids differ as sets")
+def _(ws):
+    return ws.pair(ws.variant("ids", _split_edit("val", ids=lambda s: np.r_[["zzz"], s.ids[1:]]))), \
+        "1 only in the first, 1 only in the second"
+
+
+@case("prediction file", "labels disagree")
+def _(ws):
+    return ws.pair(ws.variant("lab", _split_edit("val", labels=lambda s: np.r_[(s.labels[0] + 1) % 6, s.labels[1:]]))), \
+        "disagree on the label of 1"
+
+
+@case("prediction file", "features file given as a prediction file")
+def _(ws):
+    return ws.fit(ws.text("large.features.npz", b"x")), "only features files given"
+
+
+@case("prediction file", "logits worse than chance")
+def _(ws):
+    return ws.fit(ws.variant("anti", lambda p: [setattr(s, "logits", -s.logits) for s in p.splits.values()])), \
+        "lowest at T = inf"
+
+
+# ----------------------------------------------------------------------------- tables (CSV)
+
+@case("table", "duos CSV without model columns")
+def _(ws):
+    return ws.duo(ws.text("nocols.csv", "large,small\nlarge,small\n")), "model_large"
+
+
+@case("table", "duos CSV with no usable pair")
+def _(ws):
+    return [S3, "--config", ws.text("ghosts.csv", "model_large,model_small\ng1,g2\n"), "--predictions_dir", ws.preds,
+            "--output_dir", ws.cal], "none of the duos"
+
+
+@case("table", "duos CSV header only")
+def _(ws):
+    return ws.duo(ws.text("header.csv", "model_large,model_small\n")), "duos CSV has no rows"
+
+
+@case("table", "duos CSV zero bytes")
+def _(ws):
+    return ws.duo(ws.text("zero.csv", "")), "zero.csv: the duos CSV is an empty file"
+
+
+@case("table", "duos CSV binary")
+def _(ws):
+    return ws.duo(ws.text("binary.csv", bytes(range(256)) * 4)), "binary.csv: cannot parse the duos CSV"
+
+
+@case("table", "duos CSV ragged")
+def _(ws):
+    return ws.duo(ws.text("ragged.csv", "model_large,model_small\nlarge,small\nlarge,small,x,y\n")), \
+        "ragged.csv: cannot parse the duos CSV"
+
+
+@case("table", "duo of a model with itself")
+def _(ws):
+    return ws.duo(ws.text("self.csv", "model_large,model_small\nlarge,LARGE\n")), "pairs large with itself"
+
+
+@case("table", "non-numeric gflops")
+def _(ws):
+    return ws.duo(ws.text("gf.csv", "model_large,model_small,gflops_large\nlarge,small,big\n")), "'big'"
+
+
+@case("table", "non-positive temperature")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("c0", "full_name,temperature\nlarge,-1\nsmall,1\n")), "must be finite and > 0"
+
+
+@case("table", "infinite single temperature")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("cinf", "full_name,temperature\nlarge,inf\nsmall,1\n")), \
+        "must be finite and > 0, got inf for large"
+
+
+@case("table", "tiny temperature overflows the logits")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("ctiny", "full_name,temperature\nlarge,1e-305\nsmall,1\n")), \
+        "beyond float64's range"
+
+
+@case("table", "non-numeric temperature")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("c1", "full_name,temperature\nlarge,hot\nsmall,1\n")), "'hot'"
+
+
+@case("table", "missing temperature")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("c2", "full_name,temperature\nlarge,1.5\n")), "2_temp_scale.py"
+
+
+@case("table", "two rows for one model")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("cdup", "full_name,temperature\nlarge,1.5\nsmall,1\nLarge,2\n")), \
+        "two rows for model Large"
+
+
+@case("table", "temperature CSV zero bytes")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("czero", "")), "temperature_single_model.csv: the temperature CSV is an empty"
+
+
+@case("table", "negative duo weight")
+def _(ws):
+    return ws.duo(None, ws.cal_dir("c3", "full_name,temperature\nlarge,1\nsmall,1\n",
+                                   "model_large,model_small,temperature_large,temperature_small,weight_large,weight_small\n"
+                                   "large,small,1,1,0.5,-0.5\n")), "negative duo weight"
+
+
+@case("table", "infinite duo weight")
+def _(ws):
+    return ws.duo(None, ws.cal_dir("cwinf", "full_name,temperature\nlarge,1\nsmall,1\n",
+                                   "model_large,model_small,temperature_large,temperature_small,weight_large,weight_small\n"
+                                   "large,small,1,1,inf,0.5\n")), "must be finite"
+
+
+@case("table", "huge duo weight")
+def _(ws):
+    return ws.duo(None, ws.cal_dir("cwbig", "full_name,temperature\nlarge,1\nsmall,1\n",
+                                   "model_large,model_small,temperature_large,temperature_small,weight_large,weight_small\n"
+                                   "large,small,1e-308,1,1e308,0.5\n")), "beyond float64's range"
+
+
+@case("table", "two rows for one duo")
+def _(ws):
+    return ws.duo(None, ws.cal_dir("cduodup", "full_name,temperature\nlarge,1\nsmall,1\n",
+                                   "model_large,model_small,temperature_large,temperature_small\n"
+                                   "large,small,1,2\nLARGE,Small,1.5,2\n")), "two rows for duo"
+
+
+@case("table", "missing duo weights")
+def _(ws):
+    return ws.duo(None, ws.cal_dir("c4", "full_name,temperature\nlarge,1\nsmall,1\n")), "3_duo_temp_scale.py"
+
+
+@case("table", "existing temperature CSV is binary")
+def _(ws):
+    (ws.cal / "temperature_single_model.csv").write_bytes(b"\xff\xfe\x00garbage\x00\x81" * 50)
+    return ws.fit(ws.small), "temperature_single_model.csv: cannot parse the existing table"
+
+
+@case("table", "existing temperature CSV is ragged")
+def _(ws):
+    path = ws.cal / "temperature_duo.csv"
+    path.write_text(path.read_text() + "large,small,1,2,3,4,5,6,7,8,9\n")
+    return ws.pair(ws.small), "it was left as it is"
+
+
+@case("table", "first data row has an extra field")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("cshift", "full_name,temperature\nlarge,1.5,7\nsmall,1\n")), \
+        "a row of the temperature CSV has more fields than its header"
+
+
+@case("table", "duos CSV row without a sidekick")
+def _(ws):
+    return ws.duo(ws.text("half.csv", "model_large,model_small\nlarge,small\nlarge,\n")), \
+        "data row 2 lacks model_large or model_small"
+
+
+@case("table", "temperature row without a name")
+def _(ws):
+    return ws.evaluate(None, ws.cal_dir("cnoname", "full_name,temperature\nlarge,1.5\nsmall,1\n,2\n")), \
+        "data row 3 has no model name"
+
+
+@case("table", "existing results CSV lacks its key columns")
+def _(ws):
+    (ws.out / "evaluation_duo_synthetic.csv").write_text("a,b\n1,2\n")
+    return ws.duo(), "lacks key column(s)"
+
+
+@case("table", "existing hyper-parameter CSV is corrupt")
+def _(ws):
+    ws.text("optimal_hyperparams_ff.csv", "model,val_metric\nresnet18,0.5\nresnet10t,0.5,extra,fields\n",
+            "../hp/mnist5k")
+    return ws.hp(), "optimal_hyperparams_ff.csv: cannot parse the existing table"
+
+
+@case("table", "soup trials CSV without checkpoint column")
+def _(ws):
+    ws.text("m_trials.csv", "trial,lr,val_metric\n0,0.1,0.5\n", "../soupck/mnist5k/soup")
+    return [SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", ws.root / "soupck"], "['checkpoint']"
+
+
+@case("table", "soup trials CSV empty")
+def _(ws):
+    ws.text("m_trials.csv", "", "../soupck/mnist5k/soup")
+    return [SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", ws.root / "soupck"], \
+        "the soup trials CSV is an empty file"
+
+
+@case("table", "soup trials CSV header only")
+def _(ws):
+    ws.text("m_trials.csv", "trial,checkpoint,val_metric\n", "../soupck/mnist5k/soup")
+    return [SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", ws.root / "soupck"], "no trials listed"
+
+
+@case("table", "soup trial checkpoint missing")
+def _(ws):
+    ws.text("m_trials.csv", f"trial,checkpoint,val_metric\n0,{ws.root / 'gone.pth'},0.5\n", "../soupck/mnist5k/soup")
+    return [SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", ws.root / "soupck"], \
+        "trial checkpoint(s) missing"
+
+
+@case("table", "backbone CSV without model_name")
+def _(ws):
+    return ws.evaluate(None, None, "--backbone_csv", ws.text("bb.csv", "name,GFLOPS\nx,1\n")), "lacks column 'model_name'"
+
+
+# ----------------------------------------------------------------------------- configs (YAML)
+
+@case("config", "dataset YAML unknown key")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "resnet10t.pth", *ws.mnist(), "--config",
+            ws.text("unknown.yaml", "data:\n  rot: x\n")], "unknown key 'data.rot'"
+
+
+@case("config", "dataset YAML wrong type")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "resnet10t.pth", *ws.mnist(), "--config",
+            ws.text("type.yaml", "training:\n  batch_size: big\n")], "'training.batch_size' must be a whole number"
+
+
+@case("config", "dataset YAML zero count")
+def _(ws):
+    return ws.hp("--config", ws.text("zero.yaml", "search:\n  num_samples: 0\n")), "'search.num_samples' must be >= 1"
+
+
+@case("config", "dataset YAML bad range")
+def _(ws):
+    return ws.hp("--config", ws.text("hp.yaml", "search:\n  ff_lr: [1]\n")), "'search.ff_lr' must be a list of 2"
+
+
+@case("config", "dataset YAML syntax error")
+def _(ws):
+    return ws.hp("--config", ws.text("syntax.yaml", "training: {batch_size: 3\n")), "syntax.yaml: invalid YAML"
+
+
+@case("config", "dataset YAML is a list")
+def _(ws):
+    return ws.hp("--config", ws.text("list.yaml", "- data\n- training\n")), "the file must be a mapping"
+
+
+@case("config", "pipeline YAML syntax error")
+def _(ws):
+    return ws.pipeline("dataset: mnist5k\nlarge: [resnet18\n"), "pipeline.yaml: invalid YAML"
+
+
+@case("config", "pipeline YAML is a list")
+def _(ws):
+    return ws.pipeline("- dataset\n- large\n"), "the file must be a mapping"
+
+
+@case("config", "pipeline YAML is a string")
+def _(ws):
+    return ws.pipeline("just some text\n"), "the file must be a mapping"
+
+
+@case("config", "pipeline sidekicks as a string")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE.replace("[resnet10t]", "resnet10t")), "'sidekicks' must be a list"
+
+
+@case("config", "pipeline unknown key")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE.replace("sidekicks:", "sidekick:")), "unknown key 'sidekick'"
+
+
+@case("config", "pipeline unknown dataset")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE.replace("mnist5k", "cifar10")), "'dataset' must be one of"
+
+
+@case("config", "pipeline ensemble_seeds not a number")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE + "ensemble_seeds: two\n"), "'ensemble_seeds' must be a whole number"
+
+
+@case("config", "pipeline train is a list")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE + "train: [1, 2]\n"), "'train' must be a mapping"
+
+
+@case("config", "pipeline unknown stage")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE.replace("[temp_scale]", "[temp_scale, calibrate]")), "'stages' must be one of"
+
+
+@case("config", "pipeline missing large")
+def _(ws):
+    return ws.pipeline("dataset: mnist5k\n"), "missing key 'large'"
+
+
+@case("config", "pipeline unknown ivon flag")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE + "ivon: {epochz: 3}\n"), "unknown key 'ivon.epochz'"
+
+
+# ----------------------------------------------------------------------------- flags
+
+@case("flag", "unknown method")
+def _(ws):
+    return [S2, "--predictions", ws.large, "--method", "newton"], "--method"
+
+
+@case("flag", "no source given")
+def _(ws):
+    return [S2, "--output_dir", ws.cal], "--predictions"
+
+
+@case("flag", "unknown --models")
+def _(ws):
+    return [S2, "--predictions_dir", ws.preds, "--models", "ghost", "--output_dir", ws.cal], "ghost"
+
+
+@case("flag", "half a pair")
+def _(ws):
+    return [S3, "--large_model_pred", ws.large, "--output_dir", ws.cal], "--small_model_pred"
+
+
+@case("flag", "pair and config")
+def _(ws):
+    return [S3, "--large_model_pred", ws.large, "--small_model_pred", ws.small, "--config", ws.duos], "--config"
+
+
+@case("flag", "a duo of one file with itself")
+def _(ws):
+    return ws.pair(ws.large), "the same model"
+
+
+@case("flag", "unknown flag")
+def _(ws):
+    return [S5, "--confg", ws.duos], "--confg"
+
+
+@case("flag", "unknown mode")
+def _(ws):
+    return ws.duo(None, None, None, "--modes", "ours"), "--modes"
+
+
+@case("flag", "strict with a missing file")
+def _(ws):
+    return ws.duo(ws.text("strict.csv", "model_large,model_small\nlarge,ghost\n"), None, None, "--strict"), "ghost"
+
+
+@case("flag", "ensemble size too large")
+def _(ws):
+    return [S8, "--members", ws.large, ws.small, "--sizes", 3, "--output_dir", ws.out], "--sizes"
+
+
+@case("flag", "ensemble member twice")
+def _(ws):
+    return [S8, "--members", ws.large, ws.large, "--output_dir", ws.out], "twice"
+
+
+@case("flag", "ensemble zero subsets")
+def _(ws):
+    return [S8, "--members", ws.large, ws.small, "--subsets", 0, "--output_dir", ws.out], "--subsets"
+
+
+@case("flag", "ensemble negative seed")
+def _(ws):
+    return [S8, "--members", ws.large, ws.small, "--seed", -1, "--output_dir", ws.out], "--seed"
+
+
+@case("flag", "ensemble member ids differ")
+def _(ws):
+    other = ws.variant("de_ids", _split_edit("test", ids=lambda s: np.r_[s.ids[:2], ["q"], s.ids[3:]]))
+    return [S8, "--members", ws.large, other, "--sizes", 2, "--output_dir", ws.out], "differ"
+
+
+@case("flag", "hp_tune zero samples")
+def _(ws):
+    return ws.hp("--num_samples", 0), "--num_samples"
+
+
+@case("flag", "hp_tune negative samples")
+def _(ws):
+    return ws.hp("--num_samples", -1), "--num_samples"
+
+
+@case("flag", "hp_tune zero fine-tuning epochs")
+def _(ws):
+    return ws.hp("--epochs_ff", 0), "--epochs_ff"
+
+
+@case("flag", "hp_tune zero linear-probe samples")
+def _(ws):
+    return ws.hp("--lp_samples", 0), "--lp_samples"
+
+
+@case("flag", "stage 1 unknown dataset")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "resnet10t.pth", "--dataset", "cifar"], "invalid choice: 'cifar'"
+
+
+@case("flag", "stage 1 zero batch size")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "resnet10t.pth", *ws.mnist(), "--batch_size", 0], "--batch_size"
+
+
+@case("flag", "3dy zero epochs")
+def _(ws):
+    return [S3DY, "--large_model_pred", ws.large, "--small_model_pred", ws.small, "--num_epochs", 0], "--num_epochs"
+
+
+# ----------------------------------------------------------------------------- the file system
+
+@case("file system", "missing predictions folder")
+def _(ws):
+    return [S2, "--predictions_dir", ws.root / "nowhere", "--output_dir", ws.cal], "nowhere"
+
+
+@case("file system", "empty predictions folder")
+def _(ws):
+    (ws.bad / "empty_dir").mkdir()
+    return [S2, "--predictions_dir", ws.bad / "empty_dir", "--output_dir", ws.cal], "no prediction files"
+
+
+@case("file system", "explicit backbone CSV missing")
+def _(ws):
+    return ws.evaluate(None, None, "--backbone_csv", ws.root / "nobackbones.csv"), "nobackbones.csv"
+
+
+@case("file system", "duos CSV is a folder")
+def _(ws):
+    (ws.bad / "duos_dir.csv").mkdir()
+    return ws.duo(ws.bad / "duos_dir.csv"), "duos_dir.csv: is a folder"
+
+
+@case("file system", "temperature CSV is a folder")
+def _(ws):
+    folder = ws.bad / "cal_dirs"
+    (folder / "temperature_single_model.csv").mkdir(parents=True)
+    return ws.evaluate(None, folder), "temperature_single_model.csv: is a folder"
+
+
+@case("file system", "duo temperature CSV is a folder")
+def _(ws):
+    folder = ws.cal_dir("cal_duo_dir", "full_name,temperature\nlarge,1\nsmall,1\n")
+    (folder / "temperature_duo.csv").mkdir()
+    return ws.duo(None, folder), "temperature_duo.csv: is a folder"
+
+
+@case("file system", "prediction file is a folder")
+def _(ws):
+    (ws.bad / "x" / "small.csv").mkdir(parents=True)
+    return ws.fit(ws.bad / "x" / "small.csv"), "small.csv: is a folder"
+
+
+@case("file system", "official point_prediction.csv is a folder")
+def _(ws):
+    root = ws.bad / "y-prediction" / "caltech256"
+    (root / "val" / "raw").mkdir(parents=True)
+    pd.DataFrame(np.zeros((4, 3))).to_csv(root / "val" / "raw" / "m.csv", index=False)
+    (root / "val" / "point_prediction.csv").mkdir()
+    return [S2, "--predictions", root / "val" / "raw" / "m.csv", "--output_dir", ws.cal], \
+        "point_prediction.csv: is a folder"
+
+
+@case("file system", "official point_prediction.csv missing")
+def _(ws):
+    root = ws.bad / "y-prediction" / "caltech256"
+    (root / "val" / "raw").mkdir(parents=True)
+    pd.DataFrame(np.zeros((4, 3))).to_csv(root / "val" / "raw" / "m.csv", index=False)
+    return [S2, "--predictions", root / "val" / "raw" / "m.csv", "--output_dir", ws.cal], \
+        "point_prediction.csv: labels file of the official layout (column 'target') not found"
+
+
+@case("file system", "output folder under a regular file")
+def _(ws):
+    blocker = ws.text("blocker", "a file")
+    return [S2, "--predictions", ws.small, "--output_dir", blocker / "calibrated"], "a file of that name is in the way"
+
+
+@case("file system", "output folder is a file")
+def _(ws):
+    return [S4, "--predictions_dir", ws.preds, "--output_dir", ws.text("results_file", "x"), "--calibrated_dir",
+            ws.cal], "results_file"
+
+
+@case("file system", "lock file is a folder")
+def _(ws):
+    (ws.cal / ".temperature_single_model.csv.lock").unlink()
+    (ws.cal / ".temperature_single_model.csv.lock").mkdir()
+    return ws.fit(ws.small), ".temperature_single_model.csv.lock: is a folder"
+
+
+# ----------------------------------------------------------------------------- names that become paths
+
+@case("path safety", "duos CSV name with ../")
+def _(ws):
+    return ws.duo(ws.text("evil.csv", "model_large,model_small\nlarge,../outside/small\n")), \
+        "'../outside/small' is not a plain name"
+
+
+@case("path safety", "duos CSV absolute name")
+def _(ws):
+    return ws.duo(ws.text("abs.csv", f"model_large,model_small\n{ws.preds / 'large'},small\n")), "is not a plain name"
+
+
+@case("path safety", "meta.dataset with ../ (stage 4)")
+def _(ws):
+    pset = make_duo_logits(num_classes=6, seed=3)["large"]
+    pset.meta["dataset"] = "x/../../somewhere"
+    folder = ws.bad / "traversal4"
+    write_set(pset, folder)
+    return ws.evaluate(folder, None), "'x/../../somewhere' is not a plain name"
+
+
+@case("path safety", "meta.dataset with ../ (stage 5)")
+def _(ws):
+    sets = make_duo_logits(num_classes=6, seed=3)
+    folder = ws.bad / "traversal5"
+    for pset in sets.values():
+        pset.meta["dataset"] = "../../escaped"
+        write_set(pset, folder)
+    return ws.duo(None, None, folder), "'../../escaped' is not a plain name"
+
+
+@case("path safety", "meta.dataset not a name")
+def _(ws):
+    return ws.fit(ws.npz("metanum", meta=np.array(json.dumps({"dataset": ["a", "b"]})))), "meta.dataset must be a name"
+
+
+@case("path safety", "--dataset with a separator")
+def _(ws):
+    return ws.evaluate(None, None, "--dataset", "a/b"), "--dataset: 'a/b' is not a plain name"
+
+
+@case("path safety", "--save_name with ../")
+def _(ws):
+    return ws.hp("--save_name", "../../up"), "--save_name: '../../up' is not a plain name"
+
+
+@case("path safety", "--members name with ../")
+def _(ws):
+    return [S8, "--members", "large", "..", "--predictions_dir", ws.preds, "--output_dir", ws.out], \
+        "--members: '..' is not a plain name"
+
+
+@case("path safety", "pipeline model name with ../")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE.replace("[resnet10t]", "['../x']")), "'../x' is not a plain name"
+
+
+# ----------------------------------------------------------------------------- checkpoints and data (stage 1, training)
+
+@case("checkpoint and data", "missing checkpoint")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "nope.pth", *ws.mnist()], "nope.pth"
+
+
+@case("checkpoint and data", "corrupt checkpoint")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "garbage.pth", *ws.mnist()], "garbage.pth: cannot read checkpoint"
+
+
+@case("checkpoint and data", "checkpoint is a folder")
+def _(ws):
+    (ws.bad / "folder.pth").mkdir()
+    return [S1, "--model_path", ws.bad / "folder.pth", *ws.mnist()], "folder.pth: is a folder"
+
+
+@case("checkpoint and data", "checkpoint of another architecture")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "resnet10t.pth", "--model", "ResNet50", *ws.caltech()], \
+        "checkpoint is for resnet10t, not ResNet50"
+
+
+@case("checkpoint and data", "checkpoint with another class count")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "resnet10t.pth", *ws.caltech()], \
+        "checkpoint has 10 classes but the dataset has 4"
+
+
+@case("checkpoint and data", "missing dataset root")
+def _(ws):
+    return [S1, "--model_path", ws.shared / "ck" / "resnet10t.pth", "--dataset", "caltech256", "--data_dir",
+            ws.root / "nodata", "--output_dir", ws.root / "s1out"], "does not exist"
+
+
+@case("checkpoint and data", "pretrained weights not staged")
+def _(ws):
+    root, v2 = ws.shared / "imagenet_data" / "imagenet", ws.shared / "imagenet_data" / "imagenetv2"
+    return [S1, "--dataset", "imagenet", "--model", "ShuffleNet_V2_X0_5", "--data_dir", root, "--ood_dir", v2,
+            "--output_dir", ws.root / "s1out"], "shufflenetv2_x0.5-f707e7126e.pth"
+
+
+@case("checkpoint and data", "corrupt --weights file")
+def _(ws):
+    return [HP, "--model", "resnet10t", "--dataset", "mnist5k", "--weights", ws.text("weights.pth", b"\x80\x04junk"),
+            "--output_dir", ws.root / "hp"], "weights.pth: cannot read it as a plain state_dict"
+
+
+@case("checkpoint and data", "hp_tune unknown model")
+def _(ws):
+    return ws.hp(model="no_such_net"), "no_such_net"
+
+
+@case("checkpoint and data", "hp_tune missing data")
+def _(ws):
+    return [HP, "--model", "resnet10t", "--dataset", "caltech256", "--data_dir", ws.root / "nodata", "--weights",
+            "none", "--output_dir", ws.root / "hp"], "nodata"
+
+
+@case("checkpoint and data", "hp_tune weights not staged")
+def _(ws):
+    return [HP, "--model", "resnet10t", "--dataset", "mnist5k", "--output_dir", ws.root / "hp"], "not staged"
+
+
+@case("checkpoint and data", "make_soup without a search")
+def _(ws):
+    return [SOUP, "--model", "resnet10t", "--dataset", "mnist5k", "--output_dir", ws.root / "hp"], \
+        "resnet10t_trials.csv"
+
+
+# ----------------------------------------------------------------------------- running the table
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    root = tmp_path_factory.mktemp("catalogue")
+def good_workspace(tmp_path_factory):
+    """predictions/, calibrated/ and results/ from a good run of stages 2, 3, 4 and 5, a duos CSV; the
+    read-only inputs (checkpoints, image folders) are shared by every case."""
+    import importlib
+    base = tmp_path_factory.mktemp("catalogue")
+    root, shared = base / "ws", base / "shared"
     preds, cal, out = root / "predictions", root / "calibrated", root / "results"
-    sets = make_duo_logits(num_classes=6, seed=3)
-    for pset in sets.values():
+    for pset in make_duo_logits(num_classes=6, seed=3).values():
         write_set(pset, preds)
     (root / "duos.csv").write_text("model_large,model_small,gflops_large,gflops_small\nlarge,small,10,1\n")
     for script, args in ((S2, ["--predictions_dir", preds, "--output_dir", cal]),
                          (S3, ["--config", root / "duos.csv", "--predictions_dir", preds, "--output_dir", cal]),
+                         (S4, ["--predictions_dir", preds, "--output_dir", out, "--calibrated_dir", cal]),
                          (S5, ["--config", root / "duos.csv", "--predictions_dir", preds, "--output_dir", out,
                                "--calibrated_dir", cal])):
         assert importlib.import_module(script[:-3].replace("/", ".")).main([str(a) for a in args]) == 0
     model = model_loader.get_model_with_head("resnet10t", 10, source="timm", weights="none")
-    model_loader.save_checkpoint(root / "ck" / "resnet10t.pth", model, model_name="resnet10t", source="timm",
+    model_loader.save_checkpoint(shared / "ck" / "resnet10t.pth", model, model_name="resnet10t", source="timm",
                                  num_classes=10, image_size=16)
-    (root / "ck" / "garbage.pth").write_bytes(b"not a torch file")
-    return root
+    (shared / "ck" / "garbage.pth").write_bytes(b"not a torch file")
+    fixtures.make_caltech256(shared / "data")
+    fixtures.make_imagenet(shared / "imagenet_data")
+    from load_data.datasets import load_dataset              # the split files a first use caches beside the data
+    load_dataset("caltech256", shared / "data")
+    load_dataset("imagenet", shared / "imagenet_data" / "imagenet", ood_root=shared / "imagenet_data" / "imagenetv2")
+    return root, shared
 
 
-def build_cases(root: Path) -> dict:
-    preds, cal, out = root / "predictions", root / "calibrated", root / "results"
-    large = preds / "large.npz"
-
-    def fit(path):
-        return [S2, "--predictions", path, "--output_dir", cal]
-
-    def pair(small, big=large):
-        return [S3, "--large_model_pred", big, "--small_model_pred", small, "--output_dir", cal]
-
-    def duo(config=root / "duos.csv", calibrated=cal, predictions=preds, *extra):
-        return [S5, "--config", config, "--predictions_dir", predictions, "--output_dir", out,
-                "--calibrated_dir", calibrated, *extra]
-
-    def text(name, content):
-        path = root / "bad" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-        return path
-
-    def cal_dir(name, single=None, duo_rows=None):
-        folder = root / "bad" / name
-        folder.mkdir(parents=True)
-        if single is not None:
-            (folder / "temperature_single_model.csv").write_text(single)
-        if duo_rows is not None:
-            (folder / "temperature_duo.csv").write_text(duo_rows)
-        return folder
-
-    corrupt = text("corrupt.npz", "PK\x03\x04 garbage")
-    empty_dir = root / "bad" / "empty_dir"
-    empty_dir.mkdir(parents=True)
-    mnist = ["--dataset", "mnist5k", "--output_dir", root / "s1out", "--num_workers", 0]
-    return {
-        # stage 2
-        "missing prediction file": (fit(preds / "nope.npz"), "nope.npz"),
-        "corrupt npz": (fit(corrupt), "corrupt.npz"),
-        "non-numeric csv cell": (fit(variant(root, "text", suffix=".csv", frame_edit=lambda f: f.__setitem__(
-            "2", f["2"].astype(object).where(f.index != 4, "x1")))), "'x1'"),
-        "nan logits": (fit(variant(root, "nan", lambda p: p.splits["val"].logits.__setitem__((slice(0, 2), 0), np.nan))),
-                       "NaN or inf logits in 2 of"),
-        "inf logits": (fit(variant(root, "inf", lambda p: p.splits["val"].logits.__setitem__((3, 1), np.inf))),
-                       "NaN or inf logits in 1 of"),
-        "label out of range": (fit(variant(root, "label", lambda p: p.splits["val"].labels.__setitem__(0, -1))),
-                               "labels outside [0, 6)"),
-        "duplicate ids": (fit(variant(root, "dup", lambda p: p.splits["val"].ids.__setitem__(1, p.splits["val"].ids[0]))),
-                          "duplicate sample ids"),
-        "no val split": (fit(variant(root, "noval", lambda p: p.splits.pop("val"))), "no 'val' split"),
-        "unknown method": ([S2, "--predictions", large, "--method", "newton"], "--method"),
-        "no source given": ([S2, "--output_dir", cal], "--predictions"),
-        "missing predictions dir": ([S2, "--predictions_dir", root / "nowhere", "--output_dir", cal], "nowhere"),
-        "empty predictions dir": ([S2, "--predictions_dir", empty_dir, "--output_dir", cal], "no prediction files"),
-        "unknown --models": ([S2, "--predictions_dir", preds, "--models", "ghost", "--output_dir", cal], "ghost"),
-        # stage 3
-        "different K": (pair(variant(root, "k", lambda p: [setattr(s, "logits", np.hstack([s.logits, s.logits[:, :1]]))
-                                                           for s in p.splits.values()])), "has 7"),
-        "ids differ as sets": (pair(variant(root, "ids", lambda p: p.splits["val"].ids.__setitem__(0, "zzz"))),
-                               "1 only in the first, 1 only in the second"),
-        "labels disagree": (pair(variant(root, "lab", lambda p: p.splits["val"].labels.__setitem__(0, (p.splits["val"].labels[0] + 1) % 6))),
-                            "disagree on the label of 1"),
-        "half a pair": ([S3, "--large_model_pred", large, "--output_dir", cal], "--small_model_pred"),
-        "pair and config": ([S3, "--large_model_pred", large, "--small_model_pred", large, "--config", root / "duos.csv"],
-                            "--config"),
-        "duos csv without model columns": (duo(text("nocols.csv", "large,small\nlarge,small\n")), "model_large"),
-        "duos csv with no usable pair": ([S3, "--config", text("ghosts.csv", "model_large,model_small\ng1,g2\n"),
-                                          "--predictions_dir", preds, "--output_dir", cal], "none of the duos"),
-        "non-numeric gflops": (duo(text("gf.csv", "model_large,model_small,gflops_large\nlarge,small,big\n")), "'big'"),
-        # stage 4
-        "non-positive temperature": ([S4, "--predictions_dir", preds, "--output_dir", out, "--calibrated_dir",
-                                      cal_dir("c0", "full_name,temperature\nlarge,-1\nsmall,1\n")], "must be > 0"),
-        "non-numeric temperature": ([S4, "--predictions_dir", preds, "--output_dir", out, "--calibrated_dir",
-                                     cal_dir("c1", "full_name,temperature\nlarge,hot\nsmall,1\n")], "'hot'"),
-        "missing temperature": ([S4, "--predictions_dir", preds, "--output_dir", out, "--calibrated_dir",
-                                 cal_dir("c2", "full_name,temperature\nlarge,1.5\n")], "2_temp_scale.py"),
-        "no test split": ([S4, "--predictions_dir", variant(root, "notest", lambda p: p.splits.pop("test")).parent,
-                           "--output_dir", out, "--calibrated_dir", cal, "--fit_missing"], "no 'test' split"),
-        "explicit backbone csv missing": ([S4, "--predictions_dir", preds, "--output_dir", out, "--calibrated_dir", cal,
-                                           "--backbone_csv", root / "nobackbones.csv"], "nobackbones.csv"),
-        # stage 5
-        "unknown mode": (duo(root / "duos.csv", cal, preds, "--modes", "ours"), "--modes"),
-        "negative duo weight": (duo(root / "duos.csv", cal_dir("c3", "full_name,temperature\nlarge,1\nsmall,1\n",
-                                    "model_large,model_small,temperature_large,temperature_small,weight_large,weight_small\n"
-                                    "large,small,1,1,0.5,-0.5\n")), "negative duo weight"),
-        "strict with missing file": (duo(text("strict.csv", "model_large,model_small\nlarge,ghost\n"), cal, preds,
-                                         "--strict"), "ghost"),
-        "missing duo weights": (duo(root / "duos.csv", cal_dir("c4", "full_name,temperature\nlarge,1\nsmall,1\n")),
-                                "3_duo_temp_scale.py"),
-        # stage 8
-        "ensemble size too large": ([S8, "--members", large, preds / "small.npz", "--sizes", 3, "--output_dir", out],
-                                    "--sizes"),
-        "ensemble member twice": ([S8, "--members", large, large, "--output_dir", out], "twice"),
-        "ensemble zero subsets": ([S8, "--members", large, preds / "small.npz", "--subsets", 0, "--output_dir", out],
-                                  "--subsets"),
-        "ensemble member ids differ": ([S8, "--members", large, variant(root, "de_ids", lambda p: p.splits["test"].ids.__setitem__(2, "q")),
-                                        "--sizes", 2, "--output_dir", out], "differ"),
-        # stage 1
-        "stage 1 unknown dataset": ([S1, "--model_path", root / "ck" / "resnet10t.pth", "--dataset", "cifar"], "cifar"),
-        "stage 1 missing checkpoint": ([S1, "--model_path", root / "ck" / "nope.pth", *mnist], "nope.pth"),
-        "stage 1 corrupt checkpoint": ([S1, "--model_path", root / "ck" / "garbage.pth", *mnist], "garbage.pth"),
-        "stage 1 yaml unknown key": ([S1, "--model_path", root / "ck" / "resnet10t.pth", *mnist, "--config",
-                                      text("unknown.yaml", "data:\n  rot: x\n")], "data.rot"),
-        "stage 1 yaml wrong type": ([S1, "--model_path", root / "ck" / "resnet10t.pth", *mnist, "--config",
-                                     text("type.yaml", "training:\n  batch_size: big\n")], "training.batch_size"),
-        "stage 1 missing dataset root": ([S1, "--model_path", root / "ck" / "resnet10t.pth", "--dataset", "caltech256",
-                                          "--data_dir", root / "nodata", "--output_dir", root / "s1out"], "nodata"),
-        # hp_tune and make_soup
-        "hp_tune unknown model": ([HP, "--model", "no_such_net", "--dataset", "mnist5k", "--weights", "none",
-                                   "--output_dir", root / "hp"], "no_such_net"),
-        "hp_tune missing data": ([HP, "--model", "resnet10t", "--dataset", "caltech256", "--data_dir", root / "nodata",
-                                  "--weights", "none", "--output_dir", root / "hp"], "nodata"),
-        "hp_tune bad yaml": ([HP, "--model", "resnet10t", "--dataset", "mnist5k", "--weights", "none", "--config",
-                              text("hp.yaml", "search:\n  ff_lr: [1]\n"), "--output_dir", root / "hp"], "search.ff_lr"),
-        "hp_tune weights not staged": ([HP, "--model", "resnet10t", "--dataset", "mnist5k", "--output_dir", root / "hp"],
-                                       "not staged"),
-        "make_soup without trials": ([SOUP, "--model", "resnet10t", "--dataset", "mnist5k", "--output_dir", root / "hp"],
-                                     "resnet10t_trials.csv"),
-        "make_soup missing ingredient": ([SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", root / "soupck"],
-                                         "trial checkpoint(s) missing"),
-    }
+def test_catalogue_covers_every_class():
+    counts = Counter(klass for klass, _ in CATALOGUE.values())
+    assert set(counts) == set(CLASSES) and min(counts.values()) >= 7, counts
+    assert len(CATALOGUE) >= 120, len(CATALOGUE)
 
 
-def _soup_fixture(root: Path) -> None:
-    folder = root / "soupck" / "mnist5k" / "soup"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "m_trials.csv").write_text(f"trial,checkpoint,lr,weight_decay,val_metric,epochs_run\n"
-                                         f"0,{root / 'soupck' / 'gone.pth'},0.1,0,0.5,1\n")
-
-
-CASES = ["missing prediction file", "corrupt npz", "non-numeric csv cell", "nan logits", "inf logits",
-         "label out of range", "duplicate ids", "no val split", "unknown method", "no source given",
-         "missing predictions dir", "empty predictions dir", "unknown --models", "different K", "ids differ as sets",
-         "labels disagree", "half a pair", "pair and config", "duos csv without model columns",
-         "duos csv with no usable pair", "non-numeric gflops", "non-positive temperature", "non-numeric temperature",
-         "missing temperature", "no test split", "explicit backbone csv missing", "unknown mode", "negative duo weight",
-         "strict with missing file", "missing duo weights", "ensemble size too large", "ensemble member twice",
-         "ensemble zero subsets", "ensemble member ids differ", "stage 1 unknown dataset", "stage 1 missing checkpoint",
-         "stage 1 corrupt checkpoint", "stage 1 yaml unknown key", "stage 1 yaml wrong type",
-         "stage 1 missing dataset root", "hp_tune unknown model", "hp_tune missing data", "hp_tune bad yaml",
-         "hp_tune weights not staged", "make_soup without trials", "make_soup missing ingredient"]
-
-
-def test_catalogue_is_large_enough():
-    assert len(CASES) >= 30
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input(workspace, stage, case, tmp_path, monkeypatch):
-    root = tmp_path / "ws"
-    shutil.copytree(workspace, root)
-    _soup_fixture(root)
+@pytest.mark.parametrize("name", list(CATALOGUE))
+def test_bad_input(good_workspace, stage, name, tmp_path, monkeypatch):
+    root, shared = good_workspace
+    shutil.copytree(root, tmp_path / "ws")
+    ws = Workspace(tmp_path / "ws", shared)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")                 # a stage's default ./outputs would land here, watched
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    (script, *args), expected = build_cases(root)[case]
-    watched = [root / "predictions", root / "calibrated", root / "results", root / "s1out", root / "hp", root / "soupck"]
-    before = snapshot(*watched)
+    (script, *args), expected = CATALOGUE[name][1](ws)
+    before = snapshot(tmp_path, shared)
     code, stdout, err = stage(script, *args)
-    assert code not in (0, None), stdout
+    assert code == 2, (code, stdout, err)
     lines = err.strip().splitlines()
-    # exactly one error line, last; anything before it is a warning (e.g. a skipped duo)
+    assert "Traceback" not in err, err
     assert lines and lines[-1].startswith("error: ") and all(l.startswith("warning: ") for l in lines[:-1]), err
     assert expected in lines[-1], lines[-1]
-    assert snapshot(*watched) == before
+    assert snapshot(tmp_path, shared) == before

@@ -114,3 +114,45 @@ def test_unknown_method_is_a_user_error():
     large, small, labels = synthetic(n=50, seed=7)
     with pytest.raises(UserError, match="--method"):
         ct.fit_temperature(large, labels, method="newton")
+
+
+@pytest.mark.parametrize("factor", [1e200, 1e-30])
+def test_extreme_logit_scales_give_the_scaled_temperature(factor):
+    """T is scale-equivariant: logits times c have temperature c * T, with the same NLL (no overflow)."""
+    logits, small, labels = synthetic(seed=4)
+    base = ct.fit_temperature(logits, labels)
+    scaled = ct.fit_temperature(logits.astype(np.float64) * factor, labels)
+    assert scaled.converged and scaled.temperature / factor == pytest.approx(base.temperature, rel=1e-9)
+    assert scaled.nll_after == pytest.approx(base.nll_after, rel=1e-12)
+    duo = ct.fit_duo_weights(logits, small, labels)
+    scaled_duo = ct.fit_duo_weights(logits.astype(np.float64) * factor, small, labels)
+    assert scaled_duo.weight_large * factor == pytest.approx(duo.weight_large, rel=1e-7)
+    assert scaled_duo.weight_small == pytest.approx(duo.weight_small, rel=1e-7)
+
+
+def test_stages_score_huge_float64_logits_like_the_unscaled_ones(tmp_path, stage):
+    """A float64 prediction file with logits near 1e200: stage 2 records the scaled temperature (no NaN
+    row) and stage 4's temperature-scaled rows equal those of the unscaled file."""
+    import pandas as pd
+    from tests.helpers import make_duo_logits, write_set
+    from utils.prediction_io import read_predictions
+    pset = make_duo_logits(num_classes=5)["large"]
+    for folder, factor in (("plain", 1.0), ("huge", 1e200)):
+        path = write_set(pset, tmp_path / folder)
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        for key in [k for k in arrays if k.startswith("logits_")]:
+            arrays[key] = arrays[key].astype(np.float64) * factor
+        np.savez(path, **arrays)
+        assert stage("evaluate/2_temp_scale.py", "--predictions", path, "--output_dir", tmp_path / f"cal_{folder}")[0] == 0
+        code, _, err = stage("evaluate/4_evaluate_predictions.py", "--predictions_dir", tmp_path / folder, "--output_dir",
+                             tmp_path / f"res_{folder}", "--calibrated_dir", tmp_path / f"cal_{folder}")
+        assert code == 0, err
+    assert read_predictions(tmp_path / "huge" / "large.npz").splits["val"].logits.max() > 1e199
+    t_plain, t_huge = (pd.read_csv(tmp_path / f"cal_{f}" / "temperature_single_model.csv").temperature.item()
+                       for f in ("plain", "huge"))
+    assert t_huge / 1e200 == pytest.approx(t_plain, rel=1e-9)
+    plain, huge = (pd.read_csv(tmp_path / f"res_{f}" / "evaluation_single_model_synthetic.csv") for f in ("plain", "huge"))
+    scaled = [frame[frame.wrapper == "TempScaleWrapper"].drop(columns="wrapper").reset_index(drop=True)
+              for frame in (plain, huge)]
+    pd.testing.assert_frame_equal(scaled[0], scaled[1], rtol=1e-9)

@@ -66,10 +66,3 @@ def test_print_slurm(tmp_path, capsys):
     assert array.count("hp_tune.py") == 40 and "--array" not in array
     assert "--array=1-40" in (tmp_path / "run" / "slurm" / "submit.sh").read_text()
     assert "5_evaluate_duo_predictions.py" in (tmp_path / "run" / "slurm" / "02_after_training.sh").read_text()
-
-
-def test_bad_pipeline_config(tmp_path, stage):
-    path = tmp_path / "bad.yaml"
-    path.write_text("dataset: mnist5k\n")
-    code, _, err = stage("evaluate/run_pipeline.py", "--config", path)
-    assert code != 0 and "missing key 'large'" in err

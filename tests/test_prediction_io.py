@@ -89,3 +89,18 @@ def test_validation_messages(tmp_path, sets):
     path = write_set(pset, tmp_path)
     with pytest.raises(UserError, match=r"large\.npz: split 'val' has NaN or inf logits in 4 of 40 rows"):
         read_predictions(path)
+
+
+def test_zero_padded_text_ids_keep_their_spelling(tmp_path, sets, stage):
+    """Ids such as '00017' written by our CSV writer come back as the same text, so the CSV pairs with
+    an NPZ of the same ids; plain integer ids still come back as integers."""
+    for pset in sets.values():
+        for split in pset.splits.values():
+            split.ids = np.array([f"{i:05d}" for i in range(len(split))])
+    csv = write_set(sets["large"], tmp_path, ".csv")
+    write_set(sets["small"], tmp_path, ".npz")
+    back = read_predictions(csv)
+    assert back.splits["val"].ids.tolist()[:3] == ["00000", "00001", "00002"]
+    code, _, err = stage("evaluate/3_duo_temp_scale.py", "--large_model_pred", csv, "--small_model_pred",
+                         tmp_path / "small.npz", "--output_dir", tmp_path / "cal")
+    assert code == 0, err

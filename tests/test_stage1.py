@@ -6,7 +6,6 @@ import torch
 from load_data.dataloaders import get_dataloaders
 from load_models import model_loader
 from tests import fixtures
-from tests.conftest import run_cli
 from utils.prediction_io import read_predictions
 
 S1 = "evaluate/1_single_model_prediction.py"
@@ -88,33 +87,6 @@ def test_imagenet_pretrained_heads(tmp_path, stage):
     assert code == 0, err
     pset = read_predictions(tmp_path / "p" / "ShuffleNet_V2_X0_5.npz")
     assert pset.num_classes == 1000 and set(pset.splits) == {"val", "test", "ood_test"}
-
-
-@pytest.mark.parametrize("case", ["other architecture", "other class count", "missing root", "unknown dataset",
-                                  "weights not staged"])
-def test_stage1_bad_input(caltech, case, tmp_path, monkeypatch):
-    root, model, ckpt = caltech
-    args = {"other architecture": ["--model_path", ckpt, "--model", "ResNet50", *common(root)],
-            "other class count": ["--model_path", ckpt, "--dataset", "mnist5k", "--output_dir", root / "preds"],
-            "missing root": ["--model_path", ckpt, "--dataset", "caltech256", "--data_dir", root / "nope",
-                             "--output_dir", root / "preds"],
-            "unknown dataset": ["--model_path", ckpt, "--dataset", "cifar10"],
-            "weights not staged": ["--dataset", "imagenet", "--model", "ShuffleNet_V2_X0_5", "--data_dir", root / "data",
-                                   "--output_dir", root / "preds"]}[case]
-    expected = {"other architecture": "checkpoint is for resnet10t, not ResNet50",
-                "other class count": "checkpoint has 4 classes but the dataset has 10",
-                "missing root": "does not exist", "unknown dataset": "invalid choice: 'cifar10'",
-                "weights not staged": "shufflenetv2_x0.5-f707e7126e.pth"}[case]
-    if case == "weights not staged":
-        imagenet_root, v2 = fixtures.make_imagenet(root / "data")
-        args[args.index("--data_dir") + 1] = imagenet_root
-        args += ["--ood_dir", v2]
-    env_home = {"TORCH_HOME": str(tmp_path / "empty_torch_home")}
-    result = run_cli(S1, *args, cwd=root, env=env_home)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
-    assert not (root / "preds").exists()
 
 
 def test_dataset_is_inferred_from_the_checkpoint_or_folder(caltech, stage, monkeypatch):

@@ -19,7 +19,8 @@ from load_data.datasets import DATASETS
 from load_models import model_loader
 from train import tuning
 from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, parse_bool, run_main, warn
+from utils.cli import (ArgumentParser, UserError, add_backbone_csv, non_negative_float, non_negative_int, parse_bool,
+                       positive_int, run_main, warn)
 from utils.config import dataset_config
 from utils.model_names import output_path
 
@@ -32,8 +33,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", "--model_name", required=True, help="backbone (backbones.csv spelling or timm name)")
     parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
-    parser.add_argument("--num_samples", type=int, help="FT trials (default: the YAML's search.num_samples, else 12)")
-    parser.add_argument("--lp_samples", type=int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
+    parser.add_argument("--num_samples", type=positive_int, help="FT trials (default: the YAML's search.num_samples, else 12)")
+    parser.add_argument("--lp_samples", type=positive_int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
     parser.add_argument("--save_name", help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
     parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
@@ -43,26 +44,26 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--tv_weights", help="torchvision weights (default: backbones.csv, else DEFAULT)")
     parser.add_argument("--weights", default="default", help="pretrained weights: default (staged) | none | FILE")
     add_backbone_csv(parser, "sources, tv_weights and the spelling of model names")
-    parser.add_argument("--cpus_per_trial", type=int, help="default 4 with a GPU, else 1")
-    parser.add_argument("--gpus_per_trial", type=float, help="default 1 with a GPU, else 0")
+    parser.add_argument("--cpus_per_trial", type=positive_int, help="default 4 with a GPU, else 1")
+    parser.add_argument("--gpus_per_trial", type=non_negative_float, help="default 1 with a GPU, else 0")
     parser.add_argument("--ray_address", help="join an existing Ray cluster (e.g. auto); default: start locally")
     parser.add_argument("--storage_path", help="Ray Tune results (default <output_dir>/<dataset>/ray_results)")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU")
     parser.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster convs on GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every trial")
-    parser.add_argument("--accumulate", type=int, default=1,
+    parser.add_argument("--accumulate", type=positive_int, default=1,
                         help="gradient accumulation: micro-batches of batch_size/N, one step per N (same effective batch)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU")
-    parser.add_argument("--seed", type=int, default=0, help="search sampling and training seed")
-    parser.add_argument("--epochs_lp", type=int, help="override the YAML's training.num_epochs_lp")
-    parser.add_argument("--epochs_ff", type=int, help="override the YAML's training.num_epochs_ff")
-    parser.add_argument("--batch_size", type=int, help="override the YAML's training.batch_size")
-    parser.add_argument("--num_workers", type=int, help="override the YAML's training.num_workers")
-    parser.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
-    parser.add_argument("--image_size", type=int, help="resize inputs to this size (default: the weights' own)")
-    parser.add_argument("--report_every", type=int, default=1,
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="search sampling and training seed")
+    parser.add_argument("--epochs_lp", type=positive_int, help="override the YAML's training.num_epochs_lp")
+    parser.add_argument("--epochs_ff", type=positive_int, help="override the YAML's training.num_epochs_ff")
+    parser.add_argument("--batch_size", type=positive_int, help="override the YAML's training.batch_size")
+    parser.add_argument("--num_workers", type=non_negative_int, help="override the YAML's training.num_workers")
+    parser.add_argument("--subset", type=positive_int, help="train on the first N training images (quick runs)")
+    parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the weights' own)")
+    parser.add_argument("--report_every", type=positive_int, default=1,
                         help="validate every N epochs and at the last (3 reproduces the official cadence)")
     parser.add_argument("--skip_lp_if_exist", nargs="?", const=True, default=True, type=parse_bool, metavar="True|False",
                         help="reuse lp/<name>.pth when present (default True; the official form `--skip_lp_if_exist "
@@ -70,9 +71,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-skip_lp_if_exist", dest="skip_lp_if_exist", action="store_false",
                         help="rerun the LP search even when lp/<name>.pth exists")
     parser.add_argument("--resume", action="store_true", help="resume interrupted searches from Ray's state")
-    parser.add_argument("--debug_fail_trials", type=int, nargs="*", default=[], metavar="INDEX",
+    parser.add_argument("--debug_fail_trials", type=non_negative_int, nargs="*", default=[], metavar="INDEX",
                         help="test hook: these trial indices raise at start (shows failed trials are tolerated)")
     return parser
+
+
+def given(flag, default):
+    """A flag's value when given (0 included), else the default."""
+    return default if flag is None else flag
 
 
 def settings(args) -> tuple[dict, dict, dict]:
@@ -90,16 +96,17 @@ def settings(args) -> tuple[dict, dict, dict]:
              "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "source": source, "tv_weights": tv_weights,
              "weights": args.weights if args.weights in ("default", "none") else str(Path(args.weights).resolve()),
              "split_dir": config["data"].get("split_dir"), "image_size": args.image_size or config["data"].get("image_size"),
-             "batch_size": args.batch_size or train_cfg.get("batch_size", 32),
-             "num_workers": args.num_workers if args.num_workers is not None else train_cfg.get("num_workers", 4),
+             "batch_size": given(args.batch_size, train_cfg.get("batch_size", 32)),
+             "num_workers": given(args.num_workers, train_cfg.get("num_workers", 4)),
              "subset": args.subset, "precision": args.precision, "device": args.device, "seed": args.seed,
-             "channels_last": args.channels_last, "compile": args.compile, "accumulate": max(1, args.accumulate),
-             "report_every": max(1, args.report_every), "warmup_epochs": train_cfg.get("warmup_epochs", 1),
+             "channels_last": args.channels_last, "compile": args.compile, "accumulate": args.accumulate,
+             "report_every": args.report_every, "warmup_epochs": train_cfg.get("warmup_epochs", 1),
              "selection_metric": train_cfg.get("selection_metric", "f1" if args.dataset == "iwildcam" else "acc"),
              "fail_trials": args.debug_fail_trials}
-    counts = {"lp": args.lp_samples or search.get("lp_samples", 4), "ff": args.num_samples or search.get("num_samples", 12),
-              "epochs_lp": args.epochs_lp or train_cfg.get("num_epochs_lp", 8),
-              "epochs_ff": args.epochs_ff or train_cfg.get("num_epochs_ff", 12),
+    counts = {"lp": given(args.lp_samples, search.get("lp_samples", 4)),
+              "ff": given(args.num_samples, search.get("num_samples", 12)),
+              "epochs_lp": given(args.epochs_lp, train_cfg.get("num_epochs_lp", 8)),
+              "epochs_ff": given(args.epochs_ff, train_cfg.get("num_epochs_ff", 12)),
               "grace_period": train_cfg.get("grace_period", 4)}
     spaces = {"lp_lr": search.get("lp_lr", [1e-4, 1e-2]), "ff_lr": search.get("ff_lr", [1e-6, 3e-4]),
               "ff_weight_decay": search.get("ff_weight_decay", [1e-8, 1e-5])}
@@ -186,6 +193,9 @@ def main_impl(argv=None) -> int:
     root = Path(args.output_dir) / args.dataset
     storage = Path(args.storage_path or root / "ray_results").resolve()
     from load_data.datasets import load_dataset
+    for stage in ("lp", "ff"):                        # the tables this search adds to when it ends
+        safe_io.check_table(root / f"optimal_hyperparams_{stage}.csv", ["model"])
+    safe_io.check_table(output_path(root / "soup", f"{setup['save_name']}_trials.csv"), ["trial"])
     num_classes = load_dataset(args.dataset, setup["data_dir"], split_dir=setup["split_dir"]).num_classes
     # fail here, not in every trial: unknown model names, unstaged or unreadable weights
     model_loader.get_model_with_head(setup["model"], num_classes, setup["source"], setup["tv_weights"],

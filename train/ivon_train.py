@@ -23,7 +23,8 @@ from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
 from train import engine
 from utils import tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.cli import (ArgumentParser, UserError, add_backbone_csv, non_negative_float, non_negative_int,
+                       positive_float, positive_int, run_main)
 from utils.config import dataset_config
 from utils.model_names import output_path
 from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
@@ -45,20 +46,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--tv_weights", help="torchvision weights whose preprocessing a raw state_dict uses "
                         "(the official flag; project checkpoints record it)")
     add_backbone_csv(parser, "the spelling of model names")
-    parser.add_argument("--learning_rate", type=float, default=1e-3, help="IVON learning rate (official default 1e-3)")
-    parser.add_argument("--epochs", type=int, help="default: the YAML's num_epochs_ff (the official script used 36)")
-    parser.add_argument("--warmup_epochs", type=int, help="default: the YAML's warmup_epochs")
-    parser.add_argument("--train_samples", type=int, default=1, help="weight samples per training step")
-    parser.add_argument("--test_samples", type=int, default=8, help="weight samples of the MC predictive")
-    parser.add_argument("--ess", type=float, help="effective sample size (default: the training set size)")
-    parser.add_argument("--hess_init", type=float, default=1.0, help="IVON's initial Hessian estimate")
-    parser.add_argument("--weight_decay", type=float, default=1e-4, help="IVON's prior precision (library default)")
-    parser.add_argument("--batch_size", type=int, help="default: the YAML's batch_size")
-    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--subset", type=int, help="train on the first N training images (quick runs)")
+    parser.add_argument("--learning_rate", type=positive_float, default=1e-3, help="IVON learning rate (official default 1e-3)")
+    parser.add_argument("--epochs", type=positive_int, help="default: the YAML's num_epochs_ff (the official script used 36)")
+    parser.add_argument("--warmup_epochs", type=non_negative_int, help="default: the YAML's warmup_epochs")
+    parser.add_argument("--train_samples", type=positive_int, default=1, help="weight samples per training step")
+    parser.add_argument("--test_samples", type=positive_int, default=8, help="weight samples of the MC predictive")
+    parser.add_argument("--ess", type=positive_float, help="effective sample size (default: the training set size)")
+    parser.add_argument("--hess_init", type=positive_float, default=1.0, help="IVON's initial Hessian estimate")
+    parser.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="IVON's prior precision (library default)")
+    parser.add_argument("--batch_size", type=positive_int, help="default: the YAML's batch_size")
+    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--subset", type=positive_int, help="train on the first N training images (quick runs)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU")
-    parser.add_argument("--seed", type=int, default=0, help="weight-sampling and shuffling seed")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="weight-sampling and shuffling seed")
     return parser
 
 

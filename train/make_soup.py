@@ -19,7 +19,7 @@ from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
 from train import engine, soups
 from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
 from utils.config import dataset_config
 from utils.model_names import output_path
 
@@ -37,8 +37,8 @@ def build_parser() -> ArgumentParser:
                              "project checkpoints record it)")
     add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--greedy_metric", choices=("acc", "f1"), help="default: the dataset's selection metric")
-    parser.add_argument("--batch_size", type=int, default=64, help="images per batch")
-    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes")
+    parser.add_argument("--batch_size", type=positive_int, default=64, help="images per batch")
+    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when available, else CPU")
     return parser
@@ -47,10 +47,19 @@ def build_parser() -> ArgumentParser:
 def read_trials(path: Path) -> pd.DataFrame:
     """The trial list hp_tune wrote, best first, each checkpoint once (a list that an older version
     extended on every --resume named the same trial several times)."""
-    trials = pd.read_csv(path).rename(columns={"checkpoint_path": "checkpoint"})      # the official column name
+    trials = safe_io.read_table(path, "soup trials CSV", "it is written by train/hp_tune.py")
+    trials = trials.rename(columns={"checkpoint_path": "checkpoint"})      # the official column name
     missing_columns = [c for c in ("checkpoint", "val_metric", "trial") if c not in trials.columns]
     if missing_columns:
         raise UserError(f"{path}: lacks column(s) {missing_columns}; it is written by train/hp_tune.py")
+    if trials.empty:
+        raise UserError(f"{path}: no trials listed; run train/hp_tune.py first")
+    if trials["checkpoint"].isna().any():
+        raise UserError(f"{path}: data row {int(trials['checkpoint'].isna().to_numpy().argmax()) + 1} has no checkpoint")
+    trials["val_metric"] = pd.to_numeric(trials["val_metric"], errors="coerce")
+    if trials["val_metric"].isna().any():
+        raise UserError(f"{path}: data row {int(trials['val_metric'].isna().to_numpy().argmax()) + 1} has no numeric "
+                        f"val_metric")
     trials = trials.drop_duplicates(subset="checkpoint")
     if "run_id" in trials.columns:
         listed = trials["run_id"].fillna("").astype(str)
@@ -62,8 +71,6 @@ def read_trials(path: Path) -> pd.DataFrame:
     missing = [p for p in trials["checkpoint"] if not Path(p).exists()]
     if missing:
         raise UserError(f"{path}: {len(missing)} trial checkpoint(s) missing, e.g. {missing[0]}")
-    if trials.empty:
-        raise UserError(f"{path}: no trials listed; run train/hp_tune.py first")
     return trials
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from ray.tune import Callback
 
+from utils.cli import UserError
 from utils.model_names import output_path
 
 LP, FT = "lp", "ff"
@@ -74,7 +76,7 @@ def trial(config: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=True)
+            saved = load_trial_state(folder)
         if saved.get("optimizer") is not None:        # the final epoch's checkpoint keeps only the best weights
             raw.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -109,6 +111,20 @@ def trial(config: dict) -> None:
                         checkpoint=tune.Checkpoint.from_directory(folder))
 
 
+def load_trial_state(folder: str | Path) -> dict:
+    """A trial checkpoint's state.pt: tensors, numbers and dicts only (weights_only), so a tampered
+    file in a shared results folder is refused instead of running code."""
+    path = Path(folder) / _STATE_FILE
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: not a plain trial checkpoint, refused ({reason[:160]})") from None
+    if not isinstance(saved, dict) or "epoch" not in saved:
+        raise UserError(f"{path}: not a trial checkpoint of this project")
+    return saved
+
+
 def best_weights(saved: dict) -> dict | None:
     """The best weights a trial checkpoint holds (the current ones when that epoch was the best)."""
     return saved["model"] if saved.get("best_is_current") else saved.get("best_state")
@@ -133,8 +149,12 @@ def finished_trials(result_grid) -> tuple[list[TrialResult], list[str]]:
             failed.append(f"{name}: {type(result.error).__name__ if result.error else 'no checkpoint'}: "
                           f"{str(result.error).splitlines()[0] if result.error else ''}")
             continue
-        with result.checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / _STATE_FILE, map_location="cpu", weights_only=True)
+        try:
+            with result.checkpoint.as_directory() as folder:
+                saved = load_trial_state(folder)
+        except UserError as exc:
+            failed.append(f"{name}: {exc}")
+            continue
         best_state = best_weights(saved)
         if best_state is None:
             failed.append(f"{name}: never validated")

@@ -116,9 +116,29 @@ def nll_at(members, labels, weights) -> float:
                       np.asarray(weights, dtype=np.float64), order=0)[0]
 
 
+def _power_of_two_scale(member: torch.Tensor) -> float:
+    """1 for logits of ordinary magnitude; else the power of two near their largest |value|. Dividing
+    by it is exact, and keeps the objective's second moments (~|x|^2) inside float64."""
+    largest = float(member.abs().max()) if member.numel() else 0.0
+    if largest == 0.0 or 2.0 ** -20 <= largest <= 2.0 ** 64:
+        return 1.0
+    return 2.0 ** math.floor(math.log2(largest))
+
+
 def minimise_nll(members, labels, initial_weights, max_weight: float = MAX_WEIGHT) -> tuple[np.ndarray, float, bool, int]:
-    """Projected Newton for min NLL(w) over 0 <= w <= max_weight. Returns (w, nll, converged, iterations)."""
+    """Projected Newton for min NLL(w) over 0 <= w <= max_weight. Returns (w, nll, converged, iterations).
+
+    NLL(w; X) = NLL(w * s; X / s), so members of extreme magnitude (e.g. 1e200 or 1e-30) are solved
+    as X / s with s a power of two, the bound applying to w * s, and mapped back: the temperature of
+    logits scaled by c is c times theirs."""
     tensors = _as_members(members)
+    scales = np.array([_power_of_two_scale(t) for t in tensors])
+    tensors = [t if s == 1.0 else t.to(torch.float64) / s for t, s in zip(tensors, scales)]
+    w, f, converged, iterations = _projected_newton(tensors, labels, np.asarray(initial_weights) * scales, max_weight)
+    return w / scales, f, converged, iterations
+
+
+def _projected_newton(tensors, labels, initial_weights, max_weight: float) -> tuple[np.ndarray, float, bool, int]:
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     w = np.clip(np.asarray(initial_weights, dtype=np.float64), 0.0, max_weight)
     f, g, h = _objective(tensors, y, w)

@@ -2,6 +2,8 @@
 record with --fit_missing). The optimisation itself lives in `utils.calibrate_temperature`."""
 from __future__ import annotations
 
+import math
+
 from utils import calibrate_temperature, tables, uncertainty_metrics as um
 from utils.cli import UserError, warn
 from utils.prediction_io import PredictionSet, align
@@ -11,6 +13,13 @@ def single_temperature_row(pset: PredictionSet, method: str = "exact") -> dict:
     """Fit T on the 'val' split; the temperature_single_model.csv row."""
     val = pset.split("val", "to fit the temperature")
     fit = calibrate_temperature.fit_temperature(val.logits, val.labels, method=method)
+    if not (math.isfinite(fit.nll_after) and fit.temperature > 0):
+        raise UserError(f"{pset.source}: the temperature fit gave T={fit.temperature}, val NLL {fit.nll_after}; "
+                        f"check the logits of split 'val'")
+    if math.isinf(fit.temperature):
+        raise UserError(f"{pset.source}: the validation NLL is lowest at T = inf (uniform probabilities): the logits "
+                        f"rank the true class worse than chance, so they do not match the labels; check which "
+                        f"column is which class")
     if not fit.converged:
         warn(f"{pset.model}: the temperature fit did not converge; check the logits in {pset.source}")
     scaled = um.WeightedLogits([val.logits], [1.0 / fit.temperature])
@@ -26,6 +35,12 @@ def duo_weights_row(large: PredictionSet, small: PredictionSet, method: str = "e
     val_large = large.split("val", "to fit the duo weights")
     val_small = align(val_large, small.split("val", "to fit the duo weights"), large.source, small.source, "val")
     fit = calibrate_temperature.fit_duo_weights(val_large.logits, val_small.logits, val_large.labels, method=method)
+    if not (math.isfinite(fit.nll) and math.isfinite(fit.weight_large) and math.isfinite(fit.weight_small)):
+        raise UserError(f"{large.source} + {small.source}: the duo fit gave weights ({fit.weight_large}, "
+                        f"{fit.weight_small}), val NLL {fit.nll}; check the logits of split 'val'")
+    if fit.weight_large == 0 and fit.weight_small == 0:
+        raise UserError(f"{large.source} + {small.source}: the validation NLL is lowest with both weights 0 (uniform "
+                        f"probabilities): neither model's logits match the labels; check which column is which class")
     if not fit.converged:
         warn(f"{large.model} + {small.model}: the duo fit did not converge; check the logits")
     return tables.duo_temperature_row(large.model, small.model, fit.weight_large, fit.weight_small, fit.nll,

@@ -44,6 +44,26 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+def _bounded(kind: type, low: float, text: str):
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {text}, got {value!r}") from None
+        if not number >= low or (kind is float and number == float("inf")):
+            raise argparse.ArgumentTypeError(f"expected {text}, got {value!r}")
+        return number
+    parse.__name__ = text            # argparse names the type in its messages
+    return parse
+
+
+# argparse types for counts, sizes, seeds and rates: 0 or -1 is never silently replaced by a default
+positive_int = _bounded(int, 1, "a whole number >= 1")
+non_negative_int = _bounded(int, 0, "a whole number >= 0")
+positive_float = _bounded(float, float.fromhex("0x1p-1074"), "a finite number > 0")
+non_negative_float = _bounded(float, 0.0, "a finite number >= 0")
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
 
@@ -56,6 +76,12 @@ def run_main(main_impl: Callable[[Sequence[str] | None], int | None],
     except UserError as exc:
         message = " ".join(str(exc).split())
         sys.stderr.write(f"error: {message}\n")
+        return 2
+    except OSError as exc:
+        # the file system said no (permission, a folder where a file belongs, a full disk): name the path;
+        # writes are atomic, so nothing half-written was left behind
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"error: {where}{exc.strerror or exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted; outputs written so far are complete, rerun to finish\n")

@@ -1,14 +1,17 @@
 """Dataset YAML configs (`configs/<dataset>.yaml`): defaults that command-line flags override.
 
-Every key is declared with its type below, so a typo or a wrong type is a one-line error naming
-the file and the key instead of a silently ignored setting.
+Every key is declared with its type (and range) below, so a typo, a wrong type or a 0 where a count
+belongs is a one-line error naming the file and the key instead of a silently ignored setting. The
+pipeline YAML (`evaluate/run_pipeline.py`) is checked by the same `check_mapping`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from utils import safe_io
 from utils.cli import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,48 +31,99 @@ def resolve_config_path(path: str | Path, flag: str) -> Path:
     where = "" if path.is_absolute() else f" (looked in the working folder and in the repository {REPO_ROOT})"
     raise UserError(f"{flag}: {path} not found{where}")
 
-_NUMBER = (int, float)
-_OPTIONAL_STR = (str, type(None))
-SCHEMA: dict[str, dict[str, tuple]] = {
-    "data": {"root": _OPTIONAL_STR, "ood_root": _OPTIONAL_STR, "split_dir": _OPTIONAL_STR,
-             "image_size": (int, type(None))},
-    "training": {"num_epochs_lp": (int,), "num_epochs_ff": (int,), "batch_size": (int,), "num_workers": (int,),
-                 "grace_period": (int,), "warmup_epochs": (int,), "selection_metric": (str,)},
-    "search": {"lp_samples": (int,), "num_samples": (int,), "lp_lr": (list,), "ff_lr": (list,),
-               "ff_weight_decay": (list,)},
+@dataclass(frozen=True)
+class Field:
+    """One YAML key: its allowed types, a lower bound for numbers, the type (and bound) of a list's
+    items, a fixed length for a list, and the allowed values."""
+    types: tuple
+    minimum: float | None = None
+    items: tuple | None = None
+    length: int | None = None
+    choices: tuple | None = None
+
+
+_NAME = lambda: (str, type(None))          # noqa: E731
+_COUNT, _OPTIONAL_COUNT = Field((int,), 1), Field((int, type(None)), 1)
+_RANGE = Field((list,), 0.0, items=(int, float), length=2)      # [low, high], log-uniform: 0 < low <= high
+
+SCHEMA: dict = {
+    "data": {"root": Field(_NAME()), "ood_root": Field(_NAME()), "split_dir": Field(_NAME()),
+             "image_size": _OPTIONAL_COUNT},
+    "training": {"num_epochs_lp": _COUNT, "num_epochs_ff": _COUNT, "batch_size": _COUNT,
+                 "num_workers": Field((int,), 0), "grace_period": _COUNT, "warmup_epochs": Field((int,), 0),
+                 "selection_metric": Field((str,), choices=("acc", "f1"))},
+    "search": {"lp_samples": _COUNT, "num_samples": _COUNT, "lp_lr": _RANGE, "ff_lr": _RANGE,
+               "ff_weight_decay": _RANGE},
 }
 
 
-def load_config(path: str | Path) -> dict:
-    """Read and check a YAML config; missing sections are empty dicts."""
-    path = resolve_config_path(path, "--config")
-    if not path.is_file():
-        raise UserError(f"--config: {path} is not a file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: invalid YAML ({' '.join(str(exc).split())})") from None
+def _type_names(types: tuple) -> str:
+    return " or ".join({"NoneType": "null", "str": "text", "int": "a whole number", "float": "a number",
+                        "list": "a list", "bool": "true/false", "dict": "a mapping"}[t.__name__] for t in types)
+
+
+def _is_a(value, types: tuple) -> bool:
+    # YAML's true/false are Python bools, which are ints: accepted only where bool is declared
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
+
+def _check_value(value, spec: Field, name: str, path: Path) -> None:
+    if not _is_a(value, spec.types):
+        raise UserError(f"{path}: '{name}' must be {_type_names(spec.types)}, got {value!r}")
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list):
+        if spec.length is not None and len(value) != spec.length:
+            raise UserError(f"{path}: '{name}' must be a list of {spec.length}, got {value!r}")
+        if not all(_is_a(item, spec.items or ()) for item in value):
+            raise UserError(f"{path}: '{name}' must be a list of {_type_names(spec.items or ())}, got {value!r}")
+    for item in values:
+        if spec.minimum is not None and isinstance(item, (int, float)) and not item >= spec.minimum:
+            raise UserError(f"{path}: '{name}' must be >= {spec.minimum}, got {value!r}")
+        if spec.minimum == 0.0 and spec.length == 2 and not (0 < item < float("inf")):
+            raise UserError(f"{path}: '{name}' must be a [low, high] pair with 0 < low <= high, got {value!r}")
+        if spec.choices is not None and item is not None and item not in spec.choices:
+            raise UserError(f"{path}: '{name}' must be one of {', '.join(map(str, spec.choices))}, got {item!r}")
+    if spec.length == 2 and value[0] > value[1]:
+        raise UserError(f"{path}: '{name}' must be a [low, high] pair with low <= high, got {value!r}")
+
+
+def check_mapping(raw, schema: dict, path: Path, prefix: str = "") -> dict:
+    """`raw` checked against `schema` (key -> Field, or a nested schema for a section); an unknown key,
+    a wrong type or an out-of-range value is a one-line error naming the file and the key."""
+    if raw is None and prefix:
+        raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections {sorted(SCHEMA)}")
-    config = {}
-    for section, values in raw.items():
-        if section not in SCHEMA:
-            raise UserError(f"{path}: unknown section '{section}' (known: {', '.join(SCHEMA)})")
-        if not isinstance(values, dict):
-            raise UserError(f"{path}: section '{section}' must be a mapping")
-        for key, value in values.items():
-            if key not in SCHEMA[section]:
-                raise UserError(f"{path}: unknown key '{section}.{key}' (known: {', '.join(SCHEMA[section])})")
-            expected = SCHEMA[section][key]
-            if isinstance(value, bool) or not isinstance(value, expected):
-                names = " or ".join("null" if t is type(None) else t.__name__ for t in expected)
-                raise UserError(f"{path}: '{section}.{key}' must be {names}, got {value!r}")
-            if expected == (list,) and (len(value) != 2 or not all(isinstance(v, _NUMBER) for v in value)):
-                raise UserError(f"{path}: '{section}.{key}' must be a [low, high] pair of numbers, got {value!r}")
-        config[section] = dict(values)
-    for section in SCHEMA:
-        config.setdefault(section, {})
-    return config
+        where = f"'{prefix[:-1]}'" if prefix else "the file"
+        raise UserError(f"{path}: {where} must be a mapping of keys ({', '.join(schema)}), got {raw!r}")
+    checked = {}
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            raise UserError(f"{path}: unknown key '{name}' (known: {', '.join(schema)})")
+        spec = schema[key]
+        if isinstance(spec, dict):
+            checked[key] = check_mapping(value, spec, path, f"{name}.")
+        else:
+            _check_value(value, spec, name, path)
+            checked[key] = value
+    return checked
+
+
+def load_yaml(path: str | Path, what: str, flag: str = "--config"):
+    """The parsed YAML file at `path` (resolved as `resolve_config_path` does); a missing, unreadable
+    or malformed file is a one-line error."""
+    path = safe_io.readable(resolve_config_path(path, flag), what)
+    try:
+        return yaml.safe_load(path.read_text()), path
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: invalid YAML ({' '.join(str(exc).split())[:200]})") from None
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and check a dataset YAML; missing sections are empty dicts."""
+    raw, path = load_yaml(path, "config YAML")
+    config = check_mapping(raw or {}, SCHEMA, path)
+    return {section: config.get(section, {}) for section in SCHEMA}
 
 
 def dataset_config(dataset: str, path: str | Path | None = None, config_dir: str | Path | None = None) -> dict:

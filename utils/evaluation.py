@@ -18,7 +18,25 @@ SINGLE_UNCERTAINTY_TYPES = ("softmax_response", "entropy")
 SINGLE_COLUMNS = ["model", "wrapper", "uncertainty_type", "gflops", "params", "split"]
 DUO_COLUMNS = ["model_large", "model_small", "mode", "uncertainty_type", "gflops_large", "gflops_small",
                "gflops_balance", "split"]
+ALWAYS_DEFINED = ("Acc", "Brier", "NLL", "ECE")      # CP_AUROC alone may be NaN (all or no prediction correct)
 ENSEMBLE_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type", "split"]
+
+
+_LARGEST_LOGIT = 1e300       # beyond this, softmax's differences of logits overflow float64
+
+
+def largest_magnitude(logits: np.ndarray) -> float:
+    return max(float(np.max(logits)), -float(np.min(logits)))
+
+
+def check_scaled_logits(magnitudes, weights, what: str) -> None:
+    """Refuse weights (1/T, duo weights) that would push sum_j w_j * logits_j (members' largest |logit|
+    given as `magnitudes`) out of float64 range, so an extreme hand-edited temperature is an error
+    and never a NaN in a results table."""
+    bound = sum(float(w) * m for m, w in zip(magnitudes, weights))
+    if not bound <= _LARGEST_LOGIT:
+        raise UserError(f"{what}: weights {[float(w) for w in weights]} scale the logits beyond float64's range "
+                        f"(|z| up to {bound:.3g}); refit them with the temperature stages")
 
 
 def metrics_by_uncertainty(logits, labels: np.ndarray, predictions: np.ndarray, uncertainties: dict[str, np.ndarray],
@@ -56,6 +74,12 @@ def write_results(output_dir: str | Path, kind: str, dataset: str, rows: list[di
     """Upsert rows into one results file per split (test and ood_test), metric columns first."""
     frame = pd.DataFrame(rows)
     columns = list(um.METRIC_COLUMNS) + descriptive_columns
+    if len(frame):
+        defined = frame[list(ALWAYS_DEFINED)].to_numpy(dtype=np.float64)
+        if not np.isfinite(defined).all():          # the last guard: a NaN never reaches a results table
+            row = frame.iloc[int(np.flatnonzero(~np.isfinite(defined).all(axis=1))[0])]
+            raise UserError(f"non-finite {', '.join(ALWAYS_DEFINED)} for {row[key_columns].tolist()}; nothing was "
+                            f"written to {output_dir}: check the prediction files and temperatures")
     written = []
     for split in EVAL_SPLITS:
         part = frame[frame["split"] == split] if len(frame) else frame

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,36 +59,71 @@ class PredictionSet:
 
 # ----------------------------------------------------------------------------- validation
 
+def _number_array(values, source: str, name: str, what: str) -> np.ndarray:
+    """`values` as a plain numeric array: booleans, complex numbers, text and records are refused,
+    since any conversion of them would be a guess."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf":
+        kinds = {"b": "True/False values", "c": "complex numbers", "U": "text", "S": "bytes", "O": "Python objects",
+                 "V": "records (a structured array)", "M": "dates", "m": "time spans"}
+        raise UserError(f"{source}: split '{name}' {what} are {kinds.get(array.dtype.kind, array.dtype)}, "
+                        f"not real numbers")
+    return array
+
+
+def _sample_ids(values, source: str, name: str, num_rows: int) -> np.ndarray:
+    """Sample ids as int64 (whole numbers) or str (anything else that names an image); missing,
+    empty or NaN ids are refused: two of them could not be told apart."""
+    ids = np.asarray(values)
+    if ids.ndim != 1 or len(ids) != num_rows:
+        raise UserError(f"{source}: split '{name}' needs one sample id per row ({num_rows}), got shape {ids.shape}")
+    if ids.dtype.kind in "iu":
+        return ids.astype(np.int64, copy=False)
+    if ids.dtype.kind == "f":
+        if not np.isfinite(ids).all():
+            raise UserError(f"{source}: split '{name}' has {int((~np.isfinite(ids)).sum())} NaN or inf sample ids")
+        if not (ids == np.round(ids)).all():
+            raise UserError(f"{source}: split '{name}' has fractional sample ids (e.g. {ids[ids != np.round(ids)][0]})")
+        return ids.astype(np.int64)
+    if ids.dtype.kind not in "UO":
+        raise UserError(f"{source}: split '{name}' sample ids must be whole numbers or text, got {ids.dtype}")
+    if ids.dtype.kind == "O" and not all(isinstance(v, str) for v in ids):
+        raise UserError(f"{source}: split '{name}' has missing or non-text sample ids")
+    ids = ids.astype(str)
+    blank = int((np.char.strip(ids) == "").sum())
+    if blank:
+        raise UserError(f"{source}: split '{name}' has {blank} empty sample ids")
+    return ids
+
+
 def _validate_split(split: Split, source: str, name: str) -> Split:
-    logits = np.asarray(split.logits)
+    logits = _number_array(split.logits, source, name, "logits")
     if logits.ndim != 2:
         raise UserError(f"{source}: split '{name}' logits must be 2-D [N, K], got shape {logits.shape}")
     if logits.shape[0] == 0:
         raise UserError(f"{source}: split '{name}' is empty")
+    if logits.shape[1] < 2:
+        raise UserError(f"{source}: split '{name}' has {logits.shape[1]} logit column(s); a classifier needs 2 or more")
     if logits.dtype.kind != "f":
         logits = logits.astype(np.float32)
     bad_rows = int((~np.isfinite(logits)).any(axis=1).sum())
     if bad_rows:
         raise UserError(f"{source}: split '{name}' has NaN or inf logits in {bad_rows} of {len(logits)} rows")
-    labels = np.asarray(split.labels)
+    labels = _number_array(split.labels, source, name, "labels")
     if labels.shape != (logits.shape[0],):
-        raise UserError(f"{source}: split '{name}' has {labels.shape[0] if labels.ndim else 0} labels "
-                        f"for {logits.shape[0]} logit rows")
+        raise UserError(f"{source}: split '{name}' has labels of shape {labels.shape} for {logits.shape[0]} logit rows")
     if labels.dtype.kind not in "iu":
         if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
         else:
-            raise UserError(f"{source}: split '{name}' labels must be integers")
+            raise UserError(f"{source}: split '{name}' labels must be whole numbers")
     labels = labels.astype(np.int64, copy=False)
     num_classes = logits.shape[1]
     out_of_range = int(((labels < 0) | (labels >= num_classes)).sum())
     if out_of_range:
         raise UserError(f"{source}: split '{name}' has {out_of_range} labels outside [0, {num_classes}) "
                         f"(K = number of logit columns)")
-    ids = np.asarray(split.ids)
-    if ids.shape != labels.shape:
-        raise UserError(f"{source}: split '{name}' has {ids.shape[0]} ids for {labels.shape[0]} rows")
-    ids = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+    ids = _sample_ids(split.ids, source, name, len(labels))
     n_unique = len(pd.unique(ids))
     if n_unique != len(ids):
         raise UserError(f"{source}: split '{name}' has {len(ids) - n_unique} duplicate sample ids")
@@ -122,14 +158,15 @@ def read_predictions(path: str | Path) -> PredictionSet:
     official_root = _official_root_of(path)
     if official_root is not None:
         return read_official(official_root, path.stem)
-    if not path.exists():
-        raise UserError(f"{path}: prediction file not found")
+    if path.suffix not in (".npz", ".csv"):
+        if not path.exists():
+            raise UserError(f"{path}: prediction file not found")
+        raise UserError(f"{path}: unknown prediction file type (expected .npz or .csv)")
+    safe_io.readable(path, "prediction file")
     if path.suffix == ".npz":
         pset = _read_npz(path)
     elif path.suffix == ".csv":
         pset = _read_csv(path)
-    else:
-        raise UserError(f"{path}: unknown prediction file type (expected .npz or .csv)")
     return _validate(pset)
 
 
@@ -149,6 +186,9 @@ def _read_npz(path: Path) -> PredictionSet:
             meta = json.loads(str(data["meta"]))
         except json.JSONDecodeError:
             raise UserError(f"{path}: 'meta' is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise UserError(f"{path}: 'meta' must be a JSON object of fields (dataset, model, ...), got "
+                            f"{type(meta).__name__}")
     splits = {}
     for name in SPLITS:
         if f"logits_{name}" not in data:
@@ -159,6 +199,8 @@ def _read_npz(path: Path) -> PredictionSet:
         splits[name] = Split(data[f"logits_{name}"], data[f"labels_{name}"], data[f"ids_{name}"])
     model = _model_name_of(path)
     recorded = meta.get("model")
+    if meta.get("dataset") is not None and not isinstance(meta["dataset"], str):
+        raise UserError(f"{path}: meta.dataset must be a name, got {meta['dataset']!r}")
     if recorded is not None and fold(recorded) != fold(model):
         warn(f"{path}: meta.model is '{recorded}' but the file is named '{model}'; the file name is the model's "
              f"name, so its rows are keyed '{model}'")
@@ -166,10 +208,9 @@ def _read_npz(path: Path) -> PredictionSet:
 
 
 def _read_csv(path: Path) -> PredictionSet:
-    try:
-        frame = pd.read_csv(path, dtype={"split": str}, low_memory=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot parse CSV ({exc})") from None
+    # ids stay text as written ("00001" is not 1); an empty id cell is read as "" and refused
+    frame = safe_io.read_table(path, "prediction file", dtype={"split": str, "sample_id": str},
+                               keep_default_na=False, na_values={"label": [""], "split": [""]}, low_memory=False)
     missing = [c for c in ("split", "sample_id", "label") if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: CSV lacks column(s) {missing}; expected header split,sample_id,label,0,1,...")
@@ -179,22 +220,41 @@ def _read_csv(path: Path) -> PredictionSet:
     logits = _numeric_block(frame[class_columns], path)
     labels = _numeric_block(frame[["label"]], path)[:, 0]
     splits = {}
+    if frame.empty:
+        raise UserError(f"{path}: no data rows (only a header)")
     for name in frame["split"].unique():
         if name not in SPLITS:
             raise UserError(f"{path}: unknown split '{name}' (expected one of {', '.join(SPLITS)})")
         rows = (frame["split"] == name).to_numpy()
-        ids = frame.loc[rows, "sample_id"].to_numpy()
-        splits[name] = Split(logits[rows], labels[rows], ids)
+        splits[name] = Split(logits[rows], labels[rows], _csv_ids(frame.loc[rows, "sample_id"].to_numpy()))
     return PredictionSet(model=_model_name_of(path), splits=splits, meta={}, source=str(path))
 
 
+_CANONICAL_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,17})")      # fits int64
+
+
+def _csv_ids(ids: np.ndarray) -> np.ndarray:
+    """Ids read as text become integers only when every one is written as an integer would be, so
+    `00017` or `img_3` keep their spelling and `17` pairs with an NPZ's integer id 17."""
+    if len(ids) and all(isinstance(v, str) and _CANONICAL_INTEGER.fullmatch(v) for v in ids):
+        return ids.astype(np.int64)
+    return ids
+
+
 def _numeric_block(frame: pd.DataFrame, source: Path) -> np.ndarray:
+    """The frame's cells as floats; the first cell that is not a number (text, empty, True/False) is
+    an error naming its column and row."""
     if all(dtype.kind in "fiu" for dtype in frame.dtypes):
         return frame.to_numpy(dtype=np.float64 if frame.shape[1] == 1 else np.float32)
-    coerced = frame.apply(pd.to_numeric, errors="coerce")
-    bad = coerced.isna() & frame.notna()
-    row, col = np.argwhere(bad.to_numpy())[0]
+    as_text = frame.astype(str)
+    coerced = frame.apply(lambda column: pd.to_numeric(column, errors="coerce") if column.dtype.kind in "fiuO"
+                          else pd.Series(np.nan, index=column.index))
+    bad = (coerced.isna() & ~as_text.isin(["nan", "NaN", "inf", "-inf"])).to_numpy()
+    if not bad.any():
+        return coerced.to_numpy(dtype=np.float64 if frame.shape[1] == 1 else np.float32)
+    row, col = np.argwhere(bad)[0]
     value = frame.iat[row, col]
+    value = value.item() if isinstance(value, np.generic) else value
     raise UserError(f"{source}: non-numeric value {value!r} in column '{frame.columns[col]}' "
                     f"at data row {row + 1}")
 
@@ -225,12 +285,7 @@ def normalise_predictions_dir(folder: str | Path) -> Path:
 def _official_labels(split_dir: Path, num_rows: int, source: str) -> np.ndarray:
     """The `target` column of an official split folder's point_prediction.csv."""
     targets_path = split_dir / "point_prediction.csv"
-    if not targets_path.is_file():
-        raise UserError(f"{targets_path}: missing (the official layout keeps labels in column 'target')")
-    try:
-        targets = pd.read_csv(targets_path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{targets_path}: cannot parse CSV ({' '.join(str(exc).split())})") from None
+    targets = safe_io.read_table(targets_path, "labels file of the official layout (column 'target')")
     if "target" not in targets.columns:
         raise UserError(f"{targets_path}: no 'target' column")
     labels = _numeric_block(targets[["target"]], targets_path)[:, 0]
@@ -243,10 +298,7 @@ def read_official_ensemble(path: str | Path) -> Split:
     """An official pre-averaged ensemble file, `y-prediction/<ds>/<split>/deep_ensemble/<model>_<m>.csv`
     (logits without a header row), with labels from the split folder's point_prediction.csv."""
     path = Path(path)
-    try:
-        frame = pd.read_csv(path, header=None)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot parse CSV ({' '.join(str(exc).split())})") from None
+    frame = safe_io.read_table(path, "official ensemble file", header=None)
     first = pd.to_numeric(frame.iloc[0], errors="coerce")
     if np.array_equal(first.to_numpy(), np.arange(frame.shape[1])):        # a header row 0..K-1 after all
         frame = frame.iloc[1:].reset_index(drop=True)
@@ -265,10 +317,7 @@ def read_official(root: Path, model: str) -> PredictionSet:
             continue
         model = raw.stem
         source = str(raw)
-        try:
-            frame = pd.read_csv(raw)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise UserError(f"{raw}: cannot parse CSV ({exc})") from None
+        frame = safe_io.read_table(raw, "prediction file")
         frame = frame.loc[:, [not str(c).startswith("Unnamed") for c in frame.columns]]
         logits = _numeric_block(frame, raw)
         labels = _official_labels(root / name, len(logits), source)
@@ -431,6 +480,7 @@ def read_features(prediction_path: str | Path, reference: PredictionSet) -> dict
     features_path = path.with_name(_model_name_of(path) + FEATURES_SUFFIX)
     if not features_path.exists():
         raise UserError(f"{features_path}: features file not found; run stage 1 with --features")
+    safe_io.readable(features_path, "features file")
     try:
         with np.load(features_path, allow_pickle=False) as archive:
             data = {key: archive[key] for key in archive.files}

@@ -1,7 +1,9 @@
-"""Safe output: atomic writes and locked CSV upserts.
+"""Safe file handling: checked reads, atomic writes and locked CSV upserts.
 
-Every file a stage writes goes through here, so a killed job never leaves a truncated file under
-its final name and concurrent array jobs that share a CSV never lose each other's rows.
+Every file a stage reads is opened through `readable`/`read_table`, so a missing, unreadable or
+malformed file is a one-line error naming it. Every file a stage writes goes through here, so a
+killed job never leaves a truncated file under its final name (its temporary file is swept by the
+next write to that folder) and concurrent array jobs that share a CSV never lose each other's rows.
 """
 from __future__ import annotations
 
@@ -9,7 +11,10 @@ import contextlib
 import fcntl
 import io
 import os
+import re
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,6 +25,9 @@ from utils.cli import UserError
 
 
 _KILL_ENV = "ASYMMETRIC_DUOS_KILL_AT"
+# `.<target>.<8 random chars>.tmp`, as `atomic_path` names them (mkstemp's alphabet)
+_TMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+STALE_TMP_SECONDS = 3600        # no write of ours leaves a temporary file untouched this long
 _kill_counts: dict[str, int] = {}
 
 
@@ -45,8 +53,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     make_folder(path.parent)
+    sweep_stale_temporaries(path.parent)
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError:
+        raise UserError(f"{path.parent}: permission denied writing there; choose another output folder") from None
     except OSError as exc:
         raise UserError(f"{path.parent}: cannot write there ({exc.strerror}); choose another output folder") from None
     os.close(fd)
@@ -65,6 +76,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def sweep_stale_temporaries(folder: Path, max_age: float = STALE_TMP_SECONDS) -> list[Path]:
+    """Remove temporary files of our own naming that a killed write left in `folder` (those untouched
+    for `max_age` seconds; a live write in a concurrent job keeps touching its own)."""
+    removed, now = [], time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if _TMP_PATTERN.match(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > max_age:
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -80,6 +105,41 @@ def make_folder(folder: str | os.PathLike) -> None:
                         f"another folder") from None
     except PermissionError:
         raise UserError(f"{folder}: permission denied creating this output folder; choose another folder") from None
+
+
+def readable(path: str | os.PathLike, what: str) -> Path:
+    """`path` if it is a file this process can read; else a one-line error naming it and `what` it is."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give the {what} file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise UserError(f"{path}: permission denied reading the {what}; ask its owner to make it readable") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    return path
+
+
+def read_table(path: str | os.PathLike, what: str, advice: str = "", **read_csv_args) -> pd.DataFrame:
+    """A CSV file as a DataFrame; a missing, unreadable, empty, binary or ragged file is a one-line
+    error naming it and `what` it is, followed by `advice` (never a traceback, never a guess)."""
+    path = readable(path, what)
+    advice = f"; {advice}" if advice else ""
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: the {what} is an empty file (no header){advice}")
+    try:
+        with warnings.catch_warnings():
+            # a row with more fields than the header: pandas would shift the columns (or drop cells) silently
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(path, index_col=False, **read_csv_args)
+    except pd.errors.ParserWarning:
+        raise UserError(f"{path}: a row of the {what} has more fields than its header{advice}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: cannot parse the {what} ({' '.join(str(exc).split())[:160]}){advice}") from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -123,7 +183,13 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
     path = Path(path)
     lock_path = path.parent / f".{path.name}.lock"
     make_folder(lock_path.parent)
-    with open(lock_path, "a") as handle:
+    try:
+        handle = open(lock_path, "a")
+    except PermissionError:
+        raise UserError(f"{path.parent}: permission denied writing there; choose another output folder") from None
+    except IsADirectoryError:
+        raise UserError(f"{lock_path}: is a folder; remove it (it is this stage's lock file)") from None
+    with handle:
         fcntl.lockf(handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -137,12 +203,15 @@ class LockedTable:
 
     def __init__(self, path: Path, key_columns: Sequence[str], columns: Sequence[str] | None):
         self.path, self.key_columns, self.columns, self.changed = path, list(key_columns), columns, False
-        if path.exists() and path.stat().st_size > 0:
-            self.frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
-                                     dtype={k: str for k in self.key_columns})
+        if path.exists() and (path.is_dir() or path.stat().st_size > 0):
+            # an existing file that cannot be read is never replaced: it may hold other jobs' results
+            self.frame = read_table(path, "existing table", "it was left as it is: repair it or move it aside, "
+                                    "then rerun", keep_default_na=False, na_values=[""],
+                                    dtype={k: str for k in self.key_columns})
             missing = [k for k in self.key_columns if k not in self.frame.columns]
             if missing:
-                raise UserError(f"{path}: existing file lacks key column(s) {missing}; move it aside and rerun")
+                raise UserError(f"{path}: the existing table lacks key column(s) {missing}; it was left as it is: "
+                                f"move it aside and rerun")
             repeated = pd.Series(self._keys(self.frame)).duplicated().to_numpy()
             if repeated.any():                     # an upsert would silently keep only one of them
                 row = self.frame[self.key_columns].iloc[int(repeated.argmax())].tolist()
@@ -170,6 +239,14 @@ class LockedTable:
         merged = pd.concat([self.frame[keep], rows], ignore_index=True) if len(self.frame) else rows.reset_index(drop=True)
         self.frame = merged[~pd.Series(self._keys(merged)).duplicated(keep="last").to_numpy()]
         self.changed = True
+
+
+def check_table(path: str | os.PathLike, key_columns: Sequence[str]) -> None:
+    """Fail now, before hours of work, if an existing table that the stage will add rows to at its end
+    cannot be read (corrupt, ragged, a folder, duplicate keys)."""
+    path = Path(path)
+    if path.exists():
+        LockedTable(path, key_columns, None)
 
 
 @contextlib.contextmanager

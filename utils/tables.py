@@ -27,17 +27,7 @@ DUO_COLUMNS = ["model_large", "model_small", "source_large", "source_small",
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: {what} not found")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder; give the {what} file")
-    try:
-        return pd.read_csv(path, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot parse {what} ({' '.join(str(exc).split())})") from None
-    except PermissionError:
-        raise UserError(f"{path}: permission denied reading the {what}") from None
+    return safe_io.read_table(path, what, skipinitialspace=True)
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
@@ -59,7 +49,10 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
     missing = [c for c in ("model_large", "model_small") if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: duos CSV lacks column(s) {missing}; header must include model_large,model_small")
-    frame = frame.dropna(subset=["model_large", "model_small"]).copy()
+    incomplete = frame[["model_large", "model_small"]].isna().any(axis=1).to_numpy()
+    if incomplete.any():
+        raise UserError(f"{path}: data row {int(incomplete.argmax()) + 1} lacks model_large or model_small")
+    frame = frame.copy()
     if frame.empty:
         raise UserError(f"{path}: duos CSV has no rows")
     for column in ("model_large", "model_small"):
@@ -154,8 +147,9 @@ def read_single_temperatures(path: str | Path) -> NameMap:
     for column in ("full_name", "temperature"):
         if column not in frame.columns:
             raise UserError(f"{path}: temperature CSV lacks column '{column}'")
+    _check_names(path, frame, ["full_name"])
     temperatures = _numeric_column(frame, "temperature", path)
-    _check_positive(path, frame["full_name"], temperatures, "temperature")
+    _check_positive(path, frame["full_name"], temperatures, "temperature", allow_inf=False)
     names = frame["full_name"].astype(str).tolist()
     _check_unique(path, names, "model")
     return NameMap(zip(names, temperatures.astype(float)))
@@ -171,6 +165,7 @@ def read_duo_weights(path: str | Path) -> NameMap:
     for column in ("model_large", "model_small", "temperature_large", "temperature_small"):
         if column not in frame.columns:
             raise UserError(f"{path}: duo temperature CSV lacks column '{column}'")
+    _check_names(path, frame, ["model_large", "model_small"])
     names = frame["model_large"].astype(str) + " + " + frame["model_small"].astype(str)
     _check_unique(path, list(zip(frame["model_large"].astype(str), frame["model_small"].astype(str))), "duo")
     weights = NameMap()
@@ -186,17 +181,29 @@ def read_duo_weights(path: str | Path) -> NameMap:
             pair = (float(w_large.iloc[i]), float(w_small.iloc[i]))
             if min(pair) < 0:
                 raise UserError(f"{path}: negative duo weight for {large} + {small}")
+            if not all(map(math.isfinite, pair)):
+                raise UserError(f"{path}: duo weights of {large} + {small} must be finite, got {pair}; refit them "
+                                f"with evaluate/3_duo_temp_scale.py")
         else:
             pair = (temperature_to_weight(float(t_large.iloc[i])), temperature_to_weight(float(t_small.iloc[i])))
         weights[(large, small)] = pair
     return weights
 
 
-def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str) -> None:
-    bad = ~(values > 0)          # catches NaN, zero and negatives; inf is allowed (weight 0)
+def _check_names(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
+    missing = frame[columns].isna().any(axis=1).to_numpy()
+    if missing.any():
+        raise UserError(f"{path}: data row {int(missing.argmax()) + 1} has no model name in {', '.join(columns)}")
+
+
+def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str, allow_inf: bool = True) -> None:
+    """Temperatures are > 0 (NaN, zero and negatives refused); a duo member's may be inf (weight 0), a
+    single model's may not (its predictions would all become one class)."""
+    bad = ~(values > 0) if allow_inf else ~((values > 0) & np.isfinite(values))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise UserError(f"{path}: {column} must be > 0, got {values.iloc[i]!r} for {names.iloc[i]}; "
+        bound = "> 0" if allow_inf else "finite and > 0"
+        raise UserError(f"{path}: {column} must be {bound}, got {float(values.iloc[i]):g} for {names.iloc[i]}; "
                         f"refit it with the temperature stage")
 
 
