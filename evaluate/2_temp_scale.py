@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+
 from utils import calibrate_temperature, tables
 from utils.calibration_runs import single_temperature_row
 from utils.cli import ArgumentParser, run_main
-from utils.prediction_io import prediction_paths, read_predictions, select_prediction_files
+from utils.prediction_io import check_output_folder, prediction_paths, read_predictions, select_prediction_files
 
 
 def build_parser() -> ArgumentParser:
@@ -35,6 +37,8 @@ def main_impl(argv=None) -> int:
         paths = prediction_paths(args.predictions, "--predictions")
     else:
         paths = list(select_prediction_files(args.predictions_dir, args.models).values())
+    sources = [args.predictions_dir] if args.predictions_dir else {Path(p).parent for p in paths}
+    check_output_folder(args.output_dir, sources, "--output_dir")
     rows = [single_temperature_row(read_predictions(path), args.method) for path in paths]      # everything is validated before writing
     out = tables.upsert_single_temperatures(args.output_dir, rows)
     for row in rows:

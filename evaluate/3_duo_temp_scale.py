@@ -8,12 +8,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from utils import calibrate_temperature, tables
 from utils.calibration_runs import duo_weights_row
 from utils.cli import ArgumentParser, UserError, run_main
 from utils.evaluation import PredictionCache, find_duo_files
-from utils.prediction_io import resolve_prediction_path
+from utils.prediction_io import check_output_folder, resolve_prediction_path
 
 
 def build_parser() -> ArgumentParser:
@@ -47,6 +48,7 @@ def main_impl(argv=None) -> int:
         jobs = [(large, small) for _, large, small in found]
         if not jobs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")
+    check_output_folder(args.output_dir, {Path(p).parent for job in jobs for p in job}, "--output_dir")
     rows = [duo_weights_row(cache.get(large), cache.get(small), args.method) for large, small in jobs]
     out = tables.upsert_duo_temperatures(args.output_dir, rows)
     for row in rows:

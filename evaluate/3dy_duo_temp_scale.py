@@ -23,7 +23,7 @@ from utils import calibrate_temperature, safe_io, tables
 from utils.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
 from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, resolve_dataset,
                               single_model_metrics, write_results)
-from utils.prediction_io import align, read_features, resolve_prediction_path
+from utils.prediction_io import align, check_output_folder, read_features, resolve_prediction_path
 
 
 def build_parser() -> ArgumentParser:
@@ -55,6 +55,8 @@ def main_impl(argv=None) -> int:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")
     else:
         pairs = [(resolve_prediction_path(args.large_model_pred), resolve_prediction_path(args.small_model_pred), None)]
+    for flag in ("--output_dir", "--calibrated_dir"):
+        check_output_folder(getattr(args, flag[2:]), {Path(p).parent for pair in pairs for p in pair[:2]}, flag)
     cache, rows, names = PredictionCache(), [], []
     torch.manual_seed(args.seed)
     for large_path, small_path, duo in pairs:

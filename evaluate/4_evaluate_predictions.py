@@ -7,15 +7,18 @@ Writes `evaluation_single_model_<dataset>.csv` (test) and `evaluation_single_mod
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from utils import tables
 from utils.calibration_runs import single_temperature_row
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.evaluation import (EVAL_SPLITS, SINGLE_COLUMNS, SINGLE_UNCERTAINTY_TYPES, check_scaled_logits,
                               largest_magnitude, resolve_dataset, single_model_metrics, write_results)
-from utils.prediction_io import read_predictions, select_prediction_files
+from utils.prediction_io import check_output_folder, read_predictions, select_prediction_files
 from utils.uncertainty_metrics import WeightedLogits
 
 
@@ -40,6 +43,8 @@ def build_parser() -> ArgumentParser:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     files = select_prediction_files(args.predictions_dir, args.models)
+    for flag in ("--output_dir", "--calibrated_dir"):
+        check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
     backbones = tables.read_backbones(args.backbone_csv)
     temperature_file = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
     temperatures = tables.read_single_temperatures(temperature_file)
@@ -63,9 +68,13 @@ def main_impl(argv=None) -> int:
         for split in splits:
             data = pset.splits[split]
             check_scaled_logits([largest_magnitude(data.logits)], [1.0 / temperatures[name]], f"{temperature_file}: {name}")
-            for wrapper, logits in (("None", data.logits),
-                                    ("TempScaleWrapper", WeightedLogits([data.logits], [1.0 / temperatures[name]]))):
-                for uncertainty, metrics in single_model_metrics(logits, data.labels, args.uncertainty_types).items():
+            # T = inf (uniform beat the model on val): probabilities are uniform, predictions stay its own
+            kept = np.argmax(data.logits, axis=1) if math.isinf(temperatures[name]) else None
+            for wrapper, logits, predictions in (
+                    ("None", data.logits, None),
+                    ("TempScaleWrapper", WeightedLogits([data.logits], [1.0 / temperatures[name]]), kept)):
+                for uncertainty, metrics in single_model_metrics(logits, data.labels, args.uncertainty_types,
+                                                                 predictions).items():
                     rows.append({**metrics, **descriptive, "wrapper": wrapper, "uncertainty_type": uncertainty,
                                  "split": split})
         print(f"{name}: evaluated {', '.join(splits)}")

@@ -8,6 +8,7 @@ Writes `evaluation_duo_<dataset>.csv` (test) and `evaluation_duo_<dataset>_ood.c
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from utils.calibration_runs import duo_weights_row, single_temperature_row
 from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main, warn
 from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, check_scaled_logits, find_duo_files,
                               largest_magnitude, metrics_by_uncertainty, resolve_dataset, write_results)
-from utils.prediction_io import align
+from utils.prediction_io import align, check_output_folder
 from utils.uncertainty_metrics import UNCERTAINTY_TYPES
 
 _NEEDS_SINGLE = {"unweighted_ts"}
@@ -70,6 +71,8 @@ def main_impl(argv=None) -> int:
     singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
     weights = tables.read_duo_weights(Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
     jobs, skipped = find_duo_files(duos, args.predictions_dir, args.strict)
+    for flag in ("--output_dir", "--calibrated_dir"):
+        check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
     check_temperatures(jobs, args.modes, singles, weights, args)
 
     cache = PredictionCache()
@@ -87,6 +90,9 @@ def main_impl(argv=None) -> int:
             weights[pair] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
         temps = DuoTemperatures(singles.get(large.model, 1.0), singles.get(small.model, 1.0),
                                 *weights.get(pair, (0.5, 0.5)))
+        if "unweighted_ts" in args.modes and math.isinf(temps.single_large) and math.isinf(temps.single_small):
+            raise UserError(f"{large.model} + {small.model}: both single-model temperatures are inf (uniform beats each "
+                            f"model on val), so unweighted_ts predicts nothing; leave it out of --modes")
         large.split("test", "to evaluate the duo")
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,

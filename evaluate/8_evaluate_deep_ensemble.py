@@ -31,8 +31,8 @@ from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_
 from utils.evaluation import (ENSEMBLE_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
                               single_model_metrics, write_results)
 from utils.model_names import NameMap, check_plain_name, unique_by_case
-from utils.prediction_io import (align, find_prediction_file, prediction_paths, read_official_ensemble,
-                                 read_predictions)
+from utils.prediction_io import (align, check_output_folder, find_prediction_file, prediction_paths,
+                                 read_official_ensemble, read_predictions)
 from utils.uncertainty_metrics import METRIC_COLUMNS, WeightedLogits
 
 
@@ -108,8 +108,6 @@ def official_ensembles(args) -> list[dict]:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.subsets < 1:
-        raise UserError("--subsets must be at least 1")
     if not args.members:
         dataset = check_plain_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
         rows = official_ensembles(args)
@@ -118,6 +116,7 @@ def main_impl(argv=None) -> int:
         print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
         return 0
     paths = prediction_paths([resolve_member(entry, args.predictions_dir) for entry in args.members], "--members")
+    check_output_folder(args.output_dir, {Path(p).parent for p in paths}, "--output_dir")
     members = [read_predictions(path) for path in paths]
     unique_by_case([m.model for m in members], "--members")
     bad_sizes = [m for m in args.sizes if not 1 <= m <= len(members)]
@@ -147,9 +146,13 @@ def main_impl(argv=None) -> int:
             for split in EVAL_SPLITS:
                 if split not in splits:
                     continue
-                pooled = WeightedLogits([splits[split][i].logits for i in subset], [1.0 / (size * temperature)] * size)
+                members_logits = [splits[split][i].logits for i in subset]
+                pooled = WeightedLogits(members_logits, [1.0 / (size * temperature)] * size)
+                # T = inf: uniform probabilities, the pooled logits' own predictions
+                kept = (WeightedLogits(members_logits, [1.0] * size).materialise().argmax(1).numpy()
+                        if math.isinf(temperature) else None)
                 for uncertainty, metrics in single_model_metrics(pooled, splits[split][0].labels,
-                                                                 args.uncertainty_types).items():
+                                                                 args.uncertainty_types, kept).items():
                     rows.append({**metrics, "model": name, "m": size, "subset": str(number), "members": label,
                                  "uncertainty_type": uncertainty, "split": split})
         print(f"m={size}: {len(subsets)} subset(s) evaluated")

@@ -23,7 +23,7 @@ from load_models import model_loader
 from train import tuning
 from utils import safe_io, tables
 from utils.cli import ArgumentParser, UserError, run_main
-from utils.config import REPO_ROOT, Field, check_mapping, load_yaml
+from utils.config import REPO_ROOT, Field, check_mapping, load_yaml, resolve_config_path
 from utils.model_names import check_plain_name, existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
@@ -64,6 +64,17 @@ def load_pipeline(path: str) -> tuple[dict, Path]:
     for name in [config["large"], *config.get("sidekicks", []), (config.get("ivon") or {}).get("model", "x"),
                  (config.get("laplace") or {}).get("model", "x")]:
         check_plain_name(name, f"{path}: model name")
+    trained = [config["large"], *config.get("sidekicks", [])]
+    repeated = sorted({n for n in trained if [m.casefold() for m in trained].count(n.casefold()) > 1})
+    if repeated:         # two array tasks would train into the same files at once
+        raise UserError(f"{path}: {repeated} listed twice among 'large' and 'sidekicks'")
+    members = 1 + config.get("ensemble_seeds", 0)
+    too_large = [m for m in (config.get("deep_ensemble") or {}).get("sizes", [2]) if m > members]
+    if "deep_ensemble" in config.get("stages", STAGES) and config.get("ensemble_seeds") and too_large:
+        raise UserError(f"{path}: 'deep_ensemble.sizes' {too_large} exceed the {members} members (large + "
+                        f"ensemble_seeds)")
+    if config.get("duos_csv"):
+        config["duos_csv"] = str(resolve_config_path(config["duos_csv"], f"{path}: duos_csv"))
     return config, path
 
 
@@ -199,7 +210,7 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
         elif stage == "deep_ensemble" and plan.seed_names:
             cfg = plan.config.get("deep_ensemble") or {}
             members = [plan.large] + plan.seed_names
-            sizes = [m for m in cfg.get("sizes", [2]) if m <= len(members)]
+            sizes = cfg.get("sizes", [2])
             out.append((stage, script, ["--members", *members, "--predictions_dir", plan.predictions, "--sizes", *sizes,
                                         "--subsets", cfg.get("subsets", 32), "--name", plan.large,
                                         "--output_dir", plan.results], None))

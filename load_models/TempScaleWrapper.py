@@ -31,8 +31,14 @@ class TempScaleWrapper(nn.Module):
 
     @torch.no_grad()
     def predict_with_uncertainty(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits, probabilities, predictions and the single-model uncertainty measures."""
-        return single_model_outputs(self(x))
+        """Logits, probabilities, predictions and the single-model uncertainty measures; predictions are
+        the model's own (a temperature never changes them, and at T = inf the scaled logits are all 0)."""
+        if self.model is None:
+            raise RuntimeError("TempScaleWrapper has no model; call scale(logits) on precomputed logits")
+        raw = self.model(x)
+        outputs = single_model_outputs(self.scale(raw))
+        outputs["preds"] = raw.detach().float().cpu().argmax(dim=1)
+        return outputs
 
 
 def single_model_outputs(logits: torch.Tensor) -> dict[str, torch.Tensor]:

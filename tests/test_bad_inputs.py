@@ -299,6 +299,22 @@ def _(ws):
     return ws.fit(path), "unknown split 'ood'"
 
 
+@case("prediction file", "val split predicted perfectly")
+def _(ws):
+    def edit(pset):
+        pset.splits["val"].labels = np.argmax(pset.splits["val"].logits, axis=1)
+    return ws.fit(ws.variant("separable", edit)), "the validation NLL keeps falling as T -> 0"
+
+
+@case("prediction file", "duo that predicts val perfectly")
+def _(ws):
+    def edit(pset):
+        pset.splits["val"].labels = np.argmax(make_duo_logits(num_classes=6, seed=3)["large"].splits["val"].logits, 1)
+    small = ws.variant("separable_duo", edit)
+    large = ws.variant("separable_duo_large", edit, model="large")
+    return ws.pair(small, large), "a weight grows"
+
+
 @case("prediction file", "different class counts")
 def _(ws):
     return ws.pair(ws.variant("k", lambda p: [setattr(s, "logits", np.hstack([s.logits, s.logits[:, :1]]))
@@ -320,12 +336,6 @@ def _(ws):
 @case("prediction file", "features file given as a prediction file")
 def _(ws):
     return ws.fit(ws.text("large.features.npz", b"x")), "only features files given"
-
-
-@case("prediction file", "logits worse than chance")
-def _(ws):
-    return ws.fit(ws.variant("anti", lambda p: [setattr(s, "logits", -s.logits) for s in p.splits.values()])), \
-        "lowest at T = inf"
 
 
 # ----------------------------------------------------------------------------- tables (CSV)
@@ -374,13 +384,7 @@ def _(ws):
 
 @case("table", "non-positive temperature")
 def _(ws):
-    return ws.evaluate(None, ws.cal_dir("c0", "full_name,temperature\nlarge,-1\nsmall,1\n")), "must be finite and > 0"
-
-
-@case("table", "infinite single temperature")
-def _(ws):
-    return ws.evaluate(None, ws.cal_dir("cinf", "full_name,temperature\nlarge,inf\nsmall,1\n")), \
-        "must be finite and > 0, got inf for large"
+    return ws.evaluate(None, ws.cal_dir("c0", "full_name,temperature\nlarge,-1\nsmall,1\n")), "temperature must be > 0, got -1 for large"
 
 
 @case("table", "tiny temperature overflows the logits")
@@ -436,6 +440,31 @@ def _(ws):
     return ws.duo(None, ws.cal_dir("cduodup", "full_name,temperature\nlarge,1\nsmall,1\n",
                                    "model_large,model_small,temperature_large,temperature_small\n"
                                    "large,small,1,2\nLARGE,Small,1.5,2\n")), "two rows for duo"
+
+
+@case("table", "both duo weights zero")
+def _(ws):
+    return ws.duo(None, ws.cal_dir("czero2", "full_name,temperature\nlarge,1\nsmall,1\n",
+                                   "model_large,model_small,temperature_large,temperature_small\n"
+                                   "large,small,inf,1e400\n")), "both duo weights of large + small are 0"
+
+
+@case("table", "unweighted_ts with both single temperatures inf")
+def _(ws):
+    return ws.duo(None, ws.cal_dir("cinf2", "full_name,temperature\nlarge,inf\nsmall,inf\n"), None, "--modes",
+                  "unweighted_ts"), "both single-model temperatures are inf"
+
+
+@case("table", "zero gflops")
+def _(ws):
+    return ws.duo(ws.text("gf0.csv", "model_large,model_small,gflops_large,gflops_small\nlarge,small,0,-1\n")), \
+        "gflops_large must be a finite number > 0"
+
+
+@case("table", "infinite gflops balance")
+def _(ws):
+    return ws.duo(ws.text("gfinf.csv", "model_large,model_small,gflops_balance\nlarge,small,inf\n")), \
+        "gflops_balance must be a finite number > 0"
 
 
 @case("table", "missing duo weights")
@@ -597,6 +626,33 @@ def _(ws):
     return ws.pipeline(GOOD_PIPELINE.replace("[temp_scale]", "[temp_scale, calibrate]")), "'stages' must be one of"
 
 
+@case("config", "dataset YAML key given twice")
+def _(ws):
+    return ws.hp("--config", ws.text("twice.yaml", "training:\n  batch_size: 8\n  batch_size: 16\n")), \
+        "['batch_size'] given twice"
+
+
+@case("config", "pipeline key given twice")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE + "large: resnet10t\n"), "['large'] given twice"
+
+
+@case("config", "pipeline sidekick listed twice")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE.replace("[resnet10t]", "[resnet10t, ResNet10t]")), "listed twice"
+
+
+@case("config", "pipeline ensemble sizes beyond its members")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE.replace("[temp_scale]", "[temp_scale, deep_ensemble]")
+                       + "ensemble_seeds: 1\ndeep_ensemble: {sizes: [2, 5]}\n"), "'deep_ensemble.sizes' [5] exceed"
+
+
+@case("config", "pipeline duos CSV missing")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE + "duos_csv: no_such_duos.csv\n"), "duos_csv: no_such_duos.csv not found"
+
+
 @case("config", "pipeline missing large")
 def _(ws):
     return ws.pipeline("dataset: mnist5k\n"), "missing key 'large'"
@@ -637,6 +693,17 @@ def _(ws):
 @case("flag", "a duo of one file with itself")
 def _(ws):
     return ws.pair(ws.large), "the same model"
+
+
+@case("flag", "two files of one model")
+def _(ws):
+    csv = ws.variant("both", suffix=".csv")
+    return [S2, "--predictions", ws.small, csv, "--output_dir", ws.cal], "are both model 'small'"
+
+
+@case("flag", "one file given twice")
+def _(ws):
+    return [S2, "--predictions", ws.small, ws.preds / "small.npz", "--output_dir", ws.cal], "given twice"
 
 
 @case("flag", "unknown flag")
@@ -790,6 +857,21 @@ def _(ws):
             ws.cal], "results_file"
 
 
+@case("file system", "output folder is the predictions folder")
+def _(ws):
+    return [S2, "--predictions_dir", ws.preds, "--output_dir", ws.preds], "is the predictions folder"
+
+
+@case("file system", "calibrated folder is the predictions folder")
+def _(ws):
+    return ws.duo(None, ws.preds), "--calibrated_dir"
+
+
+@case("file system", "results folder is a member's folder")
+def _(ws):
+    return [S8, "--members", ws.large, ws.small, "--output_dir", ws.preds], "is the predictions folder"
+
+
 @case("file system", "lock file is a folder")
 def _(ws):
     (ws.cal / ".temperature_single_model.csv.lock").unlink()
@@ -832,6 +914,19 @@ def _(ws):
 @case("path safety", "meta.dataset not a name")
 def _(ws):
     return ws.fit(ws.npz("metanum", meta=np.array(json.dumps({"dataset": ["a", "b"]})))), "meta.dataset must be a name"
+
+
+@case("path safety", "meta.dataset with a newline")
+def _(ws):
+    sets = make_duo_logits(num_classes=6, seed=3)
+    folder = ws.bad / "newline"
+    for pset in sets.values():
+        path = write_set(pset, folder)
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "dataset": "syn\nthetic"}))
+        np.savez(path, **arrays)
+    return ws.evaluate(folder, None, "--fit_missing"), "no control characters"
 
 
 @case("path safety", "--dataset with a separator")

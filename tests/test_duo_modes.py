@@ -129,3 +129,12 @@ def test_shallow_ensemble_mutual_information():
     out = model.predict_with_uncertainty(torch.randn(7, 3))
     assert out["probs"].shape == (7, 5) and torch.allclose(out["probs"].sum(1), torch.ones(7))
     assert torch.allclose(torch.softmax(model(torch.randn(7, 3)), 1).sum(1), torch.ones(7))
+
+
+def test_temp_scale_wrapper_at_infinite_temperature_keeps_the_models_predictions():
+    torch.manual_seed(3)
+    model = torch.nn.Linear(5, 4)
+    x = torch.randn(50, 5)
+    out = TempScaleWrapper(model, temperature=float("inf")).predict_with_uncertainty(x)
+    assert out["preds"].tolist() == model(x).argmax(1).tolist()
+    assert torch.allclose(out["probs"], torch.full((50, 4), 0.25))

@@ -252,3 +252,28 @@ def test_names_from_files_never_become_paths_unchecked(tmp_path, stage):
                          "--calibrated_dir", tmp_path / "cal")
     assert code == 2 and "not a plain name" in err
     assert not (tmp_path / "escape").exists() and not (tmp_path / "res").exists() and not (tmp_path / "cal").exists()
+
+
+def test_names_that_look_like_numbers_or_missing_values_stay_names(tmp_path, stage):
+    """`050`, `NA` and `null` are model names: every table reads them back as written, and a duos CSV row
+    `18,050` finds 050.npz, never 50.npz."""
+    sets = make_duo_logits(num_classes=5, models=("18", "050", "NA", "50"), quality=(2.5, 1.5, 1.2, 2.0),
+                           scale=(2.0, 1.0, 1.0, 1.5))
+    for pset in sets.values():
+        write_set(pset, tmp_path / "p")
+    cal, out = tmp_path / "cal", tmp_path / "res"
+    assert stage(S2, "--predictions_dir", tmp_path / "p", "--output_dir", cal)[0] == 0
+    (tmp_path / "duos.csv").write_text("model_large,model_small\n18,050\n18,NA\n")
+    for script, args in ((S3, ["--config", tmp_path / "duos.csv", "--predictions_dir", tmp_path / "p", "--output_dir", cal]),
+                         (S4, ["--predictions_dir", tmp_path / "p", "--output_dir", out, "--calibrated_dir", cal]),
+                         (S5, ["--config", tmp_path / "duos.csv", "--predictions_dir", tmp_path / "p", "--output_dir", out,
+                               "--calibrated_dir", cal])):
+        code, _, err = stage(script, *args)
+        assert code == 0, err
+    duo = pd.read_csv(cal / "temperature_duo.csv", dtype=str, keep_default_na=False)
+    assert sorted(zip(duo.model_large, duo.model_small)) == [("18", "050"), ("18", "NA")]
+    expected = tables.read_duo_weights(cal / "temperature_duo.csv")[("18", "050")]
+    from utils.calibration_runs import duo_weights_row
+    refit = duo_weights_row(read_predictions(tmp_path / "p" / "18.npz"), read_predictions(tmp_path / "p" / "050.npz"))
+    assert expected == pytest.approx((refit["weight_large"], refit["weight_small"]))
+    assert set(tables.read_single_temperatures(cal / "temperature_single_model.csv")) == {"18", "050", "NA", "50"}

@@ -104,3 +104,13 @@ def test_zero_padded_text_ids_keep_their_spelling(tmp_path, sets, stage):
     code, _, err = stage("evaluate/3_duo_temp_scale.py", "--large_model_pred", csv, "--small_model_pred",
                          tmp_path / "small.npz", "--output_dir", tmp_path / "cal")
     assert code == 0, err
+
+
+def test_extended_precision_logits_are_read_as_float64(tmp_path, sets):
+    path = write_set(sets["large"], tmp_path)
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays["logits_val"] = arrays["logits_val"].astype(np.longdouble)
+    np.savez(path, **arrays)
+    back = read_predictions(path).splits["val"].logits
+    assert back.dtype == np.float64 and np.array_equal(back, sets["large"].splits["val"].logits.astype(np.float64))

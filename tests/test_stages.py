@@ -211,3 +211,24 @@ def test_deep_ensemble_pool_then_calibrate(tmp_path, stage):
     assert stage(S8, *args)[0] == 0
     again = pd.read_csv(tmp_path / "out" / "evaluation_deep_ensemble_synthetic.csv")
     pd.testing.assert_frame_equal(frame, again)
+
+
+def test_a_model_worse_than_uniform_keeps_its_predictions_when_temperature_scaled(tmp_path, stage):
+    """Val NLL lowest at T = inf: stage 2 warns and records inf; stage 4's temperature-scaled rows are
+    uniform probabilities (NLL = log K) with the model's own predictions (the raw accuracy)."""
+    pset = make_duo_logits(num_classes=6)["large"]
+    for split in pset.splits.values():
+        split.logits = -split.logits            # confidently wrong everywhere
+    path = write_set(pset, tmp_path / "p")
+    code, _, err = stage(S2, "--predictions", path, "--output_dir", tmp_path / "cal")
+    assert code == 0 and "lowest at T = inf" in err
+    assert pd.read_csv(tmp_path / "cal" / "temperature_single_model.csv").temperature.item() == np.inf
+    code, _, err = stage(S4, "--predictions_dir", tmp_path / "p", "--output_dir", tmp_path / "res", "--calibrated_dir",
+                         tmp_path / "cal")
+    assert code == 0, err
+    rows = pd.read_csv(tmp_path / "res" / "evaluation_single_model_synthetic.csv", keep_default_na=False)
+    rows = rows[rows.uncertainty_type == "softmax_response"].set_index("wrapper")
+    test = pset.splits["test"]
+    assert rows.loc["TempScaleWrapper", "Acc"] == rows.loc["None", "Acc"] == pytest.approx(
+        np.mean(test.logits.argmax(1) == test.labels))
+    assert rows.loc["TempScaleWrapper", "NLL"] == pytest.approx(np.log(6))

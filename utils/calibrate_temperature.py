@@ -34,6 +34,7 @@ class TemperatureFit:
     converged: bool
     iterations: int
     method: str
+    unbounded: bool = False    # the NLL kept falling to the bound T = 1/MAX_WEIGHT: val is separated perfectly
 
 
 @dataclass
@@ -44,6 +45,7 @@ class DuoFit:
     converged: bool
     iterations: int
     method: str
+    unbounded: bool = False    # a weight reached MAX_WEIGHT: val is separated perfectly, the optimum is at infinity
 
     @property
     def temperature_large(self) -> float:
@@ -125,8 +127,10 @@ def _power_of_two_scale(member: torch.Tensor) -> float:
     return 2.0 ** math.floor(math.log2(largest))
 
 
-def minimise_nll(members, labels, initial_weights, max_weight: float = MAX_WEIGHT) -> tuple[np.ndarray, float, bool, int]:
-    """Projected Newton for min NLL(w) over 0 <= w <= max_weight. Returns (w, nll, converged, iterations).
+def minimise_nll(members, labels, initial_weights,
+                 max_weight: float = MAX_WEIGHT) -> tuple[np.ndarray, float, bool, int, bool]:
+    """Projected Newton for min NLL(w) over 0 <= w <= max_weight. Returns (w, nll, converged, iterations,
+    at the upper bound).
 
     NLL(w; X) = NLL(w * s; X / s), so members of extreme magnitude (e.g. 1e200 or 1e-30) are solved
     as X / s with s a power of two, the bound applying to w * s, and mapped back: the temperature of
@@ -135,7 +139,7 @@ def minimise_nll(members, labels, initial_weights, max_weight: float = MAX_WEIGH
     scales = np.array([_power_of_two_scale(t) for t in tensors])
     tensors = [t if s == 1.0 else t.to(torch.float64) / s for t, s in zip(tensors, scales)]
     w, f, converged, iterations = _projected_newton(tensors, labels, np.asarray(initial_weights) * scales, max_weight)
-    return w / scales, f, converged, iterations
+    return w / scales, f, converged, iterations, bool(np.any(w >= max_weight))
 
 
 def _projected_newton(tensors, labels, initial_weights, max_weight: float) -> tuple[np.ndarray, float, bool, int]:
@@ -183,8 +187,9 @@ def fit_temperature(logits, labels, method: str = "exact") -> TemperatureFit:
         temperature = _official_single(logits, labels)
         return TemperatureFit(temperature, nll_before, nll_at([logits], labels, [1.0 / temperature]),
                               True, 1, method)
-    w, f, converged, iterations = minimise_nll([logits], labels, [1.0])
-    return TemperatureFit(math.inf if w[0] <= 0 else 1.0 / w[0], nll_before, f, converged, iterations, method)
+    w, f, converged, iterations, unbounded = minimise_nll([logits], labels, [1.0])
+    return TemperatureFit(math.inf if w[0] <= 0 else 1.0 / w[0], nll_before, f, converged, iterations, method,
+                          unbounded)
 
 
 def fit_duo_weights(logits_large, logits_small, labels, method: str = "exact") -> DuoFit:
@@ -195,8 +200,8 @@ def fit_duo_weights(logits_large, logits_small, labels, method: str = "exact") -
         t_large, t_small = _official_duo(logits_large, logits_small, labels)
         w = np.array([temperature_to_weight(t_large), temperature_to_weight(t_small)])
         return DuoFit(w[0], w[1], nll_at([logits_large, logits_small], labels, w), True, 1, method)
-    w, f, converged, iterations = minimise_nll([logits_large, logits_small], labels, [0.5, 0.5])
-    return DuoFit(float(w[0]), float(w[1]), f, converged, iterations, method)
+    w, f, converged, iterations, unbounded = minimise_nll([logits_large, logits_small], labels, [0.5, 0.5])
+    return DuoFit(float(w[0]), float(w[1]), f, converged, iterations, method, unbounded)
 
 
 def _check_method(method: str) -> None:

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from utils import calibrate_temperature, tables, uncertainty_metrics as um
 from utils.cli import UserError, warn
 from utils.prediction_io import PredictionSet, align
+
+
+_SEPARATED = ("{source}: the validation NLL keeps falling as {bound}: {who} every 'val' sample correctly "
+              "(a val split that is tiny, or labelled by the model's own predictions?), so {what} has no optimum; "
+              "fit on a val split that is not predicted perfectly")
+
+
+def _constant_rows(logits) -> bool:
+    return bool(np.all(np.max(logits, axis=1) == np.min(logits, axis=1)))
 
 
 def single_temperature_row(pset: PredictionSet, method: str = "exact") -> dict:
@@ -16,10 +27,16 @@ def single_temperature_row(pset: PredictionSet, method: str = "exact") -> dict:
     if not (math.isfinite(fit.nll_after) and fit.temperature > 0):
         raise UserError(f"{pset.source}: the temperature fit gave T={fit.temperature}, val NLL {fit.nll_after}; "
                         f"check the logits of split 'val'")
+    if fit.unbounded:
+        raise UserError(_SEPARATED.format(source=pset.source, bound="T -> 0", who="the model predicts",
+                                          what="its temperature"))
     if math.isinf(fit.temperature):
-        raise UserError(f"{pset.source}: the validation NLL is lowest at T = inf (uniform probabilities): the logits "
-                        f"rank the true class worse than chance, so they do not match the labels; check which "
-                        f"column is which class")
+        warn(f"{pset.model}: the validation NLL is lowest at T = inf: uniform probabilities beat this model's "
+             f"(its logits rank the true class worse than chance on val; check which column is which class). Its "
+             f"temperature-scaled rows give uniform probabilities and keep its own predictions")
+    elif _constant_rows(val.logits):
+        warn(f"{pset.model}: every logit row of split 'val' is constant, so no temperature changes anything; "
+             f"recorded T = {fit.temperature:g}")
     if not fit.converged:
         warn(f"{pset.model}: the temperature fit did not converge; check the logits in {pset.source}")
     scaled = um.WeightedLogits([val.logits], [1.0 / fit.temperature])
@@ -38,6 +55,9 @@ def duo_weights_row(large: PredictionSet, small: PredictionSet, method: str = "e
     if not (math.isfinite(fit.nll) and math.isfinite(fit.weight_large) and math.isfinite(fit.weight_small)):
         raise UserError(f"{large.source} + {small.source}: the duo fit gave weights ({fit.weight_large}, "
                         f"{fit.weight_small}), val NLL {fit.nll}; check the logits of split 'val'")
+    if fit.unbounded:
+        raise UserError(_SEPARATED.format(source=f"{large.source} + {small.source}", bound="a weight grows",
+                                          who="the duo's combined logits predict", what="the duo weights"))
     if fit.weight_large == 0 and fit.weight_small == 0:
         raise UserError(f"{large.source} + {small.source}: the validation NLL is lowest with both weights 0 (uniform "
                         f"probabilities): neither model's logits match the labels; check which column is which class")

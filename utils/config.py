@@ -109,12 +109,27 @@ def check_mapping(raw, schema: dict, path: Path, prefix: str = "") -> dict:
     return checked
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+
+def _mapping_without_repeats(loader: _StrictLoader, node: yaml.MappingNode) -> dict:
+    keys = [loader.construct_object(key_node, deep=True) for key_node, _ in node.value]
+    repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise yaml.constructor.ConstructorError(None, None, f"key(s) {repeated} given twice", node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_repeats)
+
+
 def load_yaml(path: str | Path, what: str, flag: str = "--config"):
     """The parsed YAML file at `path` (resolved as `resolve_config_path` does); a missing, unreadable
     or malformed file is a one-line error."""
     path = safe_io.readable(resolve_config_path(path, flag), what)
     try:
-        return yaml.safe_load(path.read_text()), path
+        return yaml.load(path.read_text(), Loader=_StrictLoader), path
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: invalid YAML ({' '.join(str(exc).split())[:200]})") from None
 

@@ -52,9 +52,10 @@ def metrics_by_uncertainty(logits, labels: np.ndarray, predictions: np.ndarray, 
     return out
 
 
-def single_model_metrics(logits, labels: np.ndarray,
-                         uncertainty_types: Iterable[str] = SINGLE_UNCERTAINTY_TYPES) -> dict[str, dict[str, float]]:
-    """Metrics of one model's (possibly temperature-scaled) logits with argmax predictions."""
+def single_model_metrics(logits, labels: np.ndarray, uncertainty_types: Iterable[str] = SINGLE_UNCERTAINTY_TYPES,
+                         predictions: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Metrics of one model's (possibly temperature-scaled) logits with argmax predictions, or the
+    given `predictions` (a temperature never changes them; at T = inf they are the raw logits' argmax)."""
     uncertainty_types = list(uncertainty_types)
     stats = um.softmax_stats(logits, with_entropy="entropy" in uncertainty_types)
     measures = {"softmax_response": lambda: um.softmax_response(logits, stats), "entropy": lambda: um.entropy(stats)}
@@ -62,7 +63,8 @@ def single_model_metrics(logits, labels: np.ndarray,
     if unknown:
         raise UserError(f"--uncertainty_types: {unknown} not available for single models; choose from {list(measures)}")
     uncertainties = {name: measures[name]() for name in uncertainty_types}
-    return metrics_by_uncertainty(logits, labels, stats.argmax, uncertainties, stats)
+    return metrics_by_uncertainty(logits, labels, stats.argmax if predictions is None else predictions,
+                                  uncertainties, stats)
 
 
 def results_path(output_dir: str | Path, kind: str, dataset: str, split: str) -> Path:

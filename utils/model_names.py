@@ -29,9 +29,10 @@ def fold(name) -> str:
 def check_plain_name(name: str, what: str) -> str:
     """`name` unchanged if it can safely be a file name: no separators, no '..', not empty."""
     text = str(name)
-    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0") or text != text.strip():
-        raise UserError(f"{what}: {text!r} is not a plain name (no path separators, no '..', no leading or trailing "
-                        f"spaces); it becomes part of a file name")
+    if (not text.strip() or text in (".", "..") or any(c in text for c in "/\\") or text != text.strip()
+            or any(ord(c) < 32 or ord(c) == 127 for c in text)):
+        raise UserError(f"{what}: {text!r} is not a plain name (no path separators, no '..', no control characters, "
+                        f"no leading or trailing spaces); it becomes part of a file name")
     return text
 
 

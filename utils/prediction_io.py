@@ -106,6 +106,8 @@ def _validate_split(split: Split, source: str, name: str) -> Split:
         raise UserError(f"{source}: split '{name}' has {logits.shape[1]} logit column(s); a classifier needs 2 or more")
     if logits.dtype.kind != "f":
         logits = logits.astype(np.float32)
+    elif logits.dtype.itemsize > 8:          # float128 and the like: torch reads float16/32/64 only
+        logits = logits.astype(np.float64)
     bad_rows = int((~np.isfinite(logits)).any(axis=1).sum())
     if bad_rows:
         raise UserError(f"{source}: split '{name}' has NaN or inf logits in {bad_rows} of {len(logits)} rows")
@@ -404,7 +406,27 @@ def prediction_paths(entries: list[str], flag: str) -> list[Path]:
     if not paths:
         raise UserError(f"{flag}: only features files given ({len(features)}, e.g. {features[0]}); give the "
                         f"prediction files")
-    return [resolve_prediction_path(p) for p in paths]
+    resolved = [resolve_prediction_path(p) for p in paths]
+    seen = NameMap()
+    for path in resolved:                 # two files of one model would fit one row twice, the last one winning
+        name = _model_name_of(Path(path))
+        if name in seen and Path(seen[name]).resolve() == Path(path).resolve():
+            raise UserError(f"{flag}: {path} given twice")
+        if name in seen:
+            raise UserError(f"{flag}: {seen[name]} and {path} are both model '{name}' (a model is its file's name, in "
+                            f"any case); give one of them")
+        seen[name] = path
+    return resolved
+
+
+def check_output_folder(folder: str | Path, prediction_folders, flag: str) -> None:
+    """An output folder must not be a predictions folder: the tables written there would be listed as
+    prediction files by every later stage."""
+    target = Path(folder).resolve()
+    for source in prediction_folders:
+        if target == normalise_predictions_dir(source).resolve():
+            raise UserError(f"{flag}: {folder} is the predictions folder; the CSVs written there would be read as "
+                            f"prediction files, so choose another folder")
 
 
 # ----------------------------------------------------------------------------- writing

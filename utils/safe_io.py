@@ -222,12 +222,12 @@ class LockedTable:
 
     def _keys(self, frame: pd.DataFrame) -> list[tuple]:
         # model names are one identity in any case (contract §2): `resnet18` and `ResNet18` are one row
-        return [tuple(str(v).casefold() for v in key)
+        return [tuple(str(v).strip().casefold() for v in key)
                 for key in frame[self.key_columns].astype(str).itertuples(index=False, name=None)]
 
     def get(self, **key) -> dict | None:
         """The stored row whose key columns equal `key` (ignoring case), or None."""
-        wanted = tuple(str(key[k]).casefold() for k in self.key_columns)
+        wanted = tuple(str(key[k]).strip().casefold() for k in self.key_columns)
         for position, existing in enumerate(self._keys(self.frame)):
             if existing == wanted:
                 return self.frame.iloc[position].to_dict()

@@ -26,8 +26,17 @@ DUO_COLUMNS = ["model_large", "model_small", "source_large", "source_small",
                "gflops_large", "gflops_small", "gflops_balance"]
 
 
+_NAME_COLUMNS = ("model_large", "model_small", "full_name", "model_name", "source_large", "source_small", "source",
+                 "tv_weights")
+
+
 def _read_table(path: Path, what: str) -> pd.DataFrame:
-    return safe_io.read_table(path, what, skipinitialspace=True)
+    """A table whose names stay text as written (`050` is not 50, `NA` is a name); only empty cells are missing."""
+    frame = safe_io.read_table(path, what, skipinitialspace=True, keep_default_na=False, na_values=[""],
+                               dtype={column: str for column in _NAME_COLUMNS})
+    for column in set(_NAME_COLUMNS) & set(frame.columns):
+        frame[column] = frame[column].str.strip().replace("", np.nan)
+    return frame
 
 
 def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
@@ -72,6 +81,13 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
         frame["gflops_balance"] = _numeric_column(frame, "gflops_balance", path)
     else:
         frame["gflops_balance"] = np.nan
+    for column in ("gflops_large", "gflops_small", "gflops_balance"):      # empty = unknown; else a real cost
+        values = frame[column]
+        bad = values.notna() & ~((values > 0) & np.isfinite(values))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{path}: {column} must be a finite number > 0 (or empty when unknown), got "
+                            f"{float(values.iloc[row]):g} at data row {row + 1}")
     frame["gflops_balance"] = frame["gflops_balance"].fillna(frame["gflops_small"] / frame["gflops_large"])
     folded = frame[["model_large", "model_small"]].apply(lambda column: column.str.casefold())
     same = np.flatnonzero((folded["model_large"] == folded["model_small"]).to_numpy())
@@ -149,7 +165,7 @@ def read_single_temperatures(path: str | Path) -> NameMap:
             raise UserError(f"{path}: temperature CSV lacks column '{column}'")
     _check_names(path, frame, ["full_name"])
     temperatures = _numeric_column(frame, "temperature", path)
-    _check_positive(path, frame["full_name"], temperatures, "temperature", allow_inf=False)
+    _check_positive(path, frame["full_name"], temperatures, "temperature")
     names = frame["full_name"].astype(str).tolist()
     _check_unique(path, names, "model")
     return NameMap(zip(names, temperatures.astype(float)))
@@ -186,6 +202,10 @@ def read_duo_weights(path: str | Path) -> NameMap:
                                 f"with evaluate/3_duo_temp_scale.py")
         else:
             pair = (temperature_to_weight(float(t_large.iloc[i])), temperature_to_weight(float(t_small.iloc[i])))
+        if pair == (0.0, 0.0):
+            raise UserError(f"{path}: both duo weights of {large} + {small} are 0 (both temperatures inf): the duo "
+                            f"would give uniform probabilities and predict nothing; refit with "
+                            f"evaluate/3_duo_temp_scale.py")
         weights[(large, small)] = pair
     return weights
 
@@ -196,14 +216,12 @@ def _check_names(path: Path, frame: pd.DataFrame, columns: list[str]) -> None:
         raise UserError(f"{path}: data row {int(missing.argmax()) + 1} has no model name in {', '.join(columns)}")
 
 
-def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str, allow_inf: bool = True) -> None:
-    """Temperatures are > 0 (NaN, zero and negatives refused); a duo member's may be inf (weight 0), a
-    single model's may not (its predictions would all become one class)."""
-    bad = ~(values > 0) if allow_inf else ~((values > 0) & np.isfinite(values))
+def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str) -> None:
+    """Temperatures are > 0 (NaN, zero and negatives refused); inf is allowed: weight 0."""
+    bad = ~(values > 0)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        bound = "> 0" if allow_inf else "finite and > 0"
-        raise UserError(f"{path}: {column} must be {bound}, got {float(values.iloc[i]):g} for {names.iloc[i]}; "
+        raise UserError(f"{path}: {column} must be > 0, got {float(values.iloc[i]):g} for {names.iloc[i]}; "
                         f"refit it with the temperature stage")
 
 
