@@ -204,8 +204,7 @@ def main_impl(argv=None) -> int:
     import ray
     from ray import tune
     if not ray.is_initialized():
-        ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=True,
-                 **({} if args.ray_address else {"num_cpus": tuning.cpu_count()}))
+        tuning.connect(args.ray_address, tuning.cpu_count())
     resources = tuning.default_resources(args.cpus_per_trial, args.gpus_per_trial)
     setup["threads"] = resources["cpu"]
     name = setup["save_name"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,3 +221,63 @@ def default_resources(cpus: int | None, gpus: float | None) -> dict:
 
 def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ----------------------------------------------------------------------------- joining a cluster
+
+_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
+
+
+def auth_token_source() -> str | None:
+    """Where this process would read a Ray auth token from, or None (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    then Ray's default file ~/.ray/auth_token)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    custom = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if custom:
+        return custom if Path(custom).is_file() else None
+    return str(_TOKEN_FILE) if _TOKEN_FILE.is_file() else None
+
+
+def _gcs_address(address: str) -> str | None:
+    """host:port of an explicit address (`auto` resolved from RAY_ADDRESS), else None."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    address = address.removeprefix("ray://") if address.startswith("ray://") else address
+    return address if ":" in address else None
+
+
+def connect(address: str | None, num_cpus: int) -> None:
+    """Start a local Ray instance, or join the cluster at `address` (host:port or `auto`).
+
+    Since Ray 2.59 a head started with `ray start` uses token authentication whenever a token exists,
+    but a driver given an explicit address sends its token only with RAY_AUTH_MODE=token; so when the
+    mode is unset and a token is available, this driver uses it (a token is harmless to a cluster
+    without authentication). A head that does not answer is an error within seconds, not minutes."""
+    import ray
+    if address is None:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        return
+    token = auth_token_source()
+    if "RAY_AUTH_MODE" not in os.environ and token is not None:
+        # Ray's own switch: sets RAY_AUTH_MODE=token and reloads its config, which `import ray` already read
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    gcs = _gcs_address(address)
+    if gcs is not None:
+        host, _, port = gcs.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--ray_address {address}: no Ray head answers at {gcs} ({exc}); start one with "
+                            f"`ray start --head --port {port}` on {host} or check the address") from None
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "10")   # Ray's default retries for ~20 s, or minutes
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    except Exception as exc:           # ConnectionError, AuthenticationError, RuntimeError: all mean "not joined"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"--ray_address {address}: could not join the Ray cluster ({reason}) with RAY_AUTH_MODE={mode} "
+                        f"and token {token or 'none found'}; a head started by `ray start` with a token needs the same "
+                        f"token here: export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<the head's ~/.ray/auth_token> (or "
+                        f"share ~/.ray/auth_token), or start the head with RAY_AUTH_MODE=disabled") from None
