@@ -11,6 +11,7 @@ equivalent job-array scripts under <output_root>/slurm/ instead of running anyth
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -21,9 +22,9 @@ import pandas as pd
 from load_data.datasets import DATASETS
 from load_models import model_loader
 from train import tuning
-from utils import safe_io, tables
+from utils import safe_io, slurm, tables
 from utils.cli import ArgumentParser, UserError, run_main
-from utils.config import REPO_ROOT, Field, check_mapping, load_yaml, resolve_config_path
+from utils.config import Field, check_mapping, load_yaml, resolve_config_path
 from utils.model_names import check_plain_name, existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
@@ -39,10 +40,10 @@ _TEXT, _OPTIONAL_TEXT = Field((str,)), Field((str, type(None)))
 _COUNT, _OPTIONAL_COUNT, _RATE = Field((int,), 1), Field((int, type(None)), 1), Field((int, float), 1e-300)
 # every key of a pipeline YAML; a misspelt or mistyped one is an error, never a silently ignored setting
 PIPELINE_SCHEMA = {
-    "dataset": Field((str,), choices=DATASETS), "output_root": _TEXT, "data_dir": _OPTIONAL_TEXT,
+    "dataset": Field((str,), choices=DATASETS), "output_root": _TEXT, "data_dir": _OPTIONAL_TEXT, "ood_dir": _OPTIONAL_TEXT,
     "image_size": _OPTIONAL_COUNT, "weights": _TEXT, "source": Field((str, type(None)), choices=model_loader.SOURCES),
     "large": _TEXT, "sidekicks": Field((list,), items=(str,)), "all_backbones": Field((bool,)),
-    "duos_csv": _OPTIONAL_TEXT, "ensemble_seeds": Field((int,), 0),
+    "duos_csv": _OPTIONAL_TEXT, "backbone_csv": _OPTIONAL_TEXT, "ensemble_seeds": Field((int,), 0),
     "train": {key: _OPTIONAL_COUNT for key in ("lp_samples", "num_samples", "sidekick_samples", "epochs_lp",
                                                "epochs_ff", "batch_size", "subset")},
     "deep_ensemble": {"sizes": Field((list,), 1, items=(int,)), "subsets": _COUNT},
@@ -73,8 +74,9 @@ def load_pipeline(path: str) -> tuple[dict, Path]:
     if "deep_ensemble" in config.get("stages", STAGES) and config.get("ensemble_seeds") and too_large:
         raise UserError(f"{path}: 'deep_ensemble.sizes' {too_large} exceed the {members} members (large + "
                         f"ensemble_seeds)")
-    if config.get("duos_csv"):
-        config["duos_csv"] = str(resolve_config_path(config["duos_csv"], f"{path}: duos_csv"))
+    for key in ("duos_csv", "backbone_csv"):
+        if config.get(key):
+            resolve_config_path(config[key], f"{path}: {key}")           # the stages resolve it the same way
     return config, path
 
 
@@ -104,7 +106,7 @@ class Plan:
         seeds = int(config.get("ensemble_seeds", 0))
         self.seed_names = [f"{self.large}_s{i}" for i in range(1, seeds + 1)]
         if config.get("all_backbones"):
-            backbones = tables.read_backbones()
+            backbones = tables.read_backbones(config.get("backbone_csv"))
             self.sidekicks = [m for m in tables.backbone_names(backbones) if m.casefold() != self.large.casefold()]
         else:
             self.sidekicks = list(config.get("sidekicks") or [])
@@ -114,6 +116,12 @@ class Plan:
         if self.config.get("data_dir"):
             args += ["--data_dir", self.config["data_dir"]]
         return args
+
+    def backbone_args(self) -> list:
+        """The demo's own backbones.csv (GFLOPs at its resolution); else the stages' default, the repository's."""
+        if self.config.get("backbone_csv"):
+            return ["--backbone_csv", self.config["backbone_csv"]]
+        return [] if self.config.get("duos_csv") else ["--backbone_csv", self.root / "backbones.csv"]
 
     def hp_tune(self, model: str, save_name: str, seed: int, samples: int) -> list:
         t = self.train
@@ -169,7 +177,6 @@ def write_duo_tables(plan: Plan) -> None:
 def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
     """(stage, script, argv, output that makes the step complete or None) in order."""
     out = []
-    backbone_csv = plan.root / "backbones.csv" if not plan.config.get("duos_csv") else REPO_ROOT / "configs/backbones.csv"
     for stage in stages:
         script = SCRIPTS[stage]
         if stage == "train":
@@ -179,7 +186,12 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
                                         "--num_workers", 0], plan.ff / f"{plan.large}_greedy.pth"))
         elif stage == "predict":
             args = ["--all_models", "--model_dir", plan.ff, *plan.common(), "--output_dir", plan.predictions,
-                    "--num_workers", 0, "--backbone_csv", backbone_csv]
+                    "--num_workers", 0, *plan.backbone_args()]
+            for key in ("ood_dir", "image_size"):          # ImageNet: pretrained models, ImageNet-V2 as ood_test
+                if plan.config.get(key):
+                    args += [f"--{key}", plan.config[key]]
+            if "train" not in stages:
+                args += ["--weights", plan.config.get("weights", "default")]
             out.append((stage, script, args, None))
         elif stage == "ivon":
             model = (plan.config.get("ivon") or {}).get("model", plan.large)
@@ -202,11 +214,11 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
                                         "--output_dir", plan.calibrated], None))
         elif stage == "evaluate":
             out.append((stage, script, ["--predictions_dir", plan.predictions, "--output_dir", plan.results,
-                                        "--calibrated_dir", plan.calibrated, "--backbone_csv", backbone_csv], None))
+                                        "--calibrated_dir", plan.calibrated, *plan.backbone_args()], None))
         elif stage == "evaluate_duo":
             out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
                                         "--output_dir", plan.results, "--calibrated_dir", plan.calibrated,
-                                        "--backbone_csv", backbone_csv], None))
+                                        *plan.backbone_args()], None))
         elif stage == "deep_ensemble" and plan.seed_names:
             cfg = plan.config.get("deep_ensemble") or {}
             members = [plan.large] + plan.seed_names
@@ -224,23 +236,28 @@ def command_line(script: str, argv: list) -> str:
     return "python " + " ".join(shlex.quote(str(a)) for a in [script, *argv])
 
 
-def write_slurm(plan: Plan, all_steps) -> Path:
+def write_slurm(plan: Plan, all_steps) -> list[Path]:
+    """The pipeline as slurm jobs (utils/slurm.py): one array task per trained backbone (hp_tune with
+    --resume and the job's CPUs, then its soups), then everything else on the backbones that finished."""
     folder = plan.root / "slurm"
-    train = [command_line(s, a) for stage, s, a, _ in all_steps if stage == "train"]
-    rest = [command_line(s, a) for stage, s, a, _ in all_steps if stage != "train"]
-    header = "#!/bin/bash\n#SBATCH --gres=gpu:1\n#SBATCH --cpus-per-task=8\n#SBATCH --mem=48G\n#SBATCH --time=24:00:00\n" \
-             "#SBATCH --output=logs/%x_%A_%a.out\nset -euo pipefail\ncd \"${SLURM_SUBMIT_DIR:-.}\"\nexport HF_HUB_OFFLINE=1\n"
-    cases = "\n".join(f"  {i + 1}) .venv/bin/{c} ;;" for i, c in enumerate(train))
-    safe_io.write_text(folder / "01_train_array.sh", header + "#SBATCH --job-name=duo-train\n"
-                       f"case \"${{SLURM_ARRAY_TASK_ID}}\" in\n{cases}\nesac\n")
-    safe_io.write_text(folder / "02_after_training.sh", header + "#SBATCH --job-name=duo-eval\n"
-                       + "\n".join(f".venv/bin/{c}" for c in rest) + "\n")
-    # every path is quoted: an output_root with spaces or shell syntax in it is a name, never a command
-    train_job, after_job = (shlex.quote(str(folder / name)) for name in ("01_train_array.sh", "02_after_training.sh"))
-    safe_io.write_text(folder / "submit.sh", "#!/bin/bash\nset -euo pipefail\n"
-                       f"train=$(sbatch --parsable --array=1-{len(train)} {train_job})\n"
-                       f"sbatch --dependency=afterok:\"${{train}}\" {after_job}\n")
-    return folder
+    tasks = []
+    for stage, script, argv, _ in all_steps:
+        if stage != "train":
+            continue
+        argv = [str(a) for a in argv]
+        cpus = argv.index("--cpus_per_trial")
+        argv[cpus + 1] = '"$CPUS"'
+        model, name = argv[argv.index("--model") + 1], argv[argv.index("--save_name") + 1]
+        soup = ["--model", model, "--save_name", name, *plan.common(), "--output_dir", plan.checkpoints,
+                "--num_workers", '"$CPUS"']
+        tasks.append([(script, [*argv, "--gpus_per_trial", 1, "--resume"]), (SCRIPTS["soup"], soup)])
+    after = [(script, [('"$CPUS"' if previous == "--num_workers" else value) for previous, value in zip([None, *argv], argv)])
+             for stage, script, argv, _ in all_steps if stage not in ("train", "soup")]
+    back = os.path.relpath(Path.cwd(), folder.resolve())      # where the run's relative paths start
+    scripts = slurm.pipeline_scripts(tasks, after, back)
+    for name, text in scripts.items():
+        safe_io.write_text(folder / name, text)
+    return [folder / name for name in scripts]
 
 
 def main_impl(argv=None) -> int:
@@ -252,8 +269,8 @@ def main_impl(argv=None) -> int:
     write_duo_tables(plan)
     all_steps = steps(plan, stages)
     if args.print_slurm:
-        folder = write_slurm(plan, all_steps)
-        print(f"wrote {folder}/01_train_array.sh, 02_after_training.sh and submit.sh; run `bash {shlex.quote(str(folder / 'submit.sh'))}`")
+        written = write_slurm(plan, all_steps)
+        print(f"wrote {', '.join(map(str, written))}; submit with `bash {shlex.quote(str(written[-1]))}`")
         return 0
     started = time.time()
     for number, (stage, script, step_argv, done_when) in enumerate(all_steps, start=1):

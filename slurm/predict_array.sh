@@ -1,18 +1,24 @@
 #!/bin/bash
-# Stage 1 for one trained checkpoint per array index (every *.pth of checkpoints/<dataset>/ff, sorted).
-#   sbatch --array=1-$(ls checkpoints/caltech256/ff/*.pth | wc -l) slurm/predict_array.sh caltech256
-# A complete prediction file from the same checkpoint is reused, so a re-submitted array only redoes
-# what is missing or stale.
 #SBATCH --job-name=duo-predict
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=32G
 #SBATCH --time=4:00:00
 #SBATCH --output=logs/%x_%A_%a.out
+# Stage 1 for one trained checkpoint per array index (every *.pth of checkpoints/<dataset>/ff, sorted). A
+# complete prediction file from the same checkpoint is reused, so a resubmitted array redoes only what is
+# missing or stale.
+#   bash slurm/predict_array.sh caltech256      # creates logs/, submits one task per checkpoint
 set -euo pipefail
-DATASET=${1:?usage: sbatch --array=1-N slurm/predict_array.sh DATASET}
 cd "${SLURM_SUBMIT_DIR:-.}"
-export HF_HUB_OFFLINE=1
-CHECKPOINT=$(ls checkpoints/"${DATASET}"/ff/*.pth | sort | sed -n "${SLURM_ARRAY_TASK_ID}p")
-.venv/bin/python evaluate/1_single_model_prediction.py --model_path "${CHECKPOINT}" --dataset "${DATASET}" \
-    --output_dir "./predictions/${DATASET}" --features --num_workers 8
+export HF_HUB_OFFLINE=1      # compute nodes: weights come from the staged caches (TORCH_HOME, HF_HOME)
+REPO=${DUOS_REPO:-$(pwd)}
+PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
+CPUS="${SLURM_CPUS_PER_TASK:-1}"
+DATASET=${1:?usage: bash slurm/predict_array.sh DATASET}
+if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
+  mkdir -p logs
+  exec sbatch --array=1-$(find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" | wc -l) "$0" "$@"
+fi
+CHECKPOINT=$(find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" | sort | sed -n "${SLURM_ARRAY_TASK_ID}p")
+"$PY" "$REPO/evaluate/1_single_model_prediction.py" --model_path "$CHECKPOINT" --dataset "$DATASET" --output_dir "./predictions/$DATASET" --features --num_workers "$CPUS"

@@ -1,21 +1,28 @@
 #!/bin/bash
-# One backbone per array index, from configs/backbones.csv (row 1 = the first model).
-#   sbatch --array=1-40 slurm/train_array.sh caltech256
-# Each task runs the LP -> FT search of train/hp_tune.py on its GPU, then the soups. Tasks share
-# checkpoints/<dataset>/optimal_hyperparams_*.csv safely (locked upserts; a better record is kept).
 #SBATCH --job-name=duo-train
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=48G
 #SBATCH --time=24:00:00
 #SBATCH --output=logs/%x_%A_%a.out
+# One backbone of configs/backbones.csv per array index (row 1 = index 1): the LP -> FT search of
+# train/hp_tune.py with --resume (a requeued or time-limited task continues its search), then its soups.
+#   bash slurm/train_array.sh caltech256 [hp_tune flags]     # creates logs/, submits one task per backbone
+#   sbatch --array=1-40 slurm/train_array.sh caltech256       # the same, when logs/ exists
+# Run from the repository (or set DUOS_REPO); tasks share checkpoints/<dataset>/*.csv safely.
 set -euo pipefail
-DATASET=${1:?usage: sbatch --array=1-N slurm/train_array.sh DATASET [extra hp_tune flags]}
-shift
 cd "${SLURM_SUBMIT_DIR:-.}"
-export HF_HUB_OFFLINE=1            # compute nodes: weights come from the staged caches (TORCH_HOME, HF_HOME)
-MODEL=$(python -c "import pandas as pd, sys; print(pd.read_csv('configs/backbones.csv').model_name.iloc[int(sys.argv[1]) - 1])" "${SLURM_ARRAY_TASK_ID}")
+export HF_HUB_OFFLINE=1      # compute nodes: weights come from the staged caches (TORCH_HOME, HF_HOME)
+REPO=${DUOS_REPO:-$(pwd)}
+PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
+CPUS="${SLURM_CPUS_PER_TASK:-1}"
+DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}
+if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
+  mkdir -p logs
+  exec sbatch --array=1-$("$PY" -c "from utils import tables; print(len(tables.backbone_names(tables.read_backbones())))") "$0" "$@"
+fi
+shift
+MODEL=$("$PY" -c "import sys; from utils import tables; print(tables.backbone_names(tables.read_backbones())[int(sys.argv[1]) - 1])" "$SLURM_ARRAY_TASK_ID")
 echo "task ${SLURM_ARRAY_TASK_ID}: ${MODEL} on ${DATASET}"
-.venv/bin/python train/hp_tune.py --model "${MODEL}" --dataset "${DATASET}" --output_dir ./checkpoints \
-    --cpus_per_trial 8 --gpus_per_trial 1 --resume "$@"
-.venv/bin/python train/make_soup.py --model "${MODEL}" --dataset "${DATASET}" --output_dir ./checkpoints
+"$PY" "$REPO/train/hp_tune.py" --model "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints --cpus_per_trial "$CPUS" --gpus_per_trial 1 --resume "$@"
+"$PY" "$REPO/train/make_soup.py" --model "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints --num_workers "$CPUS"

@@ -55,14 +55,3 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     rerun = capsys.readouterr().out
     assert rerun.count("reused:") == 6                  # 3 trainings, the soup, IVON and Laplace
     assert "hp_tune.py" not in rerun and "is complete, skipped" in rerun
-
-
-def test_print_slurm(tmp_path, capsys):
-    config = yaml.safe_load((REPO / "configs" / "pipeline_caltech256.yaml").read_text())
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert pipeline.main(["--config", str(path), "--output_root", str(tmp_path / "run"), "--print_slurm"]) == 0
-    array = (tmp_path / "run" / "slurm" / "01_train_array.sh").read_text()
-    assert array.count("hp_tune.py") == 40 and "--array" not in array
-    assert "--array=1-40" in (tmp_path / "run" / "slurm" / "submit.sh").read_text()
-    assert "5_evaluate_duo_predictions.py" in (tmp_path / "run" / "slurm" / "02_after_training.sh").read_text()

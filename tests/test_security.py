@@ -190,22 +190,21 @@ def test_generated_slurm_scripts_quote_hostile_paths(tmp_path):
     from evaluate import run_pipeline
     assert run_pipeline.main(["--config", str(config), "--output_root", str(root), "--print_slurm"]) == 0
     slurm = root / "slurm"
-    bin_dir, submit_dir = tmp_path / "bin", tmp_path / "submit dir"
+    bin_dir = tmp_path / "bin"
     log = tmp_path / "calls.log"
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> {str(log)!r}\necho 4242\n')
-    (submit_dir / ".venv" / "bin").mkdir(parents=True)
-    (submit_dir / ".venv" / "bin" / "python").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> {str(log)!r}\n')
-    for script in (bin_dir / "sbatch", submit_dir / ".venv" / "bin" / "python"):
+    (bin_dir / "python").write_text(f'#!/bin/bash\nprintf "%s\\n" "$@" >> {str(log)!r}\n')
+    for script in (bin_dir / "sbatch", bin_dir / "python"):
         script.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(submit_dir),
-           "SLURM_ARRAY_TASK_ID": "1"}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(tmp_path),
+           "SLURM_ARRAY_TASK_ID": "1", "DUOS_PYTHON": str(bin_dir / "python")}
     for script in ("submit.sh", "01_train_array.sh"):
         result = subprocess.run(["bash", str(slurm / script)], env=env, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
     assert str(slurm / "01_train_array.sh") in calls and str(slurm / "02_after_training.sh") in calls
-    assert "--dependency=afterok:4242" in calls
+    assert "--dependency=afterany:4242" in calls
     assert str(root / "checkpoints") in calls                # hp_tune's --output_dir, as one argument
     assert not marker.exists()
 

@@ -1,0 +1,152 @@
+"""Slurm job scripts, from one source: the shipped `slurm/*_array.sh` and `run_pipeline.py --print_slurm`.
+
+Rules every script follows: `#SBATCH` directives come first (sbatch stops reading them at the first
+command); output goes to `logs/`, which the submitting side creates (slurm drops a job's output
+silently when the folder is missing: a script run with `bash` instead of `sbatch` creates it and
+submits itself); every path is quoted; CPUs come from the job's allocation (`SLURM_CPUS_PER_TASK`).
+`python -m utils.slurm` rewrites the shipped scripts; a test checks they equal this rendering.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from utils import safe_io
+from utils.config import REPO_ROOT
+
+RESOURCES = {
+    "train": {"gres": "gpu:1", "cpus-per-task": 8, "mem": "48G", "time": "24:00:00"},
+    "predict": {"gres": "gpu:1", "cpus-per-task": 8, "mem": "32G", "time": "4:00:00"},
+    "evaluate": {"gres": "gpu:1", "cpus-per-task": 8, "mem": "64G", "time": "12:00:00"},
+}
+
+
+def quote(value) -> str:
+    return shlex.quote(str(value))
+
+
+def header(job_name: str, kind: str, array: bool, comment: str) -> str:
+    directives = [f"#SBATCH --job-name={job_name}"] + [f"#SBATCH --{k}={v}" for k, v in RESOURCES[kind].items()]
+    directives.append(f"#SBATCH --output=logs/%x_{'%A_%a' if array else '%j'}.out")
+    lines = ["#!/bin/bash", *directives, *(f"# {line}".rstrip() for line in comment.strip().splitlines())]
+    return "\n".join(lines) + "\n"
+
+
+def prelude(repo: str = "$(pwd)") -> str:
+    """Shell after the directives: strict mode, the submit folder, offline hubs, the project's Python
+    (`repo`: a shell word naming the repository; DUOS_REPO overrides it)."""
+    return ("set -euo pipefail\n"
+            'cd "${SLURM_SUBMIT_DIR:-.}"\n'
+            "export HF_HUB_OFFLINE=1      # compute nodes: weights come from the staged caches (TORCH_HOME, HF_HOME)\n"
+            f"REPO=${{DUOS_REPO:-{repo}}}\n"
+            'PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"\n'
+            'CPUS="${SLURM_CPUS_PER_TASK:-1}"\n')
+
+
+def self_submit(array_size: str) -> str:
+    """`bash script.sh ARGS` outside a job: create logs/ and submit this script with sbatch."""
+    return ('if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script\n'
+            "  mkdir -p logs\n"
+            f'  exec sbatch --array=1-{array_size} "$0" "$@"\n'
+            "fi\n")
+
+
+def command(script: str, args: list, repo_var: bool = True) -> str:
+    """One stage call: `"$PY" "$REPO/<script>" args...` with every argument quoted (`$CPUS` expands)."""
+    rendered = [a if a == '"$CPUS"' else quote(a) for a in map(str, args)]      # the job's CPUs expand
+    return " ".join(['"$PY"', f'"$REPO/{script}"' if repo_var else quote(script), *rendered])
+
+
+# ----------------------------------------------------------------------------- the shipped scripts
+
+_BACKBONE_OF_TASK = ('"$PY" -c "import sys; from utils import tables; '
+                     'print(tables.backbone_names(tables.read_backbones())[int(sys.argv[1]) - 1])" '
+                     '"$SLURM_ARRAY_TASK_ID"')
+_BACKBONE_COUNT = '$("$PY" -c "from utils import tables; print(len(tables.backbone_names(tables.read_backbones())))")'
+
+
+def shipped_train_array() -> str:
+    return (header("duo-train", "train", True, """
+One backbone of configs/backbones.csv per array index (row 1 = index 1): the LP -> FT search of
+train/hp_tune.py with --resume (a requeued or time-limited task continues its search), then its soups.
+  bash slurm/train_array.sh caltech256 [hp_tune flags]     # creates logs/, submits one task per backbone
+  sbatch --array=1-40 slurm/train_array.sh caltech256       # the same, when logs/ exists
+Run from the repository (or set DUOS_REPO); tasks share checkpoints/<dataset>/*.csv safely.""")
+            + prelude() + 'DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}\n'
+            + self_submit(_BACKBONE_COUNT) + "shift\n"
+            + f"MODEL=$({_BACKBONE_OF_TASK})\n"
+            + 'echo "task ${SLURM_ARRAY_TASK_ID}: ${MODEL} on ${DATASET}"\n'
+            + command("train/hp_tune.py", ["--model"]) + ' "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints '
+            + '--cpus_per_trial "$CPUS" --gpus_per_trial 1 --resume "$@"\n'
+            + command("train/make_soup.py", ["--model"]) + ' "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints '
+            + '--num_workers "$CPUS"\n')
+
+
+def shipped_predict_array() -> str:
+    return (header("duo-predict", "predict", True, """
+Stage 1 for one trained checkpoint per array index (every *.pth of checkpoints/<dataset>/ff, sorted). A
+complete prediction file from the same checkpoint is reused, so a resubmitted array redoes only what is
+missing or stale.
+  bash slurm/predict_array.sh caltech256      # creates logs/, submits one task per checkpoint""")
+            + prelude()
+            + 'DATASET=${1:?usage: bash slurm/predict_array.sh DATASET}\n'
+            + self_submit('$(find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" | wc -l)')
+            + 'CHECKPOINT=$(find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" | sort | sed -n "${SLURM_ARRAY_TASK_ID}p")\n'
+            + command("evaluate/1_single_model_prediction.py", ["--model_path"]) + ' "$CHECKPOINT" --dataset "$DATASET" '
+            + '--output_dir "./predictions/$DATASET" --features --num_workers "$CPUS"\n')
+
+
+SHIPPED = {"train_array.sh": shipped_train_array, "predict_array.sh": shipped_predict_array}
+
+
+def write_shipped(folder: Path = REPO_ROOT / "slurm") -> list[Path]:
+    written = []
+    for name, render in SHIPPED.items():
+        safe_io.write_text(folder / name, render())
+        written.append(folder / name)
+    return written
+
+
+# ----------------------------------------------------------------------------- a pipeline's scripts
+
+def pipeline_scripts(train_tasks: list[list[tuple[str, list]]], after: list[tuple[str, list]], back_to_submit_dir: str,
+                     repo: Path = REPO_ROOT) -> dict[str, str]:
+    """The scripts of `run_pipeline.py --print_slurm`: an array with one task per trained backbone (its
+    steps in order), the evaluation after it, and submit.sh. `back_to_submit_dir` leads from the
+    slurm folder to the folder the run's relative paths start from."""
+    scripts = {}
+    if train_tasks:
+        cases = "".join(f"  {i})\n" + "".join(f"    {command(s, a)}\n" for s, a in steps) + "    ;;\n"
+                        for i, steps in enumerate(train_tasks, start=1))
+        scripts["01_train_array.sh"] = (
+            header("duo-train", "train", True, "One trained backbone per array index: hp_tune (--resume), then its soups.")
+            + prelude(quote(repo))
+            + f'case "${{SLURM_ARRAY_TASK_ID:?run with sbatch --array=1-{len(train_tasks)}}}" in\n{cases}'
+            + '  *) echo "no task ${SLURM_ARRAY_TASK_ID}" >&2; exit 2 ;;\nesac\n')
+    scripts["02_after_training.sh"] = (
+        header("duo-eval", "evaluate", False, """
+Everything after training, on the backbones that finished: a failed step is reported and the others still
+run; the job fails at the end if any step failed.""")
+        + prelude(quote(repo))
+        + 'failed=0\nstep() { "$@" || { echo "step failed (exit $?): $*" >&2; failed=1; }; }\n'
+        + "".join(f"step {command(s, a)}\n" for s, a in after) + 'exit "$failed"\n')
+    submit = ("#!/bin/bash\n# Submits the pipeline's jobs from the folder its relative paths start from; run it from "
+              "anywhere.\nset -euo pipefail\n"
+              'slurm_dir=$(cd "$(dirname "$0")" && pwd)\n'
+              f'cd "$slurm_dir"/{quote(back_to_submit_dir)}\n'
+              "mkdir -p logs                 # slurm writes no output at all when the folder is missing\n")
+    if train_tasks:
+        submit += (f'train=$(sbatch --parsable --array=1-{len(train_tasks)} "$slurm_dir/01_train_array.sh")\n'
+                   "# afterany: evaluation runs on whatever finished; a failed backbone is skipped, not blocking\n"
+                   'sbatch --dependency=afterany:"$train" "$slurm_dir/02_after_training.sh"\n')
+    else:
+        submit += 'sbatch "$slurm_dir/02_after_training.sh"\n'
+    scripts["submit.sh"] = submit
+    return scripts
+
+
+if __name__ == "__main__":
+    for path in write_shipped():
+        print(f"wrote {path}")
+    sys.exit(0)
