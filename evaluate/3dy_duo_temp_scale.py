@@ -57,7 +57,7 @@ def main_impl(argv=None) -> int:
         pairs = [(resolve_prediction_path(args.large_model_pred), resolve_prediction_path(args.small_model_pred), None)]
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), {Path(p).parent for pair in pairs for p in pair[:2]}, flag)
-    cache, rows, names = PredictionCache(), [], []
+    cache, rows, names, fitted = PredictionCache(), [], [], {}
     torch.manual_seed(args.seed)
     for large_path, small_path, duo in pairs:
         large, small = cache.get(large_path), cache.get(small_path)
@@ -75,7 +75,7 @@ def main_impl(argv=None) -> int:
               f"(static duo optimum {static.nll:.4f})")
         buffer = io.BytesIO()
         torch.save({"state_dict": model.state_dict(), "mode": args.mode, "val_nll": history[-1]}, buffer)
-        safe_io.write_bytes(Path(args.calibrated_dir) / "dynamic_duo" / f"{large.model}+{small.model}.pt", buffer.getvalue())
+        fitted[f"{large.model}+{small.model}.pt"] = buffer.getvalue()        # written once every duo is done
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": getattr(duo, "gflops_large", np.nan), "gflops_small": getattr(duo, "gflops_small", np.nan),
                        "gflops_balance": getattr(duo, "gflops_balance", np.nan)}
@@ -92,7 +92,10 @@ def main_impl(argv=None) -> int:
         raise UserError("nothing evaluated: no duo has prediction files")
     written = write_results(args.output_dir, "dynamic_duo", resolve_dataset(args.dataset, names, args.predictions_dir),
                             rows, DUO_COLUMNS, ["model_large", "model_small", "mode", "uncertainty_type", "split"])
-    print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
+    for name, data in fitted.items():
+        safe_io.write_bytes(Path(args.calibrated_dir) / "dynamic_duo" / name, data)
+    print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))} and {len(fitted)} fitted model(s) to "
+          f"{Path(args.calibrated_dir) / 'dynamic_duo'}")
     return 0
 
 

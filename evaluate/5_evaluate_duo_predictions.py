@@ -8,7 +8,6 @@ Writes `evaluation_duo_<dataset>.csv` (test) and `evaluation_duo_<dataset>_ood.c
 """
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -90,9 +89,6 @@ def main_impl(argv=None) -> int:
             weights[pair] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
         temps = DuoTemperatures(singles.get(large.model, 1.0), singles.get(small.model, 1.0),
                                 *weights.get(pair, (0.5, 0.5)))
-        if "unweighted_ts" in args.modes and math.isinf(temps.single_large) and math.isinf(temps.single_small):
-            raise UserError(f"{large.model} + {small.model}: both single-model temperatures are inf (uniform beats each "
-                            f"model on val), so unweighted_ts predicts nothing; leave it out of --modes")
         large.split("test", "to evaluate the duo")
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -89,12 +90,17 @@ def official_ensembles(args) -> list[dict]:
     known = NameMap((name, True) for name in tables.backbone_names(tables.read_backbones(args.backbone_csv)))
     # the folder is y-prediction/<dataset>/<split>/deep_ensemble (the official script called every split "test")
     split = folder.resolve().parent.name if folder.resolve().parent.name in EVAL_SPLITS else "test"
-    rows = []
+    rows, seen = [], NameMap()
     for path in sorted(folder.glob("*.csv")):
         base, _, m = path.stem.rpartition("_")
-        if not m.isdigit() or base not in known:
-            print(f"{path.name}: not <backbone>_<m>.csv, skipped")
+        if not re.fullmatch(r"[0-9]+", m) or int(m) < 1 or base not in known:
+            print(f"{path.name}: not <backbone>_<m>.csv with m >= 1, skipped")
             continue
+        key = (base, str(int(m)))
+        if key in seen:                  # one result row per (model, m): a second file would silently win
+            raise UserError(f"--prediction_dir: {seen[key].name} and {path.name} are both the m={int(m)} ensemble of "
+                            f"{known.spelling(base)}; keep one")
+        seen[key] = path
         data = read_official_ensemble(path)
         for uncertainty, metrics in single_model_metrics(data.logits, data.labels, args.uncertainty_types).items():
             rows.append({**metrics, "model": known.spelling(base), "m": int(m), "subset": "top", "members": path.name,

@@ -32,6 +32,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--large", help="the large model to report on (default: the first in the duo results)")
     parser.add_argument("--balance", nargs=2, type=float, default=[0.1, 0.2], help="radar's FLOPs balance range")
     parser.add_argument("--output", help="report path (default <results_dir>/REPORT.md)")
+    parser.add_argument("--dataset", "--dataset_name", help="the dataset to report on, when the results folder "
+                        "holds the large model's results on several")
     return parser
 
 
@@ -104,7 +106,10 @@ def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
             continue
         data = large_set.splits[split]
         entries = {}
-        scaled = um.WeightedLogits([data.logits], [1.0 / singles.get(large, 1.0)])
+        if large not in singles:
+            raise UserError(f"{Path(calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE}: no temperature for {large} (its "
+                            f"curves are temperature-scaled); run evaluate/2_temp_scale.py")
+        scaled = um.WeightedLogits([data.logits], [1.0 / singles[large]])
         stats = um.softmax_stats(scaled, with_entropy=False)
         correct = stats.argmax == data.labels
         entries[f"{large} (TS)"] = (*um.risk_coverage_curve(correct, um.softmax_response(scaled, stats)),
@@ -135,40 +140,53 @@ def main_impl(argv=None) -> int:
     # one results folder may hold several datasets: report those of the large model, and only its own
     # deep ensembles (another architecture's ensembles are not its baseline)
     datasets = set(single.loc[single["model"] == large, "dataset"])
+    if args.dataset:
+        if args.dataset not in datasets:
+            raise UserError(f"--dataset: no results of {large} on {args.dataset} in {results} (it has {sorted(datasets)})")
+        datasets = {args.dataset}
+    elif len(datasets) > 1:
+        raise UserError(f"--dataset: {results} holds {large}'s results on {sorted(datasets)}; pass --dataset NAME "
+                        f"(one report per dataset)")
     single = single[single["dataset"].isin(datasets)]
     duos = duos[duos["dataset"].isin(datasets)] if len(duos) else duos
     if len(ensembles):
         ensembles = ensembles[ensembles["dataset"].isin(datasets)
                               & (ensembles["model"].astype(str).str.casefold() == large.casefold())]
     out_path = Path(args.output or results / "REPORT.md")
+    if out_path.is_dir():
+        raise UserError(f"--output: {out_path} is a folder; give the report's file name (e.g. {out_path / 'REPORT.md'})")
     folder = out_path.parent
+    # everything is read and checked before the first figure is written
+    curves, best = None, None
+    duo_t = Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE
+    single_t = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
+    ratio_inputs = ((tables.read_duo_weights(duo_t), tables.read_single_temperatures(single_t))
+                    if duo_t.exists() and single_t.exists() else None)
+    if args.predictions_dir and len(duos):
+        test_duos = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
+                         & (duos["uncertainty_type"] == "softmax_response") & (duos["split"] == "test")]
+        best = test_duos.sort_values("NLL")["model_small"].iloc[0] if len(test_duos) else None
+        curves = curves_for(args.predictions_dir, args.calibrated_dir, large, best)
     sections = [f"# Asymmetric duos report: {large} on {', '.join(sorted(set(single['dataset'])))}", ""]
     summary = summary_table(single, duos, ensembles, large)
     sections += ["## Results (softmax-response uncertainty; fractions)", "", report.markdown_table(summary), ""]
-    if len(duos) and len(duos[duos["model_large"] == large]):
-        note = report.radar_figure(duos, single, large, folder / "radar.png", tuple(args.balance))
-        report.metric_vs_balance_figure(duos, single, large, folder / "metrics_vs_balance.png")
+    costed = report.with_known_flops(duos)       # duos of models outside backbones.csv have no FLOPs balance
+    if len(costed) and len(costed[costed["model_large"] == large]):
+        note = report.radar_figure(costed, single, large, folder / "radar.png", tuple(args.balance))
+        report.metric_vs_balance_figure(costed, single, large, folder / "metrics_vs_balance.png")
         sections += ["## Relative improvement over the temperature-scaled large model (Fig. 1 style)", "",
                      "![radar](radar.png)", "", f"Asymmetric duos, {note}; shading: ± std over sidekicks.", "",
                      "## Metrics against FLOPs balance (Figs. 2-6 style)", "", "![metrics](metrics_vs_balance.png)", ""]
         sections += ["## Duos vs deep ensembles (Tables 1-2 style; mean ± std)", "",
-                     report.markdown_table(duo_vs_ensemble_table(single, duos, ensembles, large)), ""]
-        duo_t = Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE
-        single_t = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
-        if duo_t.exists() and single_t.exists():
-            balances = duos.drop_duplicates(["model_large", "model_small"]).set_index(
+                     report.markdown_table(duo_vs_ensemble_table(single, costed, ensembles, large)), ""]
+        if ratio_inputs is not None:
+            balances = costed.drop_duplicates(["model_large", "model_small"]).set_index(
                 ["model_large", "model_small"])["gflops_balance"]
-            report.weight_ratio_figure(tables.read_duo_weights(duo_t), tables.read_single_temperatures(single_t),
-                                       balances, folder / "weight_ratio.png")
+            report.weight_ratio_figure(*ratio_inputs, balances, folder / "weight_ratio.png")
             sections += ["## Learned weight ratio vs FLOPs balance (Fig. 10 style)", "", "![ratio](weight_ratio.png)", ""]
-        if args.predictions_dir:
-            test_duos = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
-                             & (duos["uncertainty_type"] == "softmax_response") & (duos["split"] == "test")]
-            best = test_duos.sort_values("NLL")["model_small"].iloc[0] if len(test_duos) else None
-            curves = curves_for(args.predictions_dir, args.calibrated_dir, large, best)
-            if curves:
-                report.curves_figure(curves, folder / "curves.png", f"{large} (TS) and its best duo (+ {best}, by test NLL)")
-                sections += ["## Risk-coverage and reliability", "", "![curves](curves.png)", ""]
+    if curves:
+        report.curves_figure(curves, folder / "curves.png", f"{large} (TS) and its best duo (+ {best}, by test NLL)")
+        sections += ["## Risk-coverage and reliability", "", "![curves](curves.png)", ""]
     safe_io.write_text(out_path, "\n".join(sections) + "\n")
     shown = summary.copy()
     print(report.markdown_table(shown))

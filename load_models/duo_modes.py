@@ -10,6 +10,7 @@ small logits s, stage-2 temperatures T^single and stage-3 duo weights w (z_duo =
 | asymmetric      | softmax(z_duo)  (the paper)         | argmax p   | 1 - max p                    |
 | asymmetric_code | softmax(z_duo)  (official script)   | argmax p   | 1 - p[argmax l]              |
 
+A mode whose weights are all 0 (both temperatures inf) gives uniform p and the large model's prediction.
 Every mode also reports `entropy` = H(p) and `kl_disagreement` = its softmax-response uncertainty
 + 0.1 * KL(p_s || p_l), with p_l, p_s the members' probabilities under the mode's own scaling
 (1 for unweighted, 1/T^single for unweighted_ts, 1/T^duo = 2w for the duo modes).
@@ -78,7 +79,10 @@ def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
             z = combined_logits(large, small, mode, temps)
             cache[kind] = (z, um.softmax_stats(z), {})
         z, stats, kl_cache = cache[kind]
-        predictions = large_argmax if mode in _PREDICT_WITH_LARGE else stats.argmax
+        # all weights 0 (both temperatures inf: uniform beat both members on val): p is uniform and the
+        # prediction is the large model's, as a single model at T = inf keeps its own
+        degenerate = not any(member_scales(mode, temps))
+        predictions = large_argmax if mode in _PREDICT_WITH_LARGE or degenerate else stats.argmax
         at = large_argmax if mode in _UNCERTAINTY_AT_LARGE else None
         response = um.softmax_response(z, stats, at=at)
         uncertainty = {}

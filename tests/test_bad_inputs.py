@@ -24,7 +24,7 @@ S1, S2, S3, S3DY, S4, S5, S8 = ("evaluate/1_single_model_prediction.py", "evalua
                                 "evaluate/3_duo_temp_scale.py", "evaluate/3dy_duo_temp_scale.py",
                                 "evaluate/4_evaluate_predictions.py", "evaluate/5_evaluate_duo_predictions.py",
                                 "evaluate/8_evaluate_deep_ensemble.py")
-HP, SOUP, PIPE = "train/hp_tune.py", "train/make_soup.py", "evaluate/run_pipeline.py"
+HP, SOUP, PIPE, S9 = "train/hp_tune.py", "train/make_soup.py", "evaluate/run_pipeline.py", "evaluate/9_make_report.py"
 CLASSES = ("prediction file", "table", "config", "flag", "file system", "path safety", "checkpoint and data")
 CATALOGUE: dict = {}
 
@@ -315,6 +315,45 @@ def _(ws):
     return ws.pair(small, large), "a weight grows"
 
 
+def _features_case(ws, name, **changes):
+    """3dy on the workspace's duo with one features file edited (`changes`: array name -> value or None)."""
+    folder = ws.bad / name
+    folder.mkdir()
+    for model in ("large", "small"):
+        shutil.copy(ws.preds / f"{model}.npz", folder)
+        pset = make_duo_logits(num_classes=6, seed=3)[model]
+        arrays = {}
+        for split, data in pset.splits.items():
+            arrays[f"features_{split}"] = np.random.default_rng(0).normal(size=(len(data), 5)).astype(np.float32)
+            arrays[f"ids_{split}"] = data.ids
+        if model == "small":
+            for key, value in changes.items():
+                arrays.pop(key) if value is None else arrays.__setitem__(key, value(arrays[key]))
+        np.savez(folder / f"{model}.features.npz", **arrays)
+    return [S3DY, "--large_model_pred", folder / "large.npz", "--small_model_pred", folder / "small.npz",
+            "--output_dir", ws.out, "--calibrated_dir", ws.cal, "--optimizer", "adam", "--num_epochs", 1]
+
+
+@case("prediction file", "features without ids")
+def _(ws):
+    return _features_case(ws, "f_noids", ids_test=None), "no 'ids_test'"
+
+
+@case("prediction file", "features with fewer rows than ids")
+def _(ws):
+    return _features_case(ws, "f_short", features_test=lambda a: a[:-10]), "needs one sample id per row (390)"
+
+
+@case("prediction file", "features with NaN")
+def _(ws):
+    return _features_case(ws, "f_nan", features_val=lambda a: np.where(a > 1, np.nan, a)), "with NaN or inf"
+
+
+@case("prediction file", "features as text")
+def _(ws):
+    return _features_case(ws, "f_text", features_val=lambda a: a.astype(str)), "features are text"
+
+
 @case("prediction file", "different class counts")
 def _(ws):
     return ws.pair(ws.variant("k", lambda p: [setattr(s, "logits", np.hstack([s.logits, s.logits[:, :1]]))
@@ -442,19 +481,6 @@ def _(ws):
                                    "large,small,1,2\nLARGE,Small,1.5,2\n")), "two rows for duo"
 
 
-@case("table", "both duo weights zero")
-def _(ws):
-    return ws.duo(None, ws.cal_dir("czero2", "full_name,temperature\nlarge,1\nsmall,1\n",
-                                   "model_large,model_small,temperature_large,temperature_small\n"
-                                   "large,small,inf,1e400\n")), "both duo weights of large + small are 0"
-
-
-@case("table", "unweighted_ts with both single temperatures inf")
-def _(ws):
-    return ws.duo(None, ws.cal_dir("cinf2", "full_name,temperature\nlarge,inf\nsmall,inf\n"), None, "--modes",
-                  "unweighted_ts"), "both single-model temperatures are inf"
-
-
 @case("table", "zero gflops")
 def _(ws):
     return ws.duo(ws.text("gf0.csv", "model_large,model_small,gflops_large,gflops_small\nlarge,small,0,-1\n")), \
@@ -540,6 +566,66 @@ def _(ws):
     ws.text("m_trials.csv", f"trial,checkpoint,val_metric\n0,{ws.root / 'gone.pth'},0.5\n", "../soupck/mnist5k/soup")
     return [SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", ws.root / "soupck"], \
         "trial checkpoint(s) missing"
+
+
+@case("table", "results file without a metric column")
+def _(ws):
+    path = ws.out / "evaluation_duo_synthetic.csv"
+    pd.read_csv(path, keep_default_na=False).drop(columns="NLL").to_csv(path, index=False)
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal], "lacks column(s) ['NLL']"
+
+
+@case("table", "results file that is binary")
+def _(ws):
+    (ws.out / "evaluation_duo_synthetic.csv").write_bytes(bytes(range(256)) * 3)
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal], "cannot parse the results file"
+
+
+@case("table", "results row with an empty key")
+def _(ws):
+    path = ws.out / "evaluation_single_model_synthetic.csv"
+    path.write_text(path.read_text().replace(",None,", ",,", 1))
+    return ws.evaluate(), "has an empty model, wrapper, uncertainty_type, split cell"
+
+
+@case("table", "report over two datasets")
+def _(ws):
+    for path in list(ws.out.glob("evaluation_*_synthetic*.csv")):
+        shutil.copy(path, path.with_name(path.name.replace("synthetic", "other")))
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal], "pass --dataset NAME"
+
+
+@case("table", "report without the large model's temperature")
+def _(ws):
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal_dir("c_nolarge", "full_name,temperature\nsmall,1\n",
+                                                                         (ws.cal / "temperature_duo.csv").read_text()),
+            "--predictions_dir", ws.preds], "no temperature for large"
+
+
+@case("table", "official ensembles: two files for one size")
+def _(ws):
+    folder = ws.bad / "y-prediction" / "caltech256" / "test" / "deep_ensemble"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"target": [0, 1, 2, 1]}).to_csv(folder.parent / "point_prediction.csv", index=False)
+    for name in ("ResNet50_2.csv", "ResNet50_02.csv"):
+        pd.DataFrame(np.eye(4, 3)).to_csv(folder / name, index=False, header=False)
+    return [S8, "--dataset_name", "caltech256", "--prediction_dir", folder, "--save_dir", ws.out], \
+        "are both the m=2 ensemble of ResNet50"
+
+
+@case("table", "soup trial of another class count")
+def _(ws):
+    ws.text("m_trials.csv", f"trial,checkpoint,val_metric\n0,{ws.shared / 'ck' / 'resnet10t.pth'},0.5\n"
+                            f"1,{ws.shared / 'ck' / 'resnet10t_4.pth'},0.4\n", "../soupck/mnist5k/soup")
+    return [SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", ws.root / "soupck", "--num_workers", 0], \
+        "resnet10t_4.pth: not an ingredient of this soup"
+
+
+@case("table", "soup trial with an infinite val_metric")
+def _(ws):
+    ws.text("m_trials.csv", f"trial,checkpoint,val_metric\n0,{ws.shared / 'ck' / 'resnet10t.pth'},inf\n",
+            "../soupck/mnist5k/soup")
+    return [SOUP, "--model", "m", "--dataset", "mnist5k", "--output_dir", ws.root / "soupck"], "no finite val_metric"
 
 
 @case("table", "backbone CSV without model_name")
@@ -703,7 +789,20 @@ def _(ws):
 
 @case("flag", "one file given twice")
 def _(ws):
-    return [S2, "--predictions", ws.small, ws.preds / "small.npz", "--output_dir", ws.cal], "given twice"
+    return [S2, "--predictions", ws.small, ws.preds / "small.npz", "--output_dir", ws.cal], "are the same file"
+
+
+@case("flag", "a symlink to another member")
+def _(ws):
+    (ws.bad / "links").mkdir()
+    (ws.bad / "links" / "large_s9.npz").symlink_to(ws.large)
+    return [S8, "--members", ws.large, ws.small, ws.bad / "links" / "large_s9.npz", "--sizes", 2, "--output_dir",
+            ws.out], "are the same file"
+
+
+@case("flag", "report --output is a folder")
+def _(ws):
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal, "--output", ws.out], "is a folder"
 
 
 @case("flag", "unknown flag")
@@ -728,7 +827,7 @@ def _(ws):
 
 @case("flag", "ensemble member twice")
 def _(ws):
-    return [S8, "--members", ws.large, ws.large, "--output_dir", ws.out], "twice"
+    return [S8, "--members", ws.large, ws.large, "--output_dir", ws.out], "are the same file"
 
 
 @case("flag", "ensemble zero subsets")
@@ -1044,6 +1143,9 @@ def good_workspace(tmp_path_factory):
     model_loader.save_checkpoint(shared / "ck" / "resnet10t.pth", model, model_name="resnet10t", source="timm",
                                  num_classes=10, image_size=16)
     (shared / "ck" / "garbage.pth").write_bytes(b"not a torch file")
+    four = model_loader.get_model_with_head("resnet10t", 4, source="timm", weights="none")
+    model_loader.save_checkpoint(shared / "ck" / "resnet10t_4.pth", four, model_name="resnet10t", source="timm",
+                                 num_classes=4, image_size=16)
     fixtures.make_caltech256(shared / "data")
     fixtures.make_imagenet(shared / "imagenet_data")
     from load_data.datasets import load_dataset              # the split files a first use caches beside the data

@@ -138,3 +138,13 @@ def test_temp_scale_wrapper_at_infinite_temperature_keeps_the_models_predictions
     out = TempScaleWrapper(model, temperature=float("inf")).predict_with_uncertainty(x)
     assert out["preds"].tolist() == model(x).argmax(1).tolist()
     assert torch.allclose(out["probs"], torch.full((50, 4), 0.25))
+
+
+def test_a_duo_with_both_weights_zero_is_uniform_with_the_large_models_predictions():
+    rng = np.random.default_rng(0)
+    large, small = rng.normal(size=(40, 5)), rng.normal(size=(40, 5))
+    outputs = duo_outputs(large, small, DuoTemperatures(np.inf, np.inf, 0.0, 0.0))
+    for mode in MODES[1:]:                       # every mode but the raw average has all weights 0 here
+        assert outputs[mode].predictions.tolist() == large.argmax(1).tolist(), mode
+        assert np.allclose(outputs[mode].uncertainty["softmax_response"], 1 - 1 / 5), mode
+    assert outputs["unweighted"].predictions.tolist() == (large + small).argmax(1).tolist()

@@ -55,3 +55,26 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     rerun = capsys.readouterr().out
     assert rerun.count("reused:") == 6                  # 3 trainings, the soup, IVON and Laplace
     assert "hp_tune.py" not in rerun and "is complete, skipped" in rerun
+
+
+def test_imagenet_pipeline_runs_locally_without_training(tmp_path, capsys):
+    """configs/pipeline_imagenet.yaml on a tiny ImageNet val + V2 tree: pretrained-head models (random
+    init here, two small backbones) predict val/test/ood_test, then calibration, duos and the report."""
+    from tests import fixtures
+    data, v2 = fixtures.make_imagenet(tmp_path / "data")
+    (tmp_path / "bb.csv").write_text("model_name,source,tv_weights,GFLOPS,Params\n"
+                                     "MNASNet1_0,torchvision,IMAGENET1K_V1,0.31,4.4\n"
+                                     "ShuffleNet_V2_X0_5,torchvision,IMAGENET1K_V1,0.04,1.4\n")
+    (tmp_path / "duos.csv").write_text("model_large,model_small\nMNASNet1_0,ShuffleNet_V2_X0_5\n")
+    config = yaml.safe_load((REPO / "configs" / "pipeline_imagenet.yaml").read_text())
+    config.update(data_dir=str(data), ood_dir=str(v2), weights="none", image_size=32, large="MNASNet1_0",
+                  duos_csv=str(tmp_path / "duos.csv"), backbone_csv=str(tmp_path / "bb.csv"))
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    assert pipeline.main(["--config", str(tmp_path / "p.yaml"), "--output_root", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "hp_tune.py" not in out and "6_laplace.py" not in out
+    pset = read_predictions(tmp_path / "run" / "predictions" / "ShuffleNet_V2_X0_5.npz")
+    assert set(pset.splits) == {"val", "test", "ood_test"} and pset.num_classes == 1000
+    duo = pd.read_csv(tmp_path / "run" / "results" / "evaluation_duo_imagenet_ood.csv")
+    assert set(duo.model_small) == {"ShuffleNet_V2_X0_5"} and duo.gflops_large.iloc[0] == 0.31
+    assert (tmp_path / "run" / "results" / "REPORT.md").exists()

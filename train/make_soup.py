@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from load_data.dataloaders import make_loaders
@@ -57,9 +58,9 @@ def read_trials(path: Path) -> pd.DataFrame:
     if trials["checkpoint"].isna().any():
         raise UserError(f"{path}: data row {int(trials['checkpoint'].isna().to_numpy().argmax()) + 1} has no checkpoint")
     trials["val_metric"] = pd.to_numeric(trials["val_metric"], errors="coerce")
-    if trials["val_metric"].isna().any():
-        raise UserError(f"{path}: data row {int(trials['val_metric'].isna().to_numpy().argmax()) + 1} has no numeric "
-                        f"val_metric")
+    bad = ~np.isfinite(trials["val_metric"].to_numpy(dtype=float))
+    if bad.any():
+        raise UserError(f"{path}: data row {int(bad.argmax()) + 1} has no finite val_metric")
     trials = trials.drop_duplicates(subset="checkpoint")
     if "run_id" in trials.columns:
         listed = trials["run_id"].fillna("").astype(str)
@@ -98,9 +99,17 @@ def main_impl(argv=None) -> int:
     val_loader = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=["val"])["val"]
     model.to(device)
 
+    reference = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
     def states():
         for path in trials["checkpoint"]:
-            yield model_loader.read_checkpoint(path)["state_dict"]
+            state = model_loader.read_checkpoint(path)["state_dict"]
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+            if shapes != reference:          # averaging other shapes would broadcast silently, or fail deep inside
+                wrong = sorted(set(shapes) ^ set(reference)) or [k for k in reference if shapes[k] != reference[k]]
+                raise UserError(f"{path}: not an ingredient of this soup (another architecture or class count: "
+                                f"{wrong[:3]} differ from {trials['checkpoint'].iloc[0]}); remove it from {trials_csv}")
+            yield state
 
     def evaluate(state) -> float:
         model.load_state_dict(state)

@@ -59,8 +59,9 @@ def duo_weights_row(large: PredictionSet, small: PredictionSet, method: str = "e
         raise UserError(_SEPARATED.format(source=f"{large.source} + {small.source}", bound="a weight grows",
                                           who="the duo's combined logits predict", what="the duo weights"))
     if fit.weight_large == 0 and fit.weight_small == 0:
-        raise UserError(f"{large.source} + {small.source}: the validation NLL is lowest with both weights 0 (uniform "
-                        f"probabilities): neither model's logits match the labels; check which column is which class")
+        warn(f"{large.model} + {small.model}: the validation NLL is lowest with both weights 0: uniform probabilities "
+             f"beat both models on val (barely trained models, or a label/column mismatch); the duo's rows give "
+             f"uniform probabilities with the large model's predictions")
     if not fit.converged:
         warn(f"{large.model} + {small.model}: the duo fit did not converge; check the logits")
     return tables.duo_temperature_row(large.model, small.model, fit.weight_large, fit.weight_small, fit.nll,

@@ -407,11 +407,15 @@ def prediction_paths(entries: list[str], flag: str) -> list[Path]:
         raise UserError(f"{flag}: only features files given ({len(features)}, e.g. {features[0]}); give the "
                         f"prediction files")
     resolved = [resolve_prediction_path(p) for p in paths]
+    real = {}
+    for path in resolved:               # a symlink or a second spelling of one file is that file again
+        target = Path(path).resolve()
+        if target in real:
+            raise UserError(f"{flag}: {real[target]} and {path} are the same file ({target}); give it once")
+        real[target] = path
     seen = NameMap()
     for path in resolved:                 # two files of one model would fit one row twice, the last one winning
         name = _model_name_of(Path(path))
-        if name in seen and Path(seen[name]).resolve() == Path(path).resolve():
-            raise UserError(f"{flag}: {path} given twice")
         if name in seen:
             raise UserError(f"{flag}: {seen[name]} and {path} are both model '{name}' (a model is its file's name, in "
                             f"any case); give one of them")
@@ -510,11 +514,14 @@ def read_features(prediction_path: str | Path, reference: PredictionSet) -> dict
         raise UserError(f"{features_path}: cannot read NPZ ({type(exc).__name__}: {exc})") from None
     out = {}
     for split, ref in reference.splits.items():
-        if f"features_{split}" not in data:
-            raise UserError(f"{features_path}: no features for split '{split}'")
-        ids = data[f"ids_{split}"]
-        ids = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
+        for key in (f"features_{split}", f"ids_{split}"):
+            if key not in data:
+                raise UserError(f"{features_path}: no '{key}' (split '{split}'); rerun stage 1 with --features")
+        features = _number_array(data[f"features_{split}"], str(features_path), split, "features")
+        if features.ndim != 2 or not np.isfinite(features).all():
+            raise UserError(f"{features_path}: split '{split}' features must be a finite [N, D] array, got shape "
+                            f"{features.shape}{'' if np.isfinite(features).all() else ' with NaN or inf'}")
+        ids = _sample_ids(data[f"ids_{split}"], str(features_path), split, len(features))
         positions = positions_of(ref.ids, ids, reference.source, str(features_path), split)
-        features = data[f"features_{split}"]
         out[split] = features if positions is None else features[positions]
     return out

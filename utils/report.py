@@ -36,15 +36,39 @@ def relative_improvement(value: float, base: float, metric: str) -> float:
     return -100.0 * (value - base) / base if base != 0 else math.nan
 
 
+RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"],
+               "duo": ["model_large", "model_small", "mode", "uncertainty_type", "split", "gflops_balance"],
+               "deep_ensemble": ["model", "m", "subset", "uncertainty_type", "split"]}
+
+
 def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
-    """All splits of evaluation_<kind>_<dataset>[_ood].csv in a folder, with a 'dataset' column."""
+    """All splits of evaluation_<kind>_<dataset>[_ood].csv in a folder, with a 'dataset' column; a file
+    that cannot be read, lacks a column the report uses or has a row without its key is an error."""
+    from utils import safe_io
+    from utils.cli import UserError
+    from utils.uncertainty_metrics import METRIC_COLUMNS
     frames = []
     for path in sorted(Path(results_dir).glob(f"evaluation_{kind}_*.csv")):
         dataset = path.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""],
+                                   dtype={k: str for k in RESULT_KEYS[kind] if k not in ("m", "gflops_balance")})
+        missing = [c for c in [*RESULT_KEYS[kind], *METRIC_COLUMNS] if c not in frame.columns]
+        if missing:
+            raise UserError(f"{path}: lacks column(s) {missing}; rerun the stage that writes it")
+        keys = [k for k in RESULT_KEYS[kind] if k != "gflops_balance"]
+        blank = frame[keys].isna().any(axis=1).to_numpy()
+        if blank.any():
+            raise UserError(f"{path}: data row {int(blank.argmax()) + 1} has an empty {', '.join(keys)} cell; rerun "
+                            f"the stage that writes it")
         frame["dataset"] = dataset
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def with_known_flops(duos: pd.DataFrame) -> pd.DataFrame:
+    """The duos whose FLOPs balance is known (models outside backbones.csv have none): the FLOPs figures
+    and buckets are about them only."""
+    return duos[np.isfinite(pd.to_numeric(duos["gflops_balance"], errors="coerce"))] if len(duos) else duos
 
 
 def baseline_rows(single: pd.DataFrame, large: str, uncertainty: str = "softmax_response") -> pd.DataFrame:
@@ -98,16 +122,19 @@ def metric_vs_balance_figure(duos: pd.DataFrame, single: pd.DataFrame, large: st
     for i, split in enumerate(splits):
         part = rows[rows["split"] == split]
         for j, metric in enumerate(metrics):
-            ax = axes[i, j]
+            ax, plotted = axes[i, j], False
             for mode, group in part.groupby("mode"):
                 color, label = MODE_STYLE.get(mode, ("black", mode))
-                group = group.sort_values("gflops_balance")
-                ax.plot(group["gflops_balance"], group[metric], marker="o", color=color, label=label, lw=1)
+                group = group[np.isfinite(group[metric].astype(float))].sort_values("gflops_balance")
+                if len(group):             # e.g. CP_AUROC is undefined when no prediction is correct
+                    ax.plot(group["gflops_balance"], group[metric], marker="o", color=color, label=label, lw=1)
+                    plotted = True
             key = (part["dataset"].iloc[0], split) if len(part) else None
             if key in base.index:
                 ax.axhline(base.loc[key][metric], color="black", ls="--", lw=1, label=f"{large} (TS)")
-            ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            if plotted:
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             ax.set_title(f"{metric} — {split}", fontsize=9)
             ax.set_xlabel("FLOPs balance", fontsize=8)
             ax.tick_params(labelsize=7)

@@ -212,6 +212,10 @@ class LockedTable:
             if missing:
                 raise UserError(f"{path}: the existing table lacks key column(s) {missing}; it was left as it is: "
                                 f"move it aside and rerun")
+            blank = self.frame[self.key_columns].isna().any(axis=1).to_numpy()
+            if blank.any():                        # a stale row no upsert could ever replace
+                raise UserError(f"{path}: data row {int(blank.argmax()) + 1} has an empty {', '.join(self.key_columns)} "
+                                f"cell; it was left as it is: repair the row or move the file aside, then rerun")
             repeated = pd.Series(self._keys(self.frame)).duplicated().to_numpy()
             if repeated.any():                     # an upsert would silently keep only one of them
                 row = self.frame[self.key_columns].iloc[int(repeated.argmax())].tolist()

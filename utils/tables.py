@@ -202,10 +202,6 @@ def read_duo_weights(path: str | Path) -> NameMap:
                                 f"with evaluate/3_duo_temp_scale.py")
         else:
             pair = (temperature_to_weight(float(t_large.iloc[i])), temperature_to_weight(float(t_small.iloc[i])))
-        if pair == (0.0, 0.0):
-            raise UserError(f"{path}: both duo weights of {large} + {small} are 0 (both temperatures inf): the duo "
-                            f"would give uniform probabilities and predict nothing; refit with "
-                            f"evaluate/3_duo_temp_scale.py")
         weights[(large, small)] = pair
     return weights
 
