@@ -94,7 +94,7 @@ def official_ensembles(args) -> list[dict]:
     for path in sorted(folder.glob("*.csv")):
         base, _, m = path.stem.rpartition("_")
         if not re.fullmatch(r"[0-9]+", m) or int(m) < 1 or base not in known:
-            print(f"{path.name}: not <backbone>_<m>.csv with m >= 1, skipped")
+            print(f"{path.name}: not <backbone>_<m>.csv, skipped (m >= 1)")
             continue
         key = (base, str(int(m)))
         if key in seen:                  # one result row per (model, m): a second file would silently win
