@@ -243,7 +243,7 @@ def _gcs_address(address: str) -> str | None:
     """host:port of an explicit address (`auto` resolved from RAY_ADDRESS), else None."""
     if address == "auto":
         address = os.environ.get("RAY_ADDRESS", "")
-    address = address.removeprefix("ray://") if address.startswith("ray://") else address
+    address = address.removeprefix("ray://")
     return address if ":" in address else None
 
 

@@ -9,7 +9,6 @@ submits itself); every path is quoted; CPUs come from the job's allocation (`SLU
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 from utils import safe_io
@@ -52,10 +51,10 @@ def self_submit(array_size: str) -> str:
             "fi\n")
 
 
-def command(script: str, args: list, repo_var: bool = True) -> str:
+def command(script: str, args: list) -> str:
     """One stage call: `"$PY" "$REPO/<script>" args...` with every argument quoted (`$CPUS` expands)."""
     rendered = [a if a == '"$CPUS"' else quote(a) for a in map(str, args)]      # the job's CPUs expand
-    return " ".join(['"$PY"', f'"$REPO/{script}"' if repo_var else quote(script), *rendered])
+    return " ".join(['"$PY"', f'"$REPO/{script}"', *rendered])
 
 
 # ----------------------------------------------------------------------------- the shipped scripts
@@ -149,4 +148,3 @@ run; the job fails at the end if any step failed.""")
 if __name__ == "__main__":
     for path in write_shipped():
         print(f"wrote {path}")
-    sys.exit(0)
