@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -m "" --durations=10
 
 demo: setup
 	$(PY) evaluate/run_pipeline.py --config configs/pipeline_mnist5k.yaml

@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.calibrate_temperature import fit_duo_weights
-from utils.prediction_io import PredictionSet, Split, write_predictions
+from utils.files.prediction_io import PredictionSet, Split, write_predictions
+from utils.maths.calibrate_temperature import fit_duo_weights
 
 SIZES = {"val": 7_314, "test": 8_154, "ood_test": 42_791}
 NUM_CLASSES = 182
 LARGE, SMALL = ("large_a", "large_b"), ("small_a", "small_b")
 REPO = Path(__file__).resolve().parents[1]
-OFFICIAL_S, TARGET_S = 38.6, 5.0      # the official script (3 modes x 2 types) on this machine; our target
+# The official script on these files, measured side by side with ours on a 2-core machine like this one
+# (its code is not part of this repository); pass --official_seconds with a fresh measurement to compare.
+RECORDED_OFFICIAL_S, TARGET_RATIO = 13.3, 7.0
 
 
 def write_models(folder: Path) -> None:
@@ -48,6 +50,8 @@ def run(script: str, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--official_seconds", type=float, help="the official script's wall time on the same files "
+                        f"(default: the recorded {RECORDED_OFFICIAL_S} s)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -66,9 +70,10 @@ def main() -> None:
         start = time.perf_counter()
         fit_duo_weights(val[LARGE[0]]["logits_val"], val[SMALL[0]]["logits_val"], val[LARGE[0]]["labels_val"])
         fit_s = time.perf_counter() - start
-    print(f"stage 5, 4 duos x 5 modes x 3 uncertainty types x 2 splits ({rows} rows): {wall:.2f} s wall "
-          f"(target <= {TARGET_S:.0f} s; the official script: {OFFICIAL_S} s for 3 modes x 2 types, "
-          f"{OFFICIAL_S / wall:.1f}x)")
+    official = args.official_seconds or RECORDED_OFFICIAL_S
+    source = "measured" if args.official_seconds else "recorded"
+    print(f"stage 5, 4 duos x 5 modes x 3 uncertainty types x 2 splits ({rows} rows): {wall:.2f} s wall; "
+          f"the official script ({source}): {official} s -> {official / wall:.1f}x (target >= {TARGET_RATIO:.0f}x)")
     print(f"duo weight fit at iWildCam val size (7,314 x 182): {fit_s:.3f} s (target <= 0.5 s)")
 
 

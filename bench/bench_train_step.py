@@ -2,7 +2,7 @@
 on synthetic input: the official configuration (fp32, batch 16) against the fast path (bf16 autocast
 + channels_last, batch 128). One JSON line per model and configuration.
 
-    python bench/bench_train_step.py --device cuda                 # the five models of the GPU issue
+    python bench/bench_train_step.py --device cuda                 # the five models of the GPU checks
     python bench/bench_train_step.py --models resnet18 --steps 2 --image_size 32 --device cpu   # smoke run
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from load_models import model_loader
+from load_models import inference, model_loader
 from train import engine
 
 MODELS = ["resnet50", "convnext_base", "vit_b_16", "efficientnet_b0", "resnet18"]
@@ -24,7 +24,7 @@ CONFIGS = {"official_fp32_bs16": {"precision": "fp32", "channels_last": False, "
 def images_per_second(name: str, config: dict, device: torch.device, steps: int, warmup: int, size: int,
                       compile: bool) -> float:
     model = model_loader.get_model_with_head(name, 1000, source="torchvision", weights="none")
-    model = engine.prepare_model(model, device, channels_last=config["channels_last"], compile=compile)
+    model = inference.prepare_model(model, device, channels_last=config["channels_last"], compile=compile)
     optimizer = engine.make_optimizer(model, 1e-4, 1e-8)
     x = torch.randn(config["batch"], 3, size, size)
     y = torch.randint(0, 1000, (config["batch"],))

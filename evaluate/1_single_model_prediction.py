@@ -20,16 +20,19 @@ import numpy as np
 from load_data.dataloaders import make_loaders
 from load_data.datasets import DATASETS, load_dataset
 from load_models import model_loader
-from train.engine import predict, prepare_model, resolve_device
-from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main, warn
-from utils.config import dataset_config
-from utils.model_names import existing_path, unique_by_case
-from utils.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, Split, read_predictions, write_predictions
+from load_models.inference import predict, predict_with_features, prepare_model, resolve_device
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_int, run_main, warn
+from utils.files import safe_io, tables
+from utils.files.model_names import existing_path, unique_by_case
+from utils.files.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, read_predictions, write_predictions
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            parents=[flags.dataset(required=False, help="dataset (default: the checkpoint's, or the only "
+                                                   "one under ./checkpoints)"),
+                                     flags.raw_checkpoint(), flags.device(precision="auto"), flags.loader(batch_size=64)])
     parser.add_argument("--model_path", metavar="FILE", help="checkpoint (project checkpoint or raw state_dict)")
     parser.add_argument("--all_models", action="store_true", help="predict every checkpoint in --model_dir "
                         "(ImageNet: every backbones.csv row, pretrained, when --model_dir has no checkpoints)")
@@ -41,30 +44,16 @@ def build_parser() -> ArgumentParser:
                              "./checkpoints/<dataset>/ff, ./checkpoints/imagenet for ImageNet)")
     parser.add_argument("--model", "--model_name", metavar="NAME",
                         help="architecture of a raw state_dict, or (ImageNet) a pretrained model to predict")
-    parser.add_argument("--source", choices=model_loader.SOURCES, help="torchvision or timm (default: backbones.csv "
-                        "or guessed from the name)")
-    parser.add_argument("--tv_weights", help="torchvision weights name for the preprocessing (default: backbones.csv)")
     parser.add_argument("--weights", default="default",
                         help="ImageNet without checkpoint: default (staged pretrained) | none | FILE")
     add_backbone_csv(parser, "model names (their spelling), sources, tv_weights")
-    parser.add_argument("--dataset", "--dataset_name", choices=DATASETS,
-                        help="dataset (default: the checkpoint's, or the only one under ./checkpoints)")
-    parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: configs/<dataset>.yaml)")
     parser.add_argument("--ood_dir", "--ood_dataset_dir", help="ImageNetV2 root for imagenet's ood_test")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml)")
     parser.add_argument("--output_dir", default="./predictions", help="prediction files folder (default ./predictions)")
     parser.add_argument("--format", choices=("npz", "csv"), default="npz", help="prediction file format")
     parser.add_argument("--features", "--feature_extractor_mode", action="store_true",
                         help="also write <model>.features.npz with the pooled penultimate features")
     parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the checkpoint's, else "
                         "the weights' own preprocessing)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available, else CPU")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bf16 autocast on CUDA (logits carry bf16 rounding), fp32 on CPU")
-    parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    parser.add_argument("--batch_size", type=positive_int, default=64, help="images per batch")
-    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
     parser.add_argument("--overwrite", action="store_true", help="recompute even if a complete file exists")
     return parser
 
@@ -143,12 +132,14 @@ def predict_model(job: dict, data, args, image_size_default, device) -> tuple[Pr
     model = prepare_model(model, device, channels_last=args.channels_last)
     splits, features = {}, {}
     for split, loader in loaders.items():
-        out = predict(model, loader, device, with_features=args.features, description=f"{job['name']} {split}",
-                      precision=args.precision, channels_last=args.channels_last)
-        splits[split] = Split(out.logits, out.labels, out.ids)
+        options = {"description": f"{job['name']} {split}", "precision": args.precision,
+                   "channels_last": args.channels_last}
         if args.features:
-            features[f"features_{split}"] = out.features
+            out, features[f"features_{split}"] = predict_with_features(model, loader, device, **options)
             features[f"ids_{split}"] = out.ids
+        else:
+            out = predict(model, loader, device, **options)
+        splits[split] = out
         print(f"{job['name']}: {split} {len(out.labels)} samples, acc {np.mean(out.logits.argmax(1) == out.labels):.4f}")
     return PredictionSet(job["name"], splits, {"dataset": args.dataset, "kind": "logits"}), (features or None)
 
@@ -174,16 +165,15 @@ def resolve_dataset_flag(args) -> str:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.dataset = resolve_dataset_flag(args)
-    config = dataset_config(args.dataset, args.config)
-    data_dir = args.data_dir or config["data"].get("root")
-    ood_dir = args.ood_dir or config["data"].get("ood_root")
+    args = flags.with_dataset_config(args, keep_unset=("image_size",))
+    data_dir, ood_dir = args.data_dir, args.ood_dir
     if args.dataset == "imagenet" and ood_dir and not Path(ood_dir).exists():
         warn(f"imagenet: ImageNetV2 folder {ood_dir} not found; predicting without ood_test (pass --ood_dir)")
         ood_dir = None
     backbones = tables.read_backbones(args.backbone_csv)
     jobs = list_jobs(args, backbones)
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset, data_dir, ood_root=ood_dir, split_dir=config["data"].get("split_dir"))
+    data = load_dataset(args.dataset, data_dir, ood_root=ood_dir, split_dir=args.split_dir)
     splits = [s for s in SPLITS if data.splits.get(s) is not None]
     output_dir = Path(args.output_dir)
     done = 0
@@ -195,7 +185,7 @@ def main_impl(argv=None) -> int:
         if not args.overwrite and is_complete(path, features_path, source_id, splits, args.features):
             print(f"{job['name']}: {path} is complete, skipped (--overwrite recomputes)")
             continue
-        pset, features = predict_model(job, data, args, config["data"].get("image_size"), device)
+        pset, features = predict_model(job, data, args, args.dataset_config["data"].get("image_size"), device)
         pset.meta["source_checkpoint"] = source_id
         if features:
             safe_io.write_npz(features_path, features)

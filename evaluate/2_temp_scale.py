@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from utils import calibrate_temperature, tables
-from utils.calibration_runs import single_temperature_row
-from utils.cli import ArgumentParser, run_main
-from utils.prediction_io import check_output_folder, prediction_paths, read_predictions, select_prediction_files
+from utils.cli.parsing import ArgumentParser, run_main
+from utils.files import tables
+from utils.files.prediction_io import check_output_folder, prediction_paths, read_predictions, select_prediction_files
+from utils.maths import calibrate_temperature
+from utils.stages.calibration import single_temperature_row
 
 
 def build_parser() -> ArgumentParser:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from utils import calibrate_temperature, tables
-from utils.calibration_runs import duo_weights_row
-from utils.cli import ArgumentParser, UserError, run_main
-from utils.evaluation import PredictionCache, find_duo_files
-from utils.prediction_io import check_output_folder, resolve_prediction_path
+from utils.cli.parsing import ArgumentParser, UserError, run_main
+from utils.files import tables
+from utils.files.prediction_io import check_output_folder, resolve_prediction_path
+from utils.maths import calibrate_temperature
+from utils.stages.calibration import duo_weights_row
+from utils.stages.scoring import PredictionCache, find_duo_files
 
 
 def build_parser() -> ArgumentParser:

@@ -19,26 +19,25 @@ import numpy as np
 import torch
 
 from load_models import dynamic_duo
-from utils import calibrate_temperature, safe_io, tables
-from utils.cli import ArgumentParser, UserError, non_negative_int, positive_int, run_main
-from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, resolve_dataset,
-                              single_model_metrics, write_results)
-from utils.prediction_io import align, check_output_folder, read_features, resolve_prediction_path
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from utils.files import safe_io, tables
+from utils.files.prediction_io import align, check_output_folder, read_features, resolve_prediction_path
+from utils.maths import calibrate_temperature
+from utils.stages.scoring import (DUO_RESULT_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, resolve_dataset,
+                                  single_model_metrics, write_results)
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
+        flags.evaluation_folders(calibrated_help="where the fitted models are saved (default ./calibrated)"),
+        flags.result_dataset()])
     parser.add_argument("--large_model_pred", metavar="FILE", help="prediction file of the large model")
     parser.add_argument("--small_model_pred", metavar="FILE", help="prediction file of the sidekick")
     parser.add_argument("--config", "--duo_csv_path", metavar="CSV", help="every (model_large, model_small) row")
-    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
-                        help="with --config: folder of prediction and features files")
-    parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
-    parser.add_argument("--calibrated_dir", default="./calibrated", help="where the fitted models are saved")
     parser.add_argument("--mode", choices=dynamic_duo.MODES, default="concat", help="which features feed each temperature")
     parser.add_argument("--optimizer", choices=dynamic_duo.OPTIMIZERS, default="lbfgs",
                         help="full-batch L-BFGS (strong Wolfe) or mini-batch Adam")
-    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files")
     parser.add_argument("--num_epochs", type=positive_int, default=32, help="epochs of the Adam optimizer (the official flag)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed")
     return parser
@@ -91,7 +90,7 @@ def main_impl(argv=None) -> int:
     if not rows:
         raise UserError("nothing evaluated: no duo has prediction files")
     written = write_results(args.output_dir, "dynamic_duo", resolve_dataset(args.dataset, names, args.predictions_dir),
-                            rows, DUO_COLUMNS, ["model_large", "model_small", "mode", "uncertainty_type", "split"])
+                            rows, DUO_RESULT_COLUMNS, ["model_large", "model_small", "mode", "uncertainty_type", "split"])
     for name, data in fitted.items():
         safe_io.write_bytes(Path(args.calibrated_dir) / "dynamic_duo" / name, data)
     print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))} and {len(fitted)} fitted model(s) to "

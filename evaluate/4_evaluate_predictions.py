@@ -13,25 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import tables
-from utils.calibration_runs import single_temperature_row
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main
-from utils.evaluation import (EVAL_SPLITS, SINGLE_COLUMNS, SINGLE_UNCERTAINTY_TYPES, check_scaled_logits,
-                              largest_magnitude, resolve_dataset, single_model_metrics, write_results)
-from utils.prediction_io import check_output_folder, read_predictions, select_prediction_files
-from utils.uncertainty_metrics import WeightedLogits
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.files import tables
+from utils.files.prediction_io import check_output_folder, read_predictions, select_prediction_files
+from utils.maths.uncertainty_metrics import WeightedLogits
+from utils.stages.calibration import single_temperature_row
+from utils.stages.scoring import (EVAL_SPLITS, SINGLE_RESULT_COLUMNS, SINGLE_UNCERTAINTY_TYPES, check_scaled_logits,
+                                  largest_magnitude, resolve_dataset, single_model_metrics, write_results)
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
-                        help="folder of prediction files, or official y-prediction/<dataset> (default ./predictions)")
-    parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
-    parser.add_argument("--calibrated_dir", default="./calibrated",
-                        help="folder of temperature_single_model.csv from stage 2 (default ./calibrated)")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
+        flags.evaluation_folders(calibrated_help="folder of temperature_single_model.csv from stage 2 (default ./calibrated)"),
+        flags.result_dataset()])
     add_backbone_csv(parser, "for the gflops/params columns")
-    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
-                        "(default: recorded in the prediction files)")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
                         choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
@@ -82,7 +78,7 @@ def main_impl(argv=None) -> int:
     if fitted:
         tables.upsert_single_temperatures(args.calibrated_dir, fitted)
         print(f"fitted and recorded {len(fitted)} missing temperature(s) in {temperature_file}")
-    written = write_results(args.output_dir, "single_model", dataset, rows, SINGLE_COLUMNS,
+    written = write_results(args.output_dir, "single_model", dataset, rows, SINGLE_RESULT_COLUMNS,
                             ["model", "wrapper", "uncertainty_type", "split"])
     print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
     return 0

@@ -1,7 +1,7 @@
 """Stage 5: evaluate every duo of a duos CSV in every mode and uncertainty type on test and ood_test.
 
 Writes `evaluation_duo_<dataset>.csv` (test) and `evaluation_duo_<dataset>_ood.csv` (ood_test) under
---output_dir. Modes and uncertainty types are defined in `load_models/duo_modes.py` (contract §5).
+--output_dir. Modes and uncertainty types are defined in `utils/maths/duo_modes.py` (contract §5).
 
     python evaluate/5_evaluate_duo_predictions.py --config configs/duos.csv \
         --predictions_dir ./predictions --output_dir ./results [--modes unweighted uqonly asymmetric]
@@ -11,34 +11,29 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs, member_scales
-from utils import tables
-from utils.calibration_runs import duo_weights_row, single_temperature_row
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, run_main, warn
-from utils.evaluation import (DUO_COLUMNS, EVAL_SPLITS, PredictionCache, check_scaled_logits, find_duo_files,
-                              largest_magnitude, metrics_by_uncertainty, resolve_dataset, write_results)
-from utils.prediction_io import align, check_output_folder
-from utils.uncertainty_metrics import UNCERTAINTY_TYPES
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main, warn
+from utils.files import tables
+from utils.files.prediction_io import align, check_output_folder
+from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs, member_scales
+from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
+from utils.stages.calibration import duo_weights_row, single_temperature_row
+from utils.stages.scoring import (DUO_RESULT_COLUMNS, EVAL_SPLITS, PredictionCache, check_scaled_logits, find_duo_files,
+                                  largest_magnitude, metrics_by_uncertainty, resolve_dataset, write_results)
 
 _NEEDS_SINGLE = {"unweighted_ts"}
 _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            parents=[flags.evaluation_folders(), flags.result_dataset()])
     parser.add_argument("--config", "--duo_csv_path", default="configs/duos.csv", metavar="CSV",
                         help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv; a relative path "
                              "not found in the working folder is read from the repository)")
-    parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
-                        help="folder of prediction files, or official y-prediction/<dataset> (default ./predictions)")
-    parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
-    parser.add_argument("--calibrated_dir", default="./calibrated",
-                        help="folder of the stage-2/3 temperature CSVs (default ./calibrated)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES, help="default: all five")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(UNCERTAINTY_TYPES), choices=UNCERTAINTY_TYPES,
                         help="default: all three")
-    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
-                        "(default: recorded in the prediction files)")
     add_backbone_csv(parser, "fills gflops columns the duos CSV lacks")
     parser.add_argument("--strict", action="store_true", help="fail on the first duo with a missing prediction file")
     parser.add_argument("--fit_missing", action="store_true",
@@ -119,7 +114,7 @@ def main_impl(argv=None) -> int:
         tables.upsert_single_temperatures(args.calibrated_dir, fitted_single)
     if fitted_duo:
         tables.upsert_duo_temperatures(args.calibrated_dir, fitted_duo)
-    written = write_results(args.output_dir, "duo", dataset, rows, DUO_COLUMNS,
+    written = write_results(args.output_dir, "duo", dataset, rows, DUO_RESULT_COLUMNS,
                             ["model_large", "model_small", "mode", "uncertainty_type", "split"])
     print(f"wrote {len(rows)} row(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
     return 0

@@ -29,29 +29,27 @@ import numpy as np
 import torch
 
 from load_data.dataloaders import make_loaders
-from load_data.datasets import DATASETS, load_dataset
+from load_data.datasets import load_dataset
 from load_models import model_loader
+from load_models.inference import predict, resolve_device
 from load_models.laplace_tools import (PairLoader, feature_loaders, laplace_log_probs, predictive_chunk,
                                        use_fast_kron_predictive)
-from train import engine
-from utils import tables
-from utils.cli import (ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_float, positive_int,
-                       run_main)
-from utils.config import dataset_config
-from utils.model_names import existing_path, output_path
-from utils.prediction_io import SPLITS, PredictionSet, Split, write_predictions
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main
+from utils.files import tables
+from utils.files.model_names import existing_path, output_path
+from utils.files.prediction_io import SPLITS, PredictionSet, write_predictions
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            parents=[flags.dataset(), flags.raw_checkpoint(),
+                                     flags.device(),
+                                     flags.loader(batch_size=32, batch_help="batch size of the Hessian fit")])
     parser.add_argument("--model_path", "--trained_model_path", required=True, help="fine-tuned checkpoint")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
     parser.add_argument("--predictions_dir", default="./predictions", help="where <name>_LA.npz goes")
     parser.add_argument("--model", "--model_name", help="architecture of a raw state_dict")
-    parser.add_argument("--source", choices=model_loader.SOURCES, help="source of a raw state_dict")
     parser.add_argument("--save_name", help="output name without _LA (default: the checkpoint's file name)")
-    parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
     add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--subset_of_weights", default="last_layer", choices=("last_layer", "all"),
                         help="which weights get a posterior (the paper: last_layer)")
@@ -61,29 +59,22 @@ def build_parser() -> ArgumentParser:
                         help="gridsearch on val NLL (the official choice) or the marginal likelihood")
     parser.add_argument("--link_approx", default="probit", choices=("probit", "bridge", "bridge_norm", "mc"),
                         help="GLM predictive link approximation (the official: probit)")
-    parser.add_argument("--batch_size", type=positive_int, default=32, help="batch size of the Hessian fit")
     parser.add_argument("--max_memory_gb", type=positive_float, default=2.0, help="budget for the predictive's Jacobians")
     parser.add_argument("--subset", type=positive_int, help="fit on the first N training images (quick runs)")
-    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available, else CPU")
     return parser
 
 
 def main_impl(argv=None) -> int:
     from laplace import Laplace
-    args = build_parser().parse_args(argv)
-    config = dataset_config(args.dataset, args.config)
-    data = load_dataset(args.dataset, args.data_dir or config["data"].get("root"), split_dir=config["data"].get("split_dir"))
+    args = flags.with_dataset_config(build_parser().parse_args(argv))
+    data = load_dataset(args.dataset, args.data_dir, split_dir=args.split_dir)
     model_path = existing_path(args.model_path)
-    model, record = model_loader.load_model_from_checkpoint(model_path, args.model, args.source,
-                                                            num_classes=data.num_classes)
+    model, record, transforms = model_loader.rebuild_from_checkpoint(model_path, args.model, args.source, args.tv_weights,
+                                                                     num_classes=data.num_classes)
     name = tables.model_identity(args.save_name or model_path.stem.removesuffix("_best"), "--save_name",
                                  tables.read_backbones(args.backbone_csv))
-    transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),
-                                             record.get("image_size"))
     _, head = model_loader.find_head(model)
-    device = engine.resolve_device(args.device)
+    device = resolve_device(args.device)
     chunk = predictive_chunk(data.num_classes, head.in_features, args.max_memory_gb)
     fit_loaders = make_loaders(data, args.batch_size, args.num_workers, transforms["eval"], subset=args.subset,
                                shuffle_train=False)         # the training split with evaluation transforms
@@ -111,8 +102,8 @@ def main_impl(argv=None) -> int:
     for split in SPLITS:
         if eval_loaders.get(split) is None:
             continue
-        out = laplace_log_probs(la, eval_loaders[split], device, chunk, args.link_approx)
-        splits[split] = Split(out.logits, out.labels, out.ids)
+        out = predict(model, eval_loaders[split], device, laplace_log_probs(la, chunk, args.link_approx))
+        splits[split] = out
         print(f"{name}_LA: {split} acc {np.mean(out.logits.argmax(1) == out.labels):.4f}, "
               f"NLL {-np.mean(out.logits[np.arange(len(out.labels)), out.labels]):.4f}")
     path = write_predictions(PredictionSet(f"{name}_LA", splits, {

@@ -27,18 +27,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils import calibrate_temperature, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
-from utils.evaluation import (ENSEMBLE_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
-                              single_model_metrics, write_results)
-from utils.model_names import NameMap, check_plain_name, unique_by_case
-from utils.prediction_io import (align, check_output_folder, find_prediction_file, prediction_paths,
-                                 read_official_ensemble, read_predictions)
-from utils.uncertainty_metrics import METRIC_COLUMNS, WeightedLogits
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
+from utils.files import tables
+from utils.files.model_names import NameMap, check_plain_name, unique_by_case
+from utils.files.prediction_io import (align, check_output_folder, find_prediction_file, prediction_paths,
+                                       read_official_ensemble, read_predictions)
+from utils.maths import calibrate_temperature
+from utils.maths.uncertainty_metrics import METRIC_COLUMNS, WeightedLogits
+from utils.stages.scoring import (ENSEMBLE_RESULT_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
+                                  single_model_metrics, write_results)
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[flags.result_dataset()])
     parser.add_argument("--members", nargs="+", metavar="FILE_OR_MODEL",
                         help="member prediction files, or model names inside --predictions_dir (without it: the "
                              "official pre-averaged <model>_<m>.csv files of --prediction_dir)")
@@ -50,8 +52,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subset draw (default 0)")
     parser.add_argument("--name", help="label in the 'model' column (default: the members' common name prefix)")
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
-    parser.add_argument("--dataset", "--dataset_name", help="dataset name for the result files "
-                        "(default: recorded in the prediction files)")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
                         choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
     parser.add_argument("--method", choices=calibrate_temperature.METHODS, default="exact",
@@ -117,7 +117,7 @@ def main_impl(argv=None) -> int:
     if not args.members:
         dataset = check_plain_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
         rows = official_ensembles(args)
-        written = write_results(args.output_dir, "deep_ensemble", dataset, rows, ENSEMBLE_COLUMNS,
+        written = write_results(args.output_dir, "deep_ensemble", dataset, rows, ENSEMBLE_RESULT_COLUMNS,
                                 ["model", "m", "subset", "uncertainty_type", "split"])
         print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
         return 0
@@ -146,7 +146,7 @@ def main_impl(argv=None) -> int:
         subsets = draw_subsets(len(members), size, args.subsets, args.seed)
         for number, subset in enumerate(subsets):
             val_mean = WeightedLogits([splits["val"][i].logits for i in subset], [1.0 / size] * size).materialise()
-            temperature = calibrate_temperature.fit_temperature(val_mean.numpy(), splits["val"][0].labels,
+            temperature = calibrate_temperature.fit_temperature(val_mean, splits["val"][0].labels,
                                                                 method=args.method).temperature
             label = "+".join(members[i].model for i in subset)
             for split in EVAL_SPLITS:
@@ -155,7 +155,7 @@ def main_impl(argv=None) -> int:
                 members_logits = [splits[split][i].logits for i in subset]
                 pooled = WeightedLogits(members_logits, [1.0 / (size * temperature)] * size)
                 # T = inf: uniform probabilities, the pooled logits' own predictions
-                kept = (WeightedLogits(members_logits, [1.0] * size).materialise().argmax(1).numpy()
+                kept = (WeightedLogits(members_logits, [1.0] * size).materialise().argmax(1)
                         if math.isinf(temperature) else None)
                 for uncertainty, metrics in single_model_metrics(pooled, splits[split][0].labels,
                                                                  args.uncertainty_types, kept).items():
@@ -171,7 +171,7 @@ def main_impl(argv=None) -> int:
         for statistic, values in statistics:
             summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
                               "uncertainty_type": uncertainty, "split": split})
-    written = write_results(args.output_dir, "deep_ensemble", dataset, rows + summaries, ENSEMBLE_COLUMNS,
+    written = write_results(args.output_dir, "deep_ensemble", dataset, rows + summaries, ENSEMBLE_RESULT_COLUMNS,
                             ["model", "m", "subset", "uncertainty_type", "split"])
     print(f"wrote {len(rows) + len(summaries)} row(s) to {', '.join(map(str, written))}")
     return 0

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from load_models.duo_modes import DuoTemperatures, duo_outputs
-from utils import report, safe_io, tables, uncertainty_metrics as um
-from utils.cli import ArgumentParser, UserError, run_main
-from utils.model_names import NameMap
-from utils.prediction_io import find_prediction_file, read_predictions, align
+from utils.cli.parsing import ArgumentParser, UserError, run_main
+from utils.files import safe_io, tables
+from utils.files.model_names import NameMap
+from utils.files.prediction_io import align, find_prediction_file, read_predictions
+from utils.maths import uncertainty_metrics as um
+from utils.maths.duo_modes import DuoTemperatures, duo_outputs
+from utils.report import figures as report
 
 
 def build_parser() -> ArgumentParser:
@@ -188,8 +190,7 @@ def main_impl(argv=None) -> int:
         report.curves_figure(curves, folder / "curves.png", f"{large} (TS) and its best duo (+ {best}, by test NLL)")
         sections += ["## Risk-coverage and reliability", "", "![curves](curves.png)", ""]
     safe_io.write_text(out_path, "\n".join(sections) + "\n")
-    shown = summary.copy()
-    print(report.markdown_table(shown))
+    print(report.markdown_table(summary))
     print(f"\nwrote {out_path} and its figures")
     return 0
 

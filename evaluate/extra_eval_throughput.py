@@ -22,21 +22,18 @@ import pandas as pd
 import torch
 
 from load_models import model_loader
-from train.engine import PRECISIONS, autocast_context, prepare_model, resolve_device
-from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
+from load_models.inference import autocast_context, prepare_model, resolve_device
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
+from utils.files import safe_io, tables
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[flags.device(precision="auto")])
     add_backbone_csv(parser, "sources, tv_weights and GFLOPS")
     parser.add_argument("--models", nargs="*", default=[], help="single models to time (default: none)")
     parser.add_argument("--pairs", nargs="*", default=[], metavar="LARGE:SMALL", help="duos to time")
     parser.add_argument("--duos_csv", help="time every duo of this CSV (and its members)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available, else CPU")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA")
-    parser.add_argument("--channels_last", action="store_true", help="channels_last memory format")
     parser.add_argument("--max_batch", type=positive_int, default=512, help="singles: start here, halve on OOM")
     parser.add_argument("--duo_batch", type=positive_int, nargs="+", default=[256, 32], help="duo batch sizes")
     parser.add_argument("--image_size", type=positive_int, help="override every model's own input size")

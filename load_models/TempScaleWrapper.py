@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils import calibrate_temperature, uncertainty_metrics as um
+from utils.maths import calibrate_temperature
+from utils.maths import uncertainty_metrics as um
 
 
 class TempScaleWrapper(nn.Module):

@@ -15,7 +15,7 @@ import copy
 import torch
 
 from load_models import model_loader
-from train import engine
+from load_models.inference import predict_with_features
 
 
 class PairLoader:
@@ -42,8 +42,8 @@ def feature_loaders(model, loaders: dict, device, batch_size: int) -> tuple[torc
         if loader is None:
             out[split] = None
             continue
-        pred = engine.predict(model, loader, device, with_features=True)
-        features = torch.from_numpy(pred.features)
+        pred, pooled = predict_with_features(model, loader, device)
+        features = torch.from_numpy(pooled)
         dataset = torch.utils.data.TensorDataset(features, torch.from_numpy(pred.labels),
                                                  torch.arange(len(pred.labels)))
         batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -115,14 +115,11 @@ def predictive_chunk(num_classes: int, feature_dim: int, budget_gb: float) -> in
     return max(1, int(budget_gb * 2**30 // per_sample))
 
 
-@torch.no_grad()
-def laplace_log_probs(la, loader, device, chunk: int, link_approx: str) -> engine.Predictions:
-    log_probs, labels, ids = [], [], []
-    for x, y, sample_ids in loader:
-        x = x.to(device)
+def laplace_log_probs(la, chunk: int, link_approx: str):
+    """The inference hook of the Laplace predictive: log of its GLM predictive probabilities, `chunk`
+    samples per library call (the Jacobians' memory budget)."""
+    def outputs(x: torch.Tensor) -> torch.Tensor:
         parts = [la(x[i:i + chunk], pred_type="glm", link_approx=link_approx) for i in range(0, len(x), chunk)]
         probs = torch.cat(parts).double().clamp_min(1e-300)
-        log_probs.append((probs / probs.sum(1, keepdim=True)).log().float().cpu())
-        labels.append(y)
-        ids.extend(engine.batch_ids(sample_ids))
-    return engine.stack_predictions(log_probs, labels, ids)
+        return (probs / probs.sum(1, keepdim=True)).log()
+    return outputs

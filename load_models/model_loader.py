@@ -21,10 +21,10 @@ import torchvision
 from torch import nn
 from torchvision import transforms as T
 
-from utils import safe_io
-from utils.cli import UserError
+from utils.cli.parsing import UserError
+from utils.files import safe_io
+from utils.files.model_names import SOURCES
 
-SOURCES = ("torchvision", "timm")
 STAGE_COMMAND = "python train/download_imagenet_models.py --backbone_csv configs/backbones.csv --models {name}"
 SOUP_SUFFIXES = ("_greedy", "_uniform")
 
@@ -260,6 +260,20 @@ def read_checkpoint(path: str | Path) -> dict:
     if "state_dict" not in record:                 # a raw state_dict (the official code's checkpoints)
         record = {"state_dict": record}
     return record
+
+
+def rebuild_from_checkpoint(path: str | Path, model_name: str | None = None, source: str | None = None,
+                            tv_weights: str | None = None, num_classes: int | None = None, raw_name: str | None = None,
+                            image_size: int | None = None) -> tuple[nn.Module, dict, dict[str, T.Compose]]:
+    """The model a checkpoint holds, its record (architecture, source, tv_weights, classes, image size) and
+    the transforms it was trained with. `model_name` must agree with the recorded architecture; `raw_name`,
+    `source` and `tv_weights` describe a raw state_dict, which records none; `image_size` overrides the
+    recorded one."""
+    model, record = load_model_from_checkpoint(path, model_name, source, num_classes, raw_name)
+    record["tv_weights"] = record.get("tv_weights") or tv_weights
+    record["image_size"] = image_size or record.get("image_size")
+    transforms = get_transforms(record["model_name"], record["source"], record["tv_weights"], record["image_size"])
+    return model, record, transforms
 
 
 def load_model_from_checkpoint(path: str | Path, model_name: str | None = None, source: str | None = None,

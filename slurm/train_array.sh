@@ -19,10 +19,10 @@ CPUS="${SLURM_CPUS_PER_TASK:-1}"
 DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
   mkdir -p logs
-  exec sbatch --array=1-$("$PY" -c "from utils import tables; print(len(tables.backbone_names(tables.read_backbones())))") "$0" "$@"
+  exec sbatch --array=1-$("$PY" -c "from utils.files import tables; print(len(tables.backbone_names(tables.read_backbones())))") "$0" "$@"
 fi
 shift
-MODEL=$("$PY" -c "import sys; from utils import tables; print(tables.backbone_names(tables.read_backbones())[int(sys.argv[1]) - 1])" "$SLURM_ARRAY_TASK_ID")
+MODEL=$("$PY" -c "import sys; from utils.files import tables; print(tables.backbone_names(tables.read_backbones())[int(sys.argv[1]) - 1])" "$SLURM_ARRAY_TASK_ID")
 echo "task ${SLURM_ARRAY_TASK_ID}: ${MODEL} on ${DATASET}"
 "$PY" "$REPO/train/hp_tune.py" --model "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints --cpus_per_trial "$CPUS" --gpus_per_trial 1 --resume "$@"
 "$PY" "$REPO/train/make_soup.py" --model "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints --num_workers "$CPUS"

@@ -11,6 +11,14 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """DUOS_TEST_SHUFFLE=<seed> runs the tests in a shuffled order: no test may depend on another's."""
+    seed = os.environ.get("DUOS_TEST_SHUFFLE")
+    if seed:
+        import random
+        random.Random(int(seed)).shuffle(items)
+
+
 @pytest.fixture
 def stage(capsys):
     """Run a stage script's main(argv) in-process: stage('evaluate/2_temp_scale.py', *args) -> (code, out, err)."""

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.prediction_io import PredictionSet, Split, write_predictions
+from utils.files.prediction_io import PredictionSet, Split, write_predictions
 
 DEFAULT_SIZES = {"val": 300, "test": 400, "ood_test": 350}
 

@@ -1148,7 +1148,7 @@ def good_workspace(tmp_path_factory):
                                  num_classes=4, image_size=16)
     fixtures.make_caltech256(shared / "data")
     fixtures.make_imagenet(shared / "imagenet_data")
-    from load_data.datasets import load_dataset              # the split files a first use caches beside the data
+    from load_data.datasets import load_dataset  # the split files a first use caches beside the data
     load_dataset("caltech256", shared / "data")
     load_dataset("imagenet", shared / "imagenet_data" / "imagenet", ood_root=shared / "imagenet_data" / "imagenetv2")
     return root, shared

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize, minimize_scalar
 
-from utils import calibrate_temperature as ct
-from utils.cli import UserError
+from utils.cli.parsing import UserError
+from utils.maths import calibrate_temperature as ct
+from utils.maths import duo_modes
 
 
 def synthetic(n=1500, k=20, seed=0, scale_large=1.0, scale_small=1.0, small_informative=True):
@@ -85,9 +86,9 @@ def test_fit_is_deterministic():
 
 
 def test_temperature_weight_conversion():
-    assert ct.weight_to_temperature(0.25) == 2.0
-    assert ct.temperature_to_weight(2.0) == 0.25
-    assert math.isinf(ct.weight_to_temperature(0.0)) and ct.temperature_to_weight(math.inf) == 0.0
+    assert duo_modes.weight_to_temperature(0.25) == 2.0
+    assert duo_modes.temperature_to_weight(2.0) == 0.25
+    assert math.isinf(duo_modes.weight_to_temperature(0.0)) and duo_modes.temperature_to_weight(math.inf) == 0.0
 
 
 def test_official_method_follows_grid_then_lbfgs():
@@ -134,8 +135,9 @@ def test_stages_score_huge_float64_logits_like_the_unscaled_ones(tmp_path, stage
     """A float64 prediction file with logits near 1e200: stage 2 records the scaled temperature (no NaN
     row) and stage 4's temperature-scaled rows equal those of the unscaled file."""
     import pandas as pd
+
     from tests.helpers import make_duo_logits, write_set
-    from utils.prediction_io import read_predictions
+    from utils.files.prediction_io import read_predictions
     pset = make_duo_logits(num_classes=5)["large"]
     for folder, factor in (("plain", 1.0), ("huge", 1e200)):
         path = write_set(pset, tmp_path / folder)

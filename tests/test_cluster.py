@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow                    # a real `ray start` head: ~1.5 min
 RAY = Path(sys.executable).with_name("ray")
 TINY = ["--model", "resnet10t", "--dataset", "mnist5k", "--weights", "none", "--lp_samples", 1, "--num_samples", 2,
         "--epochs_lp", 1, "--epochs_ff", 1, "--subset", 64, "--image_size", 32, "--batch_size", 32, "--num_workers", 0]

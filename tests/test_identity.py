@@ -12,10 +12,10 @@ import pytest
 
 from tests.conftest import REPO, snapshot
 from tests.helpers import make_duo_logits, write_set
-from utils import tables
-from utils.cli import UserError
-from utils.model_names import NameMap, canonical_name, check_plain_name, find_file, unique_by_case
-from utils.prediction_io import list_prediction_files, read_predictions, write_predictions
+from utils.cli.parsing import UserError
+from utils.files import tables
+from utils.files.model_names import NameMap, canonical_name, check_plain_name, find_file, unique_by_case
+from utils.files.prediction_io import list_prediction_files, read_predictions, write_predictions
 
 S2, S3, S4, S5 = ("evaluate/2_temp_scale.py", "evaluate/3_duo_temp_scale.py", "evaluate/4_evaluate_predictions.py",
                   "evaluate/5_evaluate_duo_predictions.py")
@@ -273,7 +273,7 @@ def test_names_that_look_like_numbers_or_missing_values_stay_names(tmp_path, sta
     duo = pd.read_csv(cal / "temperature_duo.csv", dtype=str, keep_default_na=False)
     assert sorted(zip(duo.model_large, duo.model_small)) == [("18", "050"), ("18", "NA")]
     expected = tables.read_duo_weights(cal / "temperature_duo.csv")[("18", "050")]
-    from utils.calibration_runs import duo_weights_row
+    from utils.stages.calibration import duo_weights_row
     refit = duo_weights_row(read_predictions(tmp_path / "p" / "18.npz"), read_predictions(tmp_path / "p" / "050.npz"))
     assert expected == pytest.approx((refit["weight_large"], refit["weight_small"]))
     assert set(tables.read_single_temperatures(cal / "temperature_single_model.csv")) == {"18", "050", "NA", "50"}

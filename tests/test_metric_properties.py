@@ -4,7 +4,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import log_loss, roc_auc_score
 
-from utils import uncertainty_metrics as um
+from utils.maths import uncertainty_metrics as um
 
 
 @st.composite

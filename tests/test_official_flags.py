@@ -82,7 +82,7 @@ def test_flags_listed_as_not_accepted_are_refused(script):
 
 
 def test_hp_tune_config_dir_reads_the_dataset_yaml(tmp_path):
-    from utils.config import dataset_config
+    from utils.cli.config import dataset_config
     (tmp_path / "caltech256.yaml").write_text("training:\n  num_epochs_ff: 3\n")
     assert dataset_config("caltech256", config_dir=tmp_path)["training"]["num_epochs_ff"] == 3
     assert dataset_config("caltech256", config_dir="configs")["training"]["num_epochs_ff"] == 16   # the repository's
@@ -130,7 +130,7 @@ def test_stage1_mode_soup_predicts_only_the_soups(tmp_path):
     for name in ("resnet50", "resnet50_greedy", "resnet50_uniform"):
         model_loader.save_checkpoint(folder / f"{name}.pth", {"w": torch.zeros(1)}, model_name="resnet50",
                                      source="torchvision")
-    from utils import tables
+    from utils.files import tables
     backbones = tables.read_backbones()
     soups = stage1.list_jobs(stage1.build_parser().parse_args(
         ["--model_dir_path", str(folder), "--dataset", "caltech256", "--mode", "soup"]), backbones)

@@ -3,11 +3,12 @@ import importlib
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from PIL import Image
 
 from tests.conftest import REPO
-from utils.prediction_io import read_predictions
+from utils.files.prediction_io import read_predictions
 
 pipeline = importlib.import_module("evaluate.run_pipeline")
 
@@ -21,6 +22,7 @@ def tiny_config(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     root = tmp_path / "demo"
     args = ["--config", tiny_config(tmp_path), "--output_root", root, "--tiny"]

@@ -16,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from load_models.duo_modes import MODES
 from tests import fixtures
 from tests.conftest import REPO
-from utils.uncertainty_metrics import UNCERTAINTY_TYPES
+from utils.maths.duo_modes import MODES
+from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 
 SECTION = "## Full reproduction on real data"
 SKIP_MARK = "<!-- not run by the tests:"

@@ -1,6 +1,5 @@
 """Killed jobs, concurrent jobs and reproducibility."""
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 
@@ -10,18 +9,15 @@ import pytest
 
 from tests.conftest import REPO
 from tests.helpers import make_duo_logits, write_set
-from utils import safe_io, tables
-from utils.prediction_io import read_predictions
+from utils.files import safe_io, tables
+from utils.files.prediction_io import read_predictions
 
 S2, S3, S5 = "evaluate/2_temp_scale.py", "evaluate/3_duo_temp_scale.py", "evaluate/5_evaluate_duo_predictions.py"
 
 
 def run(script, *args, kill_at=None):
-    env = dict(os.environ)
-    env.pop("ASYMMETRIC_DUOS_KILL_AT", None)
-    if kill_at:
-        env["ASYMMETRIC_DUOS_KILL_AT"] = kill_at
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], env=env, capture_output=True,
+    wrapper = [str(REPO / "tests" / "kill_at.py"), kill_at] if kill_at else []
+    return subprocess.run([sys.executable, *wrapper, str(REPO / script), *map(str, args)], capture_output=True,
                           text=True, timeout=300)
 
 
@@ -113,8 +109,9 @@ def test_stage_outputs_are_reproducible(workspace):
 
 
 def test_stage1_is_deterministic(tmp_path, stage):
-    from load_models import model_loader
     import torch
+
+    from load_models import model_loader
     torch.manual_seed(0)
     model = model_loader.get_model_with_head("resnet10t", 10, source="timm", weights="none")
     ckpt = model_loader.save_checkpoint(tmp_path / "m.pth", model, model_name="resnet10t", source="timm",

@@ -3,7 +3,7 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from utils import safe_io
+from utils.files import safe_io
 
 
 def _upsert_worker(path, worker, rows):

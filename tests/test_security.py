@@ -16,8 +16,8 @@ from load_models import model_loader
 from tests.conftest import REPO, snapshot
 from tests.helpers import make_duo_logits, write_set
 from train import tuning
-from utils import safe_io
-from utils.cli import UserError
+from utils.cli.parsing import UserError
+from utils.files import safe_io
 
 S1, S2, S3DY, S4, S5 = ("evaluate/1_single_model_prediction.py", "evaluate/2_temp_scale.py",
                         "evaluate/3dy_duo_temp_scale.py", "evaluate/4_evaluate_predictions.py",
@@ -244,7 +244,7 @@ def test_stale_temporaries_of_killed_writes_are_swept(tmp_path, stage):
 
 def test_a_killed_write_leaves_only_a_swept_temporary(tmp_path):
     """A write killed between writing and renaming leaves `.<name>.<random>.tmp`; the target is untouched."""
-    code = ("import os, sys; from utils import safe_io\n"
+    code = ("import os, sys; from utils.files import safe_io\n"
             "with safe_io.atomic_path(sys.argv[1]) as tmp:\n"
             "    tmp.write_text('half')\n"
             "    os._exit(9)\n")

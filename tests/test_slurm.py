@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from utils import slurm, tables
+from utils.cli import slurm
+from utils.files import tables
 
 STUB_SBATCH = r'''#!/usr/bin/env python3
 import json, os, sys
@@ -103,7 +104,7 @@ def _directives_ok(record: dict, job_name: str) -> None:
 
 def test_shipped_scripts_are_the_rendering(tmp_path):
     for name, render in slurm.SHIPPED.items():
-        assert (REPO / "slurm" / name).read_text() == render(), f"run `python -m utils.slurm` ({name} drifted)"
+        assert (REPO / "slurm" / name).read_text() == render(), f"run `python -m utils.cli.slurm` ({name} drifted)"
 
 
 def test_shipped_train_array_submits_itself_and_trains_one_backbone(stubs, tmp_path):

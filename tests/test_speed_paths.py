@@ -6,10 +6,11 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import nn
 
-from load_models import model_loader
+from load_models import inference, model_loader
 from tests.conftest import REPO
 from train import engine
 
@@ -27,8 +28,8 @@ def fixed_model_and_batches(seed=0, n=256):
 
 def test_bf16_prediction_matches_fp32_argmax():
     model, batches = fixed_model_and_batches()
-    fp32 = engine.predict(model, batches, CPU, precision="fp32")
-    bf16 = engine.predict(model, batches, CPU, precision="bf16")
+    fp32 = inference.predict(model, batches, CPU, precision="fp32")
+    bf16 = inference.predict(model, batches, CPU, precision="bf16")
     agree = np.mean(fp32.logits.argmax(1) == bf16.logits.argmax(1))
     # stated tolerance: >= 97% of argmax predictions identical, logits within 5% of their spread
     assert agree >= 0.97, agree
@@ -37,8 +38,8 @@ def test_bf16_prediction_matches_fp32_argmax():
 
 def test_channels_last_prediction_is_the_same():
     model, batches = fixed_model_and_batches(seed=1, n=64)
-    plain = engine.predict(model, batches, CPU)
-    fast = engine.predict(engine.prepare_model(model, CPU, channels_last=True), batches, CPU, channels_last=True)
+    plain = inference.predict(model, batches, CPU)
+    fast = inference.predict(inference.prepare_model(model, CPU, channels_last=True), batches, CPU, channels_last=True)
     assert np.allclose(plain.logits, fast.logits, atol=1e-4)
 
 
@@ -57,14 +58,15 @@ def test_gradient_accumulation_equals_the_full_batch():
 
 def test_bf16_and_channels_last_training_step_runs():
     model, batches = fixed_model_and_batches(seed=2, n=64)
-    model = engine.prepare_model(model.train(), CPU, channels_last=True)
+    model = inference.prepare_model(model.train(), CPU, channels_last=True)
     loss = engine.train_one_epoch(model, batches, engine.make_optimizer(model, 1e-3, 0), CPU, "bf16", channels_last=True)
     assert np.isfinite(loss)
 
 
+@pytest.mark.slow
 def test_compile_path():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-    compiled = engine.prepare_model(model, CPU, compile=True)
+    compiled = inference.prepare_model(model, CPU, compile=True)
     x = torch.randn(2, 3, 8, 8)
     assert torch.allclose(compiled(x), model(x), atol=1e-5)
 
@@ -81,6 +83,7 @@ def test_throughput_script_on_cpu(tmp_path, stage):
     assert "R² log throughput vs log GFLOPs" in stdout
 
 
+@pytest.mark.slow
 def test_train_step_benchmark_smoke():
     command = [sys.executable, str(REPO / "bench" / "bench_train_step.py"), "--models", "resnet18", "--steps", "1",
                "--warmup", "0", "--image_size", "32", "--device", "cpu"]

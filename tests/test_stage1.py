@@ -6,7 +6,7 @@ import torch
 from load_data.dataloaders import get_dataloaders
 from load_models import model_loader
 from tests import fixtures
-from utils.prediction_io import read_predictions
+from utils.files.prediction_io import read_predictions
 
 S1 = "evaluate/1_single_model_prediction.py"
 

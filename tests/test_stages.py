@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from load_models.duo_modes import MODES, DuoTemperatures, duo_outputs
 from tests.conftest import run_cli
 from tests.helpers import make_duo_logits, permuted, write_official, write_set
-from utils import calibrate_temperature as ct
-from utils import uncertainty_metrics as um
+from utils.maths import calibrate_temperature as ct
+from utils.maths import uncertainty_metrics as um
+from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs
 
 S2, S3, S4, S5, S8 = ("evaluate/2_temp_scale.py", "evaluate/3_duo_temp_scale.py", "evaluate/4_evaluate_predictions.py",
                       "evaluate/5_evaluate_duo_predictions.py", "evaluate/8_evaluate_deep_ensemble.py")

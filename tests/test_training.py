@@ -1,5 +1,6 @@
 """Training and baselines on a tiny fixture dataset: hp_tune (Ray Tune), soups, IVON, Laplace, dynamic duos."""
 import importlib
+import shutil
 import subprocess
 
 import numpy as np
@@ -10,12 +11,25 @@ import torch
 from load_models import dynamic_duo, laplace_tools, model_loader
 from tests import fixtures
 from tests.conftest import REPO, snapshot
-from train import soups
-from utils.prediction_io import read_predictions
+from train import soups, tuning
+from utils.files.prediction_io import read_predictions
 
 hp_tune = importlib.import_module("train.hp_tune")
 COMMON = ["--dataset", "caltech256", "--weights", "none", "--image_size", 16, "--batch_size", 8, "--num_workers", 0,
           "--cpus_per_trial", 1]
+
+
+def failing_trials(indices: set):
+    """tuning.trial, except that the trials numbered `indices` raise when they start. Injected with monkeypatch;
+    Ray pickles this closure by value into its workers, so production code carries no test hook."""
+    real = tuning.trial
+
+    def trial(config):
+        from ray import tune
+        if int(tune.get_context().get_trial_id().rsplit("_", 1)[-1]) in indices:
+            raise RuntimeError("this trial fails on purpose (test)")
+        return real(config)
+    return trial
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +38,14 @@ def trained(tmp_path_factory, ray_session):
     fixtures.make_caltech256(root / "data")
     args = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", root / "data", "--output_dir",
             root / "ck", "--lp_samples", 2, "--num_samples", 3, "--epochs_lp", 1, "--epochs_ff", 2,
-            "--channels_last", "--accumulate", 2, "--debug_fail_trials", 1]
-    code = hp_tune.main([str(a) for a in args])
-    assert code == 0
+            "--channels_last", "--accumulate", 2]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tuning, "trial", failing_trials({1}))
+        assert hp_tune.main([str(a) for a in args]) == 0
     return root, args
 
 
+@pytest.mark.slow
 def test_hp_tune_outputs(trained):
     root, _ = trained
     out = root / "ck" / "caltech256"
@@ -46,8 +62,16 @@ def test_hp_tune_outputs(trained):
     assert 1e-4 <= lp.lr.item() <= 1e-2
 
 
-def test_hp_tune_rerun_reuses_lp_and_keeps_a_better_record(trained, capsys):
+def private_copy(trained, tmp_path):
+    """The trained checkpoint root copied for a test that changes it, so no test depends on another's order."""
     root, args = trained
+    shutil.copytree(root / "ck", tmp_path / "ck")
+    return tmp_path, [tmp_path / "ck" if arg == root / "ck" else arg for arg in args]
+
+
+@pytest.mark.slow
+def test_hp_tune_rerun_reuses_lp_and_keeps_a_better_record(trained, capsys, tmp_path):
+    root, args = private_copy(trained, tmp_path)
     out = root / "ck" / "caltech256"
     lp_bytes = (out / "lp" / "resnet10t.pth").read_bytes()
     best = pd.read_csv(out / "optimal_hyperparams_ff.csv")
@@ -55,7 +79,7 @@ def test_hp_tune_rerun_reuses_lp_and_keeps_a_better_record(trained, capsys):
     best.loc[0, "val_metric"] = 2.0
     best.to_csv(out / "optimal_hyperparams_ff.csv", index=False)
     ff_bytes = (out / "ff" / "resnet10t.pth").read_bytes()
-    assert hp_tune.main([str(a) for a in args[:-2]] + ["--num_samples", "1"]) == 0
+    assert hp_tune.main([str(a) for a in args] + ["--num_samples", "1"]) == 0
     captured = capsys.readouterr()
     assert "== LP: reusing" in captured.out and "kept it" in captured.err
     assert (out / "lp" / "resnet10t.pth").read_bytes() == lp_bytes
@@ -64,19 +88,22 @@ def test_hp_tune_rerun_reuses_lp_and_keeps_a_better_record(trained, capsys):
     assert len(pd.read_csv(out / "soup" / "resnet10t_trials.csv")) == 3      # soup ingredients accumulate
 
 
-def test_hp_tune_resume_is_idempotent(trained, capsys):
+@pytest.mark.slow
+def test_hp_tune_resume_is_idempotent(trained, capsys, tmp_path, monkeypatch):
     """Restoring a finished search (the slurm template passes --resume on every requeue) any number of
     times leaves the same soup trial list and the same trial files."""
-    root, args = trained
+    root, args = private_copy(trained, tmp_path)
+    monkeypatch.setattr(tuning, "trial", failing_trials({1}))        # the errored trial, rerun, fails again
     out = root / "ck" / "caltech256"
     before = snapshot(out / "soup")
     for _ in range(2):
-        assert hp_tune.main([str(a) for a in args[:-2]] + ["--resume"]) == 0
+        assert hp_tune.main([str(a) for a in args] + ["--resume"]) == 0
         assert snapshot(out / "soup") == before
     printed = capsys.readouterr().out
     assert printed.count("resuming the FF search") == 2 and printed.count("0 new trial(s)") == 2
 
 
+@pytest.mark.slow
 def test_trained_checkpoints_feed_stage_1(trained, stage):
     root, _ = trained
     code, out, err = stage("evaluate/1_single_model_prediction.py", "--model_path", root / "ck" / "resnet10t_best.pth",
@@ -86,6 +113,7 @@ def test_trained_checkpoints_feed_stage_1(trained, stage):
     assert read_predictions(root / "preds" / "resnet10t.npz").num_classes == 4
 
 
+@pytest.mark.slow
 def test_make_soup(trained, stage):
     root, _ = trained
     code, out, err = stage("train/make_soup.py", "--model", "resnet10t", "--dataset", "caltech256", "--data_dir",
@@ -115,6 +143,7 @@ def test_greedy_soup_adds_only_improving_ingredients():
     assert count == 4 and float(mean["w"]) == pytest.approx(2.0)
 
 
+@pytest.mark.slow
 def test_ivon_writes_log_probabilities(trained, stage):
     root, _ = trained
     code, out, err = stage("train/ivon_train.py", "--model", "resnet10t", "--dataset", "caltech256", "--data_dir",
@@ -130,6 +159,7 @@ def test_ivon_writes_log_probabilities(trained, stage):
     assert "ivon_state" in model_loader.read_checkpoint(root / "ck" / "caltech256" / "ivon" / "resnet10t.pth")
 
 
+@pytest.mark.slow
 def test_laplace_writes_log_probabilities(trained, stage):
     root, _ = trained
     code, out, err = stage("evaluate/6_laplace.py", "--model_path", root / "ck" / "caltech256" / "ff" / "resnet10t.pth",
@@ -174,7 +204,7 @@ def test_dynamic_duo_beats_constant_temperatures():
     feats_small = rng.normal(size=(n, 2))
     model = dynamic_duo.DynamicTemperatures(4, 2, "concat")
     history = dynamic_duo.fit(model, large, small, feats_large, feats_small, labels)
-    from utils.calibrate_temperature import fit_duo_weights
+    from utils.maths.calibrate_temperature import fit_duo_weights
     static = fit_duo_weights(large, small, labels)
     assert history[-1] < history[0] and history[-1] < static.nll - 0.1
     adam = dynamic_duo.DynamicTemperatures(4, 2, "separate")
@@ -186,6 +216,7 @@ def test_slurm_scripts_parse():
         assert subprocess.run(["bash", "-n", str(REPO / "slurm" / script)]).returncode == 0
 
 
+@pytest.mark.slow
 def test_dynamic_duo_script(trained, stage):
     root, _ = trained
     soup = root / "ck" / "caltech256" / "soup" / "resnet10t"
@@ -201,6 +232,7 @@ def test_dynamic_duo_script(trained, stage):
     assert (root / "dyn_cal" / "dynamic_duo" / "resnet10t+trial0.pt").exists()
 
 
+@pytest.mark.slow
 def test_one_trial_hp_tune_is_reproducible(tmp_path, ray_session):
     fixtures.make_caltech256(tmp_path / "data")
     records = []
@@ -215,11 +247,13 @@ def test_one_trial_hp_tune_is_reproducible(tmp_path, ray_session):
         assert torch.equal(value, records[1]["state_dict"][key]), key
 
 
-def test_resume_restores_the_search(tmp_path, ray_session, capsys):
+@pytest.mark.slow
+def test_resume_restores_the_search(tmp_path, ray_session, capsys, monkeypatch):
     fixtures.make_caltech256(tmp_path / "data")
     base = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", tmp_path / "data", "--output_dir",
             tmp_path / "ck", "--lp_samples", 1, "--num_samples", 2, "--epochs_lp", 1, "--epochs_ff", 1]
-    assert hp_tune.main([str(a) for a in base + ["--debug_fail_trials", 1]]) == 0
+    monkeypatch.setattr(tuning, "trial", failing_trials({1}))
+    assert hp_tune.main([str(a) for a in base]) == 0
     first = pd.read_csv(tmp_path / "ck" / "caltech256" / "optimal_hyperparams_ff.csv")
     assert first.trials_failed.item() == 1
     capsys.readouterr()

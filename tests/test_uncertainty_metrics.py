@@ -5,7 +5,7 @@ from scipy.special import log_softmax, softmax
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, roc_auc_score
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from utils import uncertainty_metrics as um
+from utils.maths import uncertainty_metrics as um
 
 SHAPES = [(50, 2), (500, 3), (2000, 10), (3000, 100), (400, 1000)]
 

@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     if not args.check:
         os.environ["HF_HUB_OFFLINE"] = "0"      # must precede the first import of huggingface_hub / timm
     from load_models import model_loader
-    from utils import tables
-    from utils.cli import UserError, run_main
+    from utils.cli.parsing import UserError, run_main
+    from utils.files import tables
 
     def body(_argv) -> int:
         backbones = tables.read_backbones(args.backbone_csv)

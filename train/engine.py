@@ -1,96 +1,13 @@
-"""The loops: prediction over a loader (stage 1, validation, baselines) and, with the training
-issue, the training epoch."""
+"""The training loop (hp_tune's trials, IVON's schedule) and the model-selection score. Inference
+lives in `load_models.inference`, shared with the evaluation stages."""
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 from torch import nn
 
-from load_models.model_loader import logits_and_features
-
-
-@dataclass
-class Predictions:
-    logits: np.ndarray            # float32 [N, K]
-    labels: np.ndarray            # int64 [N]
-    ids: np.ndarray               # int64 or str [N]
-    features: np.ndarray | None   # float32 [N, D]
-
-
-def stack_predictions(outputs: list[torch.Tensor], labels: list, ids: list, features: list | None = None) -> Predictions:
-    """Batches of (logits or log-probs, labels, ids[, features]) as one Predictions."""
-    id_array = np.asarray(ids)
-    return Predictions(logits=torch.cat(outputs).float().numpy(),
-                       labels=torch.cat([torch.as_tensor(y) for y in labels]).numpy().astype(np.int64),
-                       ids=id_array.astype(np.int64) if id_array.dtype.kind in "iu" else id_array.astype(str),
-                       features=torch.cat(features).numpy() if features else None)
-
-
-def batch_ids(sample_ids) -> list:
-    return sample_ids.tolist() if isinstance(sample_ids, (torch.Tensor, np.ndarray)) else list(sample_ids)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from utils.cli import UserError
-        raise UserError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
-@torch.inference_mode()
-def predict(model: nn.Module, loader, device: torch.device, with_features: bool = False,
-            description: str = "", precision: str = "fp32", channels_last: bool = False) -> Predictions:
-    """Logits (and pooled penultimate features) for every sample of a loader of (x, y, id)."""
-    model.eval()
-    logits, labels, ids, features = [], [], [], []
-    batches = loader
-    if description and sys.stderr.isatty():
-        from tqdm import tqdm
-        batches = tqdm(loader, desc=description, leave=False)
-    for x, y, sample_ids in batches:
-        x = _to_device(x, device, channels_last)
-        with autocast_context(device, precision):
-            if with_features:
-                out, feats = logits_and_features(model, x)
-                features.append(feats.float().cpu())
-            else:
-                out = model(x)
-        logits.append(out.float().cpu())
-        labels.append(y)
-        ids.extend(batch_ids(sample_ids))
-    return stack_predictions(logits, labels, ids, features if with_features else None)
-
-
-# ----------------------------------------------------------------------------- training
-
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def autocast_context(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on CUDA for "auto" and "bf16"; on CPU only when "bf16" is asked for; else fp32."""
-    import contextlib
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def prepare_model(model: nn.Module, device: torch.device, channels_last: bool = False, compile: bool = False) -> nn.Module:
-    """Move to the device (channels_last memory format if asked), enable cuDNN autotuning on CUDA
-    and optionally torch.compile."""
-    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return torch.compile(model) if compile else model
-
-
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
+from load_models.inference import autocast_context, to_device
+from utils.files.prediction_io import Split
+from utils.maths.uncertainty_metrics import accuracy, macro_f1
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -122,7 +39,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     optimizer.zero_grad(set_to_none=True)
     pending = 0
     for x, y, _ in loader:
-        x, y = _to_device(x, device, channels_last), torch.as_tensor(y).to(device, non_blocking=True)
+        x, y = to_device(x, device, channels_last), torch.as_tensor(y).to(device, non_blocking=True)
         with autocast_context(device, precision):
             loss = criterion(model(x), y)
         if not torch.isfinite(loss):
@@ -141,9 +58,8 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer, 
     return total / max(count, 1)
 
 
-def selection_score(predictions: Predictions, metric: str) -> float:
+def selection_score(predictions: Split, metric: str) -> float:
     """The model-selection metric: macro-F1 ("f1", iWildCam) or accuracy ("acc")."""
-    from utils.uncertainty_metrics import accuracy, macro_f1
     preds = predictions.logits.argmax(1)
     if metric == "f1":
         return macro_f1(predictions.labels, preds, predictions.logits.shape[1])

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from load_data.datasets import DATASETS
 from load_models import model_loader
 from train import tuning
-from utils import safe_io, tables
-from utils.cli import (ArgumentParser, UserError, add_backbone_csv, non_negative_float, non_negative_int, parse_bool,
-                       positive_int, run_main, warn)
-from utils.config import dataset_config
-from utils.model_names import output_path
+from utils.cli import flags
+from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, cpu_count, non_negative_float,
+                               non_negative_int, parse_bool, positive_int, run_main, warn)
+from utils.files import safe_io, tables
+from utils.files.model_names import checkpoint_dir, checkpoint_path, output_path
 
 HYPER_COLUMNS = ["model", "architecture", "source", "lr", "weight_decay", "val_metric", "selection_metric", "epochs",
                  "checkpoint", "trials_ok", "trials_failed"]
@@ -30,37 +29,27 @@ TRIAL_COLUMNS = ["trial", "checkpoint", "lr", "weight_decay", "val_metric", "epo
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            parents=[flags.dataset(), flags.raw_checkpoint(),
+                                     flags.device(precision="auto"),
+                                     flags.loader(batch_size=None, num_workers=None)])
     parser.add_argument("--model", "--model_name", required=True, help="backbone (backbones.csv spelling or timm name)")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
     parser.add_argument("--num_samples", type=positive_int, help="FT trials (default: the YAML's search.num_samples, else 12)")
     parser.add_argument("--lp_samples", type=positive_int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
     parser.add_argument("--save_name", help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
-    parser.add_argument("--config_dir", help="the official flag: a folder holding <dataset>.yaml (--config wins)")
-    parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
-    parser.add_argument("--source", choices=model_loader.SOURCES, help="default: backbones.csv, else guessed")
-    parser.add_argument("--tv_weights", help="torchvision weights (default: backbones.csv, else DEFAULT)")
     parser.add_argument("--weights", default="default", help="pretrained weights: default (staged) | none | FILE")
     add_backbone_csv(parser, "sources, tv_weights and the spelling of model names")
     parser.add_argument("--cpus_per_trial", type=positive_int, help="default 4 with a GPU, else 1")
     parser.add_argument("--gpus_per_trial", type=non_negative_float, help="default 1 with a GPU, else 0")
     parser.add_argument("--ray_address", help="join an existing Ray cluster (e.g. auto); default: start locally")
     parser.add_argument("--storage_path", help="Ray Tune results (default <output_dir>/<dataset>/ray_results)")
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                        help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    parser.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster convs on GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in every trial")
     parser.add_argument("--accumulate", type=positive_int, default=1,
                         help="gradient accumulation: micro-batches of batch_size/N, one step per N (same effective batch)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available, else CPU")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="search sampling and training seed")
     parser.add_argument("--epochs_lp", type=positive_int, help="override the YAML's training.num_epochs_lp")
     parser.add_argument("--epochs_ff", type=positive_int, help="override the YAML's training.num_epochs_ff")
-    parser.add_argument("--batch_size", type=positive_int, help="override the YAML's training.batch_size")
-    parser.add_argument("--num_workers", type=non_negative_int, help="override the YAML's training.num_workers")
     parser.add_argument("--subset", type=positive_int, help="train on the first N training images (quick runs)")
     parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the weights' own)")
     parser.add_argument("--report_every", type=positive_int, default=1,
@@ -71,43 +60,31 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--no-skip_lp_if_exist", dest="skip_lp_if_exist", action="store_false",
                         help="rerun the LP search even when lp/<name>.pth exists")
     parser.add_argument("--resume", action="store_true", help="resume interrupted searches from Ray's state")
-    parser.add_argument("--debug_fail_trials", type=non_negative_int, nargs="*", default=[], metavar="INDEX",
-                        help="test hook: these trial indices raise at start (shows failed trials are tolerated)")
     return parser
 
 
-def given(flag, default):
-    """A flag's value when given (0 included), else the default."""
-    return default if flag is None else flag
-
-
 def settings(args) -> tuple[dict, dict, dict]:
-    config = dataset_config(args.dataset, args.config, args.config_dir)
-    train_cfg, search = config["training"], config["search"]
+    args = flags.with_dataset_config(args)
+    search = args.dataset_config["search"]
     backbones = tables.read_backbones(args.backbone_csv)
     arch = model_loader.architecture_of(args.model)
     source = args.source or tables.backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
     tv_weights = args.tv_weights or tables.backbone_text(backbones, arch, "tv_weights")
-    data_dir = args.data_dir or config["data"].get("root")
     save_name = tables.model_identity(args.save_name or args.model, "--save_name" if args.save_name else "--model",
                                       backbones)
     setup = {"model": args.model, "save_name": save_name,
              "dataset": args.dataset,
-             "data_dir": str(Path(data_dir).resolve()) if data_dir else None, "source": source, "tv_weights": tv_weights,
+             "data_dir": str(Path(args.data_dir).resolve()) if args.data_dir else None, "source": source,
+             "tv_weights": tv_weights,
              "weights": args.weights if args.weights in ("default", "none") else str(Path(args.weights).resolve()),
-             "split_dir": config["data"].get("split_dir"), "image_size": args.image_size or config["data"].get("image_size"),
-             "batch_size": given(args.batch_size, train_cfg.get("batch_size", 32)),
-             "num_workers": given(args.num_workers, train_cfg.get("num_workers", 4)),
+             "split_dir": args.split_dir, "image_size": args.image_size,
+             "batch_size": args.batch_size, "num_workers": args.num_workers,
              "subset": args.subset, "precision": args.precision, "device": args.device, "seed": args.seed,
              "channels_last": args.channels_last, "compile": args.compile, "accumulate": args.accumulate,
-             "report_every": args.report_every, "warmup_epochs": train_cfg.get("warmup_epochs", 1),
-             "selection_metric": train_cfg.get("selection_metric", "f1" if args.dataset == "iwildcam" else "acc"),
-             "fail_trials": args.debug_fail_trials}
-    counts = {"lp": given(args.lp_samples, search.get("lp_samples", 4)),
-              "ff": given(args.num_samples, search.get("num_samples", 12)),
-              "epochs_lp": given(args.epochs_lp, train_cfg.get("num_epochs_lp", 8)),
-              "epochs_ff": given(args.epochs_ff, train_cfg.get("num_epochs_ff", 12)),
-              "grace_period": train_cfg.get("grace_period", 4)}
+             "report_every": args.report_every, "warmup_epochs": args.warmup_epochs,
+             "selection_metric": args.selection_metric}
+    counts = {"lp": args.lp_samples, "ff": args.num_samples, "epochs_lp": args.epochs_lp, "epochs_ff": args.epochs_ff,
+              "grace_period": args.grace_period}
     spaces = {"lp_lr": search.get("lp_lr", [1e-4, 1e-2]), "ff_lr": search.get("ff_lr", [1e-6, 3e-4]),
               "ff_weight_decay": search.get("ff_weight_decay", [1e-8, 1e-5])}
     return setup, counts, spaces
@@ -121,13 +98,14 @@ def save_trial_checkpoint(path: Path, trial: tuning.TrialResult, setup: dict, st
                                  selection_metric=setup["selection_metric"])
 
 
-def record_if_better(root: Path, stage: str, trial: tuning.TrialResult, setup: dict, num_classes: int,
+def record_if_better(checkpoints: str, stage: str, trial: tuning.TrialResult, setup: dict, num_classes: int,
                      ok: int, failed: int) -> bool:
     """Write <stage>/<name>.pth and its optimal_hyperparams row unless an equal or better record exists
     (so restoring a finished search changes nothing)."""
     name = setup["save_name"]
-    target = output_path(root / stage, f"{name}.pth")
-    with safe_io.locked_table(root / f"optimal_hyperparams_{stage}.csv", ["model"], HYPER_COLUMNS) as table:
+    target = checkpoint_path(checkpoints, setup["dataset"], stage, f"{name}.pth")
+    with safe_io.locked_table(checkpoint_dir(checkpoints, setup["dataset"]) / f"optimal_hyperparams_{stage}.csv", ["model"],
+                              HYPER_COLUMNS) as table:
         existing = table.get(model=name)
         if existing is not None and target.exists() and float(existing["val_metric"]) >= trial.best_metric:
             if float(existing["val_metric"]) > trial.best_metric:
@@ -145,12 +123,12 @@ def record_if_better(root: Path, stage: str, trial: tuning.TrialResult, setup: d
     return True
 
 
-def record_soup_trials(root: Path, name: str, done: list, setup: dict, num_classes: int) -> tuple[Path, int]:
+def record_soup_trials(checkpoints: str, name: str, done: list, setup: dict, num_classes: int) -> tuple[Path, int]:
     """List each successful FT trial once in soup/<name>_trials.csv with its weights in
     soup/<name>/trial<i>.pth. A trial already listed (the same Ray trial, e.g. a search restored by
     --resume) keeps its index and file; new trials get the next indices. Returns (folder, new trials)."""
-    soup_dir = output_path(root / "soup", name)
-    trials_csv = output_path(root / "soup", f"{name}_trials.csv")
+    soup_dir = checkpoint_path(checkpoints, setup["dataset"], "soup", name)
+    trials_csv = checkpoint_path(checkpoints, setup["dataset"], "soup", f"{name}_trials.csv")
     with safe_io.locked_table(trials_csv, ["trial"], TRIAL_COLUMNS) as table:
         frame = table.frame
         known = dict(zip(frame["run_id"].astype(str), frame["trial"])) if "run_id" in frame and len(frame) else {}
@@ -190,12 +168,12 @@ def run_stage(stage: str, setup: dict, param_space: dict, samples: int, args, co
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     setup, counts, spaces = settings(args)
-    root = Path(args.output_dir) / args.dataset
+    root = checkpoint_dir(args.output_dir, args.dataset)
     storage = Path(args.storage_path or root / "ray_results").resolve()
     from load_data.datasets import load_dataset
     for stage in ("lp", "ff"):                        # the tables this search adds to when it ends
         safe_io.check_table(root / f"optimal_hyperparams_{stage}.csv", ["model"])
-    safe_io.check_table(output_path(root / "soup", f"{setup['save_name']}_trials.csv"), ["trial"])
+    safe_io.check_table(checkpoint_path(args.output_dir, args.dataset, "soup", f"{setup['save_name']}_trials.csv"), ["trial"])
     num_classes = load_dataset(args.dataset, setup["data_dir"], split_dir=setup["split_dir"]).num_classes
     # fail here, not in every trial: unknown model names, unstaged or unreadable weights
     model_loader.get_model_with_head(setup["model"], num_classes, setup["source"], setup["tv_weights"],
@@ -204,28 +182,28 @@ def main_impl(argv=None) -> int:
     import ray
     from ray import tune
     if not ray.is_initialized():
-        tuning.connect(args.ray_address, tuning.cpu_count())
+        tuning.connect(args.ray_address, cpu_count())
     resources = tuning.default_resources(args.cpus_per_trial, args.gpus_per_trial)
     setup["threads"] = resources["cpu"]
     name = setup["save_name"]
-    lp_path = output_path(root / "lp", f"{name}.pth")
+    lp_path = checkpoint_path(args.output_dir, args.dataset, "lp", f"{name}.pth")
     if args.skip_lp_if_exist and lp_path.exists():
         print(f"== LP: reusing {lp_path} (--skip_lp_if_exist False reruns it)")
     else:
         lp_setup, done, failed = run_stage("lp", setup, {"lr": tune.loguniform(*spaces["lp_lr"]), "weight_decay": 0.0},
                                            counts["lp"], args, counts, storage, resources)
         best = max(done, key=lambda t: t.best_metric)
-        record_if_better(root, "lp", best, lp_setup, num_classes, len(done), len(failed))
+        record_if_better(args.output_dir, "lp", best, lp_setup, num_classes, len(done), len(failed))
         print(f"== LP best: val {best.best_metric:.4f} with lr {best.config['lr']:.3g} -> {lp_path}")
 
     ft_space = {"lr": tune.loguniform(*spaces["ff_lr"]), "weight_decay": tune.loguniform(*spaces["ff_weight_decay"])}
     ft_setup, done, failed = run_stage("ff", dict(setup, lp_checkpoint=str(lp_path.resolve())), ft_space, counts["ff"],
                                        args, counts, storage, resources)
-    soup_dir, added = record_soup_trials(root, name, done, ft_setup, num_classes)
+    soup_dir, added = record_soup_trials(args.output_dir, name, done, ft_setup, num_classes)
     best = max(done, key=lambda t: t.best_metric)
-    ff_path = output_path(root / "ff", f"{name}.pth")
+    ff_path = checkpoint_path(args.output_dir, args.dataset, "ff", f"{name}.pth")
     best_copy = output_path(Path(args.output_dir), f"{name}_best.pth")
-    if record_if_better(root, "ff", best, ft_setup, num_classes, len(done), len(failed)) or not best_copy.exists():
+    if record_if_better(args.output_dir, "ff", best, ft_setup, num_classes, len(done), len(failed)) or not best_copy.exists():
         safe_io.write_bytes(best_copy, ff_path.read_bytes())
     print(f"== FT best: val {best.best_metric:.4f} ({ft_setup['selection_metric']}) with lr {best.config['lr']:.3g}, "
           f"wd {best.config['weight_decay']:.3g}; {added} new trial(s) kept for soups in {soup_dir} "

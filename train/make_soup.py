@@ -16,32 +16,22 @@ import numpy as np
 import pandas as pd
 
 from load_data.dataloaders import make_loaders
-from load_data.datasets import DATASETS, load_dataset
+from load_data.datasets import load_dataset
 from load_models import model_loader
+from load_models.inference import predict, resolve_device
 from train import engine, soups
-from utils import safe_io, tables
-from utils.cli import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
-from utils.config import dataset_config
-from utils.model_names import output_path
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.files import safe_io
+from utils.files.model_names import checkpoint_dir, checkpoint_path, output_path
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", "--model_name", required=True, help="the model hp_tune trained")
-    parser.add_argument("--dataset", "--dataset_name", required=True, choices=DATASETS, help="dataset")
-    parser.add_argument("--output_dir", default="./checkpoints", help="the checkpoint root hp_tune wrote")
-    parser.add_argument("--save_name", help="hp_tune's --save_name (default: --model)")
-    parser.add_argument("--data_dir", "--dataset_dir", help="dataset root (default: the YAML's data.root)")
-    parser.add_argument("--config", help="dataset YAML (default configs/<dataset>.yaml of the repository)")
-    parser.add_argument("--source", choices=model_loader.SOURCES,
-                        help="source of the trial checkpoints when they are raw state_dicts (the official flag; "
-                             "project checkpoints record it)")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            parents=[flags.trained_model(), flags.dataset(), flags.raw_checkpoint(),
+                                     flags.device(), flags.loader(batch_size=64)])
     add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--greedy_metric", choices=("acc", "f1"), help="default: the dataset's selection metric")
-    parser.add_argument("--batch_size", type=positive_int, default=64, help="images per batch")
-    parser.add_argument("--num_workers", type=non_negative_int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="auto: CUDA when available, else CPU")
     return parser
 
 
@@ -76,26 +66,21 @@ def read_trials(path: Path) -> pd.DataFrame:
 
 
 def main_impl(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    config = dataset_config(args.dataset, args.config)
-    given = args.save_name or args.model
-    name = tables.model_identity(given, "--save_name" if args.save_name else "--model",
-                                 tables.read_backbones(args.backbone_csv))
-    root = Path(args.output_dir) / args.dataset
-    trials_csv = output_path(root / "soup", f"{name}_trials.csv")
-    official = output_path(root / "soup" / name, f"{name}_trials.csv")      # where the official hp_tune puts it
+    args = flags.with_dataset_config(build_parser().parse_args(argv))
+    name, given = flags.trained_model_name(args), args.save_name or args.model
+    soup_dir = checkpoint_dir(args.output_dir, args.dataset, "soup")
+    trials_csv = output_path(soup_dir, f"{name}_trials.csv")
+    official = output_path(soup_dir / name, f"{name}_trials.csv")      # where the official hp_tune puts it
     if not trials_csv.exists() and not official.exists():
         raise UserError(f"{trials_csv} not found; run train/hp_tune.py for {given} on {args.dataset} first")
     trials_csv = trials_csv if trials_csv.exists() else official
     trials = read_trials(trials_csv)
-    metric = args.greedy_metric or config["training"].get("selection_metric", "f1" if args.dataset == "iwildcam" else "acc")
+    metric = args.greedy_metric or args.selection_metric
 
-    model, record = model_loader.load_model_from_checkpoint(trials["checkpoint"].iloc[0], source=args.source,
-                                                            raw_name=args.model)
-    data = load_dataset(args.dataset, args.data_dir or config["data"].get("root"), split_dir=config["data"].get("split_dir"))
-    transforms = model_loader.get_transforms(record["model_name"], record["source"], record.get("tv_weights"),
-                                             record.get("image_size"))
-    device = engine.resolve_device(args.device)
+    model, record, transforms = model_loader.rebuild_from_checkpoint(trials["checkpoint"].iloc[0], source=args.source,
+                                                                     tv_weights=args.tv_weights, raw_name=args.model)
+    data = load_dataset(args.dataset, args.data_dir, split_dir=args.split_dir)
+    device = resolve_device(args.device)
     val_loader = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=["val"])["val"]
     model.to(device)
 
@@ -113,19 +98,19 @@ def main_impl(argv=None) -> int:
 
     def evaluate(state) -> float:
         model.load_state_dict(state)
-        return engine.selection_score(engine.predict(model, val_loader, device), metric)
+        return engine.selection_score(predict(model, val_loader, device), metric)
 
     uniform, count = soups.uniform_soup(states())
     uniform_score = evaluate(uniform)
     greedy, used, history = soups.greedy_soup(states(), evaluate)
     meta = {k: record.get(k) for k in ("model_name", "source", "tv_weights", "num_classes", "dataset", "image_size")}
-    model_loader.save_checkpoint(output_path(root / "ff", f"{name}_uniform.pth"), uniform, **meta, stage="uniform_soup",
+    model_loader.save_checkpoint(checkpoint_path(args.output_dir, args.dataset, "ff", f"{name}_uniform.pth"), uniform, **meta, stage="uniform_soup",
                                  val_metric=uniform_score, selection_metric=metric)
-    model_loader.save_checkpoint(output_path(root / "ff", f"{name}_greedy.pth"), greedy, **meta, stage="greedy_soup",
+    model_loader.save_checkpoint(checkpoint_path(args.output_dir, args.dataset, "ff", f"{name}_greedy.pth"), greedy, **meta, stage="greedy_soup",
                                  val_metric=max(history), selection_metric=metric)
     rows = [{"soup": "uniform", "trial": t, "val_metric_soup": uniform_score} for t in trials["trial"]]
     rows += [{"soup": "greedy", "trial": trials["trial"].iloc[i], "val_metric_soup": max(history[: i + 1])} for i in used]
-    safe_io.write_csv(output_path(root / "soup", f"{name}_soups.csv"), pd.DataFrame(rows))
+    safe_io.write_csv(output_path(soup_dir, f"{name}_soups.csv"), pd.DataFrame(rows))
     best_single = float(trials["val_metric"].iloc[0])
     print(f"{name}: best trial val {metric} {best_single:.4f} (as recorded); uniform soup of {count}: "
           f"{uniform_score:.4f}; greedy soup of {len(used)} (trials {trials['trial'].iloc[used].tolist()}): "

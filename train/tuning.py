@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from ray.tune import Callback
 
-from utils.cli import UserError
-from utils.model_names import output_path
+from utils.cli.parsing import UserError
+from utils.files.model_names import output_path
 
 LP, FT = "lp", "ff"
 _STATE_FILE = "state.pt"
@@ -50,7 +50,7 @@ def trial(config: dict) -> None:
     """The Ray Tune trainable for both stages (config = sampled hyper-parameters + 'setup')."""
     from ray import tune
 
-    from load_models import model_loader
+    from load_models import inference, model_loader
     from train import engine
 
     setup = config["setup"]
@@ -58,18 +58,16 @@ def trial(config: dict) -> None:
     torch.set_num_threads(max(1, int(setup.get("threads", 1))))
     trial_index = int(tune.get_context().get_trial_id().rsplit("_", 1)[-1])
     torch.manual_seed(setup["seed"] * 1000 + trial_index)
-    if trial_index in setup.get("fail_trials", []):
-        raise RuntimeError(f"trial {trial_index} failed on purpose (--debug_fail_trials)")
     transforms = model_loader.get_transforms(setup["model"], setup["source"], setup.get("tv_weights"),
                                              setup.get("image_size"))
     loaders, data = _loaders(setup, transforms)
-    device = engine.resolve_device(setup.get("device", "auto"))
+    device = inference.resolve_device(setup.get("device", "auto"))
     raw = build_model(setup, data.num_classes, stage)
     if stage == FT:
         for parameter in raw.parameters():
             parameter.requires_grad = True
     channels_last = bool(setup.get("channels_last"))
-    model = engine.prepare_model(raw, device, channels_last, bool(setup.get("compile")))   # raw keeps plain keys
+    model = inference.prepare_model(raw, device, channels_last, bool(setup.get("compile")))   # raw keeps plain keys
     optimizer = engine.make_optimizer(model, config["lr"], config.get("weight_decay", 0.0))
     epochs = setup["epochs"]
     scheduler = engine.make_scheduler(optimizer, epochs, setup["warmup_epochs"]) if stage == FT else None
@@ -91,8 +89,8 @@ def trial(config: dict) -> None:
             scheduler.step()
         if epoch % setup.get("report_every", 1) != 0 and epoch != epochs - 1:
             continue
-        predictions = engine.predict(model, loaders["val"], device, precision=setup.get("precision", "auto"),
-                                     channels_last=channels_last)
+        predictions = inference.predict(model, loaders["val"], device, precision=setup.get("precision", "auto"),
+                                        channels_last=channels_last)
         metric = engine.selection_score(predictions, setup["selection_metric"])
         improved = metric > best_metric
         if improved:
@@ -217,10 +215,6 @@ class TrialLines(Callback):
 def default_resources(cpus: int | None, gpus: float | None) -> dict:
     has_gpu = torch.cuda.is_available()
     return {"cpu": cpus or (4 if has_gpu else 1), "gpu": gpus if gpus is not None else (1 if has_gpu else 0)}
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 # ----------------------------------------------------------------------------- joining a cluster

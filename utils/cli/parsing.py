@@ -64,6 +64,11 @@ positive_float = _bounded(float, float.fromhex("0x1p-1074"), "a finite number > 
 non_negative_float = _bounded(float, 0.0, "a finite number >= 0")
 
 
+def cpu_count() -> int:
+    """The CPUs this process may use (a slurm allocation's, not the node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def warn(message: str) -> None:
     sys.stderr.write(f"warning: {message}\n")
 

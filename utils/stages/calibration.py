@@ -1,19 +1,30 @@
 """Fitting temperatures from prediction sets: the rows stages 2 and 3 record (and stages 4/5
-record with --fit_missing). The optimisation itself lives in `utils.calibrate_temperature`."""
+record with --fit_missing). The optimisation itself lives in `utils.maths.calibrate_temperature`."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from utils import calibrate_temperature, tables, uncertainty_metrics as um
-from utils.cli import UserError, warn
-from utils.prediction_io import PredictionSet, align
-
+from utils.cli.parsing import UserError, warn
+from utils.files import tables
+from utils.files.prediction_io import PredictionSet, align
+from utils.maths import calibrate_temperature
+from utils.maths import uncertainty_metrics as um
 
 _SEPARATED = ("{source}: the validation NLL keeps falling as {bound}: {who} every 'val' sample correctly "
               "(a val split that is tiny, or labelled by the model's own predictions?), so {what} has no optimum; "
               "fit on a val split that is not predicted perfectly")
+
+
+def _separated(logits, labels) -> bool:
+    """Every row ranks its label strictly first: then the NLL of logits / T falls all the way to T -> 0
+    (each term log(1 + sum_k exp(-margin_k / T)) decreases), even where float64 stops the fit early."""
+    logits = np.asarray(logits, dtype=np.float64)
+    rows = np.arange(len(labels))
+    label_logit = logits[rows, labels].copy()
+    logits[rows, labels] = -np.inf
+    return bool(len(labels)) and bool(np.all(label_logit > logits.max(axis=1)))
 
 
 def _constant_rows(logits) -> bool:
@@ -27,7 +38,7 @@ def single_temperature_row(pset: PredictionSet, method: str = "exact") -> dict:
     if not (math.isfinite(fit.nll_after) and fit.temperature > 0):
         raise UserError(f"{pset.source}: the temperature fit gave T={fit.temperature}, val NLL {fit.nll_after}; "
                         f"check the logits of split 'val'")
-    if fit.unbounded:
+    if fit.unbounded or _separated(val.logits, val.labels):
         raise UserError(_SEPARATED.format(source=pset.source, bound="T -> 0", who="the model predicts",
                                           what="its temperature"))
     if math.isinf(fit.temperature):

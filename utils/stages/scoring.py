@@ -8,18 +8,19 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from utils import safe_io, uncertainty_metrics as um
-from utils.cli import UserError, warn
-from utils.model_names import check_plain_name
-from utils.prediction_io import PredictionSet, list_prediction_files, normalise_predictions_dir, read_predictions
+from utils.cli.parsing import UserError, warn
+from utils.files import safe_io
+from utils.files.model_names import check_plain_name
+from utils.files.prediction_io import PredictionSet, list_prediction_files, normalise_predictions_dir, read_predictions
+from utils.maths import uncertainty_metrics as um
 
 EVAL_SPLITS = ("test", "ood_test")
 SINGLE_UNCERTAINTY_TYPES = ("softmax_response", "entropy")
-SINGLE_COLUMNS = ["model", "wrapper", "uncertainty_type", "gflops", "params", "split"]
-DUO_COLUMNS = ["model_large", "model_small", "mode", "uncertainty_type", "gflops_large", "gflops_small",
+SINGLE_RESULT_COLUMNS = ["model", "wrapper", "uncertainty_type", "gflops", "params", "split"]
+DUO_RESULT_COLUMNS = ["model_large", "model_small", "mode", "uncertainty_type", "gflops_large", "gflops_small",
                "gflops_balance", "split"]
 ALWAYS_DEFINED = ("Acc", "Brier", "NLL", "ECE")      # CP_AUROC alone may be NaN (all or no prediction correct)
-ENSEMBLE_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type", "split"]
+ENSEMBLE_RESULT_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type", "split"]
 
 
 _LARGEST_LOGIT = 1e300       # beyond this, softmax's differences of logits overflow float64

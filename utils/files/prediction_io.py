@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils import safe_io
-from utils.cli import UserError, warn
-from utils.model_names import NameMap, existing_path, find_file, fold, unique_by_case
+from utils.cli.parsing import UserError, warn
+from utils.files import safe_io
+from utils.files.model_names import NameMap, existing_path, find_file, fold, unique_by_case
 
 SPLITS = ("val", "test", "ood_test")
 FEATURES_SUFFIX = ".features.npz"

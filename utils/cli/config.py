@@ -11,12 +11,13 @@ from pathlib import Path
 
 import yaml
 
-from utils import safe_io
-from utils.cli import UserError
+from utils.cli.parsing import UserError
+from utils.files import safe_io
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_BACKBONES = CONFIG_DIR / "backbones.csv"
+DATASETS = ("iwildcam", "caltech256", "imagenet", "mnist5k")
 
 
 def resolve_config_path(path: str | Path, flag: str) -> Path:

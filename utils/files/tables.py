@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils import safe_io
-from utils.calibrate_temperature import temperature_to_weight, weight_to_temperature
-from utils.cli import UserError
-from utils.config import DEFAULT_BACKBONES, resolve_config_path
-from utils.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, canonical_name, check_plain_name
+from utils.cli.config import DEFAULT_BACKBONES, resolve_config_path
+from utils.cli.parsing import UserError
+from utils.files import safe_io
+from utils.files.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, canonical_name, check_plain_name
+from utils.maths.duo_modes import temperature_to_weight, weight_to_temperature
 
 SINGLE_TEMPERATURE_FILE = "temperature_single_model.csv"
 DUO_TEMPERATURE_FILE = "temperature_duo.csv"
@@ -49,6 +49,23 @@ def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
 
 
 # ----------------------------------------------------------------------------- duo and backbone lists
+
+def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str]) -> pd.DataFrame:
+    """Duos CSV rows pairing each large model with every backbone of strictly fewer GFLOPs (paper-notes
+    §3.4), cheapest sidekick first."""
+    rows = []
+    by_name = backbones.set_index("model_name")
+    for large in large_models:
+        if large not in by_name.index:
+            raise UserError(f"{large} is not in the backbone CSV")
+        big = by_name.loc[large]
+        smaller = backbones[backbones["GFLOPS"] < big["GFLOPS"]].sort_values("GFLOPS", kind="stable")
+        for small in smaller.itertuples(index=False):
+            rows.append({"model_large": large, "model_small": small.model_name, "source_large": big["source"],
+                         "source_small": small.source, "gflops_large": big["GFLOPS"], "gflops_small": small.GFLOPS,
+                         "gflops_balance": round(small.GFLOPS / big["GFLOPS"], 5)})
+    return pd.DataFrame(rows, columns=DUO_COLUMNS)
+
 
 def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.DataFrame:
     """The duos to evaluate: official columns, optional sources; gflops_balance computed when absent.

@@ -7,7 +7,8 @@ is d = 2 with the paper's Eq. 2 weights, w = 1/(2T) in the official code's (l/T_
 `method="exact"` solves it to the optimum with projected Newton in float64 (analytic gradient and
 Hessian, Armijo backtracking, active-set handling of the w >= 0 bound, so "revert to the large
 model", w_small = 0 / T_small = inf, is reachable). `method="official"` reproduces the official
-code: a grid over T, then one torch `LBFGS(lr=0.01, max_iter=50)` step in float32.
+code: a grid over T, then one torch `LBFGS(lr=0.01, max_iter=50)` step in float32 (torch is imported
+only for that method: the exact fit, like the rest of the evaluation, is numpy).
 """
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from utils.cli import UserError
+from utils.cli.parsing import UserError
+from utils.maths.duo_modes import temperature_to_weight, weight_to_temperature
+from utils.maths.uncertainty_metrics import map_row_blocks
 
 METHODS = ("exact", "official")
 MAX_WEIGHT = 1e3              # w <= 1e3, i.e. T >= 1e-3 (bounds the separable, NLL -> 0 case)
 _GRAD_TOL = 1e-10
 _MAX_ITER = 100
-_BLOCK_ELEMENTS = 1 << 20     # float64 entries per row block: bounds memory for large val sets
 
 
 @dataclass
@@ -56,72 +57,66 @@ class DuoFit:
         return weight_to_temperature(self.weight_small)
 
 
-def weight_to_temperature(weight: float, members: int = 2) -> float:
-    """Duo weight w -> the official divisive temperature T with w = 1/(members * T); w = 0 -> inf."""
-    return math.inf if weight <= 0 else 1.0 / (members * weight)
-
-
-def temperature_to_weight(temperature: float, members: int = 2) -> float:
-    return 0.0 if math.isinf(temperature) else 1.0 / (members * temperature)
-
-
 # ----------------------------------------------------------------------------- the objective
 
-def _as_members(members) -> list[torch.Tensor]:
-    tensors = [m if isinstance(m, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(m)) for m in members]
-    shapes = {tuple(t.shape) for t in tensors}
+def _as_members(members) -> list[np.ndarray]:
+    arrays = [np.asarray(m) for m in members]
+    shapes = {a.shape for a in arrays}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"member logits must share one [N, K] shape, got {sorted(shapes)}")
-    return tensors
+    return arrays
 
 
-def _objective(members: list[torch.Tensor], labels: torch.Tensor, weights: np.ndarray,
+def _objective(members: list[np.ndarray], labels: np.ndarray, weights: np.ndarray,
                order: int = 2) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Mean NLL at `weights`, and (order >= 1) its gradient, (order >= 2) its Hessian, in float64."""
     d = len(members)
     n, k = members[0].shape
-    w = torch.as_tensor(weights, dtype=torch.float64)
-    total = 0.0
-    grad = torch.zeros(d, dtype=torch.float64)
-    hess = torch.zeros(d, d, dtype=torch.float64)
-    step = max(1, _BLOCK_ELEMENTS // k)
-    with torch.inference_mode():
-        for start in range(0, n, step):
-            rows = slice(start, start + step)
-            xs = [m[rows].to(torch.float64) for m in members]
-            y = labels[rows].unsqueeze(1)
-            z = xs[0] * w[0]
-            for j in range(1, d):
-                z.add_(xs[j], alpha=float(w[j]))
-            lse = torch.logsumexp(z, dim=1)
-            total += float((lse - z.gather(1, y)[:, 0]).sum())
-            if order < 1:
-                continue
-            p = z.sub_(lse.unsqueeze(1)).exp_()
-            means = [torch.linalg.vecdot(p, x) for x in xs]               # E_p[X_j] per row
-            for j in range(d):
-                grad[j] += float((means[j] - xs[j].gather(1, y)[:, 0]).sum())
-            if order < 2:
-                continue
-            for j in range(d):
-                for i in range(j + 1):
-                    second = torch.linalg.vecdot(p * xs[j], xs[i])          # E_p[X_j X_i]
-                    hess[j, i] += float((second - means[j] * means[i]).sum())
-                    hess[i, j] = hess[j, i]
-    return total / n, (grad / n).numpy() if order >= 1 else None, (hess / n).numpy() if order >= 2 else None
+    w = np.asarray(weights, dtype=np.float64)
+
+    def work(rows: slice):
+        xs = [m[rows].astype(np.float64) for m in members]
+        at = (np.arange(len(xs[0])), labels[rows])
+        z = xs[0] * w[0]
+        for j in range(1, d):
+            z += xs[j] * w[j]
+        top = z.max(axis=1, keepdims=True)
+        z -= top
+        p = np.exp(z)
+        norm = p.sum(axis=1)
+        total = float(np.sum(np.log(norm) - z[at]))               # logsumexp(z) - z_y, z shifted by its max
+        if order < 1:
+            return total, None, None
+        p /= norm[:, None]
+        means = [np.einsum("ij,ij->i", p, x) for x in xs]          # E_p[X_j] per row
+        grad = np.array([float(np.sum(means[j] - xs[j][at])) for j in range(d)])
+        if order < 2:
+            return total, grad, None
+        hess = np.zeros((d, d))
+        for j in range(d):
+            weighted = p * xs[j]
+            for i in range(j + 1):
+                second = np.einsum("ij,ij->i", weighted, xs[i])      # E_p[X_j X_i]
+                hess[j, i] = hess[i, j] = float(np.sum(second - means[j] * means[i]))
+        return total, grad, hess
+
+    parts = map_row_blocks(n, k, work)
+    total = sum(part[0] for part in parts) / n
+    grad = sum(part[1] for part in parts) / n if order >= 1 else None
+    hess = sum(part[2] for part in parts) / n if order >= 2 else None
+    return total, grad, hess
 
 
 def nll_at(members, labels, weights) -> float:
     """Mean validation NLL of z = sum_j weights[j] * members[j] (float64)."""
-    tensors = _as_members(members)
-    return _objective(tensors, torch.as_tensor(np.asarray(labels, dtype=np.int64)),
+    return _objective(_as_members(members), np.asarray(labels, dtype=np.int64),
                       np.asarray(weights, dtype=np.float64), order=0)[0]
 
 
-def _power_of_two_scale(member: torch.Tensor) -> float:
+def _power_of_two_scale(member: np.ndarray) -> float:
     """1 for logits of ordinary magnitude; else the power of two near their largest |value|. Dividing
     by it is exact, and keeps the objective's second moments (~|x|^2) inside float64."""
-    largest = float(member.abs().max()) if member.numel() else 0.0
+    largest = float(np.max(np.abs(member))) if member.size else 0.0
     if largest == 0.0 or 2.0 ** -20 <= largest <= 2.0 ** 64:
         return 1.0
     return 2.0 ** math.floor(math.log2(largest))
@@ -135,17 +130,17 @@ def minimise_nll(members, labels, initial_weights,
     NLL(w; X) = NLL(w * s; X / s), so members of extreme magnitude (e.g. 1e200 or 1e-30) are solved
     as X / s with s a power of two, the bound applying to w * s, and mapped back: the temperature of
     logits scaled by c is c times theirs."""
-    tensors = _as_members(members)
-    scales = np.array([_power_of_two_scale(t) for t in tensors])
-    tensors = [t if s == 1.0 else t.to(torch.float64) / s for t, s in zip(tensors, scales)]
-    w, f, converged, iterations = _projected_newton(tensors, labels, np.asarray(initial_weights) * scales, max_weight)
+    arrays = _as_members(members)
+    scales = np.array([_power_of_two_scale(a) for a in arrays])
+    arrays = [a if s == 1.0 else a.astype(np.float64) / s for a, s in zip(arrays, scales)]
+    w, f, converged, iterations = _projected_newton(arrays, labels, np.asarray(initial_weights) * scales, max_weight)
     return w / scales, f, converged, iterations, bool(np.any(w >= max_weight))
 
 
-def _projected_newton(tensors, labels, initial_weights, max_weight: float) -> tuple[np.ndarray, float, bool, int]:
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+def _projected_newton(members, labels, initial_weights, max_weight: float) -> tuple[np.ndarray, float, bool, int]:
+    y = np.asarray(labels, dtype=np.int64)
     w = np.clip(np.asarray(initial_weights, dtype=np.float64), 0.0, max_weight)
-    f, g, h = _objective(tensors, y, w)
+    f, g, h = _objective(members, y, w)
     for iteration in range(1, _MAX_ITER + 1):
         at_lower, at_upper = w <= 0.0, w >= max_weight
         blocked = (at_lower & (g > 0)) | (at_upper & (g < 0))
@@ -164,7 +159,7 @@ def _projected_newton(tensors, labels, initial_weights, max_weight: float) -> tu
         step = 1.0
         while True:
             candidate = np.clip(w + step * direction, 0.0, max_weight)
-            f_new = _objective(tensors, y, candidate, order=0)[0]
+            f_new = _objective(members, y, candidate, order=0)[0]
             if f_new <= f + 1e-4 * float(g @ (candidate - w)) or step < 1e-12:
                 break
             step *= 0.5
@@ -172,7 +167,7 @@ def _projected_newton(tensors, labels, initial_weights, max_weight: float) -> tu
             # No further decrease representable in float64: at the optimum up to rounding.
             return w, f, f - f_new < 1e-14 or np.max(np.abs(np.where(free, g, 0.0))) < 1e-7, iteration
         w = candidate
-        f, g, h = _objective(tensors, y, w)
+        f, g, h = _objective(members, y, w)
     return w, f, False, _MAX_ITER
 
 
@@ -212,6 +207,7 @@ def _check_method(method: str) -> None:
 # ----------------------------------------------------------------------------- the official procedure
 
 def _official_single(logits, labels) -> float:
+    import torch
     x = torch.as_tensor(np.asarray(logits, dtype=np.float32))
     y = torch.as_tensor(labels)
     grid = torch.arange(0.05, 5.05, 0.05)
@@ -227,6 +223,7 @@ def _official_single(logits, labels) -> float:
 
 
 def _official_duo(logits_large, logits_small, labels) -> tuple[float, float]:
+    import torch
     large = torch.as_tensor(np.asarray(logits_large, dtype=np.float32))
     small = torch.as_tensor(np.asarray(logits_small, dtype=np.float32))
     y = torch.as_tensor(labels)
@@ -249,7 +246,8 @@ def _official_duo(logits_large, logits_small, labels) -> tuple[float, float]:
     return values
 
 
-def _lbfgs(params: list[torch.nn.Parameter], loss_fn) -> None:
+def _lbfgs(params: list, loss_fn) -> None:
+    import torch
     optimiser = torch.optim.LBFGS(params, lr=0.01, max_iter=50)
 
     def closure():

@@ -13,7 +13,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 HIGHER_BETTER = {"Acc", "F1", "CP_AUROC", "SAC@98", "SAC@99", "F1_present"}
-LOWER_BETTER = {"Brier", "NLL", "ECE", "AURC", "E-AURC", "AUGRC"}
 RADAR_METRICS = ["Acc", "F1", "CP_AUROC", "AURC", "Brier", "NLL"]        # the paper's Fig. 1
 TABLE_METRICS = ["Acc", "F1", "NLL", "ECE", "Brier", "CP_AUROC", "AURC", "SAC@98"]
 SPLIT_LABEL = {"test": "in-distribution (test)", "ood_test": "shifted (ood_test)"}
@@ -24,7 +23,7 @@ MODE_STYLE = {"asymmetric": ("tab:red", "Duo: Ours (asymmetric)"), "uqonly": ("t
 
 def save_figure(fig, path: Path, dpi: int) -> None:
     """PNG written atomically (a killed report never leaves a half-written figure)."""
-    from utils import safe_io
+    from utils.files import safe_io
     with safe_io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
 
@@ -44,9 +43,9 @@ RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"]
 def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
     """All splits of evaluation_<kind>_<dataset>[_ood].csv in a folder, with a 'dataset' column; a file
     that cannot be read, lacks a column the report uses or has a row without its key is an error."""
-    from utils import safe_io
-    from utils.cli import UserError
-    from utils.uncertainty_metrics import METRIC_COLUMNS
+    from utils.cli.parsing import UserError
+    from utils.files import safe_io
+    from utils.maths.uncertainty_metrics import METRIC_COLUMNS
     frames = []
     for path in sorted(Path(results_dir).glob(f"evaluation_{kind}_*.csv")):
         dataset = path.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")

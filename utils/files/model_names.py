@@ -13,12 +13,13 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from utils.cli import UserError
+from utils.cli.parsing import UserError
 
 # derived names: seeds, soups and the baselines' prediction files (canonically lowercase, but `_LA`)
 _SUFFIX_PATTERN = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", re.IGNORECASE)
 # the derived models that cost what their backbone costs per image (so they share its GFLOPs); the
 # IVON Monte-Carlo predictive (_ivon) and Laplace (_LA) cost more, and have no backbones.csv figure
+SOURCES = ("torchvision", "timm")     # where a backbone's architecture and weights come from
 SAME_COST_SUFFIXES = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det)$", re.IGNORECASE)
 
 
@@ -133,6 +134,22 @@ def output_path(folder: str | Path, filename: str) -> Path:
     """Where to write `filename` in `folder`: over an existing file of the same name in another case
     (one model, one file), else `folder/filename`."""
     return find_file(folder, filename) or Path(folder) / filename
+
+
+CHECKPOINT_STAGES = ("lp", "ff", "soup", "ivon")   # hp_tune's linear probe and fine-tune, make_soup, ivon_train
+
+
+def checkpoint_dir(root: str | Path, dataset: str, stage: str | None = None) -> Path:
+    """The checkpoint layout every training stage shares: <root>/<dataset>/<stage>/ (the dataset's own
+    folder, holding optimal_hyperparams_<stage>.csv and ray_results/, when `stage` is None)."""
+    if stage is not None and stage not in CHECKPOINT_STAGES:
+        raise ValueError(f"unknown checkpoint stage '{stage}' ({', '.join(CHECKPOINT_STAGES)})")
+    return Path(root) / dataset / (stage or "")
+
+
+def checkpoint_path(root: str | Path, dataset: str, stage: str, filename: str) -> Path:
+    """<root>/<dataset>/<stage>/<filename>, over an existing file of that name in another case."""
+    return output_path(checkpoint_dir(root, dataset, stage), filename)
 
 
 def existing_path(path: str | Path) -> Path:

@@ -17,12 +17,12 @@ Every mode also reports `entropy` = H(p) and `kl_disagreement` = its softmax-res
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from utils import uncertainty_metrics as um
+from utils.maths import uncertainty_metrics as um
 
 MODES = ("unweighted", "unweighted_ts", "uqonly", "asymmetric", "asymmetric_code")
 _COMBINATION = {"unweighted": "raw", "unweighted_ts": "single", "uqonly": "duo",
@@ -38,6 +38,15 @@ class DuoTemperatures:
     single_small: float = 1.0
     weight_large: float = 0.5
     weight_small: float = 0.5
+
+
+def weight_to_temperature(weight: float, members: int = 2) -> float:
+    """Duo weight w -> the official divisive temperature T with w = 1/(members * T); w = 0 -> inf."""
+    return math.inf if weight <= 0 else 1.0 / (members * weight)
+
+
+def temperature_to_weight(temperature: float, members: int = 2) -> float:
+    return 0.0 if math.isinf(temperature) else 1.0 / (members * temperature)
 
 
 @dataclass
@@ -70,7 +79,7 @@ def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
     if unknown:
         raise ValueError(f"unknown duo mode(s) {unknown}; choose from {', '.join(MODES)}")
     large, small = um.as_weighted(logits_large).members[0], um.as_weighted(logits_small).members[0]
-    large_argmax = torch.argmax(large, dim=1).numpy()
+    large_argmax = np.argmax(large, axis=1)
     cache: dict[str, tuple] = {}
     outputs = {}
     for mode in modes:

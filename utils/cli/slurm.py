@@ -4,15 +4,15 @@ Rules every script follows: `#SBATCH` directives come first (sbatch stops readin
 command); output goes to `logs/`, which the submitting side creates (slurm drops a job's output
 silently when the folder is missing: a script run with `bash` instead of `sbatch` creates it and
 submits itself); every path is quoted; CPUs come from the job's allocation (`SLURM_CPUS_PER_TASK`).
-`python -m utils.slurm` rewrites the shipped scripts; a test checks they equal this rendering.
+`python -m utils.cli.slurm` rewrites the shipped scripts; a test checks they equal this rendering.
 """
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
 
-from utils import safe_io
-from utils.config import REPO_ROOT
+from utils.cli.config import REPO_ROOT
+from utils.files import safe_io
 
 RESOURCES = {
     "train": {"gres": "gpu:1", "cpus-per-task": 8, "mem": "48G", "time": "24:00:00"},
@@ -59,10 +59,10 @@ def command(script: str, args: list) -> str:
 
 # ----------------------------------------------------------------------------- the shipped scripts
 
-_BACKBONE_OF_TASK = ('"$PY" -c "import sys; from utils import tables; '
+_BACKBONE_OF_TASK = ('"$PY" -c "import sys; from utils.files import tables; '
                      'print(tables.backbone_names(tables.read_backbones())[int(sys.argv[1]) - 1])" '
                      '"$SLURM_ARRAY_TASK_ID"')
-_BACKBONE_COUNT = '$("$PY" -c "from utils import tables; print(len(tables.backbone_names(tables.read_backbones())))")'
+_BACKBONE_COUNT = '$("$PY" -c "from utils.files import tables; print(len(tables.backbone_names(tables.read_backbones())))")'
 
 
 def shipped_train_array() -> str:

@@ -21,28 +21,11 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from utils.cli import UserError
+from utils.cli.parsing import UserError
 
-
-_KILL_ENV = "ASYMMETRIC_DUOS_KILL_AT"
 # `.<target>.<8 random chars>.tmp`, as `atomic_path` names them (mkstemp's alphabet)
 _TMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 STALE_TMP_SECONDS = 3600        # no write of ours leaves a temporary file untouched this long
-_kill_counts: dict[str, int] = {}
-
-
-def _kill_point(name: str) -> None:
-    """Test hook for the kill tests: ASYMMETRIC_DUOS_KILL_AT="before_rename:3" SIGKILLs this process
-    the 3rd time a write reaches that point (points: before_rename, after_rename)."""
-    spec = os.environ.get(_KILL_ENV)
-    if not spec:
-        return
-    point, _, count = spec.partition(":")
-    if point == name:
-        _kill_counts[name] = _kill_counts.get(name, 0) + 1
-        if _kill_counts[name] == int(count or 1):
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -67,10 +50,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; colleagues on a cluster read what the umask allows
-        _kill_point("before_rename")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-        _kill_point("after_rename")
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -3,7 +3,8 @@
 The heavy part, softmax statistics over an [N, K] logit matrix, is one pass per row block in
 float64 (`softmax_stats`); every metric and uncertainty measure is then a cheap function of
 those statistics, so a probability vector is never materialised twice and no sklearn call sits
-in the hot path (sklearn and torchmetrics are the test oracles).
+in the hot path (sklearn and torchmetrics are the test oracles). numpy only: the evaluation
+stages never import torch.
 
 Conventions, matching the official evaluation code unless noted:
 - Brier: mean over all N*K entries of (p - onehot)^2.
@@ -15,10 +16,11 @@ Conventions, matching the official evaluation code unless noted:
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 METRIC_COLUMNS = (["Acc", "F1", "Brier", "NLL", "ECE", "CP_AUROC", "AURC", "E-AURC"]
                   + [f"SAC@{t}" for t in range(90, 100)] + ["AUGRC", "F1_present"])
@@ -26,45 +28,57 @@ UNCERTAINTY_TYPES = ("softmax_response", "entropy", "kl_disagreement")
 KL_WEIGHT = 0.1
 ECE_BINS = 15
 _BLOCK_ELEMENTS = 131072  # float64 entries per row block (1 MiB): stays in L2 cache, measured fastest
+_POOL: ThreadPoolExecutor | None = None
 
 
-def _block_rows(num_classes: int) -> int:
-    return max(1, _BLOCK_ELEMENTS // max(num_classes, 1))
-
-
-def _as_tensor(array) -> torch.Tensor:
-    return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+def map_row_blocks(n: int, num_classes: int, work) -> list:
+    """[work(rows) for consecutive row blocks of an [n, num_classes] matrix], in order, spread over the
+    CPU cores: numpy's ufuncs and reductions release the GIL, so threads give the parallelism a torch
+    kernel would."""
+    global _POOL
+    step = max(1, _BLOCK_ELEMENTS // max(num_classes, 1))
+    blocks = [slice(start, start + step) for start in range(0, n, step)]
+    if len(blocks) < 4:
+        return [work(rows) for rows in blocks]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(min(8, len(os.sched_getaffinity(0))), thread_name_prefix="metrics")
+    return list(_POOL.map(work, blocks))
 
 
 class WeightedLogits:
     """The logit matrix z = sum_j weight_j * member_j, evaluated lazily one row block at a time.
 
     Lets duo modes and temperature-scaled members be scored without materialising [N, K] copies.
+    Members are numpy arrays (or anything `np.asarray` accepts, e.g. CPU tensors).
     """
 
     def __init__(self, members, weights):
-        self.members = [_as_tensor(m) for m in members]
+        self.members = [np.asarray(m) for m in members]
         self.weights = [float(w) for w in weights]
-        if len({tuple(m.shape) for m in self.members}) != 1 or self.members[0].ndim != 2:
+        if len({m.shape for m in self.members}) != 1 or self.members[0].ndim != 2:
             raise ValueError("members must share one [N, K] shape")
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.members[0].shape)
+        return self.members[0].shape
 
-    def block(self, rows: slice) -> torch.Tensor:
-        out = self.members[0][rows].to(torch.float64, copy=True)  # callers modify blocks in place
+    def block(self, rows: slice) -> np.ndarray:
+        """A float64 copy of z[rows] (callers modify blocks in place)."""
+        out = self.members[0][rows].astype(np.float64)
         if self.weights[0] != 1.0:
-            out.mul_(self.weights[0])
+            out *= self.weights[0]
         for member, weight in zip(self.members[1:], self.weights[1:]):
-            out.add_(member[rows].to(torch.float64), alpha=weight)
+            term = member[rows].astype(np.float64)
+            term *= weight
+            out += term
         return out
 
     def gather(self, index: np.ndarray) -> np.ndarray:
-        idx = torch.from_numpy(np.asarray(index, dtype=np.int64)).unsqueeze(1)
-        return sum(w * m.gather(1, idx)[:, 0].to(torch.float64).numpy() for m, w in zip(self.members, self.weights))
+        rows = np.arange(self.shape[0])
+        index = np.asarray(index, dtype=np.int64)
+        return sum(w * m[rows, index].astype(np.float64) for m, w in zip(self.members, self.weights))
 
-    def materialise(self) -> torch.Tensor:
+    def materialise(self) -> np.ndarray:
         return self.block(slice(None))
 
 
@@ -92,34 +106,41 @@ class SoftmaxStats:
 
 
 def softmax_stats(logits, with_entropy: bool = True) -> SoftmaxStats:
-    """One float64 pass over [N, K] logits (numpy, torch or WeightedLogits; log-probs work the same).
+    """One float64 pass over [N, K] logits (numpy or WeightedLogits; log-probs work the same).
 
     `with_entropy=False` skips one of the four reductions when H(p) is not needed.
     """
     z = as_weighted(logits)
     n, k = z.shape
-    sums = torch.empty((3, n), dtype=torch.float64)       # rest, sum_k e_k^2 (rest only), sum_k e_k d_k
-    row_max = torch.empty((n, 1), dtype=torch.float64)
-    argmax = torch.empty((n, 1), dtype=torch.int64)
-    step = _block_rows(k)
-    with torch.inference_mode():
-        for start in range(0, n, step):
-            rows = slice(start, start + step)
-            block = z.block(rows)
-            torch.max(block, 1, keepdim=True, out=(row_max[rows], argmax[rows]))
-            block.sub_(row_max[rows])                   # shifted logits d = z - max, d[argmax] = 0
-            expd = block.exp()
-            expd.scatter_(1, argmax[rows], 0.0)         # leave out the max term (exactly 1)
-            torch.sum(expd, 1, out=sums[0, rows])
-            if with_entropy:
-                torch.sum(block.mul_(expd), 1, out=sums[2, rows])
-            torch.sum(expd.square_(), 1, out=sums[1, rows])
-    rest, sum_sq_rest, weighted_shift = (t.numpy() for t in sums)
+    rest, sum_sq_rest, weighted_shift, row_max = (np.zeros(n) for _ in range(4))
+    argmax = np.zeros(n, dtype=np.int64)
+
+    def work(rows: slice) -> None:
+        block = z.block(rows)
+        top = block.argmax(axis=1)
+        at = (np.arange(len(top)), top)
+        row_max[rows] = block[at]
+        block -= row_max[rows, None]                # shifted logits d = z - max, d[argmax] = 0
+        expd = np.exp(block)
+        expd[at] = 0.0                              # leave out the max term (exactly 1)
+        rest[rows] = expd.sum(axis=1)
+        if with_entropy:
+            weighted_shift[rows] = np.einsum("ij,ij->i", block, expd)
+        sum_sq_rest[rows] = np.einsum("ij,ij->i", expd, expd)
+        argmax[rows] = top
+
+    map_row_blocks(n, k, work)
     norm = 1.0 + rest
     log1p_rest = np.log1p(rest)
-    return SoftmaxStats(argmax=argmax[:, 0].numpy(), rest=rest, log_norm=row_max[:, 0].numpy() + log1p_rest,
+    return SoftmaxStats(argmax=argmax, rest=rest, log_norm=row_max + log1p_rest,
                         sum_sq=(1.0 + sum_sq_rest) / norm ** 2, num_classes=k,
                         entropy=log1p_rest - weighted_shift / norm if with_entropy else None)
+
+
+def logsumexp_rows(block: np.ndarray) -> np.ndarray:
+    """logsumexp over each row of a float64 block."""
+    top = block.max(axis=1, keepdims=True)
+    return top[:, 0] + np.log(np.exp(block - top).sum(axis=1))
 
 
 def log_prob_at(logits, stats: SoftmaxStats, index: np.ndarray) -> np.ndarray:
@@ -148,18 +169,21 @@ def kl_divergence(logits_p, logits_q) -> np.ndarray:
     """KL(p || q) per row for p = softmax(logits_p), q = softmax(logits_q): one fused float64 pass."""
     zp, zq = as_weighted(logits_p), as_weighted(logits_q)
     n, k = zp.shape
-    kl = torch.empty(n, dtype=torch.float64)
-    step = _block_rows(k)
-    with torch.inference_mode():
-        for start in range(0, n, step):
-            rows = slice(start, start + step)
-            p_block, q_block = zp.block(rows), zq.block(rows)
-            lse_p, lse_q = torch.logsumexp(p_block, 1), torch.logsumexp(q_block, 1)
-            diff = q_block.sub_(p_block).neg_()                       # z_p - z_q
-            probs = p_block.sub_(lse_p.unsqueeze(1)).exp_()
-            torch.sum(diff.mul_(probs), 1, out=kl[rows])               # E_p[z_p - z_q]
-            kl[rows] += lse_q - lse_p
-    return np.maximum(kl.numpy(), 0.0)
+    kl = np.zeros(n)
+
+    def work(rows: slice) -> None:
+        p_block, q_block = zp.block(rows), zq.block(rows)
+        lse_q = logsumexp_rows(q_block)
+        q_block -= p_block                                    # z_q - z_p
+        top = p_block.max(axis=1, keepdims=True)
+        p_block -= top
+        probs = np.exp(p_block, out=p_block)
+        norm = probs.sum(axis=1)
+        # KL = E_p[z_p - z_q] - logsumexp(z_p) + logsumexp(z_q)
+        kl[rows] = -np.einsum("ij,ij->i", q_block, probs) / norm - (top[:, 0] + np.log(norm)) + lse_q
+
+    map_row_blocks(n, k, work)
+    return np.maximum(kl, 0.0)
 
 
 def kl_disagreement(base_uncertainty: np.ndarray, kl_small_large: np.ndarray, weight: float = KL_WEIGHT) -> np.ndarray:

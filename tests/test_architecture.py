@@ -1,0 +1,70 @@
+"""The layout's promises: the evaluation half needs no torch, and no library package reaches up into
+the training or stage scripts."""
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+NUMPY_STAGES = ["evaluate/2_temp_scale.py", "evaluate/3_duo_temp_scale.py", "evaluate/4_evaluate_predictions.py",
+                "evaluate/5_evaluate_duo_predictions.py", "evaluate/8_evaluate_deep_ensemble.py",
+                "evaluate/9_make_report.py", "evaluate/run_pipeline.py"]
+HEAVY = ("torch", "torchvision", "timm", "ray", "laplace", "ivon")
+LIBRARIES = ("utils", "load_models", "load_data")
+SCRIPTS = ("train", "evaluate")
+NUMPY_LIBRARY = "utils"
+
+
+def loaded_after_import(path: str) -> list[str]:
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('stage', {str(REPO / path)!r})\n"
+            "module = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(module)\n"
+            "module.build_parser()\n"
+            f"print(' '.join(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("path", NUMPY_STAGES)
+def test_evaluation_stages_import_neither_torch_nor_ray(path):
+    assert loaded_after_import(path) == []
+
+
+def imports_of(path) -> set[str]:
+    """Every module a file imports, at any depth of the file (function-level imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+def package_files(package: str):
+    return sorted((REPO / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", LIBRARIES)
+def test_libraries_never_import_the_scripts(package):
+    upward = {f"{path.relative_to(REPO)}: {name}" for path in package_files(package) for name in imports_of(path)
+              if name.split(".")[0] in SCRIPTS}
+    assert not upward
+
+
+def test_the_numpy_library_never_imports_the_torch_side():
+    torch_side = {f"{path.relative_to(REPO)}: {name}" for path in package_files(NUMPY_LIBRARY)
+                  for name in imports_of(path)
+                  if name.split(".")[0] in HEAVY + ("load_models", "load_data")}
+    # the official grid+LBFGS temperature fit is the one torch user, imported only when that method is asked for
+    assert torch_side == {"utils/maths/calibrate_temperature.py: torch"}
+
+
+def test_evaluate_imports_train_only_in_training_stages():
+    users = {str(path.relative_to(REPO)) for path in package_files("evaluate") if any(
+        name.split(".")[0] == "train" for name in imports_of(path))}
+    assert users == set()

@@ -1,0 +1,1 @@
+"""The report: figures and tables drawn from the result CSVs."""
