@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from load_data.dataloaders import make_loaders
-from load_data.datasets import DATASETS, load_dataset
+from load_data.datasets import load_dataset
 from load_models import model_loader
 from load_models.inference import predict, predict_with_features, prepare_model, resolve_device
 from utils.cli import flags
+from utils.cli.config import DATASETS
 from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_int, run_main, warn
 from utils.files import safe_io, tables
-from utils.files.model_names import existing_path, unique_by_case
+from utils.files.model_names import checkpoint_dir, existing_path, unique_by_case
 from utils.files.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, read_predictions, write_predictions
 
 
@@ -89,7 +90,8 @@ def list_jobs(args, backbones) -> list[dict]:
         if args.dataset == "imagenet" and args.model:
             return [job(args.model, None)]
         raise UserError("give --model_path FILE, or --all_models (with --model_dir), or for ImageNet --model NAME")
-    default_dir = Path("checkpoints") / ("imagenet" if args.dataset == "imagenet" else f"{args.dataset}/ff")
+    default_dir = (Path("checkpoints") / "imagenet" if args.dataset == "imagenet"      # download_imagenet_models.py
+                   else checkpoint_dir("checkpoints", args.dataset, "ff"))
     folder = Path(args.model_dir or default_dir)
     checkpoints = sorted(folder.glob("*.pth")) if folder.is_dir() else []
     if args.mode == "soup":
@@ -155,7 +157,7 @@ def resolve_dataset_flag(args) -> str:
         if recorded in DATASETS:
             return recorded
     if args.all_models or args.model_dir:
-        found = sorted(p.parent.parent.name for p in Path("checkpoints").glob("*/ff/*.pth")
+        found = sorted(p.parent.parent.name for p in Path("checkpoints").glob("*/ff/*.pth")     # checkpoint_dir's layout
                        if p.parent.parent.name in DATASETS)
         if len(set(found)) == 1:
             return found[0]

@@ -23,7 +23,7 @@ from utils.cli import slurm
 from utils.cli.config import DATASETS, Field, check_mapping, load_yaml, resolve_config_path
 from utils.cli.parsing import ArgumentParser, UserError, cpu_count, run_main
 from utils.files import safe_io, tables
-from utils.files.model_names import SOURCES, check_plain_name, existing_path
+from utils.files.model_names import SOURCES, check_plain_name, checkpoint_dir, existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
           "deep_ensemble", "report")
@@ -99,7 +99,7 @@ class Plan:
             self.train.update(lp_samples=1, num_samples=2, sidekick_samples=1, epochs_lp=1, epochs_ff=1, subset=300)
         self.checkpoints, self.predictions = root / "checkpoints", root / "predictions"
         self.calibrated, self.results = root / "calibrated", root / "results"
-        self.ff = self.checkpoints / self.dataset / "ff"
+        self.ff = checkpoint_dir(self.checkpoints, self.dataset, "ff")
         self.large = config["large"]
         seeds = int(config.get("ensemble_seeds", 0))
         self.seed_names = [f"{self.large}_s{i}" for i in range(1, seeds + 1)]

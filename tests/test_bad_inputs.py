@@ -146,6 +146,12 @@ def _(ws):
     return ws.fit(ws.text("corrupt.npz", b"PK\x03\x04 garbage")), "corrupt.npz: cannot read NPZ"
 
 
+@case("prediction file", "text file named .npz")
+def _(ws):
+    # numpy calls this 'pickled data' and advises unpickling it; the message must not repeat that advice
+    return ws.fit(ws.text("text.npz", "x\n")), "text.npz: cannot read NPZ (not an NPZ archive of arrays"
+
+
 @case("prediction file", "non-numeric csv cell")
 def _(ws):
     path = ws.variant("text", suffix=".csv", frame_edit=lambda f: f.__setitem__(
@@ -313,6 +319,15 @@ def _(ws):
     small = ws.variant("separable_duo", edit)
     large = ws.variant("separable_duo_large", edit, model="large")
     return ws.pair(small, large), "a weight grows"
+
+
+@case("prediction file", "duo whose large model alone predicts val perfectly")
+def _(ws):
+    def edit(pset):
+        pset.splits["val"].labels = np.argmax(make_duo_logits(num_classes=6, seed=3)["large"].splits["val"].logits, 1)
+    large = ws.variant("separated_by_large", edit, model="large")
+    small = ws.variant("separated_by_large_small", edit)
+    return ws.pair(small, large), "the duo's combined logits predict every 'val' sample correctly"
 
 
 def _features_case(ws, name, **changes):
@@ -532,7 +547,23 @@ def _(ws):
 @case("table", "existing results CSV lacks its key columns")
 def _(ws):
     (ws.out / "evaluation_duo_synthetic.csv").write_text("a,b\n1,2\n")
-    return ws.duo(), "lacks key column(s)"
+    return ws.duo(), "lacks column(s) ['model_large'"
+
+
+@case("table", "existing temperature CSV with its value column renamed")
+def _(ws):
+    path = ws.cal / "temperature_single_model.csv"
+    header, rest = path.read_text().split("\n", 1)
+    path.write_text(header.replace("temperature", "T", 1) + "\n" + rest)
+    return ws.fit(ws.large), "lacks column(s) ['temperature']"
+
+
+@case("table", "existing duo temperature CSV with a value column renamed")
+def _(ws):
+    path = ws.cal / "temperature_duo.csv"
+    header, rest = path.read_text().split("\n", 1)
+    path.write_text(header.replace("temperature_large", "T_large") + "\n" + rest)
+    return ws.pair(ws.small), "lacks column(s) ['temperature_large']"
 
 
 @case("table", "existing hyper-parameter CSV is corrupt")

@@ -158,3 +158,22 @@ def test_stages_score_huge_float64_logits_like_the_unscaled_ones(tmp_path, stage
     scaled = [frame[frame.wrapper == "TempScaleWrapper"].drop(columns="wrapper").reset_index(drop=True)
               for frame in (plain, huge)]
     pd.testing.assert_frame_equal(scaled[0], scaled[1], rtol=1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_duo_fit_reaches_the_optimum_from_saturated_logits(seed):
+    """Logits of size 1e4 (e.g. a Monte-Carlo predictive's log-probabilities) saturate the softmax at the
+    default start w = (0.5, 0.5), where the Hessian is 0: the fit must still reach the optimum."""
+    rng = np.random.default_rng(seed)
+    n, k = 100, 2
+    labels = rng.integers(0, k, n)
+    large = rng.normal(size=(n, k)) * 1e4
+    large[np.arange(n), labels] += 1e4
+    small = rng.normal(size=(n, k))
+    small[np.arange(n), labels] += 1
+    fit = ct.fit_duo_weights(large, small, labels)
+    reference = minimize(lambda w: ct.nll_at([large, small], labels, np.abs(w)), [1e-4, 0.1], method="Nelder-Mead",
+                         options={"xatol": 1e-12, "fatol": 1e-14, "maxiter": 5000})
+    assert fit.converged and not fit.unbounded
+    assert fit.nll == pytest.approx(reference.fun, rel=1e-9)
+    assert fit.nll < ct.nll_at([large], labels, [1.0 / ct.fit_temperature(large, labels).temperature])

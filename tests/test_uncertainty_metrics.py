@@ -158,3 +158,24 @@ def test_metric_columns_order():
     assert list(um.compute_metrics(logits, labels)) == list(um.METRIC_COLUMNS)
     assert um.METRIC_COLUMNS[:8] == ["Acc", "F1", "Brier", "NLL", "ECE", "CP_AUROC", "AURC", "E-AURC"]
     assert um.METRIC_COLUMNS[-2:] == ["AUGRC", "F1_present"]
+
+
+@pytest.mark.parametrize("gap", [5.0, 20.0, 40.0])
+def test_brier_and_nll_keep_their_precision_near_certainty(gap):
+    """With p_y close to 1, Brier and NLL are tiny; computed as differences of numbers near 1 they would
+    lose every digit (and Brier could turn negative). Checked against 60-digit arithmetic."""
+    import mpmath
+    mpmath.mp.dps = 60
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(50, 4))
+    labels = rng.integers(0, 4, 50)
+    logits[np.arange(50), labels] += gap
+    exact_brier, exact_nll = mpmath.mpf(0), mpmath.mpf(0)
+    for row, label in zip(logits, labels):
+        e = [mpmath.e ** mpmath.mpf(float(v)) for v in row]
+        p = [x / sum(e) for x in e]
+        exact_brier += sum((p[k] - (k == label)) ** 2 for k in range(4))
+        exact_nll -= mpmath.log(p[label])
+    metrics = um.compute_metrics(logits, labels)
+    assert metrics["Brier"] == pytest.approx(float(exact_brier / (50 * 4)), rel=1e-12, abs=0)
+    assert metrics["NLL"] == pytest.approx(float(exact_nll / 50), rel=1e-12, abs=0)

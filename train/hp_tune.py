@@ -32,7 +32,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                             parents=[flags.dataset(), flags.raw_checkpoint(),
                                      flags.device(precision="auto"),
-                                     flags.loader(batch_size=None, num_workers=None)])
+                                     flags.loader(batch_size=None)])
     parser.add_argument("--model", "--model_name", required=True, help="backbone (backbones.csv spelling or timm name)")
     parser.add_argument("--num_samples", type=positive_int, help="FT trials (default: the YAML's search.num_samples, else 12)")
     parser.add_argument("--lp_samples", type=positive_int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
@@ -51,7 +51,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--epochs_lp", type=positive_int, help="override the YAML's training.num_epochs_lp")
     parser.add_argument("--epochs_ff", type=positive_int, help="override the YAML's training.num_epochs_ff")
     parser.add_argument("--subset", type=positive_int, help="train on the first N training images (quick runs)")
-    parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the weights' own)")
+    parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the YAML's data.image_size, else the weights' "
+                        "own preprocessing)")
     parser.add_argument("--report_every", type=positive_int, default=1,
                         help="validate every N epochs and at the last (3 reproduces the official cadence)")
     parser.add_argument("--skip_lp_if_exist", nargs="?", const=True, default=True, type=parse_bool, metavar="True|False",

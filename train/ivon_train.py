@@ -33,7 +33,7 @@ from utils.files.prediction_io import SPLITS, PredictionSet, write_predictions
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                             parents=[flags.trained_model(), flags.dataset(), flags.raw_checkpoint(),
-                                     flags.device(), flags.loader(batch_size=None, num_workers=None)])
+                                     flags.device(), flags.loader(batch_size=None)])
     parser.add_argument("--predictions_dir", default="./predictions", help="where the prediction files go")
     add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--learning_rate", type=positive_float, default=1e-3, help="IVON learning rate (official default 1e-3)")

@@ -85,14 +85,14 @@ def device(precision: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def loader(batch_size: int | None, batch_help: str = "images per batch", num_workers: int | None = 4) -> argparse.ArgumentParser:
-    """--batch_size and --num_workers; a None default means the YAML's value (see FROM_CONFIG)."""
+def loader(batch_size: int | None, batch_help: str = "images per batch") -> argparse.ArgumentParser:
+    """--batch_size (a None default: the YAML's training.batch_size) and --num_workers (the YAML's, else 4)."""
     parser = _parent()
     parser.add_argument("--batch_size", type=positive_int, default=batch_size,
-                        help=batch_help + (" (default: the YAML's training.batch_size)" if batch_size is None else ""))
-    parser.add_argument("--num_workers", type=non_negative_int, default=num_workers,
-                        help="DataLoader worker processes" + (" (default: the YAML's training.num_workers, else 4)"
-                                                             if num_workers is None else ""))
+                        help=batch_help + (" (default: the YAML's training.batch_size, else 32)" if batch_size is None
+                                           else f" (default {batch_size})"))
+    parser.add_argument("--num_workers", type=non_negative_int,
+                        help="DataLoader worker processes (default: the YAML's training.num_workers, else 4)")
     return parser
 
 

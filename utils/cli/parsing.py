@@ -19,8 +19,23 @@ class UserError(Exception):
     """Bad input or configuration; the message is shown to the user as one line."""
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every flag's help names its default, unless the help already speaks of it."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        if (action.option_strings and "default" not in text and action.default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(action, argparse._StoreTrueAction)):
+            text += " (default: %(default)s)"
+        return text
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the project's one-line error format."""
+    """argparse with the project's one-line error format; --help names every default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {self.prog}: {message} (see --help)\n")

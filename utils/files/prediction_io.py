@@ -176,12 +176,19 @@ def _model_name_of(path: Path) -> str:
     return path.name[: -len(path.suffix)] if path.suffix else path.name
 
 
+def _npz_problem(exc: Exception) -> str:
+    """Why np.load refused a file, without numpy's advice to unpickle it (never safe on a shared folder)."""
+    if isinstance(exc, ValueError) and "pickled" in str(exc):
+        return "not an NPZ archive of arrays (pickled or unknown data)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _read_npz(path: Path) -> PredictionSet:
     try:
         with np.load(path, allow_pickle=False) as archive:
             data = {key: archive[key] for key in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise UserError(f"{path}: cannot read NPZ ({type(exc).__name__}: {exc}); regenerate it with stage 1") from None
+        raise UserError(f"{path}: cannot read NPZ ({_npz_problem(exc)}); regenerate it with stage 1") from None
     meta: dict = {}
     if "meta" in data:
         try:
@@ -511,7 +518,7 @@ def read_features(prediction_path: str | Path, reference: PredictionSet) -> dict
         with np.load(features_path, allow_pickle=False) as archive:
             data = {key: archive[key] for key in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise UserError(f"{features_path}: cannot read NPZ ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{features_path}: cannot read NPZ ({_npz_problem(exc)})") from None
     out = {}
     for split, ref in reference.splits.items():
         for key in (f"features_{split}", f"ids_{split}"):

@@ -182,17 +182,18 @@ class LockedTable:
     """A CSV table read under its file lock; `upsert` changes it, and it is written on leaving
     `locked_table` (only if changed)."""
 
-    def __init__(self, path: Path, key_columns: Sequence[str], columns: Sequence[str] | None):
+    def __init__(self, path: Path, key_columns: Sequence[str], columns: Sequence[str] | None,
+                 required: Sequence[str] = ()):
         self.path, self.key_columns, self.columns, self.changed = path, list(key_columns), columns, False
         if path.exists() and (path.is_dir() or path.stat().st_size > 0):
             # an existing file that cannot be read is never replaced: it may hold other jobs' results
             self.frame = read_table(path, "existing table", "it was left as it is: repair it or move it aside, "
                                     "then rerun", keep_default_na=False, na_values=[""],
                                     dtype={k: str for k in self.key_columns})
-            missing = [k for k in self.key_columns if k not in self.frame.columns]
+            missing = [k for k in [*self.key_columns, *required] if k not in self.frame.columns]
             if missing:
-                raise UserError(f"{path}: the existing table lacks key column(s) {missing}; it was left as it is: "
-                                f"move it aside and rerun")
+                raise UserError(f"{path}: the existing table lacks column(s) {missing}; it was left as it is: "
+                                f"repair its header or move it aside, then rerun")
             blank = self.frame[self.key_columns].isna().any(axis=1).to_numpy()
             if blank.any():                        # a stale row no upsert could ever replace
                 raise UserError(f"{path}: data row {int(blank.argmax()) + 1} has an empty {', '.join(self.key_columns)} "
@@ -235,12 +236,13 @@ def check_table(path: str | os.PathLike, key_columns: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def locked_table(path: str | os.PathLike, key_columns: Sequence[str],
-                 columns: Sequence[str] | None = None) -> Iterator[LockedTable]:
-    """Read-modify-write of a shared CSV under an exclusive lock (concurrent array jobs lose nothing)."""
+def locked_table(path: str | os.PathLike, key_columns: Sequence[str], columns: Sequence[str] | None = None,
+                 required: Sequence[str] = ()) -> Iterator[LockedTable]:
+    """Read-modify-write of a shared CSV under an exclusive lock (concurrent array jobs lose nothing). An
+    existing table must have the key columns and the `required` ones (else it is left as it is)."""
     path = Path(path)
     with file_lock(path):
-        table = LockedTable(path, key_columns, columns)
+        table = LockedTable(path, key_columns, columns, required)
         yield table
         if table.changed:
             frame = table.frame
@@ -250,12 +252,12 @@ def locked_table(path: str | os.PathLike, key_columns: Sequence[str],
 
 
 def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequence[str],
-               columns: Sequence[str] | None = None) -> pd.DataFrame:
+               columns: Sequence[str] | None = None, required: Sequence[str] = ()) -> pd.DataFrame:
     """Insert or replace `rows` in the CSV at `path`, keyed by `key_columns`, under a file lock.
 
     Rows of the existing file whose key is not in `rows` are kept in their order; new and
     replaced rows follow. Returns the table as written.
     """
-    with locked_table(path, key_columns, columns) as table:
+    with locked_table(path, key_columns, columns, required) as table:
         table.upsert(rows)
     return table.frame

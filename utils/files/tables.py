@@ -241,14 +241,14 @@ def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str
 def upsert_single_temperatures(folder: str | Path, rows: list[dict]) -> Path:
     path = Path(folder) / SINGLE_TEMPERATURE_FILE
     safe_io.upsert_csv(path, pd.DataFrame(rows, columns=SINGLE_TEMPERATURE_COLUMNS), ["full_name"],
-                       SINGLE_TEMPERATURE_COLUMNS)
+                       SINGLE_TEMPERATURE_COLUMNS, required=["temperature"])
     return path
 
 
 def upsert_duo_temperatures(folder: str | Path, rows: list[dict]) -> Path:
     path = Path(folder) / DUO_TEMPERATURE_FILE
     safe_io.upsert_csv(path, pd.DataFrame(rows, columns=DUO_TEMPERATURE_COLUMNS), ["model_large", "model_small"],
-                       DUO_TEMPERATURE_COLUMNS)
+                       DUO_TEMPERATURE_COLUMNS, required=["temperature_large", "temperature_small"])
     return path
 
 

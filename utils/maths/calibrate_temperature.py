@@ -133,8 +133,25 @@ def minimise_nll(members, labels, initial_weights,
     arrays = _as_members(members)
     scales = np.array([_power_of_two_scale(a) for a in arrays])
     arrays = [a if s == 1.0 else a.astype(np.float64) / s for a, s in zip(arrays, scales)]
-    w, f, converged, iterations = _projected_newton(arrays, labels, np.asarray(initial_weights) * scales, max_weight)
+    start = _unsaturated_start(arrays, np.asarray(initial_weights, dtype=np.float64) * scales)
+    w, f, converged, iterations = _projected_newton(arrays, labels, start, max_weight)
     return w / scales, f, converged, iterations, bool(np.any(w >= max_weight))
+
+
+_SATURATED_SPREAD = 30.0      # a softmax over logits this far apart is 1 and 0 to ~1e-13: Newton sees no curvature
+
+
+def _unsaturated_start(members: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """The starting weights, shrunk where a member's weighted logits would saturate the softmax (logits of
+    size 1e4, e.g. a Monte-Carlo predictive's log-probabilities): there the Hessian is 0 and Newton stalls
+    at the start. Ordinary logits keep the given start."""
+    start = weights.copy()
+    for j, member in enumerate(members):
+        rows = np.asarray(member[:4096], dtype=np.float64)
+        spread = float(np.median(rows.max(axis=1) - rows.min(axis=1))) if rows.size else 0.0
+        if spread * start[j] > _SATURATED_SPREAD:
+            start[j] = _SATURATED_SPREAD / spread
+    return start
 
 
 def _projected_newton(members, labels, initial_weights, max_weight: float) -> tuple[np.ndarray, float, bool, int]:
@@ -164,8 +181,9 @@ def _projected_newton(members, labels, initial_weights, max_weight: float) -> tu
                 break
             step *= 0.5
         if f_new > f or np.array_equal(candidate, w):
-            # No further decrease representable in float64: at the optimum up to rounding.
-            return w, f, f - f_new < 1e-14 or np.max(np.abs(np.where(free, g, 0.0))) < 1e-7, iteration
+            # No further decrease representable in float64: at the optimum up to rounding, or stalled
+            at_optimum = abs(f - f_new) <= 1e-14 * max(1.0, abs(f))
+            return w, f, at_optimum or np.max(np.abs(np.where(free, g, 0.0))) < 1e-7, iteration
         w = candidate
         f, g, h = _objective(members, y, w)
     return w, f, False, _MAX_ITER

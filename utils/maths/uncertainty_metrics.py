@@ -96,13 +96,18 @@ class SoftmaxStats:
     argmax: np.ndarray                # int64, first index of the maximum
     rest: np.ndarray
     log_norm: np.ndarray              # logsumexp(logits)
-    sum_sq: np.ndarray                # sum_k p_k^2
+    sum_sq_others: np.ndarray         # sum_{k != argmax} p_k^2 (kept apart: sum_k p_k^2 rounds to 1 near certainty)
     num_classes: int
     entropy: np.ndarray | None = None  # H(p) in nats, when computed
 
     @property
     def confidence(self) -> np.ndarray:
         return 1.0 / (1.0 + self.rest)
+
+    @property
+    def sum_sq(self) -> np.ndarray:
+        """sum_k p_k^2."""
+        return self.confidence ** 2 + self.sum_sq_others
 
 
 def softmax_stats(logits, with_entropy: bool = True) -> SoftmaxStats:
@@ -133,7 +138,7 @@ def softmax_stats(logits, with_entropy: bool = True) -> SoftmaxStats:
     norm = 1.0 + rest
     log1p_rest = np.log1p(rest)
     return SoftmaxStats(argmax=argmax, rest=rest, log_norm=row_max + log1p_rest,
-                        sum_sq=(1.0 + sum_sq_rest) / norm ** 2, num_classes=k,
+                        sum_sq_others=sum_sq_rest / norm ** 2, num_classes=k,
                         entropy=log1p_rest - weighted_shift / norm if with_entropy else None)
 
 
@@ -144,8 +149,12 @@ def logsumexp_rows(block: np.ndarray) -> np.ndarray:
 
 
 def log_prob_at(logits, stats: SoftmaxStats, index: np.ndarray) -> np.ndarray:
-    """log p[i, index[i]]."""
-    return as_weighted(logits).gather(index) - stats.log_norm
+    """log p[i, index[i]]; at the argmax -log(1 + rest), which keeps its precision when p rounds to 1."""
+    index = np.asarray(index, dtype=np.int64)
+    out = as_weighted(logits).gather(index) - stats.log_norm
+    top = index == stats.argmax
+    out[top] = -np.log1p(stats.rest[top])
+    return out
 
 
 # ----------------------------------------------------------------------------- uncertainty measures
@@ -213,9 +222,14 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int | Non
     return float(f1[chosen].mean())
 
 
-def brier_score(stats: SoftmaxStats, label_prob: np.ndarray) -> float:
-    """Mean over N*K entries of (p - onehot)^2 = mean_i (sum_k p_ik^2 - 2 p_iy + 1) / K."""
-    return float(np.mean(stats.sum_sq - 2.0 * label_prob + 1.0) / stats.num_classes)
+def brier_score(stats: SoftmaxStats, labels: np.ndarray, label_log_prob: np.ndarray) -> float:
+    """Mean over N*K entries of (p - onehot)^2 = mean_i [(1 - p_iy)^2 + sum_{k != y} p_ik^2] / K, each term
+    computed without cancellation (1 - p_y from `rest` when y is the argmax, p_y <= 1/2 otherwise)."""
+    at_top = np.asarray(labels) == stats.argmax
+    label_prob = np.exp(label_log_prob)
+    one_minus = np.where(at_top, stats.rest / (1.0 + stats.rest), -np.expm1(label_log_prob))
+    others = np.where(at_top, stats.sum_sq_others, stats.sum_sq - label_prob ** 2)
+    return float(np.mean(one_minus ** 2 + others) / stats.num_classes)
 
 
 def nll(label_log_prob: np.ndarray) -> float:
@@ -279,7 +293,7 @@ def calibration_metrics(logits, labels: np.ndarray, stats: SoftmaxStats | None =
     """Brier, NLL and ECE of p = softmax(logits); they depend on p only, not on the mode's prediction."""
     stats = stats or softmax_stats(logits)
     label_log_prob = log_prob_at(logits, stats, labels)
-    return {"Brier": brier_score(stats, np.exp(label_log_prob)), "NLL": nll(label_log_prob),
+    return {"Brier": brier_score(stats, labels, label_log_prob), "NLL": nll(label_log_prob),
             "ECE": expected_calibration_error(stats.confidence, stats.argmax == labels)}
 
 

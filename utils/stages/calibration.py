@@ -13,7 +13,7 @@ from utils.maths import calibrate_temperature
 from utils.maths import uncertainty_metrics as um
 
 _SEPARATED = ("{source}: the validation NLL keeps falling as {bound}: {who} every 'val' sample correctly "
-              "(a val split that is tiny, or labelled by the model's own predictions?), so {what} has no optimum; "
+              "(a val split that is tiny, or labelled by the model's own predictions?), so no finite {what} minimises it; "
               "fit on a val split that is not predicted perfectly")
 
 
@@ -40,7 +40,7 @@ def single_temperature_row(pset: PredictionSet, method: str = "exact") -> dict:
                         f"check the logits of split 'val'")
     if fit.unbounded or _separated(val.logits, val.labels):
         raise UserError(_SEPARATED.format(source=pset.source, bound="T -> 0", who="the model predicts",
-                                          what="its temperature"))
+                                          what="temperature"))
     if math.isinf(fit.temperature):
         warn(f"{pset.model}: the validation NLL is lowest at T = inf: uniform probabilities beat this model's "
              f"(its logits rank the true class worse than chance on val; check which column is which class). Its "
@@ -66,9 +66,10 @@ def duo_weights_row(large: PredictionSet, small: PredictionSet, method: str = "e
     if not (math.isfinite(fit.nll) and math.isfinite(fit.weight_large) and math.isfinite(fit.weight_small)):
         raise UserError(f"{large.source} + {small.source}: the duo fit gave weights ({fit.weight_large}, "
                         f"{fit.weight_small}), val NLL {fit.nll}; check the logits of split 'val'")
-    if fit.unbounded:
+    combined = fit.weight_large * val_large.logits.astype(np.float64) + fit.weight_small * val_small.logits
+    if fit.unbounded or _separated(combined, val_large.labels):
         raise UserError(_SEPARATED.format(source=f"{large.source} + {small.source}", bound="a weight grows",
-                                          who="the duo's combined logits predict", what="the duo weights"))
+                                          who="the duo's combined logits predict", what="pair of duo weights"))
     if fit.weight_large == 0 and fit.weight_small == 0:
         warn(f"{large.model} + {small.model}: the validation NLL is lowest with both weights 0: uniform probabilities "
              f"beat both models on val (barely trained models, or a label/column mismatch); the duo's rows give "
