@@ -58,6 +58,16 @@ def check_temperatures(jobs, modes, singles: dict, weights: dict, args) -> None:
                             f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
 
 
+def in_reading_order(jobs: list) -> list:
+    """Duos grouped by large model, the sidekicks of every other group in reverse order: the sidekicks read
+    last are still in the prediction cache when the next large model starts (a plain order evicts each one
+    just before it is needed again once there are more sidekicks than cache slots)."""
+    by_large: dict[str, list] = {}
+    for job in sorted(jobs, key=lambda job: (job[0].model_large.casefold(), job[0].model_small.casefold())):
+        by_large.setdefault(job[0].model_large.casefold(), []).append(job)
+    return [job for i, group in enumerate(by_large.values()) for job in (group if i % 2 == 0 else group[::-1])]
+
+
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     backbones = tables.read_backbones(args.backbone_csv)
@@ -70,8 +80,9 @@ def main_impl(argv=None) -> int:
     check_temperatures(jobs, args.modes, singles, weights, args)
 
     cache = PredictionCache()
+    large_normalizers: dict = {}        # (large file, split) -> {scale: its logits' row normalizers}
     rows, fitted_single, fitted_duo, dataset_names = [], [], [], []
-    for duo, large_path, small_path in sorted(jobs, key=lambda job: job[0].model_large.casefold()):
+    for duo, large_path, small_path in in_reading_order(jobs):
         large, small = cache.get(large_path), cache.get(small_path)
         pair = (large.model, small.model)            # the identities: the files' names
         dataset_names += [large.dataset, small.dataset]
@@ -100,7 +111,9 @@ def main_impl(argv=None) -> int:
             for scales in {member_scales(mode, temps) for mode in args.modes}:
                 check_scaled_logits(magnitudes, [scale / 2 for scale in scales],
                                     f"{args.calibrated_dir}: {large.model} + {small.model}")
-            outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types)
+            normalizers = large_normalizers.setdefault((large.source, split), {})
+            outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types,
+                                  normalizers)
             for mode, out in outputs.items():
                 scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
                 for uncertainty, metrics in scored.items():

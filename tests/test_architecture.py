@@ -60,8 +60,20 @@ def test_the_numpy_library_never_imports_the_torch_side():
     torch_side = {f"{path.relative_to(REPO)}: {name}" for path in package_files(NUMPY_LIBRARY)
                   for name in imports_of(path)
                   if name.split(".")[0] in HEAVY + ("load_models", "load_data")}
-    # the official grid+LBFGS temperature fit is the one torch user, imported only when that method is asked for
-    assert torch_side == {"utils/maths/calibrate_temperature.py: torch"}
+    # imported inside functions only: the official grid+LBFGS fit (when that method is asked for) and torch's
+    # vectorised exp for matrices of ImageNet size (test_small_matrices_never_import_torch)
+    assert torch_side == {"utils/maths/calibrate_temperature.py: torch", "utils/maths/uncertainty_metrics.py: torch"}
+
+
+def test_small_matrices_never_import_torch():
+    code = ("import sys, numpy as np\n"
+            "from utils.maths import uncertainty_metrics as um, calibrate_temperature as ct\n"
+            "rng = np.random.default_rng(0)\n"
+            "logits, labels = rng.normal(size=(42791, 182)), rng.integers(0, 182, 42791)\n"
+            "um.compute_metrics(logits, labels); um.kl_divergence(logits, logits[::-1]); ct.fit_temperature(logits, labels)\n"
+            "print('torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0 and result.stdout.split() == ["False"], result.stderr
 
 
 def test_evaluate_imports_train_only_in_training_stages():

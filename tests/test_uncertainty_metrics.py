@@ -179,3 +179,19 @@ def test_brier_and_nll_keep_their_precision_near_certainty(gap):
     metrics = um.compute_metrics(logits, labels)
     assert metrics["Brier"] == pytest.approx(float(exact_brier / (50 * 4)), rel=1e-12, abs=0)
     assert metrics["NLL"] == pytest.approx(float(exact_nll / 50), rel=1e-12, abs=0)
+
+
+def test_the_vectorised_exp_for_large_matrices_gives_the_same_metrics(monkeypatch):
+    """Matrices of ImageNet size take torch's exp; forced on a small one here, every metric, uncertainty and
+    KL must match numpy's to a few ulp."""
+    rng = np.random.default_rng(3)
+    logits, other = rng.normal(size=(3000, 50)) * 3, rng.normal(size=(3000, 50))
+    labels = rng.integers(0, 50, 3000)
+    reference = um.compute_metrics(logits, labels), um.entropy(um.softmax_stats(logits)), um.kl_divergence(logits, other)
+    monkeypatch.setattr(um, "ACCELERATE_ENTRIES", 1)
+    accelerated = um.compute_metrics(logits, labels), um.entropy(um.softmax_stats(logits)), um.kl_divergence(logits, other)
+    assert accelerated[0] == pytest.approx(reference[0], rel=1e-13, abs=1e-15)
+    np.testing.assert_allclose(accelerated[1], reference[1], rtol=1e-13)
+    np.testing.assert_allclose(accelerated[2], reference[2], rtol=1e-11, atol=1e-15)
+    monkeypatch.setenv("DUOS_NUMPY_ONLY", "1")
+    assert um.compute_metrics(logits, labels) == reference[0]

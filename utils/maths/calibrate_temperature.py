@@ -74,7 +74,7 @@ def _objective(members: list[np.ndarray], labels: np.ndarray, weights: np.ndarra
     n, k = members[0].shape
     w = np.asarray(weights, dtype=np.float64)
 
-    def work(rows: slice):
+    def work(rows: slice, exp):
         xs = [m[rows].astype(np.float64) for m in members]
         at = (np.arange(len(xs[0])), labels[rows])
         z = xs[0] * w[0]
@@ -82,7 +82,7 @@ def _objective(members: list[np.ndarray], labels: np.ndarray, weights: np.ndarra
             z += xs[j] * w[j]
         top = z.max(axis=1, keepdims=True)
         z -= top
-        p = np.exp(z)
+        p = exp(z)
         norm = p.sum(axis=1)
         total = float(np.sum(np.log(norm) - z[at]))               # logsumexp(z) - z_y, z shifted by its max
         if order < 1:

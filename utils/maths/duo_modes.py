@@ -73,8 +73,12 @@ def combined_logits(logits_large, logits_small, mode: str, temps: DuoTemperature
 
 
 def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
-                uncertainty_types=um.UNCERTAINTY_TYPES) -> dict[str, ModeOutput]:
-    """Evaluate several modes at once, computing each distinct probability vector only once."""
+                uncertainty_types=um.UNCERTAINTY_TYPES, large_normalizers: dict | None = None) -> dict[str, ModeOutput]:
+    """Evaluate several modes at once, computing each distinct probability vector only once.
+
+    `large_normalizers` ({scale: logsumexp rows of scale * logits_large}), kept by a caller that pairs one
+    large model with many sidekicks, spares the KL one pass per duo in the modes whose large-model scaling
+    does not depend on the sidekick (unweighted, unweighted_ts)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown duo mode(s) {unknown}; choose from {', '.join(MODES)}")
@@ -103,8 +107,14 @@ def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
             elif kind_u == "kl_disagreement":
                 if "kl" not in kl_cache:
                     scale_large, scale_small = member_scales(mode, temps)
-                    kl_cache["kl"] = um.kl_divergence(um.WeightedLogits([small], [scale_small]),
-                                                      um.WeightedLogits([large], [scale_large]))
+                    scaled_large = um.WeightedLogits([large], [scale_large])
+                    normalizer = None
+                    if large_normalizers is not None and _COMBINATION[mode] != "duo":
+                        if scale_large not in large_normalizers:
+                            large_normalizers[scale_large] = um.log_normalizer(scaled_large)
+                        normalizer = large_normalizers[scale_large]
+                    kl_cache["kl"] = um.kl_divergence(um.WeightedLogits([small], [scale_small]), scaled_large,
+                                                      normalizer)
                 uncertainty[kind_u] = um.kl_disagreement(response, kl_cache["kl"])
             else:
                 raise ValueError(f"unknown uncertainty type '{kind_u}'; choose from {um.UNCERTAINTY_TYPES}")
