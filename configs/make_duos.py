@@ -3,16 +3,17 @@
 A duo pairs a large model with every backbone of strictly fewer GFLOPs (paper-notes §3.4).
 Rows added by hand to a duos CSV (pairs this rule would not produce) are kept.
 
-    python configs/make_duos.py [--backbone_csv configs/backbones.csv]
+    python configs/make_duos.py [--backbone_csv configs/backbones.csv] [--soups --output_dir my_configs]
 """
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
-from utils.files import safe_io
+from utils.cli.parsing import ArgumentParser, run_main
+from utils.files import safe_io, tables
 from utils.files.tables import DUO_COLUMNS, duos_from_backbones
 
 HERE = Path(__file__).resolve().parent
@@ -31,17 +32,29 @@ def write_keeping_hand_rows(path: Path, generated: pd.DataFrame) -> int:
     return len(generated)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone_csv", default=str(HERE / "backbones.csv"))
-    parser.add_argument("--output_dir", default=str(HERE))
-    args = parser.parse_args()
-    backbones = pd.read_csv(args.backbone_csv)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone_csv", default=str(HERE / "backbones.csv"), help="the backbones and their GFLOPS")
+    parser.add_argument("--output_dir", default=str(HERE), help="where duos.csv and duos_rn50.csv go")
+    parser.add_argument("--soups", action="store_true",
+                        help="also pair each large model's greedy soup (<large>_greedy, paper Fig. 7) with the same "
+                             "sidekicks")
+    return parser
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    backbones = tables.read_backbones(args.backbone_csv)
     for name, large in (("duos.csv", PAPER_LARGE), ("duos_rn50.csv", RN50_LARGE)):
         path = Path(args.output_dir) / name
-        count = write_keeping_hand_rows(path, duos_from_backbones(backbones, large))
+        count = write_keeping_hand_rows(path, duos_from_backbones(backbones, large, soups=args.soups))
         print(f"wrote {count} duos to {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,7 +33,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                             parents=[flags.dataset(required=False, help="dataset (default: the checkpoint's, or the only "
                                                    "one under ./checkpoints)"),
-                                     flags.raw_checkpoint(), flags.device(precision="auto"), flags.loader(batch_size=64)])
+                                     flags.raw_checkpoint(), flags.device(precision="fp32"), flags.loader(batch_size=64)])
     parser.add_argument("--model_path", metavar="FILE", help="checkpoint (project checkpoint or raw state_dict)")
     parser.add_argument("--all_models", action="store_true", help="predict every checkpoint in --model_dir "
                         "(ImageNet: every backbones.csv row, pretrained, when --model_dir has no checkpoints)")

@@ -73,8 +73,10 @@ def main_impl(argv=None) -> int:
         print(f"{large.model} + {small.model}: val NLL constant T (init) {history[0]:.4f} -> dynamic {history[-1]:.4f} "
               f"(static duo optimum {static.nll:.4f})")
         buffer = io.BytesIO()
-        torch.save({"state_dict": model.state_dict(), "mode": args.mode, "val_nll": history[-1]}, buffer)
-        fitted[f"{large.model}+{small.model}.pt"] = buffer.getvalue()        # written once every duo is done
+        torch.save({"state_dict": model.state_dict(), "mode": args.mode, "optimizer": args.optimizer,
+                    "val_nll": history[-1]}, buffer)
+        # one file per duo, mode and optimizer (concat/separate, L-BFGS/Adam runs keep theirs), written at the end
+        fitted[f"{large.model}+{small.model}_{args.mode}_{args.optimizer}.pt"] = buffer.getvalue()
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": getattr(duo, "gflops_large", np.nan), "gflops_small": getattr(duo, "gflops_small", np.nan),
                        "gflops_balance": getattr(duo, "gflops_balance", np.nan)}
@@ -85,8 +87,8 @@ def main_impl(argv=None) -> int:
                 z = model(*(torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in
                             (large.splits[split].logits, aligned[split].logits, feats_large[split], feats_small[split])))
             for uncertainty, metrics in single_model_metrics(z.numpy(), large.splits[split].labels).items():
-                rows.append({**metrics, **descriptive, "mode": f"dynamic_{args.mode}", "uncertainty_type": uncertainty,
-                             "split": split})
+                rows.append({**metrics, **descriptive, "mode": f"dynamic_{args.mode}_{args.optimizer}",
+                             "uncertainty_type": uncertainty, "split": split})
     if not rows:
         raise UserError("nothing evaluated: no duo has prediction files")
     written = write_results(args.output_dir, "dynamic_duo", resolve_dataset(args.dataset, names, args.predictions_dir),

@@ -78,20 +78,24 @@ def main_impl(argv=None) -> int:
     chunk = predictive_chunk(data.num_classes, head.in_features, args.max_memory_gb)
     fit_loaders = make_loaders(data, args.batch_size, args.num_workers, transforms["eval"], subset=args.subset,
                                shuffle_train=False)         # the training split with evaluation transforms
-    eval_loaders = make_loaders(data, chunk, args.num_workers, transforms["eval"], splits=SPLITS)
+    # full batches: the closed-form Kron predictive needs no Jacobians; the library's predictive is fed
+    # `chunk` samples per call (PairLoader and laplace_log_probs split the batches)
+    eval_loaders = make_loaders(data, args.batch_size, args.num_workers, transforms["eval"], splits=SPLITS)
     if fit_loaders["train"] is None or eval_loaders["val"] is None:
         raise UserError(f"{args.dataset} has no train/val split to fit the Laplace approximation on")
     model.to(device).eval()
     if args.subset_of_weights == "last_layer":
-        model, loaders = feature_loaders(model, {**eval_loaders, "train": fit_loaders["train"]}, device, chunk)
+        model, loaders = feature_loaders(model, {**eval_loaders, "train": fit_loaders["train"]}, device,
+                                         args.batch_size)
         fit_loaders, eval_loaders = {"train": loaders.pop("train")}, loaders
     la = Laplace(model, "classification", subset_of_weights=args.subset_of_weights,
                  hessian_structure=args.hessian_structure)
     la.fit(PairLoader(fit_loaders["train"], device))
     fast = use_fast_kron_predictive(la)
+    per_call = args.batch_size if fast else chunk
     if args.prior_method == "gridsearch":
         la.optimize_prior_precision(method="gridsearch", pred_type="glm", link_approx=args.link_approx,
-                                    val_loader=PairLoader(eval_loaders["val"], device))
+                                    val_loader=PairLoader(eval_loaders["val"], device, per_call))
     else:
         la.optimize_prior_precision(method="marglik", pred_type="glm", link_approx=args.link_approx)
     prior = float(torch.as_tensor(la.prior_precision).mean())
@@ -102,7 +106,7 @@ def main_impl(argv=None) -> int:
     for split in SPLITS:
         if eval_loaders.get(split) is None:
             continue
-        out = predict(model, eval_loaders[split], device, laplace_log_probs(la, chunk, args.link_approx))
+        out = predict(model, eval_loaders[split], device, laplace_log_probs(la, per_call, args.link_approx))
         splits[split] = out
         print(f"{name}_LA: {split} acc {np.mean(out.logits.argmax(1) == out.labels):.4f}, "
               f"NLL {-np.mean(out.logits[np.arange(len(out.labels)), out.labels]):.4f}")

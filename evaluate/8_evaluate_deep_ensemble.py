@@ -35,8 +35,8 @@ from utils.files.prediction_io import (align, check_output_folder, find_predicti
                                        read_official_ensemble, read_predictions)
 from utils.maths import calibrate_temperature
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS, WeightedLogits
-from utils.stages.scoring import (ENSEMBLE_RESULT_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, resolve_dataset,
-                                  single_model_metrics, write_results)
+from utils.stages.scoring import (ENSEMBLE_RESULT_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF,
+                                  resolve_dataset, single_model_metrics, write_results)
 
 
 def build_parser() -> ArgumentParser:
@@ -167,7 +167,7 @@ def main_impl(argv=None) -> int:
     for (size, uncertainty, split), group in frame.groupby(["m", "uncertainty_type", "split"], sort=False):
         statistics = [("mean", group[METRIC_COLUMNS].mean())]
         if len(group) > 1:                 # the spread of one subset is undefined: no row rather than a NaN one
-            statistics.append(("std", group[METRIC_COLUMNS].std(ddof=1)))
+            statistics.append(("std", group[METRIC_COLUMNS].std(ddof=SPREAD_DDOF)))
         for statistic, values in statistics:
             summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
                               "uncertainty_type": uncertainty, "split": split})

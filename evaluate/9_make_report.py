@@ -82,13 +82,13 @@ def duo_vs_ensemble_table(single, duos, ensembles, large: str) -> pd.DataFrame:
         buckets = report.flops_buckets(duos, large) if len(duos) else pd.DataFrame()
         for bucket, group in (buckets[buckets["split"] == split].groupby("bucket") if len(buckets) else []):
             rows.append({"method": f"AD[{bucket},{bucket + 1})", "split": split, "n": len(group),
-                         **{m: f"{group[m].mean():.4f} ± {group[m].std(ddof=0):.4f}" for m in metrics}})
+                         **{m: report.mean_and_spread(group[m]) for m in metrics}})
         if len(ensembles):
             per = ensembles[~ensembles["subset"].astype(str).isin(["mean", "std"])
                             & (ensembles["uncertainty_type"] == "softmax_response") & (ensembles["split"] == split)]
             for m, group in per.groupby("m"):
                 rows.append({"method": f"DE(m={m})", "split": split, "n": len(group),
-                             **{k: f"{group[k].mean():.4f} ± {group[k].std(ddof=0):.4f}" for k in metrics}})
+                             **{k: report.mean_and_spread(group[k]) for k in metrics}})
     return pd.DataFrame(rows)
 
 

@@ -19,14 +19,18 @@ from load_models.inference import predict_with_features
 
 
 class PairLoader:
-    """(x, y) batches for laplace-torch from our (x, y, id) loaders; keeps `.dataset` for N."""
+    """(x, y) batches for laplace-torch from our (x, y, id) loaders, at most `max_batch` samples each (the
+    library's predictive holds a Jacobian per sample); keeps `.dataset` for N."""
 
-    def __init__(self, loader, device):
-        self.loader, self.dataset, self.device = loader, loader.dataset, device
+    def __init__(self, loader, device, max_batch: int | None = None):
+        self.loader, self.dataset, self.device, self.max_batch = loader, loader.dataset, device, max_batch
 
     def __iter__(self):
         for x, y, _ in self.loader:
-            yield x.to(self.device), torch.as_tensor(y).to(self.device)
+            y = torch.as_tensor(y)
+            step = self.max_batch or len(y)
+            for i in range(0, len(y), step):
+                yield x[i:i + step].to(self.device), y[i:i + step].to(self.device)
 
     def __len__(self) -> int:
         return len(self.loader)

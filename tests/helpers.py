@@ -53,3 +53,13 @@ def permuted(pset: PredictionSet, seed: int = 1) -> PredictionSet:
         order = rng.permutation(len(d))
         splits[s] = Split(d.logits[order], d.labels[order], d.ids[order])
     return PredictionSet(pset.model, splits, dict(pset.meta), pset.source)
+
+
+def write_features(pset: PredictionSet, path: Path, width: int = 8) -> None:
+    """A features file (stage 1 --features layout) of random pooled features for every split of `pset`."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name, split in pset.splits.items():
+        arrays[f"features_{name}"] = rng.normal(size=(len(split), width)).astype(np.float32)
+        arrays[f"ids_{name}"] = split.ids
+    np.savez(path, **arrays)

@@ -19,3 +19,11 @@ def test_every_flag_has_a_description(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["--help"])
     assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_stage1_predicts_in_fp32_unless_asked():
+    """The paper's logits are fp32; bf16 (hp_tune's default on CUDA, for speed) must be asked for in stage 1."""
+    stage1 = importlib.import_module("evaluate.1_single_model_prediction").build_parser()
+    assert stage1.parse_args(["--model_path", "x.pth"]).precision == "fp32"
+    assert importlib.import_module("train.hp_tune").build_parser().parse_args(
+        ["--model", "m", "--dataset", "mnist5k"]).precision == "auto"

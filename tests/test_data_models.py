@@ -245,3 +245,17 @@ def test_duos_csv_is_generated_from_backbones(tmp_path):
     subprocess.run([sys.executable, str(REPO / "configs" / "make_duos.py"), "--output_dir", str(tmp_path)], check=True,
                    capture_output=True, timeout=120)
     assert "MySmall" in set(pd.read_csv(tmp_path / "duos.csv").model_small)
+
+
+def test_make_duos_soups_pairs_each_greedy_soup_with_the_same_sidekicks(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "configs" / "make_duos.py"), "--output_dir", str(tmp_path),
+                             "--soups"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    duos = pd.read_csv(tmp_path / "duos.csv")
+    plain, soup = duos[~duos.model_large.str.endswith("_greedy")], duos[duos.model_large.str.endswith("_greedy")]
+    assert len(plain) == len(soup) == 134
+    soup = soup.assign(model_large=soup.model_large.str.removesuffix("_greedy")).reset_index(drop=True)
+    pd.testing.assert_frame_equal(soup, plain.reset_index(drop=True))     # same sidekicks, GFLOPs, balances
+    bad = subprocess.run([sys.executable, str(REPO / "configs" / "make_duos.py"), "--output_dir", str(tmp_path),
+                          "--backbone_csv", str(tmp_path / "missing.csv")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --backbone_csv") and "Traceback" not in bad.stderr

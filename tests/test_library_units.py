@@ -166,3 +166,23 @@ def test_trial_state_and_best_weights(tmp_path):
     torch.save({"not": "a trial"}, tmp_path / "state.pt")
     with pytest.raises(UserError, match="not a trial checkpoint"):
         tuning.load_trial_state(tmp_path)
+
+
+def test_pair_loader_splits_batches_for_the_library_predictive():
+    from load_models.laplace_tools import PairLoader
+    batches = [(torch.arange(8.0).reshape(8, 1), torch.arange(8), list(range(8))),
+               (torch.arange(5.0).reshape(5, 1), torch.arange(5), list(range(5)))]
+
+    class Loader(list):
+        dataset = range(13)
+
+    sizes = [len(y) for _, y in PairLoader(Loader(batches), "cpu", max_batch=3)]
+    assert sizes == [3, 3, 2, 3, 2]
+    assert [len(y) for _, y in PairLoader(Loader(batches), "cpu")] == [8, 5]
+
+
+def test_one_spread_convention_everywhere():
+    """The report's ± and stage 8's std rows are both the sample standard deviation (ddof = 1)."""
+    assert figures.mean_and_spread(pd.Series([1.0, 3.0])) == f"2.0000 ± {math.sqrt(2):.4f}"
+    assert figures.mean_and_spread(pd.Series([5.0])) == "5.0000"
+    assert scoring.SPREAD_DDOF == 1

@@ -14,7 +14,7 @@ import torch
 
 from load_models import model_loader
 from tests.conftest import REPO, snapshot
-from tests.helpers import make_duo_logits, write_set
+from tests.helpers import make_duo_logits, write_features, write_set
 from train import tuning
 from utils.cli.parsing import UserError
 from utils.files import safe_io
@@ -95,15 +95,6 @@ def test_permissions_are_one_line_errors(shared_folder, case):
 
 # ----------------------------------------------------------------------------- names that become paths
 
-def _features(pset, path: Path, width: int = 8) -> None:
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for name, split in pset.splits.items():
-        arrays[f"features_{name}"] = rng.normal(size=(len(split), width)).astype(np.float32)
-        arrays[f"ids_{name}"] = split.ids
-    np.savez(path, **arrays)
-
-
 def test_hostile_recorded_names_write_nothing_outside(tmp_path, stage):
     """meta.model '../..' in both members of a dynamic duo: the files' own names are used, so every
     output stays under --output_dir and --calibrated_dir."""
@@ -115,7 +106,7 @@ def test_hostile_recorded_names_write_nothing_outside(tmp_path, stage):
             arrays = {key: archive[key] for key in archive.files}
         arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "model": "../../escaped"}))
         np.savez(path, **arrays)
-        _features(pset, work / "predictions" / f"{pset.model}.features.npz")
+        write_features(pset, work / "predictions" / f"{pset.model}.features.npz")
     before = snapshot(tmp_path)
     code, _, err = stage(S3DY, "--large_model_pred", work / "predictions" / "large.npz", "--small_model_pred",
                          work / "predictions" / "small.npz", "--output_dir", work / "results", "--calibrated_dir",
@@ -125,7 +116,7 @@ def test_hostile_recorded_names_write_nothing_outside(tmp_path, stage):
     new = set(snapshot(tmp_path)) - set(before)
     assert new and all(Path(p).is_relative_to(work / "results") or Path(p).is_relative_to(work / "calibrated")
                        for p in new), new
-    assert (work / "calibrated" / "dynamic_duo" / "large+small.pt").exists()
+    assert (work / "calibrated" / "dynamic_duo" / "large+small_concat_adam.pt").exists()
 
 
 # ----------------------------------------------------------------------------- tampered trial checkpoints

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import run_cli
-from tests.helpers import make_duo_logits, permuted, write_official, write_set
+from tests.helpers import make_duo_logits, permuted, write_features, write_official, write_set
 from utils.maths import calibrate_temperature as ct
 from utils.maths import uncertainty_metrics as um
 from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs
@@ -232,3 +232,20 @@ def test_a_model_worse_than_uniform_keeps_its_predictions_when_temperature_scale
     assert rows.loc["TempScaleWrapper", "Acc"] == rows.loc["None", "Acc"] == pytest.approx(
         np.mean(test.logits.argmax(1) == test.labels))
     assert rows.loc["TempScaleWrapper", "NLL"] == pytest.approx(np.log(6))
+
+
+def test_dynamic_duo_runs_of_each_mode_and_optimizer_keep_their_rows_and_fits(tmp_path, stage):
+    sets = make_duo_logits(num_classes=4, sizes={"val": 60, "test": 50})
+    for pset in sets.values():
+        write_set(pset, tmp_path / "predictions")
+        write_features(pset, tmp_path / "predictions" / f"{pset.model}.features.npz")
+    for mode, optimizer in (("concat", "lbfgs"), ("separate", "adam")):
+        code, _, err = stage("evaluate/3dy_duo_temp_scale.py", "--large_model_pred", tmp_path / "predictions" / "large.npz",
+                             "--small_model_pred", tmp_path / "predictions" / "small.npz", "--output_dir",
+                             tmp_path / "results", "--calibrated_dir", tmp_path / "calibrated", "--mode", mode,
+                             "--optimizer", optimizer, "--num_epochs", 2, "--dataset", "d")
+        assert code == 0, err
+    rows = pd.read_csv(tmp_path / "results" / "evaluation_dynamic_duo_d.csv")
+    assert set(rows["mode"]) == {"dynamic_concat_lbfgs", "dynamic_separate_adam"}
+    assert sorted(p.name for p in (tmp_path / "calibrated" / "dynamic_duo").iterdir()) == [
+        "large+small_concat_lbfgs.pt", "large+small_separate_adam.pt"]

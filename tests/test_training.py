@@ -157,6 +157,24 @@ def test_ivon_writes_log_probabilities(trained, stage):
         assert np.allclose(np.exp(split.logits.astype(np.float64)).sum(1), 1.0, atol=1e-5)
         assert (split.logits <= 1e-6).all()
     assert "ivon_state" in model_loader.read_checkpoint(root / "ck" / "caltech256" / "ivon" / "resnet10t.pth")
+    # paper Table 3: several sample counts and repeats from the saved posterior, without training again
+    code, out, err = stage("train/ivon_train.py", "--model", "resnet10t", "--dataset", "caltech256", "--data_dir",
+                           root / "data", "--output_dir", root / "ck", "--predictions_dir", root / "table3",
+                           "--batch_size", 8, "--num_workers", 0, "--predict_only", "--test_samples", 1, 2,
+                           "--repeats", 2)
+    assert code == 0, err
+    assert "epoch" not in out
+    names = sorted(p.stem for p in (root / "table3").glob("*.npz"))
+    assert names == ["resnet10t_ivon_det", "resnet10t_ivon_mc1_r0", "resnet10t_ivon_mc1_r1", "resnet10t_ivon_mc2_r0",
+                     "resnet10t_ivon_mc2_r1"]
+    again = read_predictions(root / "table3" / "resnet10t_ivon_det.npz")
+    assert all(np.array_equal(again.splits[s].logits, det.splits[s].logits) for s in det.splits)   # same posterior
+    r0, r1 = (read_predictions(root / "table3" / f"resnet10t_ivon_mc2_r{r}.npz") for r in (0, 1))
+    assert r0.meta["test_samples"] == 2 and r1.meta["repeat"] == 1
+    assert not np.array_equal(r0.splits["test"].logits, r1.splits["test"].logits)       # independent draws
+    code, _, err = stage("train/ivon_train.py", "--model", "resnet10t", "--dataset", "caltech256", "--data_dir",
+                         root / "data", "--output_dir", root / "nothing_here", "--predict_only", "--num_workers", 0)
+    assert code == 2 and "--predict_only:" in err and "not found" in err
 
 
 @pytest.mark.slow
@@ -228,8 +246,8 @@ def test_dynamic_duo_script(trained, stage):
                            "--calibrated_dir", root / "dyn_cal")
     assert code == 0, err
     rows = pd.read_csv(root / "dyn_results" / "evaluation_dynamic_duo_caltech256.csv")
-    assert set(rows["mode"]) == {"dynamic_concat"} and len(rows) == 2
-    assert (root / "dyn_cal" / "dynamic_duo" / "resnet10t+trial0.pt").exists()
+    assert set(rows["mode"]) == {"dynamic_concat_lbfgs"} and len(rows) == 2
+    assert (root / "dyn_cal" / "dynamic_duo" / "resnet10t+trial0_concat_lbfgs.pt").exists()
 
 
 @pytest.mark.slow

@@ -8,6 +8,12 @@ Starts from <output_dir>/<dataset>/ff/<name>.pth (else lp/), keeps the epoch wit
 metric, saves <output_dir>/<dataset>/ivon/<name>.pth (weights + optimizer state = the posterior) and
 writes two prediction files: <name>_ivon (the Monte-Carlo predictive over --test_samples weight
 samples, stored as log-probabilities, kind "log_probs") and <name>_ivon_det (the mean weights' logits).
+
+    python train/ivon_train.py --model ResNet50 --dataset caltech256 --predict_only \
+        --test_samples 2 4 8 16 32 --repeats 5          # paper Table 3, from the saved posterior
+
+With several --test_samples or --repeats, each (samples S, repeat r) gets its own file <name>_ivon_mc<S>_r<r>
+(repeat r draws with seed --seed + r); --predict_only skips training and reads ivon/<name>.pth.
 """
 from __future__ import annotations
 
@@ -40,7 +46,12 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--epochs", type=positive_int, help="default: the YAML's num_epochs_ff (the official script used 36)")
     parser.add_argument("--warmup_epochs", type=non_negative_int, help="default: the YAML's warmup_epochs")
     parser.add_argument("--train_samples", type=positive_int, default=1, help="weight samples per training step")
-    parser.add_argument("--test_samples", type=positive_int, default=8, help="weight samples of the MC predictive")
+    parser.add_argument("--test_samples", type=positive_int, nargs="+", default=[8],
+                        help="weight samples of the MC predictive (several: one prediction file each)")
+    parser.add_argument("--repeats", type=positive_int, default=1,
+                        help="independent MC predictives per --test_samples value (seeds --seed, --seed + 1, ...)")
+    parser.add_argument("--predict_only", action="store_true",
+                        help="no training: predict from the posterior saved in <output_dir>/<dataset>/ivon/<name>.pth")
     parser.add_argument("--ess", type=positive_float, help="effective sample size (default: the training set size)")
     parser.add_argument("--hess_init", type=positive_float, default=1.0, help="IVON's initial Hessian estimate")
     parser.add_argument("--weight_decay", type=non_negative_float, default=1e-4, help="IVON's prior precision (library default)")
@@ -77,15 +88,14 @@ def mc_log_probs(model, optimizer, samples: int):
     return outputs
 
 
-def main_impl(argv=None) -> int:
-    import ivon
-    args = flags.with_dataset_config(build_parser().parse_args(argv))
-    name, given = flags.trained_model_name(args), args.save_name or args.model
+def train_posterior(args, name: str, ivon):
+    """Continue training the fine-tuned model with IVON; save and return (model, optimizer, checkpoint, loaders)."""
     start = next((p for p in (checkpoint_path(args.output_dir, args.dataset, stage, f"{name}.pth") for stage in ("ff", "lp"))
                   if p.exists()), None)
     if start is None:
         root = Path(args.output_dir) / args.dataset
-        raise UserError(f"no {root}/ff/{name}.pth or {root}/lp/{name}.pth; run train/hp_tune.py for {given} first")
+        raise UserError(f"no {root}/ff/{name}.pth or {root}/lp/{name}.pth; run train/hp_tune.py for "
+                        f"{args.save_name or args.model} first")
     torch.manual_seed(args.seed)
     model, record, transforms = model_loader.rebuild_from_checkpoint(start, source=args.source, tv_weights=args.tv_weights,
                                                                      raw_name=args.model)
@@ -98,17 +108,16 @@ def main_impl(argv=None) -> int:
     ess = args.ess or len(loaders["train"].dataset)
     optimizer = ivon.IVON(model.parameters(), lr=args.learning_rate, ess=ess, hess_init=args.hess_init,
                           weight_decay=args.weight_decay, mc_samples=args.train_samples)
-    epochs = args.epochs
-    scheduler = engine.make_scheduler(optimizer, epochs, args.warmup_epochs)
-    metric_name = args.selection_metric
+    scheduler = engine.make_scheduler(optimizer, args.epochs, args.warmup_epochs)
     best = (-math.inf, None)
-    for epoch in range(epochs):
+    for epoch in range(args.epochs):
         model.train()
         losses = [sampled_step(model, optimizer, x.to(device), torch.as_tensor(y).to(device), args.train_samples)
                   for x, y, _ in loaders["train"]]
         scheduler.step()
-        metric = engine.selection_score(predict(model, loaders["val"], device), metric_name)
-        print(f"epoch {epoch + 1}/{epochs}: train loss {np.mean(losses):.4f}, val {metric_name} (mean weights) {metric:.4f}")
+        metric = engine.selection_score(predict(model, loaders["val"], device), args.selection_metric)
+        print(f"epoch {epoch + 1}/{args.epochs}: train loss {np.mean(losses):.4f}, val {args.selection_metric} "
+              f"(mean weights) {metric:.4f}")
         if metric > best[0]:
             best = (metric, {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                              "optimizer": optimizer.state_dict()})
@@ -117,19 +126,49 @@ def main_impl(argv=None) -> int:
     ivon_path = checkpoint_path(args.output_dir, args.dataset, "ivon", f"{name}.pth")
     model_loader.save_checkpoint(ivon_path, model, **{k: record.get(k) for k in (
         "model_name", "source", "tv_weights", "num_classes", "dataset", "image_size")}, ivon_state=best[1]["optimizer"],
-        stage="ivon", val_metric=best[0], hyperparameters={"lr": args.learning_rate, "ess": ess, "epochs": epochs,
+        stage="ivon", val_metric=best[0], hyperparameters={"lr": args.learning_rate, "ess": ess, "epochs": args.epochs,
                                                            "train_samples": args.train_samples})
-    mc, det = {}, {}
-    for split in SPLITS:
-        if loaders.get(split) is None:
-            continue
-        torch.manual_seed(args.seed)          # the same posterior draws on every run
-        mc[split] = predict(model, loaders[split], device, mc_log_probs(model, optimizer, args.test_samples))
-        det[split] = predict(model, loaders[split], device)
-    source = str(ivon_path)
-    for suffix, splits, kind in (("_ivon", mc, "log_probs"), ("_ivon_det", det, "logits")):
-        path = write_predictions(PredictionSet(f"{name}{suffix}", splits, {"dataset": args.dataset, "kind": kind,
-                                               "source_checkpoint": source, "test_samples": args.test_samples}),
+    return model, optimizer, ivon_path, loaders, device
+
+
+def load_posterior(args, name: str, ivon):
+    """The posterior a previous run saved: (model, optimizer, checkpoint, loaders)."""
+    ivon_path = checkpoint_path(args.output_dir, args.dataset, "ivon", f"{name}.pth")
+    if not ivon_path.exists():
+        raise UserError(f"--predict_only: {ivon_path} not found; train the posterior first (without --predict_only)")
+    model, record, transforms = model_loader.rebuild_from_checkpoint(ivon_path, source=args.source,
+                                                                     tv_weights=args.tv_weights, raw_name=args.model)
+    if not isinstance(record.get("ivon_state"), dict):
+        raise UserError(f"{ivon_path}: holds no IVON posterior (ivon_state); retrain it without --predict_only")
+    data = load_dataset(args.dataset, args.data_dir, split_dir=args.split_dir)
+    loaders = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=SPLITS)
+    device = resolve_device(args.device)
+    model.to(device)
+    hyper = record.get("hyperparameters") or {}
+    optimizer = ivon.IVON(model.parameters(), lr=hyper.get("lr", args.learning_rate), ess=hyper.get("ess", 1.0))
+    optimizer.load_state_dict(record["ivon_state"])
+    return model, optimizer, ivon_path, loaders, device
+
+
+def main_impl(argv=None) -> int:
+    import ivon
+    args = flags.with_dataset_config(build_parser().parse_args(argv))
+    name = flags.trained_model_name(args)
+    posterior = load_posterior if args.predict_only else train_posterior
+    model, optimizer, ivon_path, loaders, device = posterior(args, name, ivon)
+    splits = [split for split in SPLITS if loaders.get(split) is not None]
+    draws = [(samples, repeat) for samples in args.test_samples for repeat in range(args.repeats)]
+    outputs = {"_ivon_det": ({split: predict(model, loaders[split], device) for split in splits}, "logits", {})}
+    for samples, repeat in draws:
+        predictive = {}
+        for split in splits:
+            torch.manual_seed(args.seed + repeat)          # the same posterior draws on every run
+            predictive[split] = predict(model, loaders[split], device, mc_log_probs(model, optimizer, samples))
+        suffix = "_ivon" if len(draws) == 1 else f"_ivon_mc{samples}_r{repeat}"
+        outputs[suffix] = (predictive, "log_probs", {"test_samples": samples, "repeat": repeat})
+    for suffix, (prediction_splits, kind, extra) in outputs.items():
+        meta = {"dataset": args.dataset, "kind": kind, "source_checkpoint": str(ivon_path), **extra}
+        path = write_predictions(PredictionSet(f"{name}{suffix}", prediction_splits, meta),
                                  output_path(args.predictions_dir, f"{name}{suffix}.npz"))
         print(f"wrote {path}")
     return 0

@@ -80,7 +80,8 @@ def device(precision: str | None = None) -> argparse.ArgumentParser:
                         help="auto: CUDA when available, else CPU")
     if precision is not None:
         parser.add_argument("--precision", choices=PRECISIONS, default=precision,
-                            help="auto: bf16 autocast on CUDA, fp32 on CPU; fp32 everywhere is the paper's setting")
+                            help=f"auto: bf16 autocast on CUDA, fp32 on CPU; fp32 everywhere is the paper's setting "
+                                 f"(default: {precision})")
         parser.add_argument("--channels_last", action="store_true", help="channels_last memory format (faster convs on GPU)")
     return parser
 

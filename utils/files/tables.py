@@ -50,9 +50,10 @@ def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
 
 # ----------------------------------------------------------------------------- duo and backbone lists
 
-def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str]) -> pd.DataFrame:
+def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str], soups: bool = False) -> pd.DataFrame:
     """Duos CSV rows pairing each large model with every backbone of strictly fewer GFLOPs (paper-notes
-    §3.4), cheapest sidekick first."""
+    §3.4), cheapest sidekick first; with `soups`, the same sidekicks again for each large model's greedy soup
+    `<large>_greedy` (paper Fig. 7; a soup costs what its backbone costs)."""
     rows = []
     by_name = backbones.set_index("model_name")
     for large in large_models:
@@ -60,10 +61,11 @@ def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str]) -> pd.
             raise UserError(f"{large} is not in the backbone CSV")
         big = by_name.loc[large]
         smaller = backbones[backbones["GFLOPS"] < big["GFLOPS"]].sort_values("GFLOPS", kind="stable")
-        for small in smaller.itertuples(index=False):
-            rows.append({"model_large": large, "model_small": small.model_name, "source_large": big["source"],
-                         "source_small": small.source, "gflops_large": big["GFLOPS"], "gflops_small": small.GFLOPS,
-                         "gflops_balance": round(small.GFLOPS / big["GFLOPS"], 5)})
+        for name in [large, f"{large}_greedy"] if soups else [large]:
+            for small in smaller.itertuples(index=False):
+                rows.append({"model_large": name, "model_small": small.model_name, "source_large": big["source"],
+                             "source_small": small.source, "gflops_large": big["GFLOPS"],
+                             "gflops_small": small.GFLOPS, "gflops_balance": round(small.GFLOPS / big["GFLOPS"], 5)})
     return pd.DataFrame(rows, columns=DUO_COLUMNS)
 
 

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from utils.stages.scoring import SPREAD_DDOF  # noqa: E402
+
 HIGHER_BETTER = {"Acc", "F1", "CP_AUROC", "SAC@98", "SAC@99", "F1_present"}
 RADAR_METRICS = ["Acc", "F1", "CP_AUROC", "AURC", "Brier", "NLL"]        # the paper's Fig. 1
 TABLE_METRICS = ["Acc", "F1", "NLL", "ECE", "Brier", "CP_AUROC", "AURC", "SAC@98"]
@@ -95,7 +97,8 @@ def radar_figure(duos: pd.DataFrame, single: pd.DataFrame, large: str, path: Pat
             continue
         b = base.loc[(dataset, split)]
         values = np.array([[relative_improvement(r[m], b[m], m) for m in metrics] for _, r in group.iterrows()])
-        mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+        mean = np.nanmean(values, 0)
+        std = np.nanstd(values, 0, ddof=SPREAD_DDOF) if len(values) > SPREAD_DDOF else np.zeros_like(mean)
         closed = np.r_[angles, angles[:1]]
         line, = ax.plot(closed, np.r_[mean, mean[:1]], marker="o", label=f"{dataset} {SPLIT_LABEL.get(split, split)}")
         ax.fill_between(closed, np.r_[mean - std, mean[0] - std[0]], np.r_[mean + std, mean[0] + std[0]],
@@ -197,6 +200,13 @@ def weight_ratio_figure(weights: dict, single: dict, balances: pd.Series, path: 
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
+
+
+def mean_and_spread(values: pd.Series, digits: int = 4) -> str:
+    """'mean ± sample std' of the values (the mean alone for a single value, which has no spread)."""
+    if len(values) <= SPREAD_DDOF:
+        return f"{values.mean():.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=SPREAD_DDOF):.{digits}f}"
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:

@@ -20,6 +20,9 @@ SINGLE_RESULT_COLUMNS = ["model", "wrapper", "uncertainty_type", "gflops", "para
 DUO_RESULT_COLUMNS = ["model_large", "model_small", "mode", "uncertainty_type", "gflops_large", "gflops_small",
                "gflops_balance", "split"]
 ALWAYS_DEFINED = ("Acc", "Brier", "NLL", "ECE")      # CP_AUROC alone may be NaN (all or no prediction correct)
+# Every spread this project reports (stage 8's std rows, the report's ± and its shaded bands) is the sample
+# standard deviation (ddof = 1) over subsets, seeds or duos; one value has none.
+SPREAD_DDOF = 1
 ENSEMBLE_RESULT_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type", "split"]
 
 
