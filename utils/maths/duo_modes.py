@@ -109,7 +109,7 @@ def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
                     scale_large, scale_small = member_scales(mode, temps)
                     scaled_large = um.WeightedLogits([large], [scale_large])
                     normalizer = None
-                    if large_normalizers is not None and _COMBINATION[mode] != "duo":
+                    if large_normalizers is not None and kind != "duo":
                         if scale_large not in large_normalizers:
                             large_normalizers[scale_large] = um.log_normalizer(scaled_large)
                         normalizer = large_normalizers[scale_large]

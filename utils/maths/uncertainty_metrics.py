@@ -3,8 +3,8 @@
 The heavy part, softmax statistics over an [N, K] logit matrix, is one pass per row block in
 float64 (`softmax_stats`); every metric and uncertainty measure is then a cheap function of
 those statistics, so a probability vector is never materialised twice and no sklearn call sits
-in the hot path (sklearn and torchmetrics are the test oracles). numpy only: the evaluation
-stages never import torch.
+in the hot path (sklearn and torchmetrics are the test oracles). numpy only, except that matrices of
+ImageNet size borrow torch's vectorised exp when torch is installed (ACCELERATE_ENTRIES below).
 
 Conventions, matching the official evaluation code unless noted:
 - Brier: mean over all N*K entries of (p - onehot)^2.
