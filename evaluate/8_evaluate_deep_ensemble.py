@@ -8,6 +8,12 @@ where a size has two or more subsets) to `evaluation_deep_ensemble_<dataset>.csv
     python evaluate/8_evaluate_deep_ensemble.py --members preds/ResNet50_s*.npz --sizes 2 5 8 \
         --subsets 32 --output_dir ./results
 
+The paper's ImageNet ensembles draw from ten ResNet-50 checkpoints; configs/imagenet_rn50_ensemble.csv
+names them (stage them with download_imagenet_models.py, predict them with stage 1):
+
+    python evaluate/8_evaluate_deep_ensemble.py --members_csv configs/imagenet_rn50_ensemble.csv \
+        --dataset imagenet --sizes 2 5 8 --subsets 32 --output_dir ./results
+
 The official command line (no --members) evaluates the official code's pre-averaged ensembles
 instead, as the official script did: every `<model>_<m>.csv` of --prediction_dir (logits without a
 header; labels from ../point_prediction.csv), raw (no temperature), one row each with subset "top".
@@ -44,13 +50,16 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--members", nargs="+", metavar="FILE_OR_MODEL",
                         help="member prediction files, or model names inside --predictions_dir (without it: the "
                              "official pre-averaged <model>_<m>.csv files of --prediction_dir)")
+    parser.add_argument("--members_csv", metavar="CSV", help="the members as the model_name column of a CSV (e.g. "
+                        "configs/imagenet_rn50_ensemble.csv), looked up in --predictions_dir")
     parser.add_argument("--predictions_dir", "--prediction_dir", default="./predictions", metavar="DIR",
                         help="where member model names are looked up (default ./predictions)")
     add_backbone_csv(parser, "with the official form: which <model> of <model>_<m>.csv files are evaluated")
     parser.add_argument("--sizes", nargs="+", type=positive_int, default=[2, 5], help="ensemble sizes m (default 2 5)")
     parser.add_argument("--subsets", type=positive_int, default=32, help="random subsets per size (default 32)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subset draw (default 0)")
-    parser.add_argument("--name", help="label in the 'model' column (default: the members' common name prefix)")
+    parser.add_argument("--name", help="label in the 'model' column (default: the members' common name prefix, "
+                        "compared in any case and spelt as the first member)")
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
                         choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
@@ -114,6 +123,12 @@ def official_ensembles(args) -> list[dict]:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.members_csv:
+        if args.members:
+            raise UserError("--members_csv: give the members either as --members or as --members_csv, not both")
+        args.members = tables.backbone_names(tables.read_backbones(args.members_csv, "--members_csv"))
+        if not args.members:
+            raise UserError(f"--members_csv: {args.members_csv} names no model in its model_name column")
     if not args.members:
         dataset = check_plain_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
         rows = official_ensembles(args)
@@ -138,7 +153,8 @@ def main_impl(argv=None) -> int:
         base = reference.splits[split]
         splits[split] = [base] + [align(base, m.split(split, "like the first member"), reference.source, m.source, split)
                                   for m in members[1:]]
-    name = args.name or os.path.commonprefix([m.model for m in members]).rstrip("_-.") or "deep_ensemble"
+    shared = len(os.path.commonprefix([m.model.casefold() for m in members]))
+    name = args.name or members[0].model[:shared].rstrip("_-.") or "deep_ensemble"
     dataset = resolve_dataset(args.dataset, [m.dataset for m in members], args.predictions_dir)
 
     rows = []

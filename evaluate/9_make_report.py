@@ -1,16 +1,16 @@
-"""Stage 9: REPORT.md with the paper's kind of tables and figures, from the results CSVs of any
-dataset (the demo's or a real run's).
+"""Stage 9: REPORT.md with the paper's tables (1-4) and figures (1-7, 10) for one dataset, from the
+results CSVs (plus temperatures for Fig. 10 and prediction files for the curves).
 
     python evaluate/9_make_report.py --results_dir ./results --calibrated_dir ./calibrated \
         --predictions_dir ./predictions --large ConvNeXt_Base
 
-Figures (PNG beside REPORT.md): the Fig. 1-style radar, metric vs FLOPs balance per mode, risk-coverage
-and reliability for the large model and its best duo, the weight ratio vs FLOPs balance. Tables: the
-large model, every duo and mode, the baselines found (deep ensembles, IVON, Laplace, soups), duos vs
-deep ensembles, and the FLOPs-bucketed AD[m, m+1) aggregation.
+Each table and figure comes with a caption stating which duos, FLOPs window, baseline and spread it
+shows; what the results cannot support is skipped with a one-line note. Tables use the paper's units.
+Figures are written beside the report as <dataset>_fig*.png.
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -19,77 +19,251 @@ import pandas as pd
 
 from utils.cli.parsing import ArgumentParser, UserError, run_main
 from utils.files import safe_io, tables
-from utils.files.model_names import NameMap
+from utils.files.model_names import NameMap, check_plain_name
 from utils.files.prediction_io import align, find_prediction_file, read_predictions
 from utils.maths import uncertainty_metrics as um
 from utils.maths.duo_modes import DuoTemperatures, duo_outputs
-from utils.report import figures as report
+from utils.report import figures
+from utils.report import paper_tables as pt
+
+SPLITS = ("test", "ood_test")
+DERIVED = re.compile(r"(?:_s\d+|_greedy|_uniform|_ivon|_ivon_det|_ivon_mc\d+_r\d+|_LA)$")   # not backbones of their own
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results_dir", default="./results", help="folder of the evaluation_*.csv files")
-    parser.add_argument("--calibrated_dir", default="./calibrated", help="temperature CSVs (weight-ratio figure)")
+    parser.add_argument("--calibrated_dir", default="./calibrated", help="temperature CSVs (Fig. 10)")
     parser.add_argument("--predictions_dir", help="prediction files (risk-coverage and reliability curves)")
-    parser.add_argument("--large", help="the large model to report on (default: the first in the duo results)")
-    parser.add_argument("--balance", nargs=2, type=float, default=[0.1, 0.2], help="radar's FLOPs balance range")
+    parser.add_argument("--large", nargs="+", metavar="NAME", help="large models of the summary, Figs. 3-7 and the "
+                        "curves (default: every large model of the duo results)")
+    parser.add_argument("--base", help="base model of Tables 1-2 (default: the model of each deep ensemble in the results)")
+    parser.add_argument("--table1_sidekicks", nargs="+", metavar="NAME",
+                        help="Table 1's sidekicks (default: every sidekick of the base; the paper shows MNASNet0_75 "
+                             "ShuffleNet_V2_X2_0 EfficientNet_B2)")
+    parser.add_argument("--balance", nargs=2, type=float, default=[0.1, 0.2], metavar=("LO", "HI"),
+                        help="Fig. 1's FLOPs balance range, inclusive")
+    parser.add_argument("--laplace_balance", nargs=2, type=float, default=[0.1, 0.3], metavar=("LO", "HI"),
+                        help="Table 4's FLOPs balance range, exclusive")
+    parser.add_argument("--radar_baseline", choices=("ts", "official"), default="ts",
+                        help="Fig. 1's baseline: the temperature-scaled large model (the paper), or the official "
+                             "notebook's average over its raw and temperature-scaled rows")
     parser.add_argument("--output", help="report path (default <results_dir>/REPORT.md)")
     parser.add_argument("--dataset", "--dataset_name", help="the dataset to report on, when the results folder "
-                        "holds the large model's results on several")
+                        "holds several")
     return parser
 
 
-def summary_table(single, duos, ensembles, large: str) -> pd.DataFrame:
-    """The final screen: large model raw and TS, every duo x mode, and the baselines, softmax response."""
-    sr_single = single[single["uncertainty_type"] == "softmax_response"]
+def summary_table(single, duos, ensembles, large_models) -> pd.DataFrame:
+    """The final screen: each large model raw and TS, its duos in every mode, its baselines (IVON, Laplace,
+    soups, deep ensembles); softmax response, paper units."""
     rows = []
 
-    def add(label, frame, balance=np.nan):
-        for split in ("test", "ood_test"):
+    def add(label, frame, balance=""):
+        for split in SPLITS:
             part = frame[frame["split"] == split]
             if len(part):
                 rows.append({"method": label, "split": split, "FLOPs balance": balance,
-                             **{m: part.iloc[0][m] for m in report.TABLE_METRICS}})
+                             **pt.metric_cells(part.iloc[:1], pt.SUMMARY_METRICS)})
 
-    add(f"{large} (raw)", sr_single[(sr_single["model"] == large) & (sr_single["wrapper"] == "None")], 0.0)
-    add(f"{large} (temp-scaled)", sr_single[(sr_single["model"] == large) & (sr_single["wrapper"] == "TempScaleWrapper")], 0.0)
-    sr_duos = duos[(duos["model_large"] == large) & (duos["uncertainty_type"] == "softmax_response")] if len(duos) else duos
-    for (small, mode), group in (sr_duos.groupby(["model_small", "mode"], sort=False) if len(sr_duos) else []):
-        add(f"duo + {small} [{mode}]", group, float(group["gflops_balance"].iloc[0]))
-    if len(ensembles):
-        de = ensembles[(ensembles["subset"].astype(str) == "mean") & (ensembles["uncertainty_type"] == "softmax_response")]
-        for m, group in de.groupby("m"):
-            add(f"deep ensemble m={m} (pool-then-calibrate, mean)", group, float(m) - 1.0)
-    for suffix, label, wrapper in (("_ivon", "IVON (MC predictive)", "None"), ("_ivon_det", "IVON (mean weights)", "None"),
-                                   ("_LA", "Laplace (last layer, kron)", "None"),
-                                   ("_greedy", "greedy soup (temp-scaled)", "TempScaleWrapper"),
-                                   ("_uniform", "uniform soup (temp-scaled)", "TempScaleWrapper")):
-        add(label, sr_single[(sr_single["model"] == large + suffix) & (sr_single["wrapper"] == wrapper)], 0.0)
-    return pd.DataFrame(rows)
-
-
-def duo_vs_ensemble_table(single, duos, ensembles, large: str) -> pd.DataFrame:
-    """Table 1/2 style: TS large, AD[m, m+1) buckets (mean ± std over duos), DE(m) (mean ± std over subsets)."""
-    rows = []
-    metrics = ["Acc", "Brier", "NLL", "ECE", "CP_AUROC", "AURC"]
-    base = report.baseline_rows(single, large)
-    for split in ("test", "ood_test"):
-        for dataset in sorted(set(single["dataset"])):
-            if (dataset, split) not in base.index:
-                continue
-            rows.append({"method": f"{large} (temp-scaled)", "split": split, "n": 1,
-                         **{m: f"{base.loc[(dataset, split)][m]:.4f}" for m in metrics}})
-        buckets = report.flops_buckets(duos, large) if len(duos) else pd.DataFrame()
-        for bucket, group in (buckets[buckets["split"] == split].groupby("bucket") if len(buckets) else []):
-            rows.append({"method": f"AD[{bucket},{bucket + 1})", "split": split, "n": len(group),
-                         **{m: report.mean_and_spread(group[m]) for m in metrics}})
+    sr_duos = duos[duos["uncertainty_type"] == "softmax_response"] if len(duos) else duos
+    for large in large_models:
+        add(f"{large} (raw)", sr_single(single, large, "None"), "0")
+        add(f"{large} (temp-scaled)", sr_single(single, large), "0")
+        mine = sr_duos[sr_duos["model_large"] == large] if len(sr_duos) else sr_duos
+        for (small, mode), group in (mine.groupby(["model_small", "mode"], sort=False) if len(mine) else []):
+            add(f"{large} + {small} [{mode}]", group, f"{float(group['gflops_balance'].iloc[0]):.3f}")
+        for suffix, label, wrapper in (("_ivon", "IVON (MC predictive)", "None"), ("_ivon_det", "IVON (mean weights)", "None"),
+                                       ("_LA", "Laplace (last layer, kron)", "None"),
+                                       ("_greedy", "greedy soup (temp-scaled)", "TempScaleWrapper"),
+                                       ("_uniform", "uniform soup (temp-scaled)", "TempScaleWrapper")):
+            add(f"{large} {label}", sr_single(single, large + suffix, wrapper))
         if len(ensembles):
-            per = ensembles[~ensembles["subset"].astype(str).isin(["mean", "std"])
-                            & (ensembles["uncertainty_type"] == "softmax_response") & (ensembles["split"] == split)]
-            for m, group in per.groupby("m"):
-                rows.append({"method": f"DE(m={m})", "split": split, "n": len(group),
-                             **{k: report.mean_and_spread(group[k]) for k in metrics}})
+            de = ensembles[(ensembles["model"] == large) & (ensembles["subset"].astype(str) == "mean")
+                           & (ensembles["uncertainty_type"] == "softmax_response")]
+            for m, group in de.groupby("m"):
+                add(f"deep ensemble m={m} (pool-then-calibrate, mean of subsets)", group, f"{float(m) - 1:g}")
     return pd.DataFrame(rows)
+
+
+class Report:
+    """The sections of REPORT.md, the figures to draw once everything has been read, and the notes."""
+
+    def __init__(self, dataset: str, folder: Path):
+        self.dataset, self.folder = dataset, folder
+        self.lines: list[str] = []
+        self.figures: list[tuple] = []
+        self.skipped: list[str] = []
+
+    def heading(self, text: str) -> None:
+        self.lines += [f"## {text}", ""]
+
+    def skip(self, what: str, why: str) -> None:
+        self.skipped.append(what)
+        self.lines += [f"_{what} skipped: {why}._", ""]
+
+    def table(self, title: str, caption: str, by_split: dict[str, pd.DataFrame], missing: str) -> None:
+        shown = {split: frame for split, frame in by_split.items() if len(frame)}
+        if not shown:
+            self.skip(title, missing)
+            return
+        self.heading(title)
+        self.lines += [caption, ""]
+        for split, frame in shown.items():
+            self.lines += [f"**{figures.SPLIT_LABEL.get(split, split)}**", "", figures.markdown_table(frame), ""]
+
+    def figure(self, title: str, caption: str, name: str, draw) -> None:
+        """`draw(path)` runs once every section has been read and checked."""
+        file_name = f"{self.dataset}_{name}.png"
+        self.heading(title)
+        self.lines += [f"![{name}]({file_name})", "", caption, ""]
+        self.figures.append((draw, self.folder / file_name))
+
+
+def base_models(args, single, ensembles, names: NameMap) -> list[str]:
+    if args.base:
+        if args.base not in names:
+            raise UserError(f"--base: {args.base} has no single-model results in {args.results_dir}")
+        return [names.spelling(args.base)]
+    return sorted(set(ensembles["model"])) if len(ensembles) else []
+
+
+def add_tables(report: Report, args, single, duos, ensembles, names: NameMap) -> None:
+    bases = base_models(args, single, ensembles, names)
+    if not bases:
+        report.skip("Tables 1-2 (duos vs deep ensembles)", "no deep-ensemble results (run stage 8) and no --base")
+    for base in bases:
+        checkpoints = pt.base_checkpoints(single, ensembles, base)
+        report.table(
+            f"Table 1: base-model-controlled duos vs deep ensembles ({base})",
+            f"The temperature-scaled {base} (± over its {len(checkpoints)} checkpoint(s) with results: "
+            f"{', '.join(checkpoints) or 'none'}); `[AD] {base}+S`: its asymmetric duos (softmax response) with each "
+            f"sidekick S, ± over the base checkpoints paired with S; `[DE]`: pool-then-calibrate deep ensembles of m "
+            f"{base} checkpoints, ± over the random subsets. Balance: the sidekick's FLOPs balance, (m − 1) × 100 for "
+            f"DE(m). n: rows averaged; ±: sample std (ddof 1). {pt.UNITS_NOTE}",
+            {s: pt.table1(single, duos, ensembles, base, s, args.table1_sidekicks) for s in SPLITS},
+            f"no results of {base} or its duos")
+        gflops = pt.base_gflops(single, duos, base)
+        if not gflops > 0:
+            report.skip(f"Table 2 ({base})", f"{base}'s GFLOPs are unknown (add it to the backbone CSV of stage 4)")
+            continue
+        report.table(
+            f"Table 2: FLOPs-controlled duos vs deep ensembles (reference {base}, {gflops:.2f} GFLOPs)",
+            f"AD[m, m+1): asymmetric duos (softmax response) of every large model of {report.dataset} (soups left out: "
+            f"they are Fig. 7's) whose total FLOPs "
+            f"(large + sidekick) are in [m, m+1) × {base}'s, mean ± std over the n duos; DE(m): pool-then-calibrate "
+            f"deep ensembles of m {base} checkpoints (± over subsets), placed after the AD bucket of at most the same "
+            f"cost. ±: sample std (ddof 1). {pt.UNITS_NOTE}",
+            {s: pt.table2(single, duos, ensembles, base, s) for s in SPLITS}, "no duos or ensembles")
+    ivon = pt.ivon_models(single)
+    if not ivon:
+        report.skip("Table 3 (duos vs IVON)", "no <large>_ivon* results (run train/ivon_train.py, then stage 4)")
+    for large in ivon:
+        report.table(
+            f"Table 3: duos vs IVON ({large})",
+            f"{large} raw and temperature-scaled; IVON (deterministic): the posterior mean weights; IVON (S samples): "
+            f"the Monte-Carlo predictive averaging S weight draws' probabilities, mean ± std over the repeated "
+            f"draws (`ivon_train.py --predict_only --test_samples S --repeats R`); IVON rows are not temperature-scaled, "
+            f"as in the paper. Asymmetric Duos [1,2): {large}'s asymmetric duos with total FLOPs in [1, 2) × its own "
+            f"(FLOPs balance < 1), ± over duos. {pt.UNITS_NOTE}",
+            {s: pt.table3(single, duos, large, s) for s in SPLITS}, "no rows")
+    laplace = pt.laplace_models(single)
+    if not laplace:
+        report.skip("Table 4 (duos vs Laplace)", "no <large>_LA results (run evaluate/6_laplace.py, then stage 4)")
+    lo, hi = args.laplace_balance
+    for large in laplace:
+        report.table(
+            f"Table 4: duos vs Laplace ({large})",
+            f"{large} raw (baseline), temperature-scaled, and with the last-layer Kronecker Laplace predictive (LA, "
+            f"raw); Asymmetric Duos: {large}'s asymmetric duos with {lo} < FLOPs balance < {hi}, mean ± std over the "
+            f"duos. {pt.UNITS_NOTE}",
+            {s: pt.table4(single, duos, large, s, (lo, hi)) for s in SPLITS}, "no rows")
+
+
+def add_radar(report: Report, args, single, duos) -> None:
+    baselines = ("TempScaleWrapper",) if args.radar_baseline == "ts" else ("None", "TempScaleWrapper")
+    lo, hi = args.balance
+    polygons, counts = {}, []
+    for split in SPLITS:
+        values = pt.radar_values(single, duos, split, (lo, hi), baselines)
+        if len(values):
+            mean, _ = polygons[f"{report.dataset} {figures.SPLIT_LABEL[split]}"] = pt.radar_summary(values)
+            undefined = [pt.COLUMN_LABEL.get(m, m) for m, v in zip(pt.RADAR_METRICS, mean) if not np.isfinite(v)]
+            counts.append(f"{split}: {values[['model_large', 'model_small']].drop_duplicates().shape[0]} duos of "
+                          f"{values['model_large'].nunique()} large model(s) and {values['model_small'].nunique()} sidekick(s)"
+                          + (f"; {', '.join(undefined)} undefined for every duo (all or no predictions correct), not "
+                             f"drawn" if undefined else ""))
+    if not polygons:
+        report.skip("Fig. 1 (radar)", f"no asymmetric duo with FLOPs balance in [{lo}, {hi}] (see --balance)")
+        return
+    against = ("the temperature-scaled large model" if args.radar_baseline == "ts"
+               else "the large model, averaged over its raw and temperature-scaled rows (official notebook)")
+    report.figure("Fig. 1: relative improvement toward perfect", f"Asymmetric duos (softmax response) with FLOPs balance "
+                  f"in [{lo}, {hi}], each against {against}: 100·(m − b)/(1 − b) for Acc, F1, AUROC, "
+                  f"−100·(m − b)/b for AURC, Brier, NLL. Line: mean; shading: ± sample std over every large model and "
+                  f"sidekick ({'; '.join(counts)}).", "fig1_radar", lambda path: figures.radar_figure(
+                      polygons, path, f"Relative improvement (%) over {against}\nFLOPs balance in [{lo}, {hi}]"))
+
+
+def add_figures(report: Report, args, single, duos, large_models, ratio_inputs) -> None:
+    add_radar(report, args, single, duos)
+    ts = single[(single["wrapper"] == "TempScaleWrapper") & (single["uncertainty_type"] == "softmax_response")]
+    ts = ts[pd.to_numeric(ts["gflops"], errors="coerce").notna() & ~ts["model"].str.contains(DERIVED)]
+    if len(ts):
+        report.figure("Fig. 2: single models, accuracy against compute", "Every backbone's temperature-scaled test "
+                      "accuracy against its GFLOPs (derived models — seeds, soups, IVON, Laplace — left out); stars: "
+                      "the large models of the duos.", "fig2_single_models", lambda path: figures.single_models_figure(
+                          ts, large_models, path, f"{report.dataset}: single models (temp-scaled)"))
+    else:
+        report.skip("Fig. 2 (single models vs GFLOPs)", "no single model with known GFLOPs")
+    sr = duos[duos["uncertainty_type"] == "softmax_response"] if len(duos) else duos
+    costed = pt.asymmetric_duos(duos, soups=True)
+    for large in large_models:
+        mine = sr[(sr["model_large"] == large)] if len(sr) else sr
+        mine = mine[pd.to_numeric(mine["gflops_balance"], errors="coerce").notna()] if len(mine) else mine
+        if not len(mine):
+            report.skip(f"Figs. 3-6 ({large})", f"no duos of {large} with a known FLOPs balance")
+            continue
+        series = {figures.MODE_STYLE.get(mode, ("", mode))[1]: group for mode, group in mine.groupby("mode")}
+        report.figure(f"Figs. 3-6: metrics against FLOPs balance ({large})", f"Every duo of {large} in every mode "
+                      f"(softmax response), against the FLOPs balance; dashed: the temperature-scaled {large}. Fig. 3 is "
+                      f"Acc/F1 (Ours vs Unweighted), Fig. 4 AUROC (Ours vs UQ only), Fig. 5 AURC, Fig. 6 SAC@98. "
+                      f"{pt.UNITS_NOTE}", f"fig3-6_{large}", lambda path, series=series, large=large: figures.metric_vs_balance_figure(
+                          series, {f"{large} (TS)": sr_single(single, large)}, path, f"{report.dataset}: duos of {large}"))
+    soups = [name for name in sorted(set(costed["model_large"])) if name.endswith(("_greedy", "_uniform"))] if len(costed) else []
+    if not soups:
+        report.skip("Fig. 7 (duos on a model soup)", "no duos whose large model is a soup (configs/make_duos.py --soups)")
+    for soup in soups:
+        regular = soup.rsplit("_", 1)[0]
+        series = {f"duos on {soup}": costed[costed["model_large"] == soup],
+                  f"duos on {regular}": costed[costed["model_large"] == regular]}
+        report.figure(f"Fig. 7: duos on the soup {soup}", f"Asymmetric duos (softmax response) whose large model is the "
+                      f"soup {soup}, next to those of {regular}; dashed/dotted: the temperature-scaled {regular} and "
+                      f"{soup}. {pt.UNITS_NOTE}", f"fig7_{soup}", lambda path, series=series, soup=soup, regular=regular:
+                      figures.metric_vs_balance_figure(
+                          series, {f"{regular} (TS)": sr_single(single, regular), f"{soup} (TS)": sr_single(single, soup)},
+                          path, f"{report.dataset}: duos on the soup {soup}", ("Acc", "CP_AUROC", "AURC", "SAC@99")))
+    if ratio_inputs is None:
+        report.skip("Fig. 10 (temperature ratios)", f"no temperature CSVs in {args.calibrated_dir}")
+        return
+    main = pt.asymmetric_duos(duos)                # soups are Fig. 7's
+    balances = main.drop_duplicates(["model_large", "model_small"]).set_index(
+        ["model_large", "model_small"])["gflops_balance"].astype(float) if len(main) else pd.Series(dtype=float)
+    points = pt.temperature_ratios(*ratio_inputs, balances)
+    if points.empty:
+        report.skip("Fig. 10 (temperature ratios)", f"no duo of the results has both members' temperatures in "
+                    f"{args.calibrated_dir}")
+        return
+    report.figure("Fig. 10: temperature ratios", "(T_l^single / T_l^duo) / (T_s^single / T_s^duo) per duo, with "
+                  "T^duo = 1/(2w) from stage 3's weights and T^single from stage 2: how much more the duo trusts the "
+                  "large model than the two members' own calibration would; 1 = no asymmetry beyond calibration.",
+                  "fig10_temperature_ratio", lambda path: figures.temperature_ratio_figure(points, path))
+
+
+def sr_single(single, model: str, wrapper: str = "TempScaleWrapper") -> pd.DataFrame:
+    """One model's softmax-response rows of both splits, raw or temperature-scaled."""
+    return single[(single["model"] == model) & (single["wrapper"] == wrapper)
+                  & (single["uncertainty_type"] == "softmax_response")]
 
 
 def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
@@ -103,7 +277,7 @@ def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
     small_path = find_prediction_file(predictions_dir, small) if small else None
     small_set = read_predictions(small_path) if small_path else None
     curves = {}
-    for split in ("test", "ood_test"):
+    for split in SPLITS:
         if split not in large_set.splits:
             continue
         data = large_set.splits[split]
@@ -127,71 +301,81 @@ def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
     return curves
 
 
+def add_curves(report: Report, args, duos, large_models) -> None:
+    if not args.predictions_dir:
+        report.skip("Risk-coverage and reliability curves", "no --predictions_dir")
+        return
+    for large in large_models:
+        test_duos = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
+                         & (duos["uncertainty_type"] == "softmax_response") & (duos["split"] == "test")] if len(duos) else duos
+        best = test_duos.sort_values("NLL")["model_small"].iloc[0] if len(test_duos) else None
+        curves = curves_for(args.predictions_dir, args.calibrated_dir, large, best)
+        if not curves:
+            report.skip(f"Curves ({large})", f"no prediction file of {large} in {args.predictions_dir}")
+            continue
+        report.figure(f"Risk-coverage and reliability ({large})", f"Selective risk against coverage, and reliability "
+                      f"(15 equal-width bins), of the temperature-scaled {large}"
+                      + (f" and its best asymmetric duo (+ {best}, by test NLL)." if best else "."),
+                      f"curves_{large}", lambda path, curves=curves, large=large, best=best: figures.curves_figure(
+                          curves, path, f"{large} (TS)" + (f" and its best duo (+ {best})" if best else "")))
+
+
+def select_dataset(args, single, large_names) -> str:
+    """--dataset, else the one dataset of the results (of the --large models when given)."""
+    datasets = set(single.loc[single["model"].isin(large_names), "dataset"]) if large_names else set(single["dataset"])
+    if args.dataset:
+        if args.dataset not in datasets:
+            raise UserError(f"--dataset: no results{' of ' + ', '.join(large_names) if large_names else ''} on "
+                            f"{args.dataset} in {args.results_dir} (it has {sorted(datasets)})")
+        return args.dataset
+    if len(datasets) > 1:
+        raise UserError(f"--dataset: {args.results_dir} holds results on {sorted(datasets)}; pass --dataset NAME "
+                        f"(one report per dataset)")
+    return next(iter(datasets))
+
+
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     results = Path(args.results_dir)
-    single, duos = report.read_results(results, "single_model"), report.read_results(results, "duo")
-    ensembles = report.read_results(results, "deep_ensemble")
+    single, duos = figures.read_results(results, "single_model"), figures.read_results(results, "duo")
+    ensembles = figures.read_results(results, "deep_ensemble")
     if single.empty:
         raise UserError(f"--results_dir: no evaluation_single_model_*.csv in {results}; run stage 4 first")
-    large = args.large or (duos["model_large"].iloc[0] if len(duos) else single["model"].iloc[0])
-    models = NameMap((name, True) for name in single["model"].astype(str))
-    if large not in models:
-        raise UserError(f"--large: {large} has no rows in {results}/evaluation_single_model_*.csv")
-    large = models.spelling(large)                    # the results' spelling of the name given in any case
-    # one results folder may hold several datasets: report those of the large model, and only its own
-    # deep ensembles (another architecture's ensembles are not its baseline)
-    datasets = set(single.loc[single["model"] == large, "dataset"])
-    if args.dataset:
-        if args.dataset not in datasets:
-            raise UserError(f"--dataset: no results of {large} on {args.dataset} in {results} (it has {sorted(datasets)})")
-        datasets = {args.dataset}
-    elif len(datasets) > 1:
-        raise UserError(f"--dataset: {results} holds {large}'s results on {sorted(datasets)}; pass --dataset NAME "
-                        f"(one report per dataset)")
-    single = single[single["dataset"].isin(datasets)]
-    duos = duos[duos["dataset"].isin(datasets)] if len(duos) else duos
-    if len(ensembles):
-        ensembles = ensembles[ensembles["dataset"].isin(datasets)
-                              & (ensembles["model"].astype(str).str.casefold() == large.casefold())]
+    names = NameMap((name, True) for name in single["model"].astype(str))
+    for name in args.large or []:
+        if name not in names:
+            raise UserError(f"--large: {name} has no rows in {results}/evaluation_single_model_*.csv")
+    chosen = [names.spelling(name) for name in args.large or []]      # the results' spelling, given in any case
+    dataset = check_plain_name(select_dataset(args, single, chosen), f"{results}: dataset")
+    single = single[single["dataset"] == dataset]
+    duos = duos[duos["dataset"] == dataset] if len(duos) else duos
+    ensembles = ensembles[ensembles["dataset"] == dataset] if len(ensembles) else ensembles
+    large_models = chosen or (sorted(set(duos["model_large"])) if len(duos) else [])
+    for name in large_models:
+        check_plain_name(name, f"{results}: model name")
     out_path = Path(args.output or results / "REPORT.md")
     if out_path.is_dir():
         raise UserError(f"--output: {out_path} is a folder; give the report's file name (e.g. {out_path / 'REPORT.md'})")
-    folder = out_path.parent
-    # everything is read and checked before the first figure is written
-    curves, best = None, None
     duo_t = Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE
     single_t = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
     ratio_inputs = ((tables.read_duo_weights(duo_t), tables.read_single_temperatures(single_t))
                     if duo_t.exists() and single_t.exists() else None)
-    if args.predictions_dir and len(duos):
-        test_duos = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
-                         & (duos["uncertainty_type"] == "softmax_response") & (duos["split"] == "test")]
-        best = test_duos.sort_values("NLL")["model_small"].iloc[0] if len(test_duos) else None
-        curves = curves_for(args.predictions_dir, args.calibrated_dir, large, best)
-    sections = [f"# Asymmetric duos report: {large} on {', '.join(sorted(set(single['dataset'])))}", ""]
-    summary = summary_table(single, duos, ensembles, large)
-    sections += ["## Results (softmax-response uncertainty; fractions)", "", report.markdown_table(summary), ""]
-    costed = report.with_known_flops(duos)       # duos of models outside backbones.csv have no FLOPs balance
-    if len(costed) and len(costed[costed["model_large"] == large]):
-        note = report.radar_figure(costed, single, large, folder / "radar.png", tuple(args.balance))
-        report.metric_vs_balance_figure(costed, single, large, folder / "metrics_vs_balance.png")
-        sections += ["## Relative improvement over the temperature-scaled large model (Fig. 1 style)", "",
-                     "![radar](radar.png)", "", f"Asymmetric duos, {note}; shading: ± std over sidekicks.", "",
-                     "## Metrics against FLOPs balance (Figs. 2-6 style)", "", "![metrics](metrics_vs_balance.png)", ""]
-        sections += ["## Duos vs deep ensembles (Tables 1-2 style; mean ± std)", "",
-                     report.markdown_table(duo_vs_ensemble_table(single, costed, ensembles, large)), ""]
-        if ratio_inputs is not None:
-            balances = costed.drop_duplicates(["model_large", "model_small"]).set_index(
-                ["model_large", "model_small"])["gflops_balance"]
-            report.weight_ratio_figure(*ratio_inputs, balances, folder / "weight_ratio.png")
-            sections += ["## Learned weight ratio vs FLOPs balance (Fig. 10 style)", "", "![ratio](weight_ratio.png)", ""]
-    if curves:
-        report.curves_figure(curves, folder / "curves.png", f"{large} (TS) and its best duo (+ {best}, by test NLL)")
-        sections += ["## Risk-coverage and reliability", "", "![curves](curves.png)", ""]
-    safe_io.write_text(out_path, "\n".join(sections) + "\n")
-    print(report.markdown_table(summary))
-    print(f"\nwrote {out_path} and its figures")
+
+    # everything is read and checked before the first figure is written
+    report = Report(dataset, out_path.parent)
+    summary = summary_table(single, duos, ensembles, large_models)
+    report.lines += [f"# Asymmetric duos report: {dataset}", "", pt.UNITS_NOTE, ""]
+    report.heading("Results (softmax-response uncertainty)")
+    report.lines += [figures.markdown_table(summary) if len(summary) else "_no large model with duos_", ""]
+    add_tables(report, args, single, duos, ensembles, names)
+    add_figures(report, args, single, duos, large_models, ratio_inputs)
+    add_curves(report, args, duos, large_models)
+    for draw, path in report.figures:
+        draw(path)
+    safe_io.write_text(out_path, "\n".join(report.lines) + "\n")
+    print(figures.markdown_table(summary) if len(summary) else "no large model with duos")
+    print(f"\nwrote {out_path} and {len(report.figures)} figure(s)"
+          + (f"; skipped (see the report): {', '.join(report.skipped)}" if report.skipped else ""))
     return 0
 
 

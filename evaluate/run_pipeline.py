@@ -47,7 +47,8 @@ PIPELINE_SCHEMA = {
     "deep_ensemble": {"sizes": Field((list,), 1, items=(int,)), "subsets": _COUNT},
     "ivon": {"model": _TEXT, "epochs": _COUNT, "warmup_epochs": Field((int,), 0), "train_samples": _COUNT,
              "test_samples": _COUNT, "learning_rate": _RATE, "ess": _RATE, "hess_init": _RATE,
-             "weight_decay": Field((int, float), 0), "batch_size": _COUNT},
+             "weight_decay": Field((int, float), 0), "batch_size": _COUNT,
+             "mc_samples": Field((list,), 1, items=(int,)), "repeats": _COUNT, "mc_batch_size": _COUNT},
     "laplace": {"model": _TEXT},
     "stages": Field((list,), items=(str,), choices=STAGES),
 }
@@ -148,8 +149,9 @@ class Plan:
         return Path(self.config["duos_csv"]) if self.config.get("duos_csv") else self.root / "duos.csv"
 
 
-def write_duo_tables(plan: Plan) -> None:
-    """The demo's duos.csv and backbones.csv, with GFLOPS counted at the run's resolution."""
+def write_duo_tables(plan: Plan, soups: bool) -> None:
+    """The demo's duos.csv and backbones.csv, with GFLOPS counted at the run's resolution; with `soups`,
+    the large model's greedy soup is paired with the same sidekicks (Fig. 7)."""
     if plan.config.get("duos_csv"):
         return
     from load_models import model_loader  # counting FLOPs builds the models; planning needs no torch
@@ -166,7 +168,7 @@ def write_duo_tables(plan: Plan) -> None:
             extra["model_name"] = plan.large + suffix
             backbones = pd.concat([backbones, extra], ignore_index=True)
     safe_io.write_csv(plan.root / "backbones.csv", backbones)
-    safe_io.write_csv(plan.duos_csv(), tables.duos_from_backbones(backbones, [plan.large]))
+    safe_io.write_csv(plan.duos_csv(), tables.duos_from_backbones(backbones, [plan.large], soups=soups))
 
 
 def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
@@ -193,10 +195,19 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
             cfg = plan.config.get("ivon") or {}
             args = ["--model", model, *plan.common(), "--output_dir", plan.checkpoints, "--predictions_dir",
                     plan.predictions, "--num_workers", 0]
-            args += sum(([f"--{k}", v] for k, v in cfg.items() if k != "model"), [])
+            mc_keys = ("mc_samples", "repeats", "mc_batch_size")      # Table 3: repeated Monte-Carlo predictives
+            args += sum(([f"--{k}", v] for k, v in cfg.items() if k not in ("model", *mc_keys)), [])
             if plan.tiny:
                 args += ["--subset", plan.train.get("subset")]
             out.append((stage, script, args, plan.predictions / f"{model}_ivon.npz"))
+            if cfg.get("mc_samples"):
+                repeats = cfg.get("repeats", 1)
+                predict_only = [*args[:args.index("--num_workers") + 2], "--predict_only",
+                                "--test_samples", *cfg["mc_samples"], "--repeats", repeats]
+                if cfg.get("mc_batch_size"):         # inference only: fewer posterior draws per image set
+                    predict_only += ["--batch_size", cfg["mc_batch_size"]]
+                out.append((stage, script, predict_only, plan.predictions /
+                            f"{model}_ivon_mc{cfg['mc_samples'][-1]}_r{repeats - 1}.npz"))
         elif stage == "laplace":
             model = (plan.config.get("laplace") or {}).get("model", plan.large)
             args = ["--model_path", plan.ff / f"{model}.pth", *plan.common(), "--predictions_dir", plan.predictions,
@@ -261,7 +272,7 @@ def main_impl(argv=None) -> int:
     plan = Plan(config, Path(args.output_root or config.get("output_root", "runs/pipeline")), args.tiny)
     stages = args.stages or config.get("stages", list(STAGES))
     safe_io.make_folder(plan.root)
-    write_duo_tables(plan)
+    write_duo_tables(plan, soups="soup" in config.get("stages", STAGES))
     all_steps = steps(plan, stages)
     if args.print_slurm:
         written = write_slurm(plan, all_steps)

@@ -25,7 +25,7 @@ from utils.cli.parsing import UserError
 from utils.files import safe_io
 from utils.files.model_names import SOURCES
 
-STAGE_COMMAND = "python train/download_imagenet_models.py --backbone_csv configs/backbones.csv --models {name}"
+STAGE_COMMAND = "python train/download_imagenet_models.py --models {name}"
 SOUP_SUFFIXES = ("_greedy", "_uniform")
 
 

@@ -12,7 +12,7 @@ from train import tuning
 from utils.cli.parsing import UserError
 from utils.files.prediction_io import PredictionSet, Split
 from utils.maths import uncertainty_metrics as um
-from utils.report import figures
+from utils.report import figures, paper_tables
 from utils.stages import calibration, scoring
 
 # ----------------------------------------------------------------------------- scoring
@@ -123,16 +123,19 @@ def test_separable_validation_is_an_error():
     ("ECE", 0.04, 0.02, -100.0),      # twice as high: worse
 ])
 def test_relative_improvement(metric, value, base, expected):
-    assert figures.relative_improvement(value, base, metric) == pytest.approx(expected)
+    assert paper_tables.relative_improvement(value, base, metric) == pytest.approx(expected)
 
 
 def test_markdown_table_and_flops_buckets():
     frame = pd.DataFrame({"model": ["a"], "NLL": [0.123456], "note": [None]})
     assert figures.markdown_table(frame, digits=2).splitlines() == ["| model | NLL | note |", "|---|---|---|",
                                                                      "| a | 0.12 |  |"]
-    duos = pd.DataFrame({"model_large": ["L", "L", "L"], "mode": ["asymmetric", "asymmetric", "uqonly"],
-                         "uncertainty_type": ["softmax_response"] * 3, "gflops_balance": [0.1, 0.99, 0.5]})
-    assert figures.flops_buckets(duos, "L")["bucket"].tolist() == [1, 1]
+    duos = pd.DataFrame({"model_large": ["L", "L", "L", "M"], "mode": ["asymmetric", "asymmetric", "uqonly", "asymmetric"],
+                         "uncertainty_type": ["softmax_response"] * 4, "gflops_large": [4.1, 4.1, 4.1, 16.4],
+                         "gflops_small": [0.41, 4.0, 2.0, 0.1], "gflops_balance": [0.1, 0.99, 0.5, 0.1 / 16.4]})
+    # total FLOPs in units of a 4.1-GFLOPs reference: 1.1, 1.98 and (uqonly left out) 4.02; exactly 2x is bucket 2
+    assert paper_tables.flops_buckets(duos, 4.1)["bucket"].tolist() == [1, 1, 4]
+    assert paper_tables.flops_buckets(duos.assign(gflops_small=[4.1, 4.0, 2.0, 0.1]), 4.1)["bucket"].tolist() == [2, 1, 4]
 
 
 # ----------------------------------------------------------------------------- Ray Tune glue
@@ -183,6 +186,7 @@ def test_pair_loader_splits_batches_for_the_library_predictive():
 
 def test_one_spread_convention_everywhere():
     """The report's ± and stage 8's std rows are both the sample standard deviation (ddof = 1)."""
-    assert figures.mean_and_spread(pd.Series([1.0, 3.0])) == f"2.0000 ± {math.sqrt(2):.4f}"
-    assert figures.mean_and_spread(pd.Series([5.0])) == "5.0000"
+    assert paper_tables.cell([0.01, 0.03], "Acc") == f"2.00 ± {math.sqrt(2):.2f}"        # % with the sample std
+    assert paper_tables.cell([0.0005], "Brier") == "5.00"                                 # x10^4, one value: no spread
+    assert paper_tables.cell([float("nan"), 0.9], "CP_AUROC") == "90.00"
     assert scoring.SPREAD_DDOF == 1

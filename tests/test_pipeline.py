@@ -16,7 +16,7 @@ pipeline = importlib.import_module("evaluate.run_pipeline")
 def tiny_config(tmp_path):
     config = yaml.safe_load((REPO / "configs" / "pipeline_mnist5k.yaml").read_text())
     config.update(sidekicks=config["sidekicks"][2:3], ensemble_seeds=1, deep_ensemble={"sizes": [2], "subsets": 2},
-                  ivon={**config["ivon"], "test_samples": 2})
+                  ivon={**config["ivon"], "test_samples": 2, "mc_samples": [2], "repeats": 2})
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -31,7 +31,7 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     assert "pipeline finished" in out and "| resnet18 (temp-scaled) | test |" in out
     predictions = root / "predictions"
     expected = {"resnet18", "resnet18_s1", "resnet18_greedy", "resnet18_uniform", "regnetx_002",
-                "resnet18_ivon", "resnet18_ivon_det", "resnet18_LA"}
+                "resnet18_ivon", "resnet18_ivon_det", "resnet18_LA", "resnet18_ivon_mc2_r0", "resnet18_ivon_mc2_r1"}
     assert {p.name[:-4] for p in predictions.glob("*.npz")} == expected
     for path in predictions.glob("*.npz"):
         pset = read_predictions(path)
@@ -47,15 +47,20 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
             assert len(frame) > 0 and np.isfinite(frame["NLL"]).all()
     duos = pd.read_csv(results / "evaluation_duo_mnist5k.csv")
     assert set(duos.model_small) == {"regnetx_002"} and (duos.gflops_balance < 1).all()
+    assert set(duos.model_large) == {"resnet18", "resnet18_greedy"}          # Fig. 7: the soup as f_large
     report = (results / "REPORT.md").read_text()
-    for figure in ("radar.png", "metrics_vs_balance.png", "weight_ratio.png", "curves.png"):
-        assert figure in report
-        with Image.open(results / figure) as image:
+    for title in ("Table 1", "Table 2", "Table 3: duos vs IVON (resnet18)", "Table 4: duos vs Laplace (resnet18)"):
+        assert f"## {title}" in report, title
+    assert "| IVON (2 samples) | 2 |" in report and "skipped" not in report       # every table and figure
+    for name in ("fig1_radar", "fig2_single_models", "fig3-6_resnet18", "fig7_resnet18_greedy",
+                 "fig10_temperature_ratio", "curves_resnet18"):
+        assert f"mnist5k_{name}.png" in report
+        with Image.open(results / f"mnist5k_{name}.png") as image:
             assert image.size[0] > 300 and image.size[1] > 300
     # a rerun reuses every finished expensive stage
     assert pipeline.main([str(a) for a in args]) == 0
     rerun = capsys.readouterr().out
-    assert rerun.count("reused:") == 6                  # 3 trainings, the soup, IVON and Laplace
+    assert rerun.count("reused:") == 7         # 3 trainings, the soup, IVON (trained, repeated draws), Laplace
     assert "hp_tune.py" not in rerun and "is complete, skipped" in rerun
 
 

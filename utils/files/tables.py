@@ -116,10 +116,10 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
     return frame[~folded.duplicated()].reset_index(drop=True)        # one row per pair, names in any case
 
 
-def read_backbones(path: str | Path | None = None) -> pd.DataFrame:
+def read_backbones(path: str | Path | None = None, flag: str = "--backbone_csv") -> pd.DataFrame:
     """backbones.csv: `path` (relative to the working folder, else to the repository), by default the
     repository's configs/backbones.csv whatever the working folder."""
-    path = DEFAULT_BACKBONES if path is None else resolve_config_path(path, "--backbone_csv")
+    path = DEFAULT_BACKBONES if path is None else resolve_config_path(path, flag)
     frame = _read_table(Path(path), "backbone CSV")
     if "model_name" not in frame.columns:
         raise UserError(f"{path}: backbone CSV lacks column 'model_name'")

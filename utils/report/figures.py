@@ -1,7 +1,6 @@
-"""Tables and figures of the paper's kind from the results CSVs (and prediction files for curves)."""
+"""Reading the results CSVs, and drawing the paper's kind of figures (numbers from paper_tables)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -12,15 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from utils.stages.scoring import SPREAD_DDOF  # noqa: E402
+from utils.report import paper_tables  # noqa: E402
 
-HIGHER_BETTER = {"Acc", "F1", "CP_AUROC", "SAC@98", "SAC@99", "F1_present"}
-RADAR_METRICS = ["Acc", "F1", "CP_AUROC", "AURC", "Brier", "NLL"]        # the paper's Fig. 1
-TABLE_METRICS = ["Acc", "F1", "NLL", "ECE", "Brier", "CP_AUROC", "AURC", "SAC@98"]
 SPLIT_LABEL = {"test": "in-distribution (test)", "ood_test": "shifted (ood_test)"}
 MODE_STYLE = {"asymmetric": ("tab:red", "Duo: Ours (asymmetric)"), "uqonly": ("tab:blue", "Duo: UQ only"),
               "unweighted": ("tab:gray", "Duo: unweighted"), "unweighted_ts": ("tab:olive", "Duo: unweighted (TS, code)"),
               "asymmetric_code": ("tab:purple", "Duo: asymmetric (code's uncertainty)")}
+SERIES_COLORS = {label: color for color, label in MODE_STYLE.values()}
+FIGURE_METRICS = ("Acc", "F1", "NLL", "ECE", "CP_AUROC", "AURC", "SAC@98")     # Figs. 3-6 and more
 
 
 def save_figure(fig, path: Path, dpi: int) -> None:
@@ -28,13 +26,6 @@ def save_figure(fig, path: Path, dpi: int) -> None:
     from utils.files import safe_io
     with safe_io.atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-
-
-def relative_improvement(value: float, base: float, metric: str) -> float:
-    """Improvement toward the perfect score, in percent (paper-notes §5)."""
-    if metric in HIGHER_BETTER:
-        return 100.0 * (value - base) / (1.0 - base) if base != 1 else math.nan
-    return -100.0 * (value - base) / base if base != 0 else math.nan
 
 
 RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"],
@@ -72,77 +63,89 @@ def with_known_flops(duos: pd.DataFrame) -> pd.DataFrame:
     return duos[np.isfinite(pd.to_numeric(duos["gflops_balance"], errors="coerce"))] if len(duos) else duos
 
 
-def baseline_rows(single: pd.DataFrame, large: str, uncertainty: str = "softmax_response") -> pd.DataFrame:
-    """The temperature-scaled large model, one row per (dataset, split) (the paper's baseline)."""
-    rows = single[(single["model"] == large) & (single["wrapper"] == "TempScaleWrapper")
-                  & (single["uncertainty_type"] == uncertainty)]
-    return rows.set_index(["dataset", "split"])
-
-
-def radar_figure(duos: pd.DataFrame, single: pd.DataFrame, large: str, path: Path,
-                 balance: tuple[float, float] = (0.1, 0.2), metrics=RADAR_METRICS) -> str:
-    """Mean (± std) relative improvement of asymmetric duos with FLOPs balance in `balance` over
-    the temperature-scaled large model, one polygon per dataset split. Returns a caption."""
-    base = baseline_rows(single, large)
-    chosen = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
-                  & (duos["uncertainty_type"] == "softmax_response")]
-    in_range = chosen[(chosen["gflops_balance"] >= balance[0]) & (chosen["gflops_balance"] <= balance[1])]
-    note = f"FLOPs balance in [{balance[0]}, {balance[1]}]"
-    if in_range.empty:
-        in_range, note = chosen, f"no duo in [{balance[0]}, {balance[1]}]: all {len(chosen['model_small'].unique())} sidekicks"
+def radar_figure(polygons: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
+                 metrics=paper_tables.RADAR_METRICS) -> None:
+    """One polygon per label (dataset and split): mean relative improvement per axis, shaded ± std."""
     angles = np.linspace(0, 2 * np.pi, len(metrics), endpoint=False)
+    closed = np.r_[angles, angles[:1]]
     fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"polar": True})
-    for (dataset, split), group in in_range.groupby(["dataset", "split"]):
-        if (dataset, split) not in base.index:
-            continue
-        b = base.loc[(dataset, split)]
-        values = np.array([[relative_improvement(r[m], b[m], m) for m in metrics] for _, r in group.iterrows()])
-        mean = np.nanmean(values, 0)
-        std = np.nanstd(values, 0, ddof=SPREAD_DDOF) if len(values) > SPREAD_DDOF else np.zeros_like(mean)
-        closed = np.r_[angles, angles[:1]]
-        line, = ax.plot(closed, np.r_[mean, mean[:1]], marker="o", label=f"{dataset} {SPLIT_LABEL.get(split, split)}")
+    for label, (mean, std) in polygons.items():
+        line, = ax.plot(closed, np.r_[mean, mean[:1]], marker="o", label=label)
         ax.fill_between(closed, np.r_[mean - std, mean[0] - std[0]], np.r_[mean + std, mean[0] + std[0]],
                         color=line.get_color(), alpha=0.15)
     ax.plot(np.linspace(0, 2 * np.pi, 100), np.zeros(100), color="black", lw=0.8, ls="--")
-    ax.set_xticks(angles, [m.replace("CP_AUROC", "AUROC") for m in metrics])
-    ax.set_title(f"Relative improvement toward perfect (%) of asymmetric duos\nover the temperature-scaled {large} "
-                 f"({note})", fontsize=10)
+    ax.set_xticks(angles, [paper_tables.COLUMN_LABEL.get(m, m) for m in metrics])
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, -0.22), fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=130)
     plt.close(fig)
-    return note
 
 
-def metric_vs_balance_figure(duos: pd.DataFrame, single: pd.DataFrame, large: str, path: Path,
-                             metrics=("Acc", "F1", "NLL", "ECE", "CP_AUROC", "AURC", "SAC@98")) -> None:
-    """Each metric against FLOPs balance per mode (the paper's Figs. 2-6), the TS large model dashed."""
-    base = baseline_rows(single, large)
-    rows = duos[(duos["model_large"] == large) & (duos["uncertainty_type"] == "softmax_response")]
-    splits = [s for s in ("test", "ood_test") if s in set(rows["split"])]
+def _axis_label(metric: str) -> str:
+    scale = paper_tables.PAPER_SCALE.get(metric, 1)
+    unit = {1: "", 100: " (%)" if metric in paper_tables.HIGHER_BETTER or metric == "ECE" else " ×100",
+            1e4: " ×10⁴"}[scale]
+    return paper_tables.COLUMN_LABEL.get(metric, metric) + unit
+
+
+def metric_vs_balance_figure(series: dict[str, pd.DataFrame], baselines: dict[str, pd.DataFrame], path: Path,
+                             title: str, metrics=FIGURE_METRICS) -> None:
+    """Each metric (paper units) against FLOPs balance: one line per series (a frame of duo rows of one
+    split each, or both splits), one dashed line per baseline (single-model rows); rows = splits."""
+    frames = [f for f in series.values() if len(f)]
+    splits = [s for s in ("test", "ood_test") if any(s in set(f["split"]) for f in frames)]
     fig, axes = plt.subplots(len(splits), len(metrics), figsize=(3.0 * len(metrics), 2.8 * len(splits)), squeeze=False)
     for i, split in enumerate(splits):
-        part = rows[rows["split"] == split]
         for j, metric in enumerate(metrics):
             ax, plotted = axes[i, j], False
-            for mode, group in part.groupby("mode"):
-                color, label = MODE_STYLE.get(mode, ("black", mode))
-                group = group[np.isfinite(group[metric].astype(float))].sort_values("gflops_balance")
-                if len(group):             # e.g. CP_AUROC is undefined when no prediction is correct
-                    ax.plot(group["gflops_balance"], group[metric], marker="o", color=color, label=label, lw=1)
+            for k, (label, frame) in enumerate(series.items()):
+                color = SERIES_COLORS.get(label) or f"C{k}"
+                part = frame[(frame["split"] == split)].copy()
+                part = part[np.isfinite(part[metric].astype(float))].sort_values("gflops_balance")
+                if len(part):             # e.g. CP_AUROC is undefined when no prediction is correct
+                    ax.plot(part["gflops_balance"].astype(float), part[metric].astype(float) * paper_tables.PAPER_SCALE.get(metric, 1),
+                            marker="o", ms=3, color=color, label=label, lw=1)
                     plotted = True
-            key = (part["dataset"].iloc[0], split) if len(part) else None
-            if key in base.index:
-                ax.axhline(base.loc[key][metric], color="black", ls="--", lw=1, label=f"{large} (TS)")
+            for k, (label, rows) in enumerate(baselines.items()):
+                row = rows[rows["split"] == split]
+                if len(row):
+                    ax.axhline(paper_tables.in_paper_units(row.iloc[0][metric], metric), color="black",
+                               ls=["--", ":", "-."][k % 3], lw=1, label=label)
             if plotted:
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-            ax.set_title(f"{metric} — {split}", fontsize=9)
+            ax.set_title(f"{_axis_label(metric)} — {split}", fontsize=9)
             ax.set_xlabel("FLOPs balance", fontsize=8)
             ax.tick_params(labelsize=7)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.97))
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+def single_models_figure(rows: pd.DataFrame, large_models, path: Path, title: str, metric: str = "Acc") -> None:
+    """Every single model's metric (temperature-scaled) against its GFLOPs, one panel per split; the
+    large models are marked."""
+    splits = [s for s in ("test", "ood_test") if s in set(rows["split"])]
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4), squeeze=False)
+    for j, split in enumerate(splits):
+        ax, part = axes[0, j], rows[rows["split"] == split]
+        large = part["model"].isin(set(large_models))
+        for mask, style in ((~large, {"color": "tab:blue", "label": "sidekick candidates"}),
+                            (large, {"color": "tab:red", "marker": "*", "s": 90, "label": "large models"})):
+            ax.scatter(part.loc[mask, "gflops"].astype(float),
+                       part.loc[mask, metric].astype(float) * paper_tables.PAPER_SCALE.get(metric, 1), **style)
+        for _, row in part.iterrows():
+            ax.annotate(row["model"], (float(row["gflops"]), paper_tables.in_paper_units(row[metric], metric)),
+                        fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set(xlabel="GFLOPs", ylabel=_axis_label(metric), title=split)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
 
@@ -172,41 +175,30 @@ def curves_figure(curves: dict[str, dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def weight_ratio_figure(weights: dict, single: dict, balances: pd.Series, path: Path) -> None:
-    """(T_l^single / T_l^duo) / (T_s^single / T_s^duo) = (w_l T_l^single) / (w_s T_s^single) against
-    FLOPs balance (the paper's Fig. 10); duos that reverted to the large model (w_s = 0) are listed."""
-    points, reverted = [], []
-    for (large, small), (w_large, w_small) in weights.items():
-        if (large, small) not in balances.index or large not in single or small not in single:
-            continue
-        if w_small == 0:
-            reverted.append(small)
-            continue
-        points.append((balances.loc[(large, small)], (w_large * single[large]) / (w_small * single[small]), small))
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    if points:
-        xs, ys, _ = zip(*points)
-        ax.scatter(xs, ys)
-        for x, y, name in points:
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+def temperature_ratio_figure(points: pd.DataFrame, path: Path) -> None:
+    """Fig. 10: (T_l^single / T_l^duo) / (T_s^single / T_s^duo) against FLOPs balance, one colour per
+    large model; duos that reverted to the large model (w_small = 0, ratio inf) are named in the title."""
+    finite = points[np.isfinite(points["ratio"])]
+    reverted = points.loc[~np.isfinite(points["ratio"]), "model_small"].tolist()
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for large, group in finite.groupby("model_large"):
+        ax.scatter(group["gflops_balance"], group["ratio"], label=large, s=18)
+        for _, row in group.iterrows():
+            ax.annotate(row["model_small"], (row["gflops_balance"], row["ratio"]), fontsize=6, xytext=(2, 2),
+                        textcoords="offset points")
+    if len(finite):
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.legend(fontsize=7)
     ax.axhline(1.0, color="black", ls="--", lw=0.8)
-    title = "How much more the duo trusts the large model"
+    title = "Temperature ratio of the duo's members (Fig. 10)"
     if reverted:
         title += f"\n(reverted to the large model, w_small = 0: {', '.join(reverted)})"
-    ax.set(xlabel="FLOPs balance", ylabel="weight ratio large / small (TS-normalised)")
+    ax.set(xlabel="FLOPs balance", ylabel="(T_l^single/T_l^duo) / (T_s^single/T_s^duo)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
     plt.close(fig)
-
-
-def mean_and_spread(values: pd.Series, digits: int = 4) -> str:
-    """'mean ± sample std' of the values (the mean alone for a single value, which has no spread)."""
-    if len(values) <= SPREAD_DDOF:
-        return f"{values.mean():.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=SPREAD_DDOF):.{digits}f}"
 
 
 def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -218,11 +210,3 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
                  ("" if pd.isna(v) else str(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def flops_buckets(duos: pd.DataFrame, large: str) -> pd.DataFrame:
-    """AD[m, m+1): asymmetric duos whose total FLOPs are in [m, m+1) x the large model's (paper Table 2)."""
-    rows = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
-                & (duos["uncertainty_type"] == "softmax_response")].copy()
-    rows["bucket"] = np.floor(1.0 + rows["gflops_balance"]).astype(int)
-    return rows

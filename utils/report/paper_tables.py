@@ -1,0 +1,289 @@
+"""The paper's tables (1-4) and the numbers behind its figures (1, 10), from result rows alone.
+
+Every function takes the result frames of one dataset (as `figures.read_results` returns them) and
+returns plain frames; `9_make_report.py` writes them with their captions. Each spread is the sample
+standard deviation (ddof = SPREAD_DDOF) over what the caption names: checkpoints, subsets, duos or
+repeated sampling.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pandas as pd
+
+from utils.stages.scoring import SPREAD_DDOF
+
+# The paper's units: Acc, F1, ECE, AUROC and SAC in %; NLL and AURC x100; Brier x10^4 (it is the mean
+# over all N*K entries, so x10^4 brings it to the paper's magnitudes).
+PAPER_SCALE = {"Acc": 100, "F1": 100, "F1_present": 100, "ECE": 100, "CP_AUROC": 100, "NLL": 100, "AURC": 100,
+               "E-AURC": 100, "AUGRC": 100, "Brier": 1e4, **{f"SAC@{t}": 100 for t in range(90, 100)}}
+UNITS_NOTE = ("Units as in the paper: Acc, F1, ECE, AUROC and SAC in %; NLL and AURC ×100; Brier ×10⁴ "
+              "(the mean over all N·K entries of (p − onehot)²).")
+COLUMN_LABEL = {"CP_AUROC": "AUROC"}
+HIGHER_BETTER = {"Acc", "F1", "CP_AUROC", "F1_present", *(f"SAC@{t}" for t in range(90, 100))}
+TABLE12_METRICS = ["Acc", "Brier", "NLL", "ECE", "CP_AUROC", "AURC"]       # the paper's Tables 1-3
+TABLE4_METRICS = ["Acc", "F1", "Brier", "NLL", "ECE", "CP_AUROC", "AURC", "SAC@98"]
+SUMMARY_METRICS = ["Acc", "F1", "NLL", "ECE", "Brier", "CP_AUROC", "AURC", "SAC@98"]   # the report's first table
+RADAR_METRICS = ["Acc", "F1", "CP_AUROC", "AURC", "Brier", "NLL"]           # the paper's Fig. 1
+SUMMARY_STATISTICS = ("mean", "std")                  # stage 8's summary rows, not subsets
+IVON_SAMPLES = re.compile(r"_ivon_mc(\d+)_r(\d+)$")
+
+
+def in_paper_units(value: float, metric: str) -> float:
+    return float(value) * PAPER_SCALE.get(metric, 1)
+
+
+def cell(values, metric: str, digits: int = 2) -> str:
+    """'mean ± std' in the paper's units (the mean alone for one value, which has no spread)."""
+    scaled = np.array([in_paper_units(v, metric) for v in values], dtype=float)
+    scaled = scaled[np.isfinite(scaled)]           # CP_AUROC alone may be undefined (all or none correct)
+    if len(scaled) == 0:
+        return "—"
+    if len(scaled) <= SPREAD_DDOF:
+        return f"{scaled.mean():.{digits}f}"
+    return f"{scaled.mean():.{digits}f} ± {scaled.std(ddof=SPREAD_DDOF):.{digits}f}"
+
+
+def metric_cells(rows: pd.DataFrame, metrics) -> dict[str, str]:
+    return {COLUMN_LABEL.get(m, m): cell(rows[m], m) for m in metrics}
+
+
+def relative_improvement(value: float, base: float, metric: str) -> float:
+    """Improvement toward the perfect score, in percent (paper-notes §5)."""
+    if metric in HIGHER_BETTER:
+        return 100.0 * (value - base) / (1.0 - base) if base != 1 else math.nan
+    return -100.0 * (value - base) / base if base != 0 else math.nan
+
+
+# ----------------------------------------------------------------------------- row selections
+
+def single_rows(single: pd.DataFrame, models, split: str, wrapper: str = "TempScaleWrapper",
+                uncertainty: str = "softmax_response") -> pd.DataFrame:
+    wanted = {str(m) for m in ([models] if isinstance(models, str) else models)}
+    return single[single["model"].isin(wanted) & (single["wrapper"] == wrapper)
+                  & (single["uncertainty_type"] == uncertainty) & (single["split"] == split)]
+
+
+SOUP_SUFFIXES = ("_greedy", "_uniform")
+
+
+def asymmetric_duos(duos: pd.DataFrame, split: str | None = None, soups: bool = False) -> pd.DataFrame:
+    """The paper's method: asymmetric mode, softmax-response uncertainty, with a known FLOPs cost; duos
+    whose large model is a soup only with `soups` (they are Fig. 7's, not the pooled tables')."""
+    if duos.empty:
+        return duos
+    chosen = duos[(duos["mode"] == "asymmetric") & (duos["uncertainty_type"] == "softmax_response")]
+    if not soups:
+        chosen = chosen[~chosen["model_large"].str.endswith(SOUP_SUFFIXES)]
+    if split is not None:
+        chosen = chosen[chosen["split"] == split]
+    costs = chosen[["gflops_large", "gflops_small", "gflops_balance"]].apply(pd.to_numeric, errors="coerce")
+    return chosen[np.isfinite(costs).all(axis=1).to_numpy()]
+
+
+def ensemble_subsets(ensembles: pd.DataFrame, model: str, split: str) -> pd.DataFrame:
+    """Stage 8's per-subset rows of one ensemble name (its mean/std summary rows left out)."""
+    if ensembles.empty:
+        return ensembles
+    return ensembles[(ensembles["model"] == model) & ~ensembles["subset"].astype(str).isin(SUMMARY_STATISTICS)
+                     & (ensembles["uncertainty_type"] == "softmax_response") & (ensembles["split"] == split)]
+
+
+def ensemble_members(ensembles: pd.DataFrame, model: str) -> list[str]:
+    """The checkpoints stage 8 drew the ensembles of `model` from, in order of first appearance."""
+    if ensembles.empty:
+        return []
+    names: dict[str, None] = {}
+    rows = ensembles[(ensembles["model"] == model) & ~ensembles["subset"].astype(str).isin(SUMMARY_STATISTICS)]
+    for label in rows["members"].astype(str):
+        for name in label.split("+"):
+            if name and name != "nan":
+                names.setdefault(name, None)
+    return list(names)
+
+
+def base_checkpoints(single: pd.DataFrame, ensembles: pd.DataFrame, base: str) -> list[str]:
+    """The base model and the ensemble's members that have single-model results of their own."""
+    known = set(single["model"])
+    return [name for name in dict.fromkeys([base, *ensemble_members(ensembles, base)]) if name in known]
+
+
+def base_gflops(single: pd.DataFrame, duos: pd.DataFrame, base: str) -> float:
+    """The base model's GFLOPs: its single-model rows, else its duos' gflops_large; NaN when unknown."""
+    values = pd.to_numeric(single.loc[single["model"] == base, "gflops"], errors="coerce")
+    if not duos.empty:
+        values = pd.concat([values, pd.to_numeric(duos.loc[duos["model_large"] == base, "gflops_large"], errors="coerce")])
+    values = values[np.isfinite(values)]
+    return float(values.iloc[0]) if len(values) else math.nan
+
+
+# ----------------------------------------------------------------------------- Tables 1-4
+
+def _row(method: str, rows: pd.DataFrame, metrics, **extra) -> dict:
+    return {"Method": method, **extra, "n": len(rows), **metric_cells(rows, metrics)}
+
+
+def _ensemble_rows(ensembles: pd.DataFrame, base: str, split: str, flops_label) -> dict[int, dict]:
+    subsets = ensemble_subsets(ensembles, base, split)
+    return {int(m): _row(f"[DE] {base} (m={int(m)})", group, TABLE12_METRICS, **flops_label(int(m)))
+            for m, group in subsets.groupby(subsets["m"].astype(int))} if len(subsets) else {}
+
+
+def table1(single, duos, ensembles, base: str, split: str, sidekicks=None) -> pd.DataFrame:
+    """Base-model-controlled (paper Table 1): the temperature-scaled base over its checkpoints, its
+    asymmetric duos per sidekick (± over base checkpoints), and DE(m) of the base (± over subsets)."""
+    checkpoints = base_checkpoints(single, ensembles, base)
+    rows = []
+    base_rows = single_rows(single, checkpoints, split)
+    if len(base_rows):
+        rows.append(_row(f"{base} (temp-scaled)", base_rows, TABLE12_METRICS, **{"Balance (%)": "0"}))
+    chosen = asymmetric_duos(duos, split)
+    chosen = chosen[chosen["model_large"].isin(checkpoints)]
+    if sidekicks:
+        wanted = {s.casefold() for s in sidekicks}
+        chosen = chosen[chosen["model_small"].str.casefold().isin(wanted)]
+    order = chosen.groupby("model_small")["gflops_balance"].mean().sort_values()
+    for small, balance in order.items():
+        group = chosen[chosen["model_small"] == small]
+        rows.append(_row(f"[AD] {base}+{small}", group, TABLE12_METRICS, **{"Balance (%)": f"{100 * balance:.0f}"}))
+    for m, row in sorted(_ensemble_rows(ensembles, base, split, lambda m: {"Balance (%)": f"{100 * (m - 1)}"}).items()):
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def flops_buckets(duos: pd.DataFrame, reference_gflops: float) -> pd.DataFrame:
+    """AD[m, m+1): asymmetric duos of every large model, by total FLOPs in units of the reference's."""
+    rows = asymmetric_duos(duos).copy()
+    total = rows["gflops_large"].astype(float) + rows["gflops_small"].astype(float)
+    rows["bucket"] = np.floor(total / reference_gflops + 1e-9).astype(int)       # 2 x 4.1 lands in [2, 3)
+    return rows
+
+
+def table2(single, duos, ensembles, base: str, split: str) -> pd.DataFrame:
+    """FLOPs-controlled (paper Table 2): AD[m, m+1) pools the asymmetric duos of every large model whose
+    total FLOPs are in [m, m+1) x the base's (± over duos), next to DE(m+1) of the base (± over subsets)."""
+    gflops = base_gflops(single, duos, base)
+    rows = []
+    base_rows = single_rows(single, base_checkpoints(single, ensembles, base), split)
+    if len(base_rows):
+        rows.append(_row(f"{base} (temp-scaled)", base_rows, TABLE12_METRICS, **{"FLOPs (G)": f"{gflops:.3g}"}))
+    buckets = flops_buckets(duos, gflops)
+    buckets = buckets[buckets["split"] == split]
+    ad = {int(b) + 1: _row(f"AD[{int(b)},{int(b) + 1})", group, TABLE12_METRICS,
+                           **{"FLOPs (G)": f"[{b * gflops:.3g},{(b + 1) * gflops:.3g})"})
+          for b, group in buckets.groupby("bucket")}
+    de = _ensemble_rows(ensembles, base, split, lambda m: {"FLOPs (G)": f"{m * gflops:.3g}"})
+    for m in sorted(set(ad) | set(de)):
+        rows += [table[m] for table in (ad, de) if m in table]
+    return pd.DataFrame(rows)
+
+
+def ivon_runs(single: pd.DataFrame, large: str) -> dict[int, list[str]]:
+    """{samples: [the <large>_ivon_mc<S>_r<r> model names]} of the repeated Monte-Carlo predictions."""
+    runs: dict[int, list[str]] = {}
+    for name in sorted(set(single["model"])):
+        match = IVON_SAMPLES.search(name)
+        if match and name[: match.start()] == large:
+            runs.setdefault(int(match.group(1)), []).append(name)
+    return dict(sorted(runs.items()))
+
+
+def ivon_models(single: pd.DataFrame) -> list[str]:
+    """The large models with IVON results (<large>_ivon, _ivon_det or _ivon_mc<S>_r<r>)."""
+    found = set()
+    for name in set(single["model"]):
+        for pattern in (IVON_SAMPLES, re.compile(r"_ivon(_det)?$")):
+            match = pattern.search(name)
+            if match:
+                found.add(name[: match.start()])
+    return sorted(found & set(single["model"]))
+
+
+def table3(single, duos, large: str, split: str) -> pd.DataFrame:
+    """AD vs IVON (paper Table 3): the large model raw and temperature-scaled, IVON's mean-weights and
+    Monte-Carlo predictives (raw, as the paper; ± over repeated sampling), and the asymmetric duos of
+    the large model with total FLOPs in [1, 2) x its own (± over duos)."""
+    rows = []
+    for label, models, wrapper in ((f"Baseline {large}", [large], "None"),
+                                   (f"Temp-scaled {large}", [large], "TempScaleWrapper"),
+                                   ("IVON (deterministic)", [f"{large}_ivon_det"], "None"),
+                                   ("IVON (training run's samples)", [f"{large}_ivon"], "None"),
+                                   *((f"IVON ({s} samples)", names, "None")
+                                     for s, names in ivon_runs(single, large).items())):
+        chosen = single_rows(single, models, split, wrapper)
+        if len(chosen):
+            rows.append(_row(label, chosen, TABLE12_METRICS))
+    chosen = asymmetric_duos(duos, split)
+    chosen = chosen[(chosen["model_large"] == large) & (chosen["gflops_balance"].astype(float) < 1)]
+    if len(chosen):
+        rows.append(_row("Asymmetric Duos [1,2)", chosen, TABLE12_METRICS))
+    return pd.DataFrame(rows)
+
+
+def laplace_models(single: pd.DataFrame) -> list[str]:
+    return sorted({name[:-3] for name in set(single["model"]) if name.endswith("_LA")} & set(single["model"]))
+
+
+def table4(single, duos, large: str, split: str, window=(0.1, 0.3)) -> pd.DataFrame:
+    """AD vs Laplace (paper Table 4): the large model raw, temperature-scaled and with the last-layer
+    Laplace predictive (raw), and its asymmetric duos with window[0] < FLOPs balance < window[1]."""
+    rows = []
+    for label, model, wrapper in ((f"{large} baseline", large, "None"), (f"{large} temp-scaled", large, "TempScaleWrapper"),
+                                  (f"{large} LA", f"{large}_LA", "None")):
+        chosen = single_rows(single, model, split, wrapper)
+        if len(chosen):
+            rows.append(_row(label, chosen, TABLE4_METRICS))
+    chosen = asymmetric_duos(duos, split)
+    balance = chosen["gflops_balance"].astype(float)
+    chosen = chosen[(chosen["model_large"] == large) & (balance > window[0]) & (balance < window[1])]
+    if len(chosen):
+        rows.append(_row("Asymmetric Duos", chosen, TABLE4_METRICS))
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- Figs. 1 and 10
+
+def radar_values(single, duos, split: str, balance=(0.1, 0.2), baselines=("TempScaleWrapper",),
+                 metrics=RADAR_METRICS) -> pd.DataFrame:
+    """Relative improvement of every asymmetric duo (any large model, any sidekick) with FLOPs balance
+    in [balance[0], balance[1]] over its own large model's baseline rows: one row per (duo, baseline).
+    The paper uses the temperature-scaled baseline; its notebook also averages in the raw one
+    (baselines=("None", "TempScaleWrapper"))."""
+    chosen = asymmetric_duos(duos, split)
+    values = chosen["gflops_balance"].astype(float)
+    chosen = chosen[(values >= balance[0]) & (values <= balance[1])]
+    rows = []
+    for _, duo in chosen.iterrows():
+        for wrapper in baselines:
+            base = single_rows(single, duo["model_large"], split, wrapper)
+            if len(base):
+                rows.append({"model_large": duo["model_large"], "model_small": duo["model_small"], "baseline": wrapper,
+                             **{m: relative_improvement(duo[m], base.iloc[0][m], m) for m in metrics}})
+    return pd.DataFrame(rows, columns=["model_large", "model_small", "baseline", *metrics])
+
+
+def radar_summary(values: pd.DataFrame, metrics=RADAR_METRICS) -> tuple[np.ndarray, np.ndarray]:
+    """Per-axis mean and sample std (zero for a single duo) of `radar_values`."""
+    data = values[list(metrics)].to_numpy(dtype=float)
+    finite = np.isfinite(data)
+    count = finite.sum(axis=0)
+    total = np.where(finite, data, 0.0).sum(axis=0)
+    mean = np.divide(total, count, out=np.full(len(metrics), np.nan), where=count > 0)   # NaN where undefined for all
+    squares = np.where(finite, (data - mean) ** 2, 0.0).sum(axis=0)
+    std = np.divide(squares, count - SPREAD_DDOF, out=np.zeros(len(metrics)), where=count > SPREAD_DDOF) ** 0.5
+    return mean, np.where(count > 0, std, np.nan)
+
+
+def temperature_ratios(weights: dict, singles: dict, balances: pd.Series) -> pd.DataFrame:
+    """Fig. 10's quantity per duo: (T_l^single / T_l^duo) / (T_s^single / T_s^duo), with T^duo = 1 / (2 w),
+    i.e. (w_l T_l^single) / (w_s T_s^single); duos that reverted to the large model (w_s = 0) have none."""
+    rows = []
+    for (large, small), (w_large, w_small) in weights.items():
+        if (large, small) not in balances.index or large not in singles or small not in singles:
+            continue
+        ratio = math.inf if w_small == 0 else (w_large * singles[large]) / (w_small * singles[small])
+        rows.append({"model_large": large, "model_small": small, "gflops_balance": float(balances.loc[(large, small)]),
+                     "ratio": ratio})
+    return pd.DataFrame(rows, columns=["model_large", "model_small", "gflops_balance", "ratio"])
