@@ -80,13 +80,14 @@ def draw_subsets(num_members: int, size: int, count: int, seed: int) -> list[tup
     return list(chosen)
 
 
-def resolve_member(entry: str, predictions_dir: str) -> str:
-    """A member given as a file (kept as given) or as a model name in --predictions_dir (any case)."""
-    if os.path.sep in entry or entry.endswith((".npz", ".csv")):
+def resolve_member(entry: str, predictions_dir: str, flag: str = "--members") -> str:
+    """A member given as a file (kept as given; --members only) or as a model name in --predictions_dir
+    (any case)."""
+    if flag == "--members" and (os.path.sep in entry or entry.endswith((".npz", ".csv"))):
         return entry
-    found = find_prediction_file(predictions_dir, check_plain_name(entry, "--members"))
+    found = find_prediction_file(predictions_dir, check_plain_name(entry, flag))
     if found is None:
-        raise UserError(f"--members: no prediction file for '{entry}' in {predictions_dir}")
+        raise UserError(f"{flag}: no prediction file for '{entry}' in {predictions_dir} (--predictions_dir)")
     return str(found)
 
 
@@ -127,8 +128,11 @@ def main_impl(argv=None) -> int:
         if args.members:
             raise UserError("--members_csv: give the members either as --members or as --members_csv, not both")
         args.members = tables.backbone_names(tables.read_backbones(args.members_csv, "--members_csv"))
+        flag = f"--members_csv {args.members_csv}"
         if not args.members:
             raise UserError(f"--members_csv: {args.members_csv} names no model in its model_name column")
+    else:
+        flag = "--members"
     if not args.members:
         dataset = check_plain_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
         rows = official_ensembles(args)
@@ -136,7 +140,7 @@ def main_impl(argv=None) -> int:
                                 ["model", "m", "subset", "uncertainty_type", "split"])
         print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
         return 0
-    paths = prediction_paths([resolve_member(entry, args.predictions_dir) for entry in args.members], "--members")
+    paths = prediction_paths([resolve_member(entry, args.predictions_dir, flag) for entry in args.members], flag)
     check_output_folder(args.output_dir, {Path(p).parent for p in paths}, "--output_dir")
     members = [read_predictions(path) for path in paths]
     unique_by_case([m.model for m in members], "--members")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.cli.parsing import ArgumentParser, UserError, run_main
+from utils.cli.parsing import ArgumentParser, UserError, non_negative_float, run_main
 from utils.files import safe_io, tables
 from utils.files.model_names import NameMap, check_plain_name
 from utils.files.prediction_io import align, find_prediction_file, read_predictions
@@ -41,9 +41,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--table1_sidekicks", nargs="+", metavar="NAME",
                         help="Table 1's sidekicks (default: every sidekick of the base; the paper shows MNASNet0_75 "
                              "ShuffleNet_V2_X2_0 EfficientNet_B2)")
-    parser.add_argument("--balance", nargs=2, type=float, default=[0.1, 0.2], metavar=("LO", "HI"),
+    parser.add_argument("--balance", nargs=2, type=non_negative_float, default=[0.1, 0.2], metavar=("LO", "HI"),
                         help="Fig. 1's FLOPs balance range, inclusive")
-    parser.add_argument("--laplace_balance", nargs=2, type=float, default=[0.1, 0.3], metavar=("LO", "HI"),
+    parser.add_argument("--laplace_balance", nargs=2, type=non_negative_float, default=[0.1, 0.3], metavar=("LO", "HI"),
                         help="Table 4's FLOPs balance range, exclusive")
     parser.add_argument("--radar_baseline", choices=("ts", "official"), default="ts",
                         help="Fig. 1's baseline: the temperature-scaled large model (the paper), or the official "
@@ -72,7 +72,8 @@ def summary_table(single, duos, ensembles, large_models) -> pd.DataFrame:
         add(f"{large} (temp-scaled)", sr_single(single, large), "0")
         mine = sr_duos[sr_duos["model_large"] == large] if len(sr_duos) else sr_duos
         for (small, mode), group in (mine.groupby(["model_small", "mode"], sort=False) if len(mine) else []):
-            add(f"{large} + {small} [{mode}]", group, f"{float(group['gflops_balance'].iloc[0]):.3f}")
+            balance = float(group["gflops_balance"].iloc[0])
+            add(f"{large} + {small} [{mode}]", group, f"{balance:.3f}" if np.isfinite(balance) else "unknown")
         for suffix, label, wrapper in (("_ivon", "IVON (MC predictive)", "None"), ("_ivon_det", "IVON (mean weights)", "None"),
                                        ("_LA", "Laplace (last layer, kron)", "None"),
                                        ("_greedy", "greedy soup (temp-scaled)", "TempScaleWrapper"),
@@ -134,13 +135,20 @@ def add_tables(report: Report, args, single, duos, ensembles, names: NameMap) ->
         report.skip("Tables 1-2 (duos vs deep ensembles)", "no deep-ensemble results (run stage 8) and no --base")
     for base in bases:
         checkpoints = pt.base_checkpoints(single, ensembles, base)
+        paired = set(duos.loc[duos["model_large"].isin(checkpoints), "model_small"]) if len(duos) else set()
+        unknown = [s for s in args.table1_sidekicks or [] if s.casefold() not in {p.casefold() for p in paired}]
+        if unknown:
+            raise UserError(f"--table1_sidekicks: {unknown} not paired with {base} in the duo results (its sidekicks: "
+                            f"{', '.join(sorted(paired)) or 'none'})")
         report.table(
             f"Table 1: base-model-controlled duos vs deep ensembles ({base})",
             f"The temperature-scaled {base} (± over its {len(checkpoints)} checkpoint(s) with results: "
             f"{', '.join(checkpoints) or 'none'}); `[AD] {base}+S`: its asymmetric duos (softmax response) with each "
             f"sidekick S, ± over the base checkpoints paired with S; `[DE]`: pool-then-calibrate deep ensembles of m "
             f"{base} checkpoints, ± over the random subsets. Balance: the sidekick's FLOPs balance, (m − 1) × 100 for "
-            f"DE(m). n: rows averaged; ±: sample std (ddof 1). {pt.UNITS_NOTE}",
+            f"DE(m). n: rows averaged; ±: sample std (ddof 1)."
+            + (f" Sidekicks shown: {', '.join(args.table1_sidekicks)} (--table1_sidekicks)." if args.table1_sidekicks else "")
+            + f" {pt.UNITS_NOTE}",
             {s: pt.table1(single, duos, ensembles, base, s, args.table1_sidekicks) for s in SPLITS},
             f"no results of {base} or its duos")
         gflops = pt.base_gflops(single, duos, base)
@@ -148,7 +156,7 @@ def add_tables(report: Report, args, single, duos, ensembles, names: NameMap) ->
             report.skip(f"Table 2 ({base})", f"{base}'s GFLOPs are unknown (add it to the backbone CSV of stage 4)")
             continue
         report.table(
-            f"Table 2: FLOPs-controlled duos vs deep ensembles (reference {base}, {gflops:.2f} GFLOPs)",
+            f"Table 2: FLOPs-controlled duos vs deep ensembles (reference {base}, {gflops:.3g} GFLOPs)",
             f"AD[m, m+1): asymmetric duos (softmax response) of every large model of {report.dataset} (soups left out: "
             f"they are Fig. 7's) whose total FLOPs "
             f"(large + sidekick) are in [m, m+1) × {base}'s, mean ± std over the n duos; DE(m): pool-then-calibrate "
@@ -164,8 +172,9 @@ def add_tables(report: Report, args, single, duos, ensembles, names: NameMap) ->
             f"{large} raw and temperature-scaled; IVON (deterministic): the posterior mean weights; IVON (S samples): "
             f"the Monte-Carlo predictive averaging S weight draws' probabilities, mean ± std over the repeated "
             f"draws (`ivon_train.py --predict_only --test_samples S --repeats R`); IVON rows are not temperature-scaled, "
-            f"as in the paper. Asymmetric Duos [1,2): {large}'s asymmetric duos with total FLOPs in [1, 2) × its own "
-            f"(FLOPs balance < 1), ± over duos. {pt.UNITS_NOTE}",
+            f"as in the paper; IVON (training run's samples): the predictive ivon_train.py wrote after training, with "
+            f"its --test_samples draws. Asymmetric Duos [1,2): {large}'s asymmetric duos with total FLOPs in [1, 2) × "
+            f"its own (FLOPs balance < 1), ± over duos{no_duos(duos, large, 0, 1)}. {pt.UNITS_NOTE}",
             {s: pt.table3(single, duos, large, s) for s in SPLITS}, "no rows")
     laplace = pt.laplace_models(single)
     if not laplace:
@@ -176,8 +185,18 @@ def add_tables(report: Report, args, single, duos, ensembles, names: NameMap) ->
             f"Table 4: duos vs Laplace ({large})",
             f"{large} raw (baseline), temperature-scaled, and with the last-layer Kronecker Laplace predictive (LA, "
             f"raw); Asymmetric Duos: {large}'s asymmetric duos with {lo} < FLOPs balance < {hi}, mean ± std over the "
-            f"duos. {pt.UNITS_NOTE}",
+            f"duos{no_duos(duos, large, lo, hi)}. {pt.UNITS_NOTE}",
             {s: pt.table4(single, duos, large, s, (lo, hi)) for s in SPLITS}, "no rows")
+
+
+def no_duos(duos, large: str, lo: float, hi: float) -> str:
+    """A caption's note when no asymmetric duo of `large` has a FLOPs balance strictly inside (lo, hi)."""
+    chosen = pt.asymmetric_duos(duos)
+    if len(chosen):
+        balance = chosen["gflops_balance"].astype(float)
+        if ((chosen["model_large"] == large) & (balance > lo) & (balance < hi)).any():
+            return ""
+    return f" (none of {large}'s duos has a FLOPs balance in ({lo:g}, {hi:g}): the row is missing)"
 
 
 def add_radar(report: Report, args, single, duos) -> None:
@@ -189,20 +208,24 @@ def add_radar(report: Report, args, single, duos) -> None:
         if len(values):
             mean, _ = polygons[f"{report.dataset} {figures.SPLIT_LABEL[split]}"] = pt.radar_summary(values)
             undefined = [pt.COLUMN_LABEL.get(m, m) for m, v in zip(pt.RADAR_METRICS, mean) if not np.isfinite(v)]
-            counts.append(f"{split}: {values[['model_large', 'model_small']].drop_duplicates().shape[0]} duos of "
+            counts.append(f"{split}: {values[['model_large', 'model_small']].drop_duplicates().shape[0]} duo(s) of "
                           f"{values['model_large'].nunique()} large model(s) and {values['model_small'].nunique()} sidekick(s)"
                           + (f"; {', '.join(undefined)} undefined for every duo (all or no predictions correct), not "
                              f"drawn" if undefined else ""))
     if not polygons:
         report.skip("Fig. 1 (radar)", f"no asymmetric duo with FLOPs balance in [{lo}, {hi}] (see --balance)")
         return
-    against = ("the temperature-scaled large model" if args.radar_baseline == "ts"
-               else "the large model, averaged over its raw and temperature-scaled rows (official notebook)")
+    official = args.radar_baseline == "official"
+    against = ("the large model, averaged over its raw and temperature-scaled rows (official notebook)" if official
+               else "the temperature-scaled large model")
+    spread = ("every (duo, baseline) pair: large model and sidekick, raw and temperature-scaled baseline" if official
+              else "every large model and sidekick")
     report.figure("Fig. 1: relative improvement toward perfect", f"Asymmetric duos (softmax response) with FLOPs balance "
                   f"in [{lo}, {hi}], each against {against}: 100·(m − b)/(1 − b) for Acc, F1, AUROC, "
-                  f"−100·(m − b)/b for AURC, Brier, NLL. Line: mean; shading: ± sample std over every large model and "
-                  f"sidekick ({'; '.join(counts)}).", "fig1_radar", lambda path: figures.radar_figure(
-                      polygons, path, f"Relative improvement (%) over {against}\nFLOPs balance in [{lo}, {hi}]"))
+                  f"−100·(m − b)/b for AURC, Brier, NLL. Line: mean; shading: ± sample std over {spread} "
+                  f"({'; '.join(counts)}).", "fig1_radar", lambda path: figures.radar_figure(
+                      polygons, path, f"Relative improvement (%) over f_large ({'raw and TS' if official else 'TS'})\n"
+                                      f"FLOPs balance in [{lo}, {hi}]"))
 
 
 def add_figures(report: Report, args, single, duos, large_models, ratio_inputs) -> None:
@@ -210,8 +233,8 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs) 
     ts = single[(single["wrapper"] == "TempScaleWrapper") & (single["uncertainty_type"] == "softmax_response")]
     ts = ts[pd.to_numeric(ts["gflops"], errors="coerce").notna() & ~ts["model"].str.contains(DERIVED)]
     if len(ts):
-        report.figure("Fig. 2: single models, accuracy against compute", "Every backbone's temperature-scaled test "
-                      "accuracy against its GFLOPs (derived models — seeds, soups, IVON, Laplace — left out); stars: "
+        report.figure("Fig. 2: single models, accuracy against compute", "Every backbone's temperature-scaled accuracy "
+                      "(test and shifted split) against its GFLOPs (derived models — seeds, soups, IVON, Laplace — left out); stars: "
                       "the large models of the duos.", "fig2_single_models", lambda path: figures.single_models_figure(
                           ts, large_models, path, f"{report.dataset}: single models (temp-scaled)"))
     else:
@@ -230,9 +253,14 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs) 
                       f"Acc/F1 (Ours vs Unweighted), Fig. 4 AUROC (Ours vs UQ only), Fig. 5 AURC, Fig. 6 SAC@98. "
                       f"{pt.UNITS_NOTE}", f"fig3-6_{large}", lambda path, series=series, large=large: figures.metric_vs_balance_figure(
                           series, {f"{large} (TS)": sr_single(single, large)}, path, f"{report.dataset}: duos of {large}"))
-    soups = [name for name in sorted(set(costed["model_large"])) if name.endswith(("_greedy", "_uniform"))] if len(costed) else []
+    soups = [name for name in sorted(set(costed["model_large"])) if name.endswith(pt.SOUP_SUFFIXES)] if len(costed) else []
+    every_soup = soups
+    if args.large:                                   # --large chooses Fig. 7's soups too
+        soups = [name for name in soups if name in large_models or name.rsplit("_", 1)[0] in large_models]
     if not soups:
-        report.skip("Fig. 7 (duos on a model soup)", "no duos whose large model is a soup (configs/make_duos.py --soups)")
+        report.skip("Fig. 7 (duos on a model soup)", f"no duos of a soup of {', '.join(large_models)} (--large); the "
+                    f"results have {', '.join(every_soup)}" if every_soup else
+                    "no duos whose large model is a soup (configs/make_duos.py --soups)")
     for soup in soups:
         regular = soup.rsplit("_", 1)[0]
         series = {f"duos on {soup}": costed[costed["model_large"] == soup],
@@ -313,11 +341,14 @@ def add_curves(report: Report, args, duos, large_models) -> None:
         if not curves:
             report.skip(f"Curves ({large})", f"no prediction file of {large} in {args.predictions_dir}")
             continue
+        drawn = best is not None and any(f"duo + {best}" in entries for entries in curves.values())
+        why = ("" if drawn or best is None else f" Its best duo (+ {best}, by test NLL) is not drawn: its prediction file "
+               f"or stage 3's weights for it are missing.")
         report.figure(f"Risk-coverage and reliability ({large})", f"Selective risk against coverage, and reliability "
                       f"(15 equal-width bins), of the temperature-scaled {large}"
-                      + (f" and its best asymmetric duo (+ {best}, by test NLL)." if best else "."),
-                      f"curves_{large}", lambda path, curves=curves, large=large, best=best: figures.curves_figure(
-                          curves, path, f"{large} (TS)" + (f" and its best duo (+ {best})" if best else "")))
+                      + (f" and its best asymmetric duo (+ {best}, by test NLL)." if drawn else ".") + why,
+                      f"curves_{large}", lambda path, curves=curves, large=large, best=best, drawn=drawn:
+                      figures.curves_figure(curves, path, f"{large} (TS)" + (f" and its best duo (+ {best})" if drawn else "")))
 
 
 def select_dataset(args, single, large_names) -> str:
@@ -336,16 +367,20 @@ def select_dataset(args, single, large_names) -> str:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for flag, (lo, hi) in (("--balance", args.balance), ("--laplace_balance", args.laplace_balance)):
+        if lo >= hi:
+            raise UserError(f"{flag}: the range [{lo}, {hi}] is empty; give LO < HI (e.g. {flag} 0.1 0.2)")
     results = Path(args.results_dir)
     single, duos = figures.read_results(results, "single_model"), figures.read_results(results, "duo")
     ensembles = figures.read_results(results, "deep_ensemble")
     if single.empty:
-        raise UserError(f"--results_dir: no evaluation_single_model_*.csv in {results}; run stage 4 first")
+        raise UserError(f"--results_dir: no single-model results (evaluation_single_model_*.csv with rows) in {results}; "
+                        f"run stage 4 first")
     names = NameMap((name, True) for name in single["model"].astype(str))
     for name in args.large or []:
         if name not in names:
             raise UserError(f"--large: {name} has no rows in {results}/evaluation_single_model_*.csv")
-    chosen = [names.spelling(name) for name in args.large or []]      # the results' spelling, given in any case
+    chosen = list(dict.fromkeys(names.spelling(name) for name in args.large or []))   # results' spelling, once each
     dataset = check_plain_name(select_dataset(args, single, chosen), f"{results}: dataset")
     single = single[single["dataset"] == dataset]
     duos = duos[duos["dataset"] == dataset] if len(duos) else duos
@@ -353,9 +388,16 @@ def main_impl(argv=None) -> int:
     large_models = chosen or (sorted(set(duos["model_large"])) if len(duos) else [])
     for name in large_models:
         check_plain_name(name, f"{results}: model name")
-    out_path = Path(args.output or results / "REPORT.md")
+    several = len(set(figures.read_dataset_names(results))) > 1
+    out_path = Path(args.output or results / (f"REPORT_{dataset}.md" if several else "REPORT.md"))
     if out_path.is_dir():
         raise UserError(f"--output: {out_path} is a folder; give the report's file name (e.g. {out_path / 'REPORT.md'})")
+    if out_path.suffix.lower() != ".md":        # never a results CSV, a temperature CSV or a figure
+        raise UserError(f"--output: {out_path} is not a .md file; give the report's file name (e.g. REPORT.md)")
+    for flag, folder in (("--predictions_dir", args.predictions_dir), ("--calibrated_dir", args.calibrated_dir)):
+        if folder and args.predictions_dir and not Path(folder).is_dir():
+            raise UserError(f"{flag}: folder {folder} not found (the curves need the prediction files and stage 2's "
+                            f"temperatures)")
     duo_t = Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE
     single_t = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
     ratio_inputs = ((tables.read_duo_weights(duo_t), tables.read_single_temperatures(single_t))
@@ -367,8 +409,16 @@ def main_impl(argv=None) -> int:
     report.lines += [f"# Asymmetric duos report: {dataset}", "", pt.UNITS_NOTE, ""]
     report.heading("Results (softmax-response uncertainty)")
     report.lines += [figures.markdown_table(summary) if len(summary) else "_no large model with duos_", ""]
+    uncosted = duos[~np.isfinite(duos["gflops_balance"].astype(float))] if len(duos) else duos
+    if len(uncosted):
+        pairs = sorted(set(zip(uncosted["model_large"], uncosted["model_small"])))
+        report.lines += [f"_{len(pairs)} duo(s) have no known FLOPs cost ({', '.join(f'{a} + {b}' for a, b in pairs[:5])}"
+                         f"{', …' if len(pairs) > 5 else ''}: a model is not in stage 5's backbone CSV); they appear in "
+                         f"the results table only, not in the tables and figures by FLOPs balance._", ""]
     add_tables(report, args, single, duos, ensembles, names)
     add_figures(report, args, single, duos, large_models, ratio_inputs)
+    if not large_models:
+        report.skip("Figs. 3-7, 10 and the curves", f"no duo results of {dataset} in {results} (run stage 5)")
     add_curves(report, args, duos, large_models)
     for draw, path in report.figures:
         draw(path)

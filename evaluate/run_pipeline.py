@@ -68,6 +68,9 @@ def load_pipeline(path: str) -> tuple[dict, Path]:
     repeated = sorted({n for n in trained if [m.casefold() for m in trained].count(n.casefold()) > 1})
     if repeated:         # two array tasks would train into the same files at once
         raise UserError(f"{path}: {repeated} listed twice among 'large' and 'sidekicks'")
+    samples = (config.get("ivon") or {}).get("mc_samples")
+    if samples is not None and (not samples or len(set(samples)) < len(samples)):
+        raise UserError(f"{path}: 'ivon.mc_samples' must list distinct sample counts, e.g. [2, 4, 8, 16, 32] (got {samples})")
     members = 1 + config.get("ensemble_seeds", 0)
     too_large = [m for m in (config.get("deep_ensemble") or {}).get("sizes", [2]) if m > members]
     if "deep_ensemble" in config.get("stages", STAGES) and config.get("ensemble_seeds") and too_large:

@@ -836,6 +836,76 @@ def _(ws):
     return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal, "--output", ws.out], "is a folder"
 
 
+@case("flag", "report radar range empty")
+def _(ws):
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal, "--balance", 0.3, 0.1], "the range [0.3, 0.1] is empty"
+
+
+@case("flag", "report --base without results")
+def _(ws):
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal, "--base", "ResNet50"], \
+        "--base: ResNet50 has no single-model results"
+
+
+@case("table", "ensemble members CSV without model_name")
+def _(ws):
+    return [S8, "--members_csv", ws.text("members.csv", "name\nlarge\n"), "--predictions_dir", ws.preds,
+            "--output_dir", ws.out], "lacks column 'model_name'"
+
+
+@case("flag", "report --output over a results CSV")
+def _(ws):
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal, "--output",
+            ws.out / "evaluation_duo_synthetic.csv"], "is not a .md file"
+
+
+@case("table", "results cell that is not a number")
+def _(ws):
+    path = ws.out / "evaluation_duo_synthetic.csv"
+    frame = pd.read_csv(path, keep_default_na=False, dtype=str)
+    frame.loc[2, "gflops_small"] = "abc"
+    frame.to_csv(path, index=False)
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal], "data row 3, column gflops_small: 'abc' is not a number"
+
+
+@case("table", "results row repeated")
+def _(ws):
+    path = ws.out / "evaluation_single_model_synthetic.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + lines[1:2]) + "\n")
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal], "repeats the key"
+
+
+@case("path safety", "results sidekick name with a path")
+def _(ws):
+    path = ws.out / "evaluation_duo_synthetic.csv"
+    path.write_text(path.read_text().replace(",small,", ",../../small,"))
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal], "model_small: '../../small' is not a plain name"
+
+
+@case("flag", "report --table1_sidekicks unknown")
+def _(ws):
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal, "--base", "large", "--table1_sidekicks", "nosuch"], \
+        "not paired with large in the duo results (its sidekicks: small)"
+
+
+@case("path safety", "ensemble members CSV naming a path")
+def _(ws):
+    return [S8, "--members_csv", ws.text("members_path.csv", f"model_name\nlarge\n{ws.preds / 'small.npz'}\n"),
+            "--predictions_dir", ws.preds, "--output_dir", ws.out], "is not a plain name"
+
+
+@case("flag", "ivon --test_samples repeated")
+def _(ws):
+    return ["train/ivon_train.py", "--model", "resnet10t", "--dataset", "mnist5k", "--predict_only", "--test_samples",
+            2, 2, "--output_dir", ws.root / "iv"], "names a sample count twice"
+
+
+@case("config", "pipeline ivon mc_samples empty")
+def _(ws):
+    return ws.pipeline(GOOD_PIPELINE + "ivon: {mc_samples: []}\n"), "'ivon.mc_samples' must list distinct sample counts"
+
+
 @case("flag", "unknown flag")
 def _(ws):
     return [S5, "--confg", ws.duos], "--confg"

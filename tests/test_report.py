@@ -183,7 +183,7 @@ def test_fig10_quantity(results):
 def test_report_command_writes_every_table_and_figure(results, stage):
     folder, *_ = results
     code, out, err = stage("evaluate/9_make_report.py", "--results_dir", folder / "results", "--calibrated_dir",
-                           folder / "calibrated", "--large", "convnext_base", "EfficientNet_V2_L")
+                           folder / "calibrated", "--large", "convnext_base", "EfficientNet_V2_L", "resnet50")
     assert code == 0, err
     report = (folder / "results" / "REPORT.md").read_text()
     for title in ("Table 1: base-model-controlled duos vs deep ensembles (ResNet50)", "Table 2: FLOPs-controlled",
@@ -259,3 +259,38 @@ def test_stage8_reads_its_members_from_the_ensemble_csv(tmp_path, stage):
     code, _, err = stage("evaluate/8_evaluate_deep_ensemble.py", "--members_csv", members, "--members", "ResNet50",
                          "--output_dir", tmp_path / "results")
     assert code == 2 and "not both" in err
+
+
+def test_report_on_hand_edited_results_says_what_it_leaves_out(results, stage, tmp_path):
+    import re
+    import shutil
+    folder = tmp_path / "results"
+    shutil.copytree(results[0] / "results", folder)
+    path = folder / f"evaluation_duo_{DATASET}.csv"
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame.loc[0, "NLL"] = "nan"                                            # a hand-written missing value
+    unknown = (frame["model_large"] == "EfficientNet_V2_L") & (frame["model_small"] == "ResNet18")
+    frame.loc[unknown, ["gflops_small", "gflops_balance"]] = ""           # a sidekick outside the backbone CSV
+    frame.to_csv(path, index=False)
+    shutil.copy(folder / f"evaluation_single_model_{DATASET}.csv", folder / "evaluation_single_model_other.csv")
+    code, out, err = stage("evaluate/9_make_report.py", "--results_dir", folder, "--dataset", DATASET,
+                           "--laplace_balance", 0.5, 0.9)
+    assert code == 0, err
+    report = (folder / f"REPORT_{DATASET}.md").read_text()             # two datasets here: one report each
+    assert not re.search(r"\bnan\b", report, re.IGNORECASE)
+    assert "1 duo(s) have no known FLOPs cost (EfficientNet_V2_L + ResNet18" in report
+    assert "| EfficientNet_V2_L + ResNet18 [asymmetric] | test | unknown |" in report
+    assert "none of ConvNeXt_Base's duos has a FLOPs balance in (0.5, 0.9): the row is missing" in report
+    # AD[7,8) keeps only duo 8 now that duo 10's cost is unknown
+    assert "| AD[7,8) | [28,32) | 1 | 88.00 |" in report
+
+
+def test_large_chooses_the_soup_figures(results, stage, tmp_path):
+    folder, *_ = results
+    code, out, err = stage("evaluate/9_make_report.py", "--results_dir", folder / "results", "--large", "ConvNeXt_Base",
+                           "--output", tmp_path / "convnext.md")
+    assert code == 0, err
+    report = (tmp_path / "convnext.md").read_text()
+    assert ("_Fig. 7 (duos on a model soup) skipped: no duos of a soup of ConvNeXt_Base (--large); the results have "
+            "ResNet50_greedy._") in report
+    assert "## Figs. 3-6: metrics against FLOPs balance (ConvNeXt_Base)" in report and "(EfficientNet_V2_L)" not in report

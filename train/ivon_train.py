@@ -153,6 +153,9 @@ def load_posterior(args, name: str, ivon):
 def main_impl(argv=None) -> int:
     import ivon
     args = flags.with_dataset_config(build_parser().parse_args(argv))
+    if len(set(args.test_samples)) < len(args.test_samples):
+        raise UserError(f"--test_samples: {args.test_samples} names a sample count twice; give each once "
+                        f"(--repeats repeats them)")
     name = flags.trained_model_name(args)
     posterior = load_posterior if args.predict_only else train_posterior
     model, optimizer, ivon_path, loaders, device = posterior(args, name, ivon)

@@ -29,38 +29,68 @@ def save_figure(fig, path: Path, dpi: int) -> None:
 
 
 RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"],
-               "duo": ["model_large", "model_small", "mode", "uncertainty_type", "split", "gflops_balance"],
+               "duo": ["model_large", "model_small", "mode", "uncertainty_type", "split"],
                "deep_ensemble": ["model", "m", "subset", "uncertainty_type", "split"]}
+NAME_COLUMNS = ("model", "model_large", "model_small")
+NUMBER_COLUMNS = {"single_model": ["gflops"], "duo": ["gflops_large", "gflops_small", "gflops_balance"],
+                  "deep_ensemble": ["m"]}
 
 
 def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
-    """All splits of evaluation_<kind>_<dataset>[_ood].csv in a folder, with a 'dataset' column; a file
-    that cannot be read, lacks a column the report uses or has a row without its key is an error."""
+    """All splits of evaluation_<kind>_<dataset>[_ood].csv in a folder, with a 'dataset' column. A file
+    that cannot be read, lacks a column the report uses, has a row without its key, a key twice, a model
+    name that is not a plain name or a number column that holds text is an error naming file, row and
+    column (an empty cell, or nan, is a missing value)."""
     from utils.cli.parsing import UserError
     from utils.files import safe_io
+    from utils.files.model_names import check_plain_name
     from utils.maths.uncertainty_metrics import METRIC_COLUMNS
     frames = []
     for path in sorted(Path(results_dir).glob(f"evaluation_{kind}_*.csv")):
         dataset = path.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")
-        frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""],
-                                   dtype={k: str for k in RESULT_KEYS[kind] if k not in ("m", "gflops_balance")})
-        missing = [c for c in [*RESULT_KEYS[kind], *METRIC_COLUMNS] if c not in frame.columns]
+        keys = RESULT_KEYS[kind]
+        frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""], dtype=str)
+        numbers = [*NUMBER_COLUMNS[kind], *METRIC_COLUMNS]
+        missing = [c for c in dict.fromkeys([*keys, *numbers]) if c not in frame.columns]
         if missing:
             raise UserError(f"{path}: lacks column(s) {missing}; rerun the stage that writes it")
-        keys = [k for k in RESULT_KEYS[kind] if k != "gflops_balance"]
         blank = frame[keys].isna().any(axis=1).to_numpy()
         if blank.any():
             raise UserError(f"{path}: data row {int(blank.argmax()) + 1} has an empty {', '.join(keys)} cell; rerun "
                             f"the stage that writes it")
+        for column in numbers:
+            text = frame[column]
+            values = pd.to_numeric(text.where(text.str.casefold() != "nan"), errors="coerce")
+            bad = (values.isna() & text.notna() & (text.str.casefold() != "nan")).to_numpy()
+            if bad.any():
+                row = int(bad.argmax())
+                raise UserError(f"{path}: data row {row + 1}, column {column}: {text.iloc[row]!r} is not a number; "
+                                f"rerun the stage that writes it")
+            frame[column] = values.astype(float)
+        if kind == "deep_ensemble":
+            if not (np.isfinite(frame["m"]) & (frame["m"] >= 1) & (frame["m"] % 1 == 0)).all():
+                raise UserError(f"{path}: column m must hold whole ensemble sizes >= 1; rerun stage 8")
+            frame["m"] = frame["m"].astype(int)
+        twice = frame.duplicated(keys).to_numpy()
+        if twice.any():
+            row = int(twice.argmax())
+            raise UserError(f"{path}: data row {row + 1} repeats the key {dict(frame[keys].iloc[row])} of an earlier "
+                            f"row; remove one (the stages never write a key twice)")
+        for column in (c for c in NAME_COLUMNS if c in keys):
+            for name in frame[column].unique():
+                check_plain_name(name, f"{path}: {column}")
         frame["dataset"] = dataset
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def with_known_flops(duos: pd.DataFrame) -> pd.DataFrame:
-    """The duos whose FLOPs balance is known (models outside backbones.csv have none): the FLOPs figures
-    and buckets are about them only."""
-    return duos[np.isfinite(pd.to_numeric(duos["gflops_balance"], errors="coerce"))] if len(duos) else duos
+def read_dataset_names(results_dir: Path) -> list[str]:
+    """The datasets that the evaluation_*.csv files of a folder are named after."""
+    names = []
+    for kind in RESULT_KEYS:
+        names += [p.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")
+                  for p in Path(results_dir).glob(f"evaluation_{kind}_*.csv")]
+    return sorted(set(names))
 
 
 def radar_figure(polygons: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
