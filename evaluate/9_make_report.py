@@ -48,7 +48,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--radar_baseline", choices=("ts", "official"), default="ts",
                         help="Fig. 1's baseline: the temperature-scaled large model (the paper), or the official "
                              "notebook's average over its raw and temperature-scaled rows")
-    parser.add_argument("--output", help="report path (default <results_dir>/REPORT.md)")
+    parser.add_argument("--output", help="report path, a .md file (default <results_dir>/REPORT.md, or "
+                        "REPORT_<dataset>.md with --dataset)")
     parser.add_argument("--dataset", "--dataset_name", help="the dataset to report on, when the results folder "
                         "holds several")
     return parser
@@ -388,8 +389,7 @@ def main_impl(argv=None) -> int:
     large_models = chosen or (sorted(set(duos["model_large"])) if len(duos) else [])
     for name in large_models:
         check_plain_name(name, f"{results}: model name")
-    several = len(set(figures.read_dataset_names(results))) > 1
-    out_path = Path(args.output or results / (f"REPORT_{dataset}.md" if several else "REPORT.md"))
+    out_path = Path(args.output or results / (f"REPORT_{dataset}.md" if args.dataset else "REPORT.md"))
     if out_path.is_dir():
         raise UserError(f"--output: {out_path} is a folder; give the report's file name (e.g. {out_path / 'REPORT.md'})")
     if out_path.suffix.lower() != ".md":        # never a results CSV, a temperature CSV or a figure

@@ -235,7 +235,7 @@ def test_report_keeps_to_the_large_models_dataset_and_ensembles(tmp_path, stage)
     code, out, err = stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res", "--large", "convnext_base",
                            "--calibrated_dir", tmp_path / "cal_dsa")
     assert code == 0, err
-    report = (tmp_path / "res" / "REPORT_dsa.md").read_text()         # two datasets in the folder: one report each
+    report = (tmp_path / "res" / "REPORT.md").read_text()
     assert report.startswith("# Asymmetric duos report: dsa\n") and "ConvNeXt_Base (temp-scaled)" in report
     assert "ResNet50" not in report and "deep ensemble m=" not in report and "DE(m=" not in report
     code, out, err = stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res", "--large", "ResNet50",

@@ -84,15 +84,6 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def read_dataset_names(results_dir: Path) -> list[str]:
-    """The datasets that the evaluation_*.csv files of a folder are named after."""
-    names = []
-    for kind in RESULT_KEYS:
-        names += [p.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")
-                  for p in Path(results_dir).glob(f"evaluation_{kind}_*.csv")]
-    return sorted(set(names))
-
-
 def radar_figure(polygons: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
                  metrics=paper_tables.RADAR_METRICS) -> None:
     """One polygon per label (dataset and split): mean relative improvement per axis, shaded ± std."""
