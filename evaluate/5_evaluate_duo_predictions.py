@@ -12,13 +12,14 @@ import sys
 from pathlib import Path
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main, warn
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_negative_int, run_main, warn
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
 from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 from utils.stages.calibration import duo_weights_row, single_temperature_row
-from utils.stages.scoring import (DUO_RESULT_COLUMNS, EVAL_SPLITS, PredictionCache, check_scaled_logits, find_duo_files,
+from utils.stages.scoring import (DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, DUO_RESULT_COLUMNS, EVAL_SPLITS,
+                                  PredictionCache, bootstrap_baseline, check_scaled_logits, delta_rows, find_duo_files,
                                   largest_magnitude, metrics_by_uncertainty, resolve_dataset, write_results)
 
 _NEEDS_SINGLE = {"unweighted_ts"}
@@ -36,9 +37,19 @@ def build_parser() -> ArgumentParser:
                         help="default: all three")
     add_backbone_csv(parser, "fills gflops columns the duos CSV lacks")
     parser.add_argument("--strict", action="store_true", help="fail on the first duo with a missing prediction file")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="B",
+                        help="also write evaluation_duo_delta_<dataset>[_ood].csv: every metric of each duo x mode x "
+                             "uncertainty type minus the temperature-scaled large model's, with its 95%% paired "
+                             "bootstrap interval over B resamples of the test samples (default 0: off; 1000 is usual)")
+    parser.add_argument("--bootstrap_seed", type=non_negative_int, default=0, help="seed of the resamples (default 0)")
     parser.add_argument("--fit_missing", action="store_true",
                         help="fit missing temperatures/weights on the val split and record them (else: error)")
     return parser
+
+
+def needs_single(modes, args) -> bool:
+    """The large model's own temperature: unweighted_ts, and the baseline of --bootstrap."""
+    return bool(_NEEDS_SINGLE & set(modes)) or args.bootstrap > 0
 
 
 def check_temperatures(jobs, modes, singles: dict, weights: dict, args) -> None:
@@ -51,8 +62,9 @@ def check_temperatures(jobs, modes, singles: dict, weights: dict, args) -> None:
             raise UserError(f"no duo weights for {pair} in {args.calibrated_dir}/{tables.DUO_TEMPERATURE_FILE}; run "
                             f"`python evaluate/3_duo_temp_scale.py --config {args.config} --predictions_dir "
                             f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
-        lacking = [m for m in (duo.model_large, duo.model_small) if m not in singles]
-        if _NEEDS_SINGLE & set(modes) and lacking:
+        lacking = [m for m in ((duo.model_large, duo.model_small) if _NEEDS_SINGLE & set(modes) else (duo.model_large,))
+                   if m not in singles]
+        if needs_single(modes, args) and lacking:
             raise UserError(f"{pair}: no single-model temperature for {lacking} in {args.calibrated_dir}/"
                             f"{tables.SINGLE_TEMPERATURE_FILE}; run `python evaluate/2_temp_scale.py --predictions_dir "
                             f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
@@ -81,13 +93,14 @@ def main_impl(argv=None) -> int:
 
     cache = PredictionCache()
     large_normalizers: dict = {}        # (large file, split) -> {scale: its logits' row normalizers}
-    rows, fitted_single, fitted_duo, dataset_names = [], [], [], []
+    baselines: dict = {}                # (large file, split) -> the TS large model's bootstrap metrics
+    rows, deltas, fitted_single, fitted_duo, dataset_names = [], [], [], [], []
     for duo, large_path, small_path in in_reading_order(jobs):
         large, small = cache.get(large_path), cache.get(small_path)
         pair = (large.model, small.model)            # the identities: the files' names
         dataset_names += [large.dataset, small.dataset]
-        for pset in (large, small):
-            if _NEEDS_SINGLE & set(args.modes) and pset.model not in singles:
+        for pset in (large, small) if _NEEDS_SINGLE & set(args.modes) else (large,):
+            if needs_single(args.modes, args) and pset.model not in singles:
                 fitted_single.append(single_temperature_row(pset))
                 singles[pset.model] = fitted_single[-1]["temperature"]
         if _NEEDS_DUO & set(args.modes) and pair not in weights:
@@ -114,10 +127,18 @@ def main_impl(argv=None) -> int:
             normalizers = large_normalizers.setdefault((large.source, split), {})
             outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types,
                                   normalizers)
+            if args.bootstrap and (large.source, split) not in baselines:
+                baselines[(large.source, split)] = bootstrap_baseline(
+                    data_large.logits, data_large.labels, singles[large.model], args.uncertainty_types, args.bootstrap,
+                    args.bootstrap_seed)
+            base = baselines.get((large.source, split))
             for mode, out in outputs.items():
                 scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
                 for uncertainty, metrics in scored.items():
                     rows.append({**metrics, **descriptive, "mode": mode, "uncertainty_type": uncertainty, "split": split})
+                if base is not None:
+                    deltas += delta_rows(base, out, data_large.labels, args.bootstrap, args.bootstrap_seed,
+                                         {**descriptive, "mode": mode, "split": split})
         print(f"{large.model} + {small.model}: evaluated {len(args.modes)} mode(s)")
 
     if not rows:
@@ -130,6 +151,11 @@ def main_impl(argv=None) -> int:
     written = write_results(args.output_dir, "duo", dataset, rows, DUO_RESULT_COLUMNS,
                             ["model_large", "model_small", "mode", "uncertainty_type", "split"])
     print(f"wrote {len(rows)} row(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
+    if deltas:
+        written = write_results(args.output_dir, "duo_delta", dataset, deltas, DELTA_RESULT_COLUMNS,
+                                DELTA_RESULT_COLUMNS[:2] + ["mode", "uncertainty_type", "split", "metric"],
+                                DELTA_VALUE_COLUMNS, always_defined=())
+        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")
     return 0
 
 

@@ -200,6 +200,32 @@ def no_duos(duos, large: str, lo: float, hi: float) -> str:
     return f" (none of {large}'s duos has a FLOPs balance in ({lo:g}, {hi:g}): the row is missing)"
 
 
+def add_bootstrap(report: Report, deltas) -> None:
+    if deltas.empty:
+        report.skip("Paired bootstrap (is each gain real?)", "no evaluation_duo_delta_*.csv (run stage 5 with "
+                    "--bootstrap 1000)")
+        return
+    resamples = sorted(set(deltas["B"].astype(int)))
+    report.table("Paired bootstrap: is each duo's gain real?",
+                 f"Each asymmetric duo (softmax response) minus the temperature-scaled large model on the same test "
+                 f"samples: the difference, and its 95% percentile interval over B = {', '.join(map(str, resamples))} "
+                 f"paired resamples (`5_evaluate_duo_predictions.py --bootstrap B`); * = the interval excludes 0. Lower "
+                 f"is better for NLL, ECE, AURC and Brier. {pt.UNITS_NOTE}",
+                 {s: pt.bootstrap_table(deltas, s) for s in SPLITS}, "no asymmetric softmax-response rows")
+
+
+def with_significance(group: pd.DataFrame, deltas: pd.DataFrame) -> pd.DataFrame:
+    """Duo rows with a `sig:<metric>` column per metric: the bootstrap interval of the difference to the TS
+    large model excludes 0 (NaN without an interval)."""
+    if deltas.empty:
+        return group
+    found = deltas.assign(sig=pt.significance(deltas)).pivot_table(
+        index=["model_large", "model_small", "mode", "uncertainty_type", "split"], columns="metric", values="sig",
+        aggfunc="first")
+    found.columns = [f"sig:{m}" for m in found.columns]
+    return group.join(found, on=["model_large", "model_small", "mode", "uncertainty_type", "split"])
+
+
 def add_radar(report: Report, args, single, duos) -> None:
     baselines = ("TempScaleWrapper",) if args.radar_baseline == "ts" else ("None", "TempScaleWrapper")
     lo, hi = args.balance
@@ -229,7 +255,7 @@ def add_radar(report: Report, args, single, duos) -> None:
                                       f"FLOPs balance in [{lo}, {hi}]"))
 
 
-def add_figures(report: Report, args, single, duos, large_models, ratio_inputs) -> None:
+def add_figures(report: Report, args, single, duos, large_models, ratio_inputs, deltas) -> None:
     add_radar(report, args, single, duos)
     ts = single[(single["wrapper"] == "TempScaleWrapper") & (single["uncertainty_type"] == "softmax_response")]
     ts = ts[pd.to_numeric(ts["gflops"], errors="coerce").notna() & ~ts["model"].str.contains(DERIVED)]
@@ -248,9 +274,12 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs) 
         if not len(mine):
             report.skip(f"Figs. 3-6 ({large})", f"no duos of {large} with a known FLOPs balance")
             continue
-        series = {figures.MODE_STYLE.get(mode, ("", mode))[1]: group for mode, group in mine.groupby("mode")}
+        series = {figures.MODE_STYLE.get(mode, ("", mode))[1]: with_significance(group, deltas)
+                  for mode, group in mine.groupby("mode")}
         report.figure(f"Figs. 3-6: metrics against FLOPs balance ({large})", f"Every duo of {large} in every mode "
-                      f"(softmax response), against the FLOPs balance; dashed: the temperature-scaled {large}. Fig. 3 is "
+                      f"(softmax response), against the FLOPs balance; dashed: the temperature-scaled {large}"
+                      + ("; hollow markers: the paired-bootstrap interval of the difference includes 0, filled: it "
+                         "excludes 0" if len(deltas) else "") + f". Fig. 3 is "
                       f"Acc/F1 (Ours vs Unweighted), Fig. 4 AUROC (Ours vs UQ only), Fig. 5 AURC, Fig. 6 SAC@98. "
                       f"{pt.UNITS_NOTE}", f"fig3-6_{large}", lambda path, series=series, large=large: figures.metric_vs_balance_figure(
                           series, {f"{large} (TS)": sr_single(single, large)}, path, f"{report.dataset}: duos of {large}"))
@@ -374,6 +403,7 @@ def main_impl(argv=None) -> int:
     results = Path(args.results_dir)
     single, duos = figures.read_results(results, "single_model"), figures.read_results(results, "duo")
     ensembles = figures.read_results(results, "deep_ensemble")
+    deltas = figures.read_results(results, "duo_delta")
     if single.empty:
         raise UserError(f"--results_dir: no single-model results (evaluation_single_model_*.csv with rows) in {results}; "
                         f"run stage 4 first")
@@ -386,6 +416,7 @@ def main_impl(argv=None) -> int:
     single = single[single["dataset"] == dataset]
     duos = duos[duos["dataset"] == dataset] if len(duos) else duos
     ensembles = ensembles[ensembles["dataset"] == dataset] if len(ensembles) else ensembles
+    deltas = deltas[deltas["dataset"] == dataset] if len(deltas) else deltas
     large_models = chosen or (sorted(set(duos["model_large"])) if len(duos) else [])
     for name in large_models:
         check_plain_name(name, f"{results}: model name")
@@ -416,7 +447,8 @@ def main_impl(argv=None) -> int:
                          f"{', …' if len(pairs) > 5 else ''}: a model is not in stage 5's backbone CSV); they appear in "
                          f"the results table only, not in the tables and figures by FLOPs balance._", ""]
     add_tables(report, args, single, duos, ensembles, names)
-    add_figures(report, args, single, duos, large_models, ratio_inputs)
+    add_bootstrap(report, deltas)
+    add_figures(report, args, single, duos, large_models, ratio_inputs, deltas)
     if not large_models:
         report.skip("Figs. 3-7, 10 and the curves", f"no duo results of {dataset} in {results} (run stage 5)")
     add_curves(report, args, duos, large_models)

@@ -50,6 +50,7 @@ PIPELINE_SCHEMA = {
              "weight_decay": Field((int, float), 0), "batch_size": _COUNT,
              "mc_samples": Field((list,), 1, items=(int,)), "repeats": _COUNT, "mc_batch_size": _COUNT},
     "laplace": {"model": _TEXT},
+    "bootstrap": Field((int,), 0),
     "stages": Field((list,), items=(str,), choices=STAGES),
 }
 
@@ -225,9 +226,10 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
             out.append((stage, script, ["--predictions_dir", plan.predictions, "--output_dir", plan.results,
                                         "--calibrated_dir", plan.calibrated, *plan.backbone_args()], None))
         elif stage == "evaluate_duo":
+            resamples = ["--bootstrap", plan.config["bootstrap"]] if plan.config.get("bootstrap") else []
             out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
                                         "--output_dir", plan.results, "--calibrated_dir", plan.calibrated,
-                                        *plan.backbone_args()], None))
+                                        *plan.backbone_args(), *resamples], None))
         elif stage == "deep_ensemble" and plan.seed_names:
             cfg = plan.config.get("deep_ensemble") or {}
             members = [plan.large] + plan.seed_names

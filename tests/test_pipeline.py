@@ -52,6 +52,8 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     for title in ("Table 1", "Table 2", "Table 3: duos vs IVON (resnet18)", "Table 4: duos vs Laplace (resnet18)"):
         assert f"## {title}" in report, title
     assert "| IVON (2 samples) | 2 |" in report and "skipped" not in report       # every table and figure
+    deltas = pd.read_csv(results / "evaluation_duo_delta_mnist5k.csv")            # the demo's bootstrap
+    assert set(deltas["B"]) == {1000} and "| resnet18 + regnetx_002 |" in report.split("## Paired bootstrap")[1]
     for name in ("fig1_radar", "fig2_single_models", "fig3-6_resnet18", "fig7_resnet18_greedy",
                  "fig10_temperature_ratio", "curves_resnet18"):
         assert f"mnist5k_{name}.png" in report

@@ -273,26 +273,37 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int | Non
     return float(f1[chosen].mean())
 
 
-def brier_score(stats: SoftmaxStats, labels: np.ndarray, label_log_prob: np.ndarray) -> float:
-    """Mean over N*K entries of (p - onehot)^2 = mean_i [(1 - p_iy)^2 + sum_{k != y} p_ik^2] / K, each term
-    computed without cancellation (1 - p_y from `rest` when y is the argmax, p_y <= 1/2 otherwise)."""
+def brier_rows(stats: SoftmaxStats, labels: np.ndarray, label_log_prob: np.ndarray) -> np.ndarray:
+    """Per row, sum_k (p_ik - onehot_ik)^2 / K = [(1 - p_iy)^2 + sum_{k != y} p_ik^2] / K, each term computed
+    without cancellation (1 - p_y from `rest` when y is the argmax, p_y <= 1/2 otherwise)."""
     at_top = np.asarray(labels) == stats.argmax
     label_prob = np.exp(label_log_prob)
     one_minus = np.where(at_top, stats.rest / (1.0 + stats.rest), -np.expm1(label_log_prob))
     others = np.where(at_top, stats.sum_sq_others, stats.sum_sq - label_prob ** 2)
-    return float(np.mean(one_minus ** 2 + others) / stats.num_classes)
+    return (one_minus ** 2 + others) / stats.num_classes
+
+
+def brier_score(stats: SoftmaxStats, labels: np.ndarray, label_log_prob: np.ndarray) -> float:
+    """Mean over N*K entries of (p - onehot)^2."""
+    return float(np.mean(brier_rows(stats, labels, label_log_prob)))
 
 
 def nll(label_log_prob: np.ndarray) -> float:
     return float(-np.mean(label_log_prob))
 
 
+def ece_bin_index(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """The equal-width bin (lo, hi] of each confidence, -1 for one outside (0, 1] (which no bin holds)."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.searchsorted(edges, np.asarray(confidence, dtype=np.float64), side="left") - 1   # edges[b] < c <= edges[b+1]
+    return np.where((bins >= 0) & (bins < n_bins), bins, -1)
+
+
 def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """Equal-width bins (lo, hi]; sum_b |sum conf_b - sum correct_b| / N."""
     confidence = np.asarray(confidence, dtype=np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.searchsorted(edges, confidence, side="left") - 1      # edges[b] < c <= edges[b+1]
-    inside = (bins >= 0) & (bins < n_bins)
+    bins = ece_bin_index(confidence, n_bins)
+    inside = bins >= 0
     conf_sum = np.bincount(bins[inside], weights=confidence[inside], minlength=n_bins)
     correct_sum = np.bincount(bins[inside], weights=np.asarray(correct, dtype=np.float64)[inside], minlength=n_bins)
     return float(np.abs(conf_sum - correct_sum).sum() / len(confidence))

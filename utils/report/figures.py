@@ -30,10 +30,11 @@ def save_figure(fig, path: Path, dpi: int) -> None:
 
 RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"],
                "duo": ["model_large", "model_small", "mode", "uncertainty_type", "split"],
-               "deep_ensemble": ["model", "m", "subset", "uncertainty_type", "split"]}
+               "deep_ensemble": ["model", "m", "subset", "uncertainty_type", "split"],
+               "duo_delta": ["model_large", "model_small", "mode", "uncertainty_type", "split", "metric"]}
 NAME_COLUMNS = ("model", "model_large", "model_small")
 NUMBER_COLUMNS = {"single_model": ["gflops"], "duo": ["gflops_large", "gflops_small", "gflops_balance"],
-                  "deep_ensemble": ["m"]}
+                  "deep_ensemble": ["m"], "duo_delta": ["gflops_balance", "delta", "ci_low", "ci_high", "B", "seed"]}
 
 
 def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
@@ -47,10 +48,12 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
     from utils.maths.uncertainty_metrics import METRIC_COLUMNS
     frames = []
     for path in sorted(Path(results_dir).glob(f"evaluation_{kind}_*.csv")):
+        if kind == "duo" and path.name.startswith("evaluation_duo_delta_"):
+            continue                               # stage 5 --bootstrap's intervals: read_deltas
         dataset = path.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")
         keys = RESULT_KEYS[kind]
         frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""], dtype=str)
-        numbers = [*NUMBER_COLUMNS[kind], *METRIC_COLUMNS]
+        numbers = NUMBER_COLUMNS[kind] + ([] if kind == "duo_delta" else list(METRIC_COLUMNS))
         missing = [c for c in dict.fromkeys([*keys, *numbers]) if c not in frame.columns]
         if missing:
             raise UserError(f"{path}: lacks column(s) {missing}; rerun the stage that writes it")
@@ -125,8 +128,12 @@ def metric_vs_balance_figure(series: dict[str, pd.DataFrame], baselines: dict[st
                 part = frame[(frame["split"] == split)].copy()
                 part = part[np.isfinite(part[metric].astype(float))].sort_values("gflops_balance")
                 if len(part):             # e.g. CP_AUROC is undefined when no prediction is correct
-                    ax.plot(part["gflops_balance"].astype(float), part[metric].astype(float) * paper_tables.PAPER_SCALE.get(metric, 1),
-                            marker="o", ms=3, color=color, label=label, lw=1)
+                    x = part["gflops_balance"].astype(float)
+                    y = part[metric].astype(float) * paper_tables.PAPER_SCALE.get(metric, 1)
+                    ax.plot(x, y, marker="o", ms=3, color=color, label=label, lw=1)
+                    if f"sig:{metric}" in part:       # hollow: the bootstrap interval of the gain includes 0
+                        hollow = (part[f"sig:{metric}"] == False).to_numpy()  # noqa: E712 (NaN: no interval)
+                        ax.scatter(x[hollow], y[hollow], s=14, facecolors="white", edgecolors=color, zorder=3)
                     plotted = True
             for k, (label, rows) in enumerate(baselines.items()):
                 row = rows[rows["split"] == split]

@@ -287,3 +287,43 @@ def temperature_ratios(weights: dict, singles: dict, balances: pd.Series) -> pd.
         rows.append({"model_large": large, "model_small": small, "gflops_balance": float(balances.loc[(large, small)]),
                      "ratio": ratio})
     return pd.DataFrame(rows, columns=["model_large", "model_small", "gflops_balance", "ratio"])
+
+
+# ----------------------------------------------------------------------------- paired bootstrap (stage 5 --bootstrap)
+
+def significance(deltas: pd.DataFrame) -> pd.Series:
+    """Whether each interval excludes 0 (from the bounds, whatever a hand-edited 'significant' cell says)."""
+    return (deltas["ci_low"] > 0) | (deltas["ci_high"] < 0)
+
+
+def delta_cell(row, metric: str) -> str:
+    """'Δ [low, high]' in the paper's units, starred when the interval excludes 0."""
+    values = [in_paper_units(row[c], metric) for c in ("delta", "ci_low", "ci_high")]
+    if not np.isfinite(values).all():
+        return "—"
+    star = "*" if values[1] > 0 or values[2] < 0 else ""
+    shown = ".2f" if max(abs(v) for v in values) >= 0.005 else ".2g"      # tiny differences keep their digits
+    return f"{values[0]:+{shown}} [{values[1]:+{shown}}, {values[2]:+{shown}}]{star}"
+
+
+def bootstrap_table(deltas: pd.DataFrame, split: str, metrics=("Acc", "NLL", "ECE", "CP_AUROC", "AURC", "Brier"),
+                    mode: str = "asymmetric") -> pd.DataFrame:
+    """One row per duo of `mode` (softmax response): each metric's difference to the temperature-scaled large
+    model with its interval; an NLL column saying in words whether the NLL gain is real."""
+    chosen = deltas[(deltas["mode"] == mode) & (deltas["uncertainty_type"] == "softmax_response")
+                    & (deltas["split"] == split)]
+    rows = []
+    for (large, small), group in chosen.groupby(["model_large", "model_small"], sort=False):
+        by_metric = group.set_index("metric")
+        if "NLL" in by_metric.index:
+            nll = by_metric.loc["NLL"]
+            verdict = ("lower (significant)" if nll["ci_high"] < 0 else "higher (significant)" if nll["ci_low"] > 0
+                       else "no significant difference")
+        else:
+            verdict = "—"
+        balance = float(group["gflops_balance"].iloc[0])
+        rows.append({"Duo": f"{large} + {small}", "FLOPs balance": f"{balance:.3f}" if np.isfinite(balance) else "unknown",
+                     **{COLUMN_LABEL.get(m, m): delta_cell(by_metric.loc[m], m) if m in by_metric.index else "—"
+                        for m in metrics},
+                     "NLL vs TS f_large": verdict, "B": int(group["B"].iloc[0])})
+    return pd.DataFrame(rows)

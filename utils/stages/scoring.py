@@ -24,6 +24,9 @@ ALWAYS_DEFINED = ("Acc", "Brier", "NLL", "ECE")      # CP_AUROC alone may be NaN
 # standard deviation (ddof = 1) over subsets, seeds or duos; one value has none.
 SPREAD_DDOF = 1
 ENSEMBLE_RESULT_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type", "split"]
+# stage 5 --bootstrap: each duo x mode x uncertainty type x metric against the temperature-scaled large model
+DELTA_VALUE_COLUMNS = ["delta", "ci_low", "ci_high", "significant", "B", "seed"]
+DELTA_RESULT_COLUMNS = DUO_RESULT_COLUMNS + ["metric"]
 
 
 _LARGEST_LOGIT = 1e300       # beyond this, softmax's differences of logits overflow float64
@@ -76,15 +79,16 @@ def results_path(output_dir: str | Path, kind: str, dataset: str, split: str) ->
 
 
 def write_results(output_dir: str | Path, kind: str, dataset: str, rows: list[dict],
-                  descriptive_columns: list[str], key_columns: list[str]) -> list[Path]:
-    """Upsert rows into one results file per split (test and ood_test), metric columns first."""
+                  descriptive_columns: list[str], key_columns: list[str],
+                  value_columns=um.METRIC_COLUMNS, always_defined=ALWAYS_DEFINED) -> list[Path]:
+    """Upsert rows into one results file per split (test and ood_test), value (metric) columns first."""
     frame = pd.DataFrame(rows)
-    columns = list(um.METRIC_COLUMNS) + descriptive_columns
+    columns = list(value_columns) + descriptive_columns
     if len(frame):
-        defined = frame[list(ALWAYS_DEFINED)].to_numpy(dtype=np.float64)
+        defined = frame[list(always_defined)].to_numpy(dtype=np.float64)
         if not np.isfinite(defined).all():          # the last guard: a NaN never reaches a results table
             row = frame.iloc[int(np.flatnonzero(~np.isfinite(defined).all(axis=1))[0])]
-            raise UserError(f"non-finite {', '.join(ALWAYS_DEFINED)} for {row[key_columns].tolist()}; nothing was "
+            raise UserError(f"non-finite {', '.join(always_defined)} for {row[key_columns].tolist()}; nothing was "
                             f"written to {output_dir}: check the prediction files and temperatures")
     written = []
     for split in EVAL_SPLITS:
@@ -156,3 +160,33 @@ def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list
         warn(f"{len(skipped)} of {len(skipped) + len(jobs)} duo(s) skipped: no prediction file in {predictions_dir} "
              f"for {len(shown)} model(s): {', '.join(shown[:12])}{', ...' if len(shown) > 12 else ''}")
     return jobs, skipped
+
+
+def bootstrap_baseline(logits_large, labels: np.ndarray, temperature: float, uncertainty_types, resamples: int,
+                       seed: int) -> dict:
+    """The temperature-scaled large model's point and resampled metrics (utils/maths/bootstrap) for each
+    uncertainty type: its softmax response or entropy; kl_disagreement, which needs two members, against
+    the softmax response. Computed once per large model and split, shared by all its duos and modes."""
+    from utils.maths import bootstrap
+    scaled = um.WeightedLogits([logits_large], [1.0 / temperature])
+    stats = um.softmax_stats(scaled, with_entropy="entropy" in uncertainty_types)
+    measures = {"entropy": lambda: um.entropy(stats), "softmax_response": lambda: um.softmax_response(scaled, stats)}
+    found = {}
+    for kind in {k if k in measures else "softmax_response" for k in uncertainty_types}:
+        terms = bootstrap.sample_terms(scaled, labels, stats.argmax, measures[kind](), stats)
+        found[kind] = (bootstrap.point_metrics(terms), bootstrap.resampled_metrics(terms, resamples, seed))
+    return {kind: found[kind if kind in measures else "softmax_response"] for kind in uncertainty_types}
+
+
+def delta_rows(base: dict, out, labels: np.ndarray, resamples: int, seed: int, descriptive: dict) -> list[dict]:
+    """Rows of evaluation_duo_delta: every metric of one duo mode (a duo_modes.ModeOutput) minus the
+    temperature-scaled large model's (`bootstrap_baseline`), with its paired interval, per uncertainty type."""
+    from utils.maths import bootstrap
+    rows = []
+    for kind, uncertainty in out.uncertainty.items():
+        terms = bootstrap.sample_terms(out.logits, labels, out.predictions, uncertainty, out.stats)
+        table = bootstrap.interval_table(base[kind], (bootstrap.point_metrics(terms),
+                                                      bootstrap.resampled_metrics(terms, resamples, seed)),
+                                         resamples, seed)
+        rows += [{**row, **descriptive, "uncertainty_type": kind} for row in table.to_dict("records")]
+    return rows

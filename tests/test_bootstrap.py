@@ -1,0 +1,124 @@
+"""The paired bootstrap: each resample's metrics equal the metrics of the resampled test set computed the
+ordinary way; identical predictors differ by exactly 0; the interval covers a known difference about 95%
+of the time."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from utils.maths import bootstrap
+from utils.maths import uncertainty_metrics as um
+
+
+def synthetic(n=2000, k=12, seed=0, ties=True):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) * 2.0
+    logits[np.arange(n), labels] += 1.5
+    uncertainty = um.softmax_response(logits, um.softmax_stats(logits))
+    if ties:
+        logits[:40] = np.round(logits[:40])
+        uncertainty = np.round(uncertainty, 2)           # many equal uncertainties
+    return logits, labels, uncertainty
+
+
+@pytest.mark.parametrize("ties", [True, False])
+def test_every_resample_equals_the_metrics_of_the_resampled_set(ties):
+    logits, labels, uncertainty = synthetic(ties=ties)
+    predictions = np.where(np.arange(len(labels)) % 7 == 0, labels, logits.argmax(1))   # not always the argmax
+    terms = bootstrap.sample_terms(logits, labels, predictions, uncertainty)
+    n = len(labels)
+    counts = np.hstack([np.ones((n, 1)), bootstrap.resample_counts(n, 4, np.random.default_rng(1))])
+    got = bootstrap.weighted_metrics(terms, counts)
+    for r in range(counts.shape[1]):
+        drawn = np.repeat(np.arange(n), counts[:, r].astype(int))       # copies adjacent, in sample order
+        expected = um.compute_metrics(logits[drawn], labels[drawn], predictions[drawn], uncertainty[drawn])
+        for metric in um.METRIC_COLUMNS:
+            assert got[metric][r] == pytest.approx(expected[metric], rel=1e-10, abs=1e-13), (r, metric)
+
+
+def test_sac_inside_a_block_of_repeated_errors():
+    """A wrong prediction drawn many times at the end of the ranking: SAC@90 stops inside its block."""
+    correct_logits = np.array([[5.0, 0.0]] * 19)
+    logits = np.vstack([correct_logits, [[0.0, 5.0]]])       # the last sample is wrong, and least certain
+    labels = np.zeros(20, dtype=np.int64)
+    uncertainty = np.r_[np.linspace(0.01, 0.1, 19), 0.5]
+    terms = bootstrap.sample_terms(logits, labels, uncertainty=uncertainty)
+    counts = np.r_[np.ones(19), 5.0][:, None]                  # 24 samples, the last 5 wrong
+    sac = bootstrap.weighted_metrics(terms, counts)
+    # errors_k = k - 19 for k > 19: 100 (k - 19) <= 10 k holds up to k = 21 (100 * 2 <= 210)
+    assert sac["SAC@90"][0] == pytest.approx(21 / 24)
+    drawn = np.repeat(np.arange(20), counts[:, 0].astype(int))
+    assert sac["SAC@90"][0] == um.compute_metrics(logits[drawn], labels[drawn], uncertainty=uncertainty[drawn])["SAC@90"]
+
+
+def test_identical_predictors_differ_by_exactly_zero():
+    logits, labels, uncertainty = synthetic(n=800)
+    terms = bootstrap.sample_terms(logits, labels, uncertainty=uncertainty)
+    table = bootstrap.paired_bootstrap(terms, terms, resamples=200, seed=3)
+    assert set(table["metric"]) == set(um.METRIC_COLUMNS)
+    assert (table["delta"] == 0).all() and (table["ci_low"] == 0).all() and (table["ci_high"] == 0).all()
+    assert not table["significant"].any() and (table["B"] == 200).all() and (table["seed"] == 3).all()
+
+
+def test_the_interval_covers_a_known_difference_about_95_percent_of_the_time():
+    """Per sample u ~ U(0, 1): the base is right when u < 0.70, the other when u < 0.75, so the true accuracy
+    difference is 0.05 and the two are strongly paired."""
+    n, k, repeats, covered = 1000, 4, 120, 0
+    for repeat in range(repeats):
+        rng = np.random.default_rng(100 + repeat)
+        labels = rng.integers(0, k, n)
+        u = rng.random(n)
+        wrong = (labels + 1) % k
+
+        def predictor(threshold):
+            chosen = np.where(u < threshold, labels, wrong)
+            logits = rng.normal(size=(n, k)) * 0.1
+            logits[np.arange(n), chosen] += 2.0
+            return bootstrap.sample_terms(logits, labels)
+
+        table = bootstrap.paired_bootstrap(predictor(0.70), predictor(0.75), resamples=300, seed=repeat)
+        acc = table.set_index("metric").loc["Acc"]
+        covered += acc["ci_low"] <= 0.05 <= acc["ci_high"]
+    assert 0.88 <= covered / repeats <= 0.99, covered / repeats
+
+
+def test_stage5_writes_intervals_that_agree_with_the_result_tables(tmp_path, stage):
+    import pandas as pd
+
+    from tests.helpers import make_duo_logits, write_set
+    for pset in make_duo_logits(num_classes=6).values():
+        write_set(pset, tmp_path / "p")
+    common = ["--predictions_dir", tmp_path / "p", "--calibrated_dir", tmp_path / "cal", "--output_dir", tmp_path / "res"]
+    assert stage("evaluate/4_evaluate_predictions.py", *common, "--fit_missing")[0] == 0
+    (tmp_path / "duos.csv").write_text("model_large,model_small,gflops_large,gflops_small\nlarge,small,10,1\n")
+    code, out, err = stage("evaluate/5_evaluate_duo_predictions.py", "--config", tmp_path / "duos.csv", *common,
+                           "--fit_missing", "--modes", "asymmetric", "unweighted", "--bootstrap", 150, "--bootstrap_seed", 4)
+    assert code == 0, err
+    assert "paired-bootstrap row(s) (B=150)" in out
+    for suffix, split in (("", "test"), ("_ood", "ood_test")):
+        deltas = pd.read_csv(tmp_path / "res" / f"evaluation_duo_delta_synthetic{suffix}.csv")
+        assert len(deltas) == 2 * 3 * len(um.METRIC_COLUMNS) and (deltas["B"] == 150).all() and (deltas["seed"] == 4).all()
+        duo = pd.read_csv(tmp_path / "res" / f"evaluation_duo_synthetic{suffix}.csv").set_index(["mode", "uncertainty_type"])
+        single = pd.read_csv(tmp_path / "res" / f"evaluation_single_model_synthetic{suffix}.csv")
+        ts = single[(single["model"] == "large") & (single["wrapper"] == "TempScaleWrapper")].set_index("uncertainty_type")
+        for row in deltas.itertuples():
+            baseline = ts.loc["softmax_response" if row.uncertainty_type == "kl_disagreement" else row.uncertainty_type]
+            expected = duo.loc[(row.mode, row.uncertainty_type), row.metric] - baseline[row.metric]
+            assert row.delta == pytest.approx(expected, abs=1e-12), (row.mode, row.uncertainty_type, row.metric)
+            assert row.ci_low <= row.ci_high and row.split == split
+    # the report states, per duo, whether its NLL gain over the TS large model is real
+    code, out, err = stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res", "--calibrated_dir",
+                           tmp_path / "cal")
+    assert code == 0, err
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    deltas = pd.read_csv(tmp_path / "res" / "evaluation_duo_delta_synthetic.csv")
+    nll = deltas[(deltas["mode"] == "asymmetric") & (deltas["uncertainty_type"] == "softmax_response")
+                 & (deltas["metric"] == "NLL")].iloc[0]
+    verdict = ("lower (significant)" if nll.ci_high < 0 else "higher (significant)" if nll.ci_low > 0
+               else "no significant difference")
+    shown = ".2f" if max(abs(100 * v) for v in (nll.delta, nll.ci_low, nll.ci_high)) >= 0.005 else ".2g"
+    cell = f"{100 * nll.delta:+{shown}} [{100 * nll.ci_low:+{shown}}, {100 * nll.ci_high:+{shown}}]"
+    assert "## Paired bootstrap: is each duo's gain real?" in report
+    assert f"| large + small |" in report and cell in report and f"| {verdict} | 150 |" in report
+    assert "hollow markers: the paired-bootstrap interval" in report

@@ -1,0 +1,211 @@
+"""Paired bootstrap confidence intervals for the difference of every metric between two predictors
+scored on the same test samples (a duo against its temperature-scaled large model).
+
+A resample is a count vector c (how often each sample was drawn, summing to N). Every metric is then
+a function of weighted sums over the samples, so B resamples are a (B, N) count matrix and the
+metrics are matrix products and cumulative sums over one fixed ordering: no resampled copy of the
+logits, and one sort per predictor (not per resample) for the ranking metrics. With c = 1 every
+function reproduces `uncertainty_metrics.compute_metrics` (ties in uncertainty broken by sample
+order, as there). Both predictors get the same count matrix: the interval is paired.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import sparse
+
+from utils.maths import uncertainty_metrics as um
+
+SAC_LEVELS = tuple(range(90, 100))
+CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per float64 array
+
+
+@dataclass
+class SampleTerms:
+    """What every metric needs, per test sample, of one scored predictor."""
+    correct: np.ndarray          # bool, the prediction equals the label
+    nll: np.ndarray              # -log p_y
+    brier: np.ndarray            # sum_k (p_k - onehot_k)^2 / K
+    confidence: np.ndarray       # max p
+    calibration_correct: np.ndarray   # argmax p equals the label (ECE's accuracy, whatever the prediction)
+    ece_bin: np.ndarray          # the confidence's ECE bin, -1 outside
+    order: np.ndarray            # samples by uncertainty, ascending, stable
+    tie_starts: np.ndarray       # where runs of equal uncertainty begin in `order`
+    true_class: sparse.csr_matrix       # (K, N) one-hot of the labels
+    predicted_class: sparse.csr_matrix  # (K, N) one-hot of the predictions
+    hit_class: sparse.csr_matrix        # (K, N) one-hot of the labels of correct predictions
+
+
+def sample_terms(logits, labels: np.ndarray, predictions: np.ndarray | None = None,
+                 uncertainty: np.ndarray | None = None, stats: um.SoftmaxStats | None = None) -> SampleTerms:
+    """The per-sample terms of a predictor, with compute_metrics' defaults (argmax, softmax response)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    stats = stats or um.softmax_stats(logits, with_entropy=False)
+    predictions = stats.argmax if predictions is None else np.asarray(predictions, dtype=np.int64)
+    uncertainty = um.softmax_response(logits, stats) if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
+    label_log_prob = um.log_prob_at(logits, stats, labels)
+    correct = predictions == labels
+    order = np.argsort(uncertainty, kind="stable")
+    ranked = uncertainty[order]
+    n, k = len(labels), stats.num_classes
+    columns = np.arange(n)
+
+    def one_hot(rows: np.ndarray, keep: np.ndarray | None = None) -> sparse.csr_matrix:
+        keep = np.ones(n, dtype=bool) if keep is None else keep
+        return sparse.csr_matrix((np.ones(int(keep.sum())), (rows[keep], columns[keep])), shape=(k, n))
+
+    return SampleTerms(correct=correct, nll=-label_log_prob, brier=um.brier_rows(stats, labels, label_log_prob),
+                       confidence=stats.confidence, calibration_correct=stats.argmax == labels,
+                       ece_bin=um.ece_bin_index(stats.confidence), order=order,
+                       tie_starts=np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]),
+                       true_class=one_hot(labels), predicted_class=one_hot(predictions),
+                       hit_class=one_hot(labels, correct))
+
+
+def _macro_f1(tp: np.ndarray, true_count: np.ndarray, pred_count: np.ndarray, present_only: bool) -> np.ndarray:
+    denom = true_count + pred_count
+    f1 = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    chosen = true_count > 0 if present_only else denom > 0
+    return (f1 * chosen).sum(axis=0) / chosen.sum(axis=0)          # classes along axis 0
+
+
+def weighted_metrics(terms: SampleTerms, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric column (METRIC_COLUMNS) for each column of `counts` (N, R): the metric of the test set
+    that holds sample i counts[i, r] times. (Samples along axis 0: numpy accumulates fastest that way.)"""
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.sum(axis=0)
+    out = {"Acc": terms.correct @ counts / n, "NLL": terms.nll @ counts / n, "Brier": terms.brier @ counts / n}
+    tp, true, pred = (np.asarray(matrix @ counts) for matrix in (terms.hit_class, terms.true_class, terms.predicted_class))
+    out["F1"] = _macro_f1(tp, true, pred, present_only=False)
+    out["F1_present"] = _macro_f1(tp, true, pred, present_only=True)
+    inside = np.flatnonzero(terms.ece_bin >= 0)
+    gap = sparse.csr_matrix(((terms.confidence - terms.calibration_correct)[inside], (terms.ece_bin[inside], inside)),
+                            shape=(um.ECE_BINS, len(terms.ece_bin)))
+    out["ECE"] = np.abs(np.asarray(gap @ counts)).sum(axis=0) / n
+    out.update(_weighted_selective(terms, counts, n))
+    return {name: out[name] for name in um.METRIC_COLUMNS}
+
+
+def _weighted_selective(terms: SampleTerms, counts: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
+    """CP_AUROC, AURC, E-AURC, SAC@t and AUGRC from the samples in uncertainty order, sample j a block of
+    c_j = counts[j, r] equal copies (adjacent, as a stable sort puts them): C_j copies and E_j errors up to
+    and including block j, C_{j-1} and E_{j-1} before it (row j of the `before` views)."""
+    c = counts[terms.order]
+    err = (~terms.correct[terms.order]).astype(np.float64)
+    rows, resamples = c.shape
+    running = np.zeros((2, rows + 1, resamples))
+    np.cumsum(c, axis=0, out=running[0, 1:])
+    np.cumsum(c * err[:, None], axis=0, out=running[1, 1:])
+    total, errors = running[0, 1:], running[1, 1:]
+    total_before, errors_before = running[0, :-1], running[1, :-1]
+    n_errors = errors[-1]
+    n_correct = n - n_errors
+    harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, int(n.max()) + 1))]
+    h_total = harmonic[total.astype(np.int64)]
+    h_gap = np.diff(h_total, axis=0, prepend=0.0)            # sum of 1/k over the k of block j
+    # sum over k in block j of errors_k / k, errors_k = E_{j-1} + err_j (k - C_{j-1}): AURC's numerator
+    aurc = (np.einsum("jr,jr->r", errors_before, h_gap) - np.einsum("j,jr,jr->r", err, total_before, h_gap)
+            + n_errors) / n
+    oracle = (n_errors - n_correct * (harmonic[n.astype(np.int64)] - harmonic[n_correct.astype(np.int64)])) / n
+    augrc = (np.einsum("jr,jr->r", errors_before, c) + (np.einsum("j,jr,jr->r", err, c, c) + n_errors) / 2) / n ** 2
+    out = {"AURC": aurc, "E-AURC": aurc - oracle, "AUGRC": augrc, **_sac(c, err, total, errors, n)}
+    # CP_AUROC: correct vs wrong ranked by -uncertainty, ties counting one half (per run of equal uncertainty)
+    if len(terms.tie_starts) == rows:          # no ties: a correct sample beats the errors after it
+        wins = n_correct * n_errors - (np.einsum("jr,jr->r", c, errors) - np.einsum("j,jr,jr->r", err, c, errors))
+    else:
+        negatives = np.add.reduceat(c * err[:, None], terms.tie_starts, axis=0)
+        positives = np.add.reduceat(c, terms.tie_starts, axis=0) - negatives
+        negatives_after = n_errors - np.cumsum(negatives, axis=0)
+        wins = (positives * (negatives_after + 0.5 * negatives)).sum(axis=0)
+    pairs = n_correct * n_errors
+    out["CP_AUROC"] = np.divide(wins, pairs, out=np.full(len(n), np.nan), where=pairs > 0)
+    return out
+
+
+def _sac(c, err, total, errors, n) -> dict[str, np.ndarray]:
+    """SAC@t = largest k / N with 100 errors_k <= (100 - t) k. At a block's end the condition holds for every
+    t <= 100 (C_j - E_j) / C_j; the last block end that allows t gives the largest k (C_j grows): with the
+    running maximum of those thresholds taken from the end, the blocks that allow t form a prefix, whose
+    length one binary search per resample finds. Inside a block of wrong predictions drawn twice or more the
+    errors grow with k, so a point before its end can qualify when its end does not: those few blocks are
+    checked one by one."""
+    rows, resamples = c.shape
+    allowed = np.subtract(total, errors)
+    allowed *= 100
+    allowed /= np.maximum(total, 1.0)                      # leading empty blocks (C = 0) allow nothing: 0
+    from_end = np.maximum.accumulate(allowed[::-1], axis=0)      # non-decreasing down the rows
+    # blocks allowing t: those j whose running maximum from the end is >= t, i.e. the first rows - below
+    below = np.stack([np.searchsorted(from_end[:, r], SAC_LEVELS, side="left") for r in range(resamples)], axis=1)
+    prefix = rows - below                                   # (levels, resamples)
+    wrong_rows = np.flatnonzero(err > 0)
+    block_rows, columns = np.nonzero(c[wrong_rows] >= 2)     # wrong predictions drawn twice or more
+    blocks = wrong_rows[block_rows]
+    block_total, block_count = total[blocks, columns], c[blocks, columns]
+    slack = 100 * (block_total - block_count - (errors[blocks, columns] - block_count))
+    out = {}
+    everyone = np.arange(resamples)
+    for level, t in enumerate(SAC_LEVELS):
+        last = prefix[level]
+        best = np.where(last > 0, total[np.maximum(last - 1, 0), everyone], 0.0)
+        inner = np.minimum(block_total - 1, np.floor(slack / t))
+        ok = inner >= block_total - block_count + 1
+        np.maximum.at(best, columns[ok], inner[ok])
+        out[f"SAC@{t}"] = best / n
+    return out
+
+
+def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, resamples) counts: column r holds how often each of the n samples was drawn in n draws."""
+    draws = rng.integers(0, n, size=(resamples, n))
+    flat = (draws * resamples + np.arange(resamples)[:, None]).ravel()
+    return np.bincount(flat, minlength=n * resamples).reshape(n, resamples).astype(np.float64)
+
+
+def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, seed: int):
+    """Every metric on `resamples` resamples of the test samples, for one predictor (a dict) or several
+    scored on the same samples (a list of dicts, each resample shared by all). The same (n, resamples, seed)
+    always draws the same resamples, so results of separate calls pair up too."""
+    several = isinstance(terms, list)
+    members = terms if several else [terms]
+    n = len(members[0].correct)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CHUNK_ENTRIES // n)
+    parts = [[] for _ in members]
+    for start in range(0, resamples, chunk):
+        counts = resample_counts(n, min(chunk, resamples - start), rng)
+        for part, member in zip(parts, members):
+            part.append(weighted_metrics(member, counts))
+    out = [{m: np.concatenate([p[m] for p in part]) for m in um.METRIC_COLUMNS} for part in parts]
+    return out if several else out[0]
+
+
+def point_metrics(terms: SampleTerms) -> dict[str, float]:
+    return {m: float(v[0]) for m, v in weighted_metrics(terms, np.ones((len(terms.correct), 1))).items()}
+
+
+def interval_table(base: tuple[dict, dict], other: tuple[dict, dict], resamples: int, seed: int,
+                   level: float = 0.95) -> pd.DataFrame:
+    """Per metric: other - base on the test set, the percentile interval of the paired resampled differences,
+    and whether it excludes 0. `base` and `other` are (point_metrics, resampled_metrics) of the same draws.
+    Resamples where a metric is undefined (CP_AUROC with all or no predictions correct) are left out."""
+    tail = 100 * (1 - level) / 2
+    rows = []
+    for m in um.METRIC_COLUMNS:
+        values = other[1][m] - base[1][m]
+        values = values[np.isfinite(values)]
+        low, high = (np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan))
+        rows.append({"metric": m, "delta": other[0][m] - base[0][m], "ci_low": low, "ci_high": high,
+                     "significant": bool(low > 0 or high < 0), "B": resamples, "seed": seed})
+    return pd.DataFrame(rows)
+
+
+def paired_bootstrap(base: SampleTerms, other: SampleTerms, resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> pd.DataFrame:
+    """`interval_table` of two predictors scored on the same test samples."""
+    if len(other.correct) != len(base.correct):
+        raise ValueError(f"paired bootstrap of {len(base.correct)} and {len(other.correct)} samples")
+    base_samples, other_samples = resampled_metrics([base, other], resamples, seed)
+    return interval_table((point_metrics(base), base_samples), (point_metrics(other), other_samples),
+                          resamples, seed, level)
