@@ -311,7 +311,7 @@ def bootstrap_table(deltas: pd.DataFrame, split: str, metrics=("Acc", "NLL", "EC
     """One row per duo of `mode` (softmax response): each metric's difference to the temperature-scaled large
     model with its interval; an NLL column saying in words whether the NLL gain is real."""
     chosen = deltas[(deltas["mode"] == mode) & (deltas["uncertainty_type"] == "softmax_response")
-                    & (deltas["split"] == split)]
+                    & (deltas["split"] == split)].sort_values(["model_large", "gflops_balance", "model_small"], kind="stable")
     rows = []
     for (large, small), group in chosen.groupby(["model_large", "model_small"], sort=False):
         by_metric = group.set_index("metric")
