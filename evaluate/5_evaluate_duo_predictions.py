@@ -15,6 +15,7 @@ from utils.cli import flags
 from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_negative_int, run_main, warn
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
+from utils.maths.bootstrap import FEWEST_RESAMPLES, MOST_RESAMPLES
 from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 from utils.stages.calibration import duo_weights_row, single_temperature_row
@@ -82,6 +83,9 @@ def in_reading_order(jobs: list) -> list:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.bootstrap and not FEWEST_RESAMPLES <= args.bootstrap <= MOST_RESAMPLES:
+        raise UserError(f"--bootstrap: {args.bootstrap} resamples; use 0 (off) or {FEWEST_RESAMPLES} to {MOST_RESAMPLES} "
+                        f"(1000 is usual: fewer leave the 95% interval's tails a handful of draws)")
     backbones = tables.read_backbones(args.backbone_csv)
     duos = tables.read_duos(args.config, backbones)
     singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)

@@ -200,11 +200,20 @@ def no_duos(duos, large: str, lo: float, hi: float) -> str:
     return f" (none of {large}'s duos has a FLOPs balance in ({lo:g}, {hi:g}): the row is missing)"
 
 
-def add_bootstrap(report: Report, deltas) -> None:
+def add_bootstrap(report: Report, deltas, duos, single) -> pd.DataFrame:
+    """The bootstrap section; returns the interval rows that are current (shown in the figures too)."""
     if deltas.empty:
-        report.skip("Paired bootstrap (is each gain real?)", "no evaluation_duo_delta_*.csv (run stage 5 with "
-                    "--bootstrap 1000)")
-        return
+        report.skip("Paired bootstrap (is each gain real?)", f"no evaluation_duo_delta_{report.dataset}*.csv (run stage "
+                    f"5 with --bootstrap 1000)")
+        return deltas
+    current = pt.current_deltas(deltas, duos, single)
+    if len(current) < len(deltas):
+        report.lines += [f"_{len(deltas) - len(current)} of {len(deltas)} paired-bootstrap row(s) are left out: their "
+                         f"difference no longer matches the result rows (stage 4 or 5 reran without --bootstrap); "
+                         f"rerun stage 5 with --bootstrap to renew them._", ""]
+    deltas = current
+    if deltas.empty:
+        return deltas
     resamples = sorted(set(deltas["B"].astype(int)))
     report.table("Paired bootstrap: is each duo's gain real?",
                  f"Each asymmetric duo (softmax response) minus the temperature-scaled large model on the same test "
@@ -212,6 +221,7 @@ def add_bootstrap(report: Report, deltas) -> None:
                  f"paired resamples (`5_evaluate_duo_predictions.py --bootstrap B`); * = the interval excludes 0. Lower "
                  f"is better for NLL, ECE, AURC and Brier. {pt.UNITS_NOTE}",
                  {s: pt.bootstrap_table(deltas, s) for s in SPLITS}, "no asymmetric softmax-response rows")
+    return deltas
 
 
 def with_significance(group: pd.DataFrame, deltas: pd.DataFrame) -> pd.DataFrame:
@@ -447,7 +457,7 @@ def main_impl(argv=None) -> int:
                          f"{', …' if len(pairs) > 5 else ''}: a model is not in stage 5's backbone CSV); they appear in "
                          f"the results table only, not in the tables and figures by FLOPs balance._", ""]
     add_tables(report, args, single, duos, ensembles, names)
-    add_bootstrap(report, deltas)
+    deltas = add_bootstrap(report, deltas, duos, single)
     add_figures(report, args, single, duos, large_models, ratio_inputs, deltas)
     if not large_models:
         report.skip("Figs. 3-7, 10 and the curves", f"no duo results of {dataset} in {results} (run stage 5)")

@@ -906,6 +906,14 @@ def _(ws):
     return ws.pipeline(GOOD_PIPELINE + "ivon: {mc_samples: []}\n"), "'ivon.mc_samples' must list distinct sample counts"
 
 
+@case("table", "bootstrap interval reversed")
+def _(ws):
+    (ws.out / "evaluation_duo_delta_synthetic.csv").write_text(
+        "delta,ci_low,ci_high,significant,B,seed,model_large,model_small,mode,uncertainty_type,gflops_large,gflops_small,"
+        "gflops_balance,split,metric\n-0.1,0.2,-0.3,True,1000,0,large,small,asymmetric,softmax_response,10,1,0.1,test,NLL\n")
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal], "data row 1 has ci_low above ci_high"
+
+
 @case("flag", "unknown flag")
 def _(ws):
     return [S5, "--confg", ws.duos], "--confg"

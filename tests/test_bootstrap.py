@@ -122,3 +122,23 @@ def test_stage5_writes_intervals_that_agree_with_the_result_tables(tmp_path, sta
     assert "## Paired bootstrap: is each duo's gain real?" in report
     assert f"| large + small |" in report and cell in report and f"| {verdict} | 150 |" in report
     assert "hollow markers: the paired-bootstrap interval" in report
+    # an interval older than the result rows (e.g. stage 5 reran without --bootstrap after a new temperature)
+    # is left out and counted, never shown as current
+    path = tmp_path / "res" / "evaluation_duo_delta_synthetic.csv"
+    stale = pd.read_csv(path, keep_default_na=False, dtype=str)
+    first_nll = stale.index[(stale["metric"] == "NLL") & (stale["mode"] == "asymmetric")
+                            & (stale["uncertainty_type"] == "softmax_response")][0]
+    stale.loc[first_nll, "delta"] = "0.5"
+    stale.to_csv(path, index=False)
+    assert stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res", "--calibrated_dir", tmp_path / "cal")[0] == 0
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    assert f"_1 of {len(stale) * 2} paired-bootstrap row(s) are left out" in report
+    test_rows = report.split("## Paired bootstrap")[1].split("**in-distribution (test)**")[1].split("**shifted")[0]
+    assert "| large + small |" in test_rows and test_rows.rstrip().endswith("| — | 150 |")   # its NLL: no verdict
+
+
+@pytest.mark.parametrize("resamples", [1, 99, 100_001])
+def test_too_few_or_too_many_resamples_are_refused(tmp_path, stage, resamples):
+    code, _, err = stage("evaluate/5_evaluate_duo_predictions.py", "--bootstrap", resamples, "--predictions_dir",
+                         tmp_path)
+    assert code == 2 and "use 0 (off) or 100 to 100000" in err

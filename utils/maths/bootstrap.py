@@ -19,6 +19,7 @@ from scipy import sparse
 from utils.maths import uncertainty_metrics as um
 
 SAC_LEVELS = tuple(range(90, 100))
+FEWEST_RESAMPLES, MOST_RESAMPLES = 100, 100_000   # fewer leave a 95% interval's tails a handful of draws
 CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per float64 array
 
 
@@ -167,6 +168,8 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
     """Every metric on `resamples` resamples of the test samples, for one predictor (a dict) or several
     scored on the same samples (a list of dicts, each resample shared by all). The same (n, resamples, seed)
     always draws the same resamples, so results of separate calls pair up too."""
+    if not FEWEST_RESAMPLES <= resamples <= MOST_RESAMPLES:
+        raise ValueError(f"{resamples} resamples: use {FEWEST_RESAMPLES} to {MOST_RESAMPLES} (1000 is usual)")
     several = isinstance(terms, list)
     members = terms if several else [terms]
     n = len(members[0].correct)

@@ -70,6 +70,12 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
                 raise UserError(f"{path}: data row {row + 1}, column {column}: {text.iloc[row]!r} is not a number; "
                                 f"rerun the stage that writes it")
             frame[column] = values.astype(float)
+        if kind == "duo_delta":
+            unset = frame[["B", "seed"]].isna().any(axis=1).to_numpy()
+            swapped = (frame["ci_low"] > frame["ci_high"]).to_numpy()
+            for bad, what in ((unset, "an empty B or seed cell"), (swapped, "ci_low above ci_high")):
+                if bad.any():
+                    raise UserError(f"{path}: data row {int(bad.argmax()) + 1} has {what}; rerun stage 5 with --bootstrap")
         if kind == "deep_ensemble":
             if not (np.isfinite(frame["m"]) & (frame["m"] >= 1) & (frame["m"] % 1 == 0)).all():
                 raise UserError(f"{path}: column m must hold whole ensemble sizes >= 1; rerun stage 8")

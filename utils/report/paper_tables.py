@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from utils.maths.uncertainty_metrics import METRIC_COLUMNS
 from utils.stages.scoring import SPREAD_DDOF
 
 # The paper's units: Acc, F1, ECE, AUROC and SAC in %; NLL and AURC x100; Brier x10^4 (it is the mean
@@ -290,6 +291,26 @@ def temperature_ratios(weights: dict, singles: dict, balances: pd.Series) -> pd.
 
 
 # ----------------------------------------------------------------------------- paired bootstrap (stage 5 --bootstrap)
+
+def current_deltas(deltas: pd.DataFrame, duos: pd.DataFrame, single: pd.DataFrame) -> pd.DataFrame:
+    """The interval rows whose `delta` still equals the duo row minus the temperature-scaled large model's row
+    (same uncertainty type; kl_disagreement against the softmax response): a rerun of stage 4 or 5 without
+    --bootstrap (new temperatures, new predictions) leaves older intervals behind, which must not be shown."""
+    if deltas.empty or duos.empty:
+        return deltas.iloc[:0]
+    keys = ["model_large", "model_small", "mode", "uncertainty_type", "split"]
+    duo_long = duos.melt(id_vars=keys, value_vars=list(METRIC_COLUMNS), var_name="metric", value_name="duo_value")
+    ts = single[single["wrapper"] == "TempScaleWrapper"].melt(
+        id_vars=["model", "uncertainty_type", "split"], value_vars=list(METRIC_COLUMNS), var_name="metric",
+        value_name="base_value").rename(columns={"model": "model_large", "uncertainty_type": "base_type"})
+    merged = deltas.assign(base_type=deltas["uncertainty_type"].where(
+        deltas["uncertainty_type"].isin(["softmax_response", "entropy"]), "softmax_response"))
+    merged = merged.merge(duo_long, on=[*keys, "metric"], how="left").merge(
+        ts, on=["model_large", "base_type", "split", "metric"], how="left")
+    expected = merged["duo_value"] - merged["base_value"]
+    same = np.isclose(merged["delta"], expected, rtol=1e-9, atol=1e-12) | (merged["delta"].isna() & expected.isna())
+    return deltas[same.to_numpy()]
+
 
 def significance(deltas: pd.DataFrame) -> pd.Series:
     """Whether each interval excludes 0 (from the bounds, whatever a hand-edited 'significant' cell says)."""
