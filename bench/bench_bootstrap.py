@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from utils.maths import bootstrap, uncertainty_metrics as um
+from utils.maths import bootstrap
+from utils.maths import uncertainty_metrics as um
 from utils.maths.duo_modes import DuoTemperatures, duo_outputs
 
 

@@ -120,7 +120,7 @@ def test_stage5_writes_intervals_that_agree_with_the_result_tables(tmp_path, sta
     shown = ".2f" if max(abs(100 * v) for v in (nll.delta, nll.ci_low, nll.ci_high)) >= 0.005 else ".2g"
     cell = f"{100 * nll.delta:+{shown}} [{100 * nll.ci_low:+{shown}}, {100 * nll.ci_high:+{shown}}]"
     assert "## Paired bootstrap: is each duo's gain real?" in report
-    assert f"| large + small |" in report and cell in report and f"| {verdict} | 150 |" in report
+    assert "| large + small |" in report and cell in report and f"| {verdict} | 150 |" in report
     assert "hollow markers: the paired-bootstrap interval" in report
     # an interval older than the result rows (e.g. stage 5 reran without --bootstrap after a new temperature)
     # is left out and counted, never shown as current
