@@ -16,7 +16,7 @@ pipeline = importlib.import_module("evaluate.run_pipeline")
 def tiny_config(tmp_path):
     config = yaml.safe_load((REPO / "configs" / "pipeline_mnist5k.yaml").read_text())
     config.update(sidekicks=config["sidekicks"][2:3], ensemble_seeds=1, deep_ensemble={"sizes": [2], "subsets": 2},
-                  ivon={**config["ivon"], "test_samples": 2, "mc_samples": [2], "repeats": 2})
+                  ivon={**config["ivon"], "test_samples": 2, "mc_samples": [2], "repeats": 2}, bootstrap=200)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -53,7 +53,7 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
         assert f"## {title}" in report, title
     assert "| IVON (2 samples) | 2 |" in report and "skipped" not in report       # every table and figure
     deltas = pd.read_csv(results / "evaluation_duo_delta_mnist5k.csv")            # the demo's bootstrap
-    assert set(deltas["B"]) == {1000} and "| resnet18 + regnetx_002 |" in report.split("## Paired bootstrap")[1]
+    assert set(deltas["B"]) == {200} and "| resnet18 + regnetx_002 |" in report.split("## Paired bootstrap")[1]
     for name in ("fig1_radar", "fig2_single_models", "fig3-6_resnet18", "fig7_resnet18_greedy",
                  "fig10_temperature_ratio", "curves_resnet18"):
         assert f"mnist5k_{name}.png" in report
