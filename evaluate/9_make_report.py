@@ -69,8 +69,8 @@ def summary_table(single, duos, ensembles, large_models) -> pd.DataFrame:
 
     sr_duos = duos[duos["uncertainty_type"] == "softmax_response"] if len(duos) else duos
     for large in large_models:
-        add(f"{large} (raw)", sr_single(single, large, "None"), "0")
-        add(f"{large} (temp-scaled)", sr_single(single, large), "0")
+        add(f"{large} (raw)", pt.single_rows(single, large, None, "None"), "0")
+        add(f"{large} (temp-scaled)", pt.single_rows(single, large, None), "0")
         mine = sr_duos[sr_duos["model_large"] == large] if len(sr_duos) else sr_duos
         for (small, mode), group in (mine.groupby(["model_small", "mode"], sort=False) if len(mine) else []):
             balance = float(group["gflops_balance"].iloc[0])
@@ -79,7 +79,7 @@ def summary_table(single, duos, ensembles, large_models) -> pd.DataFrame:
                                        ("_LA", "Laplace (last layer, kron)", "None"),
                                        ("_greedy", "greedy soup (temp-scaled)", "TempScaleWrapper"),
                                        ("_uniform", "uniform soup (temp-scaled)", "TempScaleWrapper")):
-            add(f"{large} {label}", sr_single(single, large + suffix, wrapper))
+            add(f"{large} {label}", pt.single_rows(single, large + suffix, None, wrapper))
         if len(ensembles):
             de = ensembles[(ensembles["model"] == large) & (ensembles["subset"].astype(str) == "mean")
                            & (ensembles["uncertainty_type"] == "softmax_response")]
@@ -292,7 +292,7 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs, 
                          "excludes 0" if len(deltas) else "") + f". Fig. 3 is "
                       f"Acc/F1 (Ours vs Unweighted), Fig. 4 AUROC (Ours vs UQ only), Fig. 5 AURC, Fig. 6 SAC@98. "
                       f"{pt.UNITS_NOTE}", f"fig3-6_{large}", lambda path, series=series, large=large: figures.metric_vs_balance_figure(
-                          series, {f"{large} (TS)": sr_single(single, large)}, path, f"{report.dataset}: duos of {large}"))
+                          series, {f"{large} (TS)": pt.single_rows(single, large, None)}, path, f"{report.dataset}: duos of {large}"))
     soups = [name for name in sorted(set(costed["model_large"])) if name.endswith(pt.SOUP_SUFFIXES)] if len(costed) else []
     every_soup = soups
     if args.large:                                   # --large chooses Fig. 7's soups too
@@ -309,7 +309,7 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs, 
                       f"soup {soup}, next to those of {regular}; dashed/dotted: the temperature-scaled {regular} and "
                       f"{soup}. {pt.UNITS_NOTE}", f"fig7_{soup}", lambda path, series=series, soup=soup, regular=regular:
                       figures.metric_vs_balance_figure(
-                          series, {f"{regular} (TS)": sr_single(single, regular), f"{soup} (TS)": sr_single(single, soup)},
+                          series, {f"{name} (TS)": pt.single_rows(single, name, None) for name in (regular, soup)},
                           path, f"{report.dataset}: duos on the soup {soup}", ("Acc", "CP_AUROC", "AURC", "SAC@99")))
     if ratio_inputs is None:
         report.skip("Fig. 10 (temperature ratios)", f"no temperature CSVs in {args.calibrated_dir}")
@@ -326,12 +326,6 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs, 
                   "T^duo = 1/(2w) from stage 3's weights and T^single from stage 2: how much more the duo trusts the "
                   "large model than the two members' own calibration would; 1 = no asymmetry beyond calibration.",
                   "fig10_temperature_ratio", lambda path: figures.temperature_ratio_figure(points, path))
-
-
-def sr_single(single, model: str, wrapper: str = "TempScaleWrapper") -> pd.DataFrame:
-    """One model's softmax-response rows of both splits, raw or temperature-scaled."""
-    return single[(single["model"] == model) & (single["wrapper"] == wrapper)
-                  & (single["uncertainty_type"] == "softmax_response")]
 
 
 def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):

@@ -23,10 +23,9 @@ from torchvision import transforms as T
 
 from utils.cli.parsing import UserError
 from utils.files import safe_io
-from utils.files.model_names import SOURCES
+from utils.files.model_names import SOUP_SUFFIXES, SOURCES
 
 STAGE_COMMAND = "python train/download_imagenet_models.py --models {name}"
-SOUP_SUFFIXES = ("_greedy", "_uniform")
 
 
 def architecture_of(model_name: str) -> str:

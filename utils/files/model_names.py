@@ -20,6 +20,7 @@ _SUFFIX_PATTERN = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", r
 # the derived models that cost what their backbone costs per image (so they share its GFLOPs); the
 # IVON Monte-Carlo predictive (_ivon) and Laplace (_LA) cost more, and have no backbones.csv figure
 SOURCES = ("torchvision", "timm")     # where a backbone's architecture and weights come from
+SOUP_SUFFIXES = ("_greedy", "_uniform")          # make_soup.py's <arch>_greedy, <arch>_uniform
 SAME_COST_SUFFIXES = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det)$", re.IGNORECASE)
 
 

@@ -13,6 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from utils.files.model_names import SOUP_SUFFIXES
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS
 from utils.stages.scoring import SPREAD_DDOF
 
@@ -60,14 +61,12 @@ def relative_improvement(value: float, base: float, metric: str) -> float:
 
 # ----------------------------------------------------------------------------- row selections
 
-def single_rows(single: pd.DataFrame, models, split: str, wrapper: str = "TempScaleWrapper",
+def single_rows(single: pd.DataFrame, models, split: str | None, wrapper: str = "TempScaleWrapper",
                 uncertainty: str = "softmax_response") -> pd.DataFrame:
+    """The rows of one model (or several), raw ("None") or temperature-scaled, of one split (None: both)."""
     wanted = {str(m) for m in ([models] if isinstance(models, str) else models)}
-    return single[single["model"].isin(wanted) & (single["wrapper"] == wrapper)
-                  & (single["uncertainty_type"] == uncertainty) & (single["split"] == split)]
-
-
-SOUP_SUFFIXES = ("_greedy", "_uniform")
+    chosen = single[single["model"].isin(wanted) & (single["wrapper"] == wrapper) & (single["uncertainty_type"] == uncertainty)]
+    return chosen if split is None else chosen[chosen["split"] == split]
 
 
 def asymmetric_duos(duos: pd.DataFrame, split: str | None = None, soups: bool = False) -> pd.DataFrame:
