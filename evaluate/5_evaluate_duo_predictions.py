@@ -1,7 +1,8 @@
 """Stage 5: evaluate every duo of a duos CSV in every mode and uncertainty type on test and ood_test.
 
 Writes `evaluation_duo_<dataset>.csv` (test) and `evaluation_duo_<dataset>_ood.csv` (ood_test) under
---output_dir. Modes and uncertainty types are defined in `utils/maths/duo_modes.py` (contract §5).
+--output_dir (`evaluation_duo_probs_...` with `--combine probs`). Modes and uncertainty types are defined
+in `utils/maths/duo_modes.py` (contract §5).
 
     python evaluate/5_evaluate_duo_predictions.py --config configs/duos.csv \
         --predictions_dir ./predictions --output_dir ./results [--modes unweighted uqonly asymmetric]
@@ -16,7 +17,7 @@ from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_n
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
 from utils.maths.bootstrap import FEWEST_RESAMPLES, MOST_RESAMPLES
-from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs, member_scales
+from utils.maths.duo_modes import COMBINE, MODES, DuoTemperatures, duo_outputs, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 from utils.stages.calibration import duo_weights_row, single_temperature_row
 from utils.stages.scoring import (DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, DUO_RESULT_COLUMNS, EVAL_SPLITS,
@@ -38,6 +39,9 @@ def build_parser() -> ArgumentParser:
                         help="default: all three")
     add_backbone_csv(parser, "fills gflops columns the duos CSV lacks")
     parser.add_argument("--strict", action="store_true", help="fail on the first duo with a missing prediction file")
+    parser.add_argument("--combine", choices=COMBINE, default="logits",
+                        help="average the members' scaled logits (default, the paper) or their probabilities under "
+                             "the same scalings; probs writes evaluation_duo_probs_<dataset>[_ood].csv")
     parser.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="B",
                         help="also write evaluation_duo_delta_<dataset>[_ood].csv: every metric of each duo x mode x "
                              "uncertainty type minus the temperature-scaled large model's, with its 95%% paired "
@@ -130,7 +134,7 @@ def main_impl(argv=None) -> int:
                                     f"{args.calibrated_dir}: {large.model} + {small.model}")
             normalizers = large_normalizers.setdefault((large.source, split), {})
             outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types,
-                                  normalizers)
+                                  normalizers, args.combine)
             if args.bootstrap and (large.source, split) not in baselines:
                 baselines[(large.source, split)] = bootstrap_baseline(
                     data_large.logits, data_large.labels, singles[large.model], args.uncertainty_types, args.bootstrap,
@@ -152,11 +156,12 @@ def main_impl(argv=None) -> int:
         tables.upsert_single_temperatures(args.calibrated_dir, fitted_single)
     if fitted_duo:
         tables.upsert_duo_temperatures(args.calibrated_dir, fitted_duo)
-    written = write_results(args.output_dir, "duo", dataset, rows, DUO_RESULT_COLUMNS,
+    kind = "duo" if args.combine == "logits" else f"duo_{args.combine}"
+    written = write_results(args.output_dir, kind, dataset, rows, DUO_RESULT_COLUMNS,
                             ["model_large", "model_small", "mode", "uncertainty_type", "split"])
     print(f"wrote {len(rows)} row(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
     if deltas:
-        written = write_results(args.output_dir, "duo_delta", dataset, deltas, DELTA_RESULT_COLUMNS,
+        written = write_results(args.output_dir, f"{kind}_delta", dataset, deltas, DELTA_RESULT_COLUMNS,
                                 DELTA_RESULT_COLUMNS[:2] + ["mode", "uncertainty_type", "split", "metric"],
                                 DELTA_VALUE_COLUMNS, always_defined=())
         print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")

@@ -1,9 +1,10 @@
 """Stage 8: the paper's deep-ensemble baseline, pool-then-calibrate (paper Appendix A.5).
 
 From K prediction files of one architecture, draw --subsets random subsets of each size in --sizes
-(all subsets when there are fewer), average the members' logits, fit one temperature on val, and
-evaluate test and ood_test. Writes per-subset rows plus `subset=mean` and `subset=std` rows (std only
-where a size has two or more subsets) to `evaluation_deep_ensemble_<dataset>.csv` and `..._ood.csv`.
+(all subsets when there are fewer), average the members' logits (with --combine probs: their
+probabilities), fit one temperature on val, and evaluate test and ood_test. Writes per-subset rows plus
+`subset=mean` and `subset=std` rows (std only where a size has two or more subsets) to
+`evaluation_deep_ensemble_<dataset>.csv` and `..._ood.csv` (`evaluation_deep_ensemble_probs_...`).
 
     python evaluate/8_evaluate_deep_ensemble.py --members preds/ResNet50_s*.npz --sizes 2 5 8 \
         --subsets 32 --output_dir ./results
@@ -40,7 +41,8 @@ from utils.files.model_names import NameMap, check_plain_name, unique_by_case
 from utils.files.prediction_io import (align, check_output_folder, find_prediction_file, prediction_paths,
                                        read_official_ensemble, read_predictions)
 from utils.maths import calibrate_temperature
-from utils.maths.uncertainty_metrics import METRIC_COLUMNS, WeightedLogits
+from utils.maths.duo_modes import COMBINE
+from utils.maths.uncertainty_metrics import METRIC_COLUMNS, ProbabilityMixture, WeightedLogits
 from utils.stages.scoring import (ENSEMBLE_RESULT_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF,
                                   resolve_dataset, single_model_metrics, write_results)
 
@@ -63,9 +65,19 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
                         choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
+    parser.add_argument("--combine", choices=COMBINE, default="logits",
+                        help="average the members' logits (default, the paper) or their probabilities, then fit one "
+                             "temperature on val; probs writes evaluation_deep_ensemble_probs_<dataset>[_ood].csv")
     parser.add_argument("--method", choices=calibrate_temperature.METHODS, default="exact",
                         help="temperature fit: exact optimum (default) or the official grid + LBFGS")
     return parser
+
+
+def pooled_logits(members: list, combine: str) -> np.ndarray:
+    """The members' mean logits, or (combine="probs") the log of their mean probabilities."""
+    if combine == "probs":
+        return ProbabilityMixture(members, [1.0] * len(members)).materialise()
+    return WeightedLogits(members, [1.0 / len(members)] * len(members)).materialise()
 
 
 def draw_subsets(num_members: int, size: int, count: int, seed: int) -> list[tuple[int, ...]]:
@@ -134,6 +146,9 @@ def main_impl(argv=None) -> int:
     else:
         flag = "--members"
     if not args.members:
+        if args.combine != "logits":
+            raise UserError("--combine probs: the official ensemble files hold logits averaged already; give the "
+                            "members' prediction files with --members or --members_csv")
         dataset = check_plain_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
         rows = official_ensembles(args)
         written = write_results(args.output_dir, "deep_ensemble", dataset, rows, ENSEMBLE_RESULT_COLUMNS,
@@ -165,18 +180,16 @@ def main_impl(argv=None) -> int:
     for size in args.sizes:
         subsets = draw_subsets(len(members), size, args.subsets, args.seed)
         for number, subset in enumerate(subsets):
-            val_mean = WeightedLogits([splits["val"][i].logits for i in subset], [1.0 / size] * size).materialise()
+            val_mean = pooled_logits([splits["val"][i].logits for i in subset], args.combine)
             temperature = calibrate_temperature.fit_temperature(val_mean, splits["val"][0].labels,
                                                                 method=args.method).temperature
             label = "+".join(members[i].model for i in subset)
             for split in EVAL_SPLITS:
                 if split not in splits:
                     continue
-                members_logits = [splits[split][i].logits for i in subset]
-                pooled = WeightedLogits(members_logits, [1.0 / (size * temperature)] * size)
-                # T = inf: uniform probabilities, the pooled logits' own predictions
-                kept = (WeightedLogits(members_logits, [1.0] * size).materialise().argmax(1)
-                        if math.isinf(temperature) else None)
+                mean = pooled_logits([splits[split][i].logits for i in subset], args.combine)
+                pooled = WeightedLogits([mean], [1.0 / temperature])
+                kept = mean.argmax(1) if math.isinf(temperature) else None   # T = inf: uniform p, the mean's argmax
                 for uncertainty, metrics in single_model_metrics(pooled, splits[split][0].labels,
                                                                  args.uncertainty_types, kept).items():
                     rows.append({**metrics, "model": name, "m": size, "subset": str(number), "members": label,
@@ -191,7 +204,8 @@ def main_impl(argv=None) -> int:
         for statistic, values in statistics:
             summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
                               "uncertainty_type": uncertainty, "split": split})
-    written = write_results(args.output_dir, "deep_ensemble", dataset, rows + summaries, ENSEMBLE_RESULT_COLUMNS,
+    kind = "deep_ensemble" if args.combine == "logits" else f"deep_ensemble_{args.combine}"
+    written = write_results(args.output_dir, kind, dataset, rows + summaries, ENSEMBLE_RESULT_COLUMNS,
                             ["model", "m", "subset", "uncertainty_type", "split"])
     print(f"wrote {len(rows) + len(summaries)} row(s) to {', '.join(map(str, written))}")
     return 0

@@ -6,6 +6,8 @@ with the offline evaluation (stage 5).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -18,11 +20,13 @@ class DuoWrapper(nn.Module):
     `(x_large, x_small)` pair when the members need different preprocessing."""
 
     def __init__(self, large: nn.Module | None, small: nn.Module | None, mode: str = "asymmetric",
-                 temperatures: duo_modes.DuoTemperatures | None = None):
+                 temperatures: duo_modes.DuoTemperatures | None = None, combine: str = "logits"):
         super().__init__()
         if mode not in duo_modes.MODES:
             raise ValueError(f"unknown duo mode '{mode}'; choose from {', '.join(duo_modes.MODES)}")
-        self.large, self.small, self.mode = large, small, mode
+        if combine not in duo_modes.COMBINE:
+            raise ValueError(f"unknown combine '{combine}'; choose from {', '.join(duo_modes.COMBINE)}")
+        self.large, self.small, self.mode, self.combine_with = large, small, mode, combine
         self.temperatures = temperatures or duo_modes.DuoTemperatures()
 
     def fit(self, val_logits_large, val_logits_small, val_labels, method: str = "exact") -> calibrate_temperature.DuoFit:
@@ -51,7 +55,13 @@ class DuoWrapper(nn.Module):
         return self.large(x_large), self.small(x_small)
 
     def combine(self, logits_large: torch.Tensor, logits_small: torch.Tensor) -> torch.Tensor:
+        """The duo's logits z (softmax(z) = p): the scaled members' average, or with combine="probs" the log
+        of their probabilities' average."""
         scale_large, scale_small = duo_modes.member_scales(self.mode, self.temperatures)
+        if self.combine_with == "probs":
+            members = torch.stack([torch.log_softmax(scale_large * logits_large, dim=1),
+                                   torch.log_softmax(scale_small * logits_small, dim=1)])
+            return torch.logsumexp(members, dim=0) - math.log(2.0)
         return (scale_large * logits_large + scale_small * logits_small) / 2.0
 
     def forward(self, x) -> torch.Tensor:
@@ -64,7 +74,8 @@ class DuoWrapper(nn.Module):
 
     def outputs_from_logits(self, logits_large: torch.Tensor, logits_small: torch.Tensor) -> dict[str, torch.Tensor]:
         large, small = logits_large.detach().float().cpu(), logits_small.detach().float().cpu()
-        out = duo_modes.duo_outputs(large, small, self.temperatures, modes=[self.mode])[self.mode]
+        out = duo_modes.duo_outputs(large, small, self.temperatures, modes=[self.mode],
+                                    combine=self.combine_with)[self.mode]
         z = torch.from_numpy(out.logits.materialise())
         result = {"logits": z.float(), "probs": torch.softmax(z, dim=1).float(),
                   "preds": torch.from_numpy(out.predictions)}

@@ -6,6 +6,7 @@ from scipy.special import softmax
 from load_models.DuoWrapper import DuoWrapper
 from load_models.ShallowEnsembleWrapper import ShallowEnsembleWrapper, summarize_heads
 from load_models.TempScaleWrapper import TempScaleWrapper
+from utils.maths import uncertainty_metrics as um
 from utils.maths.duo_modes import MODES, DuoTemperatures, duo_outputs
 
 # Three samples, three classes. Sample 0: the large model says class 0, the duo says class 1.
@@ -148,3 +149,38 @@ def test_a_duo_with_both_weights_zero_is_uniform_with_the_large_models_predictio
         assert outputs[mode].predictions.tolist() == large.argmax(1).tolist(), mode
         assert np.allclose(outputs[mode].uncertainty["softmax_response"], 1 - 1 / 5), mode
     assert outputs["unweighted"].predictions.tolist() == (large + small).argmax(1).tolist()
+
+
+def test_probability_averaging_equals_a_hand_computed_case():
+    # two samples, two classes, unweighted: p = (softmax(l) + softmax(s)) / 2 written out by hand
+    large, small = np.array([[0.0, np.log(3.0)], [0.0, 0.0]]), np.array([[0.0, 0.0], [np.log(4.0), 0.0]])
+    # sample 0: (1/4, 3/4) and (1/2, 1/2) -> (3/8, 5/8); sample 1: (1/2, 1/2) and (4/5, 1/5) -> (13/20, 7/20)
+    expected = np.array([[3 / 8, 5 / 8], [13 / 20, 7 / 20]])
+    out = duo_outputs(large, small, DuoTemperatures(), modes=["unweighted"], combine="probs")["unweighted"]
+    assert np.allclose(softmax(out.logits.materialise(), axis=1), expected, atol=1e-15)
+    assert out.predictions.tolist() == [1, 0]
+    assert np.allclose(out.uncertainty["softmax_response"], [3 / 8, 7 / 20])
+    labels = np.array([0, 0])
+    metrics = um.compute_metrics(out.logits, labels)
+    assert metrics["NLL"] == pytest.approx(-(np.log(3 / 8) + np.log(13 / 20)) / 2, abs=1e-14)
+    assert metrics["Brier"] == pytest.approx(((5 / 8) ** 2 * 2 + (7 / 20) ** 2 * 2) / 4, abs=1e-14)
+    # the logit average differs: the switch changes the numbers
+    logit_average = duo_outputs(large, small, DuoTemperatures(), modes=["unweighted"])["unweighted"]
+    assert not np.allclose(softmax(logit_average.logits.materialise(), axis=1), expected)
+
+
+def test_probability_averaging_uses_each_modes_member_scaling():
+    out = duo_outputs(LARGE, SMALL, TEMPS, combine="probs")
+    scalings = {"unweighted": (1.0, 1.0), "unweighted_ts": (1 / 2.0, 1 / 0.5), "asymmetric": (2.0, 0.6)}
+    for mode, (a_l, a_s) in scalings.items():
+        expected = (softmax(a_l * LARGE, axis=1) + softmax(a_s * SMALL, axis=1)) / 2
+        assert np.allclose(softmax(out[mode].logits.materialise(), axis=1), expected, atol=1e-14), mode
+        # gather (the label log-probability every metric uses) agrees with the block
+        index = np.array([2, 0, 1])
+        assert np.allclose(out[mode].logits.gather(index), np.log(expected[np.arange(3), index]), atol=1e-14)
+    assert out["uqonly"].predictions.tolist() == LARGE.argmax(1).tolist()
+    wrapper = DuoWrapper(None, None, mode="asymmetric", temperatures=TEMPS, combine="probs")
+    online = wrapper.combine(torch.from_numpy(LARGE), torch.from_numpy(SMALL))
+    assert np.allclose(torch.softmax(online, 1).numpy(), softmax(out["asymmetric"].logits.materialise(), axis=1))
+    with pytest.raises(ValueError, match="combine"):
+        DuoWrapper(None, None, combine="mean")

@@ -213,6 +213,43 @@ def test_deep_ensemble_pool_then_calibrate(tmp_path, stage):
     pd.testing.assert_frame_equal(frame, again)
 
 
+def test_combine_probs_averages_probabilities_in_stages_5_and_8(workdir, stage):
+    root, sets = workdir
+    large, small = sets[LARGE].splits["test"], sets[SMALL].splits["test"]
+    code, _, err = stage(S5, "--config", root / "duos.csv", "--predictions_dir", root / "predictions", "--output_dir",
+                         root / "results", "--calibrated_dir", root / "cal", "--fit_missing", "--dataset", "syn",
+                         "--modes", "unweighted", "--combine", "probs")
+    assert code == 0, err
+    assert not (root / "results" / "evaluation_duo_syn.csv").exists()     # the paper's file is untouched
+    row = pd.read_csv(root / "results" / "evaluation_duo_probs_syn.csv").query("uncertainty_type == 'softmax_response'")
+    small_by_id = dict(zip(small.ids, small.logits.astype(np.float64)))
+    aligned = np.stack([small_by_id[i] for i in large.ids])
+    p = (softmax_rows(large.logits.astype(np.float64)) + softmax_rows(aligned)) / 2
+    assert row.NLL.iloc[0] == pytest.approx(-np.mean(np.log(p[np.arange(len(p)), large.labels])), abs=1e-12)
+    assert row.Acc.iloc[0] == pytest.approx(np.mean(p.argmax(1) == large.labels), abs=1e-12)
+    # stage 8: the members' mean probabilities, then one temperature fitted on val
+    code, _, err = stage(S8, "--members", root / "predictions" / f"{LARGE}.csv", root / "predictions" / f"{SMALL}.csv",
+                         "--sizes", 2, "--output_dir", root / "results", "--dataset", "syn", "--combine", "probs")
+    assert code == 0, err
+    ensemble = pd.read_csv(root / "results" / "evaluation_deep_ensemble_probs_syn.csv")
+    got = ensemble[(ensemble.subset == "0") & (ensemble.uncertainty_type == "softmax_response")].iloc[0]
+    val_large, val_small = sets[LARGE].splits["val"], sets[SMALL].splits["val"]
+    val_by_id = dict(zip(val_small.ids, val_small.logits.astype(np.float64)))
+    val_p = (softmax_rows(val_large.logits.astype(np.float64))
+             + softmax_rows(np.stack([val_by_id[i] for i in val_large.ids]))) / 2
+    temperature = ct.fit_temperature(np.log(val_p), val_large.labels).temperature
+    expected = um.compute_metrics(np.log(p) / temperature, large.labels)
+    assert got.NLL == pytest.approx(expected["NLL"], abs=1e-10) and got.ECE == pytest.approx(expected["ECE"], abs=1e-10)
+    # the official pre-averaged files hold logits: probability averaging cannot apply
+    code, _, err = stage(S8, "--prediction_dir", root / "predictions", "--combine", "probs")
+    assert code != 0 and "--combine probs" in err
+
+
+def softmax_rows(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def test_a_model_worse_than_uniform_keeps_its_predictions_when_temperature_scaled(tmp_path, stage):
     """Val NLL lowest at T = inf: stage 2 warns and records inf; stage 4's temperature-scaled rows are
     uniform probabilities (NLL = log K) with the model's own predictions (the raw accuracy)."""

@@ -26,6 +26,9 @@ CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per flo
 @dataclass
 class SampleTerms:
     """What every metric needs, per test sample, of one scored predictor."""
+    labels: np.ndarray           # int64
+    predictions: np.ndarray      # int64
+    uncertainty: np.ndarray      # float64, lower = more confident
     correct: np.ndarray          # bool, the prediction equals the label
     nll: np.ndarray              # -log p_y
     brier: np.ndarray            # sum_k (p_k - onehot_k)^2 / K
@@ -39,6 +42,28 @@ class SampleTerms:
     hit_class: sparse.csr_matrix        # (K, N) one-hot of the labels of correct predictions
 
 
+def _assemble(labels: np.ndarray, predictions: np.ndarray, uncertainty: np.ndarray, nll: np.ndarray,
+              brier: np.ndarray, confidence: np.ndarray, calibration_correct: np.ndarray,
+              num_classes: int) -> SampleTerms:
+    """SampleTerms from the per-sample quantities; the orderings and one-hots follow from them."""
+    correct = predictions == labels
+    order = np.argsort(uncertainty, kind="stable")
+    ranked = uncertainty[order]
+    n = len(labels)
+    columns = np.arange(n)
+
+    def one_hot(rows: np.ndarray, keep: np.ndarray | None = None) -> sparse.csr_matrix:
+        keep = np.ones(n, dtype=bool) if keep is None else keep
+        return sparse.csr_matrix((np.ones(int(keep.sum())), (rows[keep], columns[keep])), shape=(num_classes, n))
+
+    return SampleTerms(labels=labels, predictions=predictions, uncertainty=uncertainty, correct=correct, nll=nll,
+                       brier=brier, confidence=confidence, calibration_correct=calibration_correct,
+                       ece_bin=um.ece_bin_index(confidence), order=order,
+                       tie_starts=np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]),
+                       true_class=one_hot(labels), predicted_class=one_hot(predictions),
+                       hit_class=one_hot(labels, correct))
+
+
 def sample_terms(logits, labels: np.ndarray, predictions: np.ndarray | None = None,
                  uncertainty: np.ndarray | None = None, stats: um.SoftmaxStats | None = None) -> SampleTerms:
     """The per-sample terms of a predictor, with compute_metrics' defaults (argmax, softmax response)."""
@@ -47,22 +72,22 @@ def sample_terms(logits, labels: np.ndarray, predictions: np.ndarray | None = No
     predictions = stats.argmax if predictions is None else np.asarray(predictions, dtype=np.int64)
     uncertainty = um.softmax_response(logits, stats) if uncertainty is None else np.asarray(uncertainty, dtype=np.float64)
     label_log_prob = um.log_prob_at(logits, stats, labels)
-    correct = predictions == labels
-    order = np.argsort(uncertainty, kind="stable")
-    ranked = uncertainty[order]
-    n, k = len(labels), stats.num_classes
-    columns = np.arange(n)
+    return _assemble(labels, predictions, uncertainty, -label_log_prob, um.brier_rows(stats, labels, label_log_prob),
+                     stats.confidence, stats.argmax == labels, stats.num_classes)
 
-    def one_hot(rows: np.ndarray, keep: np.ndarray | None = None) -> sparse.csr_matrix:
-        keep = np.ones(n, dtype=bool) if keep is None else keep
-        return sparse.csr_matrix((np.ones(int(keep.sum())), (rows[keep], columns[keep])), shape=(k, n))
 
-    return SampleTerms(correct=correct, nll=-label_log_prob, brier=um.brier_rows(stats, labels, label_log_prob),
-                       confidence=stats.confidence, calibration_correct=stats.argmax == labels,
-                       ece_bin=um.ece_bin_index(stats.confidence), order=order,
-                       tie_starts=np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]]),
-                       true_class=one_hot(labels), predicted_class=one_hot(predictions),
-                       hit_class=one_hot(labels, correct))
+def mixed_terms(first: SampleTerms, second: SampleTerms, take_second: np.ndarray) -> SampleTerms:
+    """The predictor that answers with `second` where `take_second` and with `first` elsewhere (a cascade):
+    every per-sample quantity, the uncertainty included, is the answering predictor's."""
+    if not np.array_equal(first.labels, second.labels):
+        raise ValueError("mixed_terms: the two predictors were scored on different labels")
+    take_second = np.asarray(take_second, dtype=bool)
+
+    def pick(name: str) -> np.ndarray:
+        return np.where(take_second, getattr(second, name), getattr(first, name))
+
+    return _assemble(first.labels, pick("predictions"), pick("uncertainty"), pick("nll"), pick("brier"),
+                     pick("confidence"), pick("calibration_correct"), first.true_class.shape[0])
 
 
 def _macro_f1(tp: np.ndarray, true_count: np.ndarray, pred_count: np.ndarray, present_only: bool) -> np.ndarray:

@@ -14,6 +14,11 @@ A mode whose weights are all 0 (both temperatures inf) gives uniform p and the l
 Every mode also reports `entropy` = H(p) and `kl_disagreement` = its softmax-response uncertainty
 + 0.1 * KL(p_s || p_l), with p_l, p_s the members' probabilities under the mode's own scaling
 (1 for unweighted, 1/T^single for unweighted_ts, 1/T^duo = 2w for the duo modes).
+
+`combine="probs"` averages the members' probabilities under those same scalings instead of their
+logits: p = (softmax(a_l l) + softmax(a_s s)) / 2 (the usual ensemble average for unweighted and
+unweighted_ts; for the duo modes each member at its duo temperature, whose weights stage 3 fitted for
+the logit average). The prediction and uncertainty rules of the table are unchanged.
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ _COMBINATION = {"unweighted": "raw", "unweighted_ts": "single", "uqonly": "duo",
                 "asymmetric": "duo", "asymmetric_code": "duo"}
 _PREDICT_WITH_LARGE = {"uqonly"}
 _UNCERTAINTY_AT_LARGE = {"uqonly", "asymmetric_code"}
+COMBINE = ("logits", "probs")         # average the members' scaled logits (the paper) or their probabilities
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,20 @@ def member_scales(mode: str, temps: DuoTemperatures) -> tuple[float, float]:
     return 2.0 * temps.weight_large, 2.0 * temps.weight_small
 
 
-def combined_logits(logits_large, logits_small, mode: str, temps: DuoTemperatures) -> um.WeightedLogits:
+def combined_logits(logits_large, logits_small, mode: str, temps: DuoTemperatures,
+                    combine: str = "logits") -> um.WeightedLogits | um.ProbabilityMixture:
+    """z with p = softmax(z): the scaled members' logit average, or the log of their probability average."""
     scale_large, scale_small = member_scales(mode, temps)
+    if combine == "probs":
+        return um.ProbabilityMixture([logits_large, logits_small], [scale_large, scale_small])
+    if combine != "logits":
+        raise ValueError(f"unknown combine '{combine}'; choose from {', '.join(COMBINE)}")
     return um.WeightedLogits([logits_large, logits_small], [scale_large / 2.0, scale_small / 2.0])
 
 
 def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
-                uncertainty_types=um.UNCERTAINTY_TYPES, large_normalizers: dict | None = None) -> dict[str, ModeOutput]:
+                uncertainty_types=um.UNCERTAINTY_TYPES, large_normalizers: dict | None = None,
+                combine: str = "logits") -> dict[str, ModeOutput]:
     """Evaluate several modes at once, computing each distinct probability vector only once.
 
     `large_normalizers` ({scale: logsumexp rows of scale * logits_large}), kept by a caller that pairs one
@@ -89,7 +102,7 @@ def duo_outputs(logits_large, logits_small, temps: DuoTemperatures, modes=MODES,
     for mode in modes:
         kind = _COMBINATION[mode]
         if kind not in cache:
-            z = combined_logits(large, small, mode, temps)
+            z = combined_logits(large, small, mode, temps, combine)
             cache[kind] = (z, um.softmax_stats(z), {})
         z, stats, kl_cache = cache[kind]
         # all weights 0 (both temperatures inf: uniform beat both members on val): p is uniform and the

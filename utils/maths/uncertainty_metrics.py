@@ -16,6 +16,7 @@ Conventions, matching the official evaluation code unless noted:
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -119,8 +120,55 @@ class WeightedLogits:
         return self.block(slice(None))
 
 
-def as_weighted(logits) -> WeightedLogits:
-    return logits if isinstance(logits, WeightedLogits) else WeightedLogits([logits], [1.0])
+class ProbabilityMixture:
+    """log p for p = sum_j weight_j * softmax(scale_j * member_j), one row block at a time: probability
+    averaging (default weights 1/M) where WeightedLogits averages logits. Log-probabilities serve as logits
+    (softmax(log p) = p), so every measure and metric takes either."""
+
+    def __init__(self, members, scales, weights=None):
+        self.members = [np.asarray(m) for m in members]
+        self.scales = [float(a) for a in scales]
+        self.weights = [1.0 / len(self.members)] * len(self.members) if weights is None else [float(w) for w in weights]
+        if len({m.shape for m in self.members}) != 1 or self.members[0].ndim != 2:
+            raise ValueError("members must share one [N, K] shape")
+        if len(self.scales) != len(self.members) or len(self.weights) != len(self.members):
+            raise ValueError("one scale and one weight per member")
+        self._normalizers: list[np.ndarray] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.members[0].shape
+
+    def _terms(self):
+        return [(m, a, math.log(w)) for m, a, w in zip(self.members, self.scales, self.weights) if w > 0]
+
+    def block(self, rows: slice) -> np.ndarray:
+        out = None
+        for member, scale, log_weight in self._terms():
+            term = member[rows].astype(np.float64)
+            term *= scale
+            term -= logsumexp_rows(term)[:, None]
+            term += log_weight
+            out = term if out is None else np.logaddexp(out, term, out=out)
+        return out
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        if self._normalizers is None:
+            self._normalizers = [log_normalizer(WeightedLogits([m], [a])) for m, a, _ in self._terms()]
+        rows = np.arange(self.shape[0])
+        index = np.asarray(index, dtype=np.int64)
+        out = None
+        for (member, scale, log_weight), normalizer in zip(self._terms(), self._normalizers):
+            term = scale * member[rows, index].astype(np.float64) - normalizer + log_weight
+            out = term if out is None else np.logaddexp(out, term)
+        return out
+
+    def materialise(self) -> np.ndarray:
+        return self.block(slice(None))
+
+
+def as_weighted(logits) -> WeightedLogits | ProbabilityMixture:
+    return logits if isinstance(logits, (WeightedLogits, ProbabilityMixture)) else WeightedLogits([logits], [1.0])
 
 
 @dataclass
