@@ -17,9 +17,9 @@ from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_n
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
 from utils.maths.bootstrap import FEWEST_RESAMPLES, MOST_RESAMPLES
-from utils.maths.duo_modes import COMBINE, MODES, DuoTemperatures, duo_outputs, member_scales
+from utils.maths.duo_modes import COMBINE, MODES, duo_outputs, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
-from utils.stages.calibration import duo_weights_row, single_temperature_row
+from utils.stages.calibration import pair_temperatures
 from utils.stages.scoring import (DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, DUO_RESULT_COLUMNS, EVAL_SPLITS,
                                   PredictionCache, bootstrap_baseline, check_scaled_logits, delta_rows, find_duo_files,
                                   largest_magnitude, metrics_by_uncertainty, resolve_dataset, write_results)
@@ -105,17 +105,11 @@ def main_impl(argv=None) -> int:
     rows, deltas, fitted_single, fitted_duo, dataset_names = [], [], [], [], []
     for duo, large_path, small_path in in_reading_order(jobs):
         large, small = cache.get(large_path), cache.get(small_path)
-        pair = (large.model, small.model)            # the identities: the files' names
         dataset_names += [large.dataset, small.dataset]
-        for pset in (large, small) if _NEEDS_SINGLE & set(args.modes) else (large,):
-            if needs_single(args.modes, args) and pset.model not in singles:
-                fitted_single.append(single_temperature_row(pset))
-                singles[pset.model] = fitted_single[-1]["temperature"]
-        if _NEEDS_DUO & set(args.modes) and pair not in weights:
-            fitted_duo.append(duo_weights_row(large, small))
-            weights[pair] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
-        temps = DuoTemperatures(singles.get(large.model, 1.0), singles.get(small.model, 1.0),
-                                *weights.get(pair, (0.5, 0.5)))
+        single_of = ((large, small) if _NEEDS_SINGLE & set(args.modes) else (large,)) if needs_single(args.modes, args) \
+            else ()
+        temps = pair_temperatures(large, small, singles, weights, fitted_single, fitted_duo, single_of,
+                                  duo=bool(_NEEDS_DUO & set(args.modes)))
         large.split("test", "to evaluate the duo")
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,

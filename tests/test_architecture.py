@@ -9,7 +9,8 @@ import pytest
 from tests.conftest import REPO
 
 NUMPY_STAGES = ["evaluate/2_temp_scale.py", "evaluate/3_duo_temp_scale.py", "evaluate/4_evaluate_predictions.py",
-                "evaluate/5_evaluate_duo_predictions.py", "evaluate/8_evaluate_deep_ensemble.py",
+                "evaluate/5_evaluate_duo_predictions.py", "evaluate/7_evaluate_cascades.py",
+                "evaluate/8_evaluate_deep_ensemble.py",
                 "evaluate/9_make_report.py", "evaluate/run_pipeline.py"]
 HEAVY = ("torch", "torchvision", "timm", "ray", "laplace", "ivon")
 LIBRARIES = ("utils", "load_models", "load_data")

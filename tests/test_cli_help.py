@@ -5,7 +5,8 @@ import pytest
 
 SCRIPTS = ["evaluate.1_single_model_prediction", "evaluate.2_temp_scale", "evaluate.3_duo_temp_scale",
            "evaluate.3dy_duo_temp_scale", "evaluate.4_evaluate_predictions", "evaluate.5_evaluate_duo_predictions",
-           "evaluate.6_laplace", "evaluate.8_evaluate_deep_ensemble", "evaluate.9_make_report", "evaluate.run_pipeline",
+           "evaluate.6_laplace", "evaluate.7_evaluate_cascades", "evaluate.8_evaluate_deep_ensemble", "evaluate.9_make_report",
+           "evaluate.run_pipeline",
            "evaluate.extra_eval_throughput", "train.hp_tune", "train.make_soup", "train.ivon_train",
            "train.download_imagenet_models"]
 

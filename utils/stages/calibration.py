@@ -11,6 +11,7 @@ from utils.files import tables
 from utils.files.prediction_io import PredictionSet, align
 from utils.maths import calibrate_temperature
 from utils.maths import uncertainty_metrics as um
+from utils.maths.duo_modes import DuoTemperatures
 
 _SEPARATED = ("{source}: the validation NLL keeps falling as {bound}: {who} every 'val' sample correctly "
               "(a val split that is tiny, or labelled by the model's own predictions?), so no finite {what} minimises it; "
@@ -78,3 +79,20 @@ def duo_weights_row(large: PredictionSet, small: PredictionSet, method: str = "e
         warn(f"{large.model} + {small.model}: the duo fit did not converge; check the logits")
     return tables.duo_temperature_row(large.model, small.model, fit.weight_large, fit.weight_small, fit.nll,
                                       len(val_large))
+
+
+def pair_temperatures(large: PredictionSet, small: PredictionSet, singles, weights: dict, fitted_single: list,
+                      fitted_duo: list, single_of: tuple = (), duo: bool = True) -> DuoTemperatures:
+    """A pair's DuoTemperatures from the recorded ones (`singles`: model -> T, `weights`: (large, small) ->
+    (w_l, w_s)); the single temperatures of the prediction sets in `single_of` and (with `duo`) the duo weights
+    that are missing are fitted on val, recorded in `singles`/`weights` and appended to `fitted_*` as rows."""
+    for pset in single_of:
+        if pset.model not in singles:
+            fitted_single.append(single_temperature_row(pset))
+            singles[pset.model] = fitted_single[-1]["temperature"]
+    pair = (large.model, small.model)
+    if duo and pair not in weights:
+        fitted_duo.append(duo_weights_row(large, small))
+        weights[pair] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
+    return DuoTemperatures(singles.get(large.model, 1.0), singles.get(small.model, 1.0),
+                           *weights.get(pair, (0.5, 0.5)))

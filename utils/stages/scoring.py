@@ -27,6 +27,9 @@ ENSEMBLE_RESULT_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type"
 # stage 5 --bootstrap: each duo x mode x uncertainty type x metric against the temperature-scaled large model
 DELTA_VALUE_COLUMNS = ["delta", "ci_low", "ci_high", "significant", "B", "seed"]
 DELTA_RESULT_COLUMNS = DUO_RESULT_COLUMNS + ["metric"]
+# stage 7: one row per duo x order x uncertainty type x threshold (a sweep point or a val-fitted budget)
+CASCADE_RESULT_COLUMNS = ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "tau",
+                          "deferred", "gflops_large", "gflops_small", "gflops_expected", "split"]
 
 
 _LARGEST_LOGIT = 1e300       # beyond this, softmax's differences of logits overflow float64
@@ -162,20 +165,29 @@ def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list
     return jobs, skipped
 
 
+def scaled_terms(logits, labels: np.ndarray, temperature: float, uncertainty_types) -> dict:
+    """The temperature-scaled model's per-sample terms (utils/maths/bootstrap) for each uncertainty type: its
+    softmax response or entropy; kl_disagreement, which needs two members, gets the softmax response's. At
+    T = inf p is uniform and the predictions stay the raw logits' (as `single_model_metrics`)."""
+    from utils.maths import bootstrap
+    scaled = um.WeightedLogits([logits], [0.0 if np.isinf(temperature) else 1.0 / temperature])
+    stats = um.softmax_stats(scaled, with_entropy="entropy" in uncertainty_types)
+    predictions = np.argmax(logits, axis=1) if np.isinf(temperature) else stats.argmax
+    measures = {"entropy": lambda: um.entropy(stats), "softmax_response": lambda: um.softmax_response(scaled, stats)}
+    found = {kind: bootstrap.sample_terms(scaled, labels, predictions, measures[kind](), stats)
+             for kind in {k if k in measures else "softmax_response" for k in uncertainty_types}}
+    return {kind: found[kind if kind in measures else "softmax_response"] for kind in uncertainty_types}
+
+
 def bootstrap_baseline(logits_large, labels: np.ndarray, temperature: float, uncertainty_types, resamples: int,
                        seed: int) -> dict:
-    """The temperature-scaled large model's point and resampled metrics (utils/maths/bootstrap) for each
-    uncertainty type: its softmax response or entropy; kl_disagreement, which needs two members, against
-    the softmax response. Computed once per large model and split, shared by all its duos and modes."""
+    """The temperature-scaled large model's point and resampled metrics for each uncertainty type
+    (`scaled_terms`). Computed once per large model and split, shared by all its duos and modes."""
     from utils.maths import bootstrap
-    scaled = um.WeightedLogits([logits_large], [1.0 / temperature])
-    stats = um.softmax_stats(scaled, with_entropy="entropy" in uncertainty_types)
-    measures = {"entropy": lambda: um.entropy(stats), "softmax_response": lambda: um.softmax_response(scaled, stats)}
-    found = {}
-    for kind in {k if k in measures else "softmax_response" for k in uncertainty_types}:
-        terms = bootstrap.sample_terms(scaled, labels, stats.argmax, measures[kind](), stats)
-        found[kind] = (bootstrap.point_metrics(terms), bootstrap.resampled_metrics(terms, resamples, seed))
-    return {kind: found[kind if kind in measures else "softmax_response"] for kind in uncertainty_types}
+    terms = scaled_terms(logits_large, labels, temperature, uncertainty_types)
+    found = {id(t): (bootstrap.point_metrics(t), bootstrap.resampled_metrics(t, resamples, seed))
+             for t in {id(t): t for t in terms.values()}.values()}
+    return {kind: found[id(t)] for kind, t in terms.items()}
 
 
 def delta_rows(base: dict, out, labels: np.ndarray, resamples: int, seed: int, descriptive: dict) -> list[dict]:

@@ -1,0 +1,167 @@
+"""Stage 7: cascades of each duo's members, a compute-matched rival of the duo, from the same files.
+
+f_large runs on every input and the sidekick only where f_large's uncertainty exceeds a threshold tau
+(`large_first`), or the reverse (`small_first`); where both ran the answer is the duo's (asymmetric mode).
+Each threshold gives one operating point: every metric, the fraction deferred and the expected GFLOPs
+(gflops_first + fraction * gflops_second). Two kinds of threshold (`selection` column):
+- `sweep`: --steps + 1 thresholds deferring 0, 1/steps, ..., all of the test inputs (a curve from the
+  first model alone, tau = +inf, to the duo, tau = -inf);
+- `val_budget`: for each --budgets B, tau fitted on the val split so that the expected cost is about
+  B x gflops_large, then applied to test and ood_test (an honest held-out choice of operating point).
+Pure post-processing of stage-1 prediction files and stage-2/3 temperatures. Writes
+`evaluation_cascade_<dataset>[_ood].csv` under --output_dir.
+
+    python evaluate/7_evaluate_cascades.py --config configs/duos.csv --predictions_dir ./predictions \
+        --calibrated_dir ./calibrated --output_dir ./results [--budgets 1.1 1.2]
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from utils.cli import flags
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main, warn
+from utils.files import tables
+from utils.files.prediction_io import align, check_output_folder
+from utils.maths import bootstrap, cascades
+from utils.maths.duo_modes import duo_outputs
+from utils.stages.calibration import pair_temperatures
+from utils.stages.scoring import (CASCADE_RESULT_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, PredictionCache,
+                                  find_duo_files, resolve_dataset, scaled_terms, write_results)
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
+                            parents=[flags.evaluation_folders(), flags.result_dataset()])
+    parser.add_argument("--config", "--duo_csv_path", default="configs/duos.csv", metavar="CSV",
+                        help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv)")
+    add_backbone_csv(parser, "fills gflops columns the duos CSV lacks")
+    parser.add_argument("--orders", nargs="+", default=list(cascades.ORDERS), choices=cascades.ORDERS,
+                        help="which model runs first (default: both)")
+    parser.add_argument("--uncertainty_types", nargs="+", default=["softmax_response"],
+                        choices=SINGLE_UNCERTAINTY_TYPES,
+                        help="what decides the deferral and ranks the answers (default softmax_response)")
+    parser.add_argument("--steps", type=positive_int, default=20,
+                        help="sweep points: deferring 0, 1/steps, ..., all test inputs (default 20)")
+    parser.add_argument("--budgets", nargs="+", type=positive_float, default=[], metavar="B",
+                        help="expected costs as multiples of f_large's GFLOPs (e.g. 1.1); tau fitted on val for each")
+    parser.add_argument("--strict", action="store_true", help="fail on the first duo with a missing prediction file")
+    parser.add_argument("--fit_missing", action="store_true",
+                        help="fit missing temperatures/weights on the val split and record them (else: error)")
+    return parser
+
+
+def check_inputs(jobs, singles: dict, weights: dict, args) -> None:
+    """Fail before any work on a duo without GFLOPs or (unless --fit_missing) without its temperatures."""
+    for duo, _, _ in jobs:
+        pair = f"{duo.model_large} + {duo.model_small}"
+        if not (math.isfinite(duo.gflops_large) and math.isfinite(duo.gflops_small)):
+            raise UserError(f"{args.config}: {pair} has no GFLOPs: a cascade's cost needs them; fill gflops_large and "
+                            f"gflops_small, or give --backbone_csv with both models")
+        if args.fit_missing:
+            continue
+        lacking = [m for m in (duo.model_large, duo.model_small) if m not in singles]
+        if lacking:
+            raise UserError(f"{pair}: no single-model temperature for {lacking} in {args.calibrated_dir}/"
+                            f"{tables.SINGLE_TEMPERATURE_FILE}; run `python evaluate/2_temp_scale.py --predictions_dir "
+                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
+        if (duo.model_large, duo.model_small) not in weights:
+            raise UserError(f"no duo weights for {pair} in {args.calibrated_dir}/{tables.DUO_TEMPERATURE_FILE}; run "
+                            f"`python evaluate/3_duo_temp_scale.py --config {args.config} --predictions_dir "
+                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
+
+
+def budget_thresholds(large, small, temps, gflops: dict, args) -> dict:
+    """(order, uncertainty type) -> [("val_budget", B, tau)]: for each --budgets B, the tau that defers on the val
+    split the share of inputs an expected cost of B x gflops_large pays for."""
+    val_large = large.split("val", "to fit the cascade thresholds of --budgets")
+    val_small = align(val_large, small.split("val", "to fit the cascade thresholds of --budgets"), large.source,
+                      small.source, "val")
+    kinds = args.uncertainty_types
+    val = {"large": scaled_terms(val_large.logits, val_large.labels, temps.single_large, kinds),
+           "small": scaled_terms(val_small.logits, val_large.labels, temps.single_small, kinds)}
+    taus = {}
+    for order in args.orders:
+        first, second = ("large", "small") if order == "large_first" else ("small", "large")
+        for kind in kinds:
+            taus[(order, kind)] = []
+            for budget in args.budgets:
+                fraction = cascades.budget_fraction(budget, gflops["large"], gflops[first], gflops[second])
+                tau = cascades.threshold_for_fraction(val[first][kind].uncertainty, fraction)
+                taus[(order, kind)].append(("val_budget", budget, tau))
+    return taus
+
+
+def split_terms(logits_large, logits_small, labels, temps, kinds) -> dict:
+    """{"large"|"small"|"duo": {uncertainty type: SampleTerms}} of one split."""
+    duo = duo_outputs(logits_large, logits_small, temps, ["asymmetric"], kinds)["asymmetric"]
+    return {"large": scaled_terms(logits_large, labels, temps.single_large, kinds),
+            "small": scaled_terms(logits_small, labels, temps.single_small, kinds),
+            "duo": {kind: bootstrap.sample_terms(duo.logits, labels, duo.predictions, duo.uncertainty[kind], duo.stats)
+                    for kind in kinds}}
+
+
+def main_impl(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    duos = tables.read_duos(args.config, tables.read_backbones(args.backbone_csv))
+    singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
+    weights = tables.read_duo_weights(Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
+    jobs, _ = find_duo_files(duos, args.predictions_dir, args.strict)
+    for flag in ("--output_dir", "--calibrated_dir"):
+        check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
+    check_inputs(jobs, singles, weights, args)
+
+    cache = PredictionCache()
+    rows, fitted_single, fitted_duo, dataset_names = [], [], [], []
+    for duo, large_path, small_path in jobs:
+        large, small = cache.get(large_path), cache.get(small_path)
+        dataset_names += [large.dataset, small.dataset]
+        temps = pair_temperatures(large, small, singles, weights, fitted_single, fitted_duo, (large, small))
+        gflops = {"large": float(duo.gflops_large), "small": float(duo.gflops_small)}
+        taus = budget_thresholds(large, small, temps, gflops, args) if args.budgets else {}
+        large.split("test", "to evaluate the cascade")
+        descriptive = {"model_large": large.model, "model_small": small.model, "gflops_large": gflops["large"],
+                       "gflops_small": gflops["small"]}
+        for split in EVAL_SPLITS:
+            if split not in large.splits:
+                continue
+            if split not in small.splits:
+                warn(f"{large.model} + {small.model}: {small.source} has no '{split}' split; skipped it")
+                continue
+            data_large = large.splits[split]
+            data_small = align(data_large, small.splits[split], large.source, small.source, split)
+            kinds = args.uncertainty_types
+            terms = split_terms(data_large.logits, data_small.logits, data_large.labels, temps, kinds)
+            for order in args.orders:
+                first = "large" if order == "large_first" else "small"
+                for kind in kinds:
+                    sweep = [("sweep", fraction, tau) for fraction, tau in
+                             cascades.sweep_thresholds(terms[first][kind].uncertainty, args.steps)]
+                    for selection, target, tau in sweep + taus.get((order, kind), []):
+                        metrics, deferred = cascades.cascade_point(terms[first][kind], terms["duo"][kind], tau)
+                        cost = cascades.expected_gflops(order, gflops["large"], gflops["small"], deferred)
+                        rows.append({**metrics, **descriptive, "order": order, "uncertainty_type": kind,
+                                     "selection": selection, "target": target, "tau": tau, "deferred": deferred,
+                                     "gflops_expected": cost, "split": split})
+        print(f"{large.model} + {small.model}: {len(args.orders)} cascade order(s) evaluated")
+
+    if not rows:
+        raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
+    dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
+    if fitted_single:
+        tables.upsert_single_temperatures(args.calibrated_dir, fitted_single)
+    if fitted_duo:
+        tables.upsert_duo_temperatures(args.calibrated_dir, fitted_duo)
+    written = write_results(args.output_dir, "cascade", dataset, rows, CASCADE_RESULT_COLUMNS,
+                            ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"])
+    print(f"wrote {len(rows)} cascade point(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
+    return 0
+
+
+def main(argv=None) -> int:
+    return run_main(main_impl, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
