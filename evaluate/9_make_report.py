@@ -23,7 +23,7 @@ from utils.files.model_names import NameMap, check_plain_name
 from utils.files.prediction_io import align, find_prediction_file, read_predictions
 from utils.maths import uncertainty_metrics as um
 from utils.maths.duo_modes import DuoTemperatures, duo_outputs
-from utils.report import figures
+from utils.report import figures, pareto
 from utils.report import paper_tables as pt
 
 SPLITS = ("test", "ood_test")
@@ -385,6 +385,60 @@ def add_curves(report: Report, args, duos, large_models) -> None:
                       figures.curves_figure(curves, path, f"{large} (TS)" + (f" and its best duo (+ {best})" if drawn else "")))
 
 
+def add_cascades(report: Report, cascade, single, duos) -> None:
+    """Stage 7's val-fitted budgets next to the temperature-scaled large model and the full duo."""
+    title = "Cascades at val-fitted budgets (beyond the paper)"
+    if cascade.empty or not (cascade["selection"] == "val_budget").any():
+        report.skip(title, "no val_budget rows in evaluation_cascade_*.csv (run stage 7 with --budgets)")
+        return
+    by_split = {}
+    for split in ("test", "ood_test"):
+        rows = []
+        chosen = cascade[(cascade["split"] == split) & (cascade["selection"] == "val_budget")
+                         & (cascade["uncertainty_type"] == "softmax_response")]
+        for (large, small), group in chosen.groupby(["model_large", "model_small"], sort=True):
+            ts = pt.single_rows(single, large, split)
+            duo = pt.asymmetric_duos(duos, split, soups=True) if len(duos) else duos
+            duo = duo[(duo["model_large"] == large) & (duo["model_small"] == small)] if len(duo) else duo
+            for label, part, cost in ((f"TS {large}", ts, group["gflops_large"].iloc[0]),
+                                      (f"duo {large} + {small}", duo, group["gflops_large"].iloc[0]
+                                       + group["gflops_small"].iloc[0])):
+                if len(part):
+                    rows.append({"option": label, "budget": "", "deferred %": "", "GFLOPs": f"{cost:.3g}",
+                                 **pt.metric_cells(part, pt.SUMMARY_METRICS)})
+            for row in group.sort_values(["order", "target"]).to_dict("records"):
+                rows.append({"option": f"cascade {row['order'].replace('_', ' ')}", "budget": f"{row['target']:g}×",
+                             "deferred %": f"{100 * row['deferred']:.1f}", "GFLOPs": f"{row['gflops_expected']:.3g}",
+                             **pt.metric_cells(pd.DataFrame([row]), pt.SUMMARY_METRICS)})
+        by_split[split] = pd.DataFrame(rows)
+    report.table(title, "Stage 7: the first model runs on every input, the second only where the first's softmax "
+                 "response exceeds a threshold fitted on val so that the expected cost is the budget × the large "
+                 "model's GFLOPs; where both ran the answer is the duo's. GFLOPs: expected per image on this split "
+                 "(the deferred share differs from val's under shift).", by_split, "")
+
+
+def add_pareto(report: Report, single, duos, ensembles, cascade) -> None:
+    """Metric vs GFLOPs for every option, the Pareto front drawn and tabled."""
+    title = "Which option at which compute? (Pareto front, beyond the paper)"
+    points = {split: pareto.candidates(single, duos, ensembles, cascade, split) for split in ("test", "ood_test")}
+    points = {split: frame for split, frame in points.items() if len(frame) >= 2}
+    if not points:
+        report.skip(title, "fewer than two results with a known GFLOPs cost")
+        return
+    unknown = sum(frame.attrs.get("unknown_cost", 0) for frame in points.values())
+    caption = ("Every single model (raw and TS), soup, IVON and Laplace predictive, asymmetric duo, DE(m) and cascade "
+               "sweep (stage 7) as GFLOPs per image vs metric, softmax-response uncertainty; black: the Pareto front "
+               "(no other option is cheaper and at least as good). Cascades: `L → S` runs the large model first and the sidekick "
+               "on the deferred share, `L ← S` the sidekick first. Costs: see utils/report/pareto.py"
+               + (f"; {unknown} result(s) without a known cost are left out" if unknown else "") + ".")
+    report.figure(title, caption, "pareto",
+                  lambda path: figures.pareto_figure(points, path, f"{report.dataset}: metric vs compute",
+                                                     pareto.PARETO_METRICS))
+    for split, frame in points.items():
+        report.lines += [f"**Front, {figures.SPLIT_LABEL.get(split, split)}**", "",
+                         figures.markdown_table(pareto.front_table(frame)), ""]
+
+
 def select_dataset(args, single, large_names) -> str:
     """--dataset, else the one dataset of the results (of the --large models when given)."""
     datasets = set(single.loc[single["model"].isin(large_names), "dataset"]) if large_names else set(single["dataset"])
@@ -408,6 +462,7 @@ def main_impl(argv=None) -> int:
     single, duos = figures.read_results(results, "single_model"), figures.read_results(results, "duo")
     ensembles = figures.read_results(results, "deep_ensemble")
     deltas = figures.read_results(results, "duo_delta")
+    cascade = figures.read_results(results, "cascade")
     if single.empty:
         raise UserError(f"--results_dir: no single-model results (evaluation_single_model_*.csv with rows) in {results}; "
                         f"run stage 4 first")
@@ -421,6 +476,7 @@ def main_impl(argv=None) -> int:
     duos = duos[duos["dataset"] == dataset] if len(duos) else duos
     ensembles = ensembles[ensembles["dataset"] == dataset] if len(ensembles) else ensembles
     deltas = deltas[deltas["dataset"] == dataset] if len(deltas) else deltas
+    cascade = cascade[cascade["dataset"] == dataset] if len(cascade) else cascade
     large_models = chosen or (sorted(set(duos["model_large"])) if len(duos) else [])
     for name in large_models:
         check_plain_name(name, f"{results}: model name")
@@ -456,6 +512,8 @@ def main_impl(argv=None) -> int:
     if not large_models:
         report.skip("Figs. 3-7, 10 and the curves", f"no duo results of {dataset} in {results} (run stage 5)")
     add_curves(report, args, duos, large_models)
+    add_cascades(report, cascade, single, duos)
+    add_pareto(report, single, duos, ensembles, cascade)
     for draw, path in report.figures:
         draw(path)
     safe_io.write_text(out_path, "\n".join(report.lines) + "\n")

@@ -31,10 +31,16 @@ def save_figure(fig, path: Path, dpi: int) -> None:
 RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"],
                "duo": ["model_large", "model_small", "mode", "uncertainty_type", "split"],
                "deep_ensemble": ["model", "m", "subset", "uncertainty_type", "split"],
-               "duo_delta": ["model_large", "model_small", "mode", "uncertainty_type", "split", "metric"]}
+               "duo_delta": ["model_large", "model_small", "mode", "uncertainty_type", "split", "metric"],
+               "cascade": ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"]}
 NAME_COLUMNS = ("model", "model_large", "model_small")
 NUMBER_COLUMNS = {"single_model": ["gflops"], "duo": ["gflops_large", "gflops_small", "gflops_balance"],
-                  "deep_ensemble": ["m"], "duo_delta": ["gflops_balance", "delta", "ci_low", "ci_high", "B", "seed"]}
+                  "deep_ensemble": ["m"], "duo_delta": ["gflops_balance", "delta", "ci_low", "ci_high", "B", "seed"],
+                  "cascade": ["target", "tau", "deferred", "gflops_large", "gflops_small", "gflops_expected"]}
+# --combine probs writes the same tables under kinds <kind>_probs
+for _kind in ("duo", "deep_ensemble", "duo_delta"):
+    _probs = "duo_probs_delta" if _kind == "duo_delta" else f"{_kind}_probs"
+    RESULT_KEYS[_probs], NUMBER_COLUMNS[_probs] = RESULT_KEYS[_kind], NUMBER_COLUMNS[_kind]
 
 
 def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
@@ -47,13 +53,15 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
     from utils.files.model_names import check_plain_name
     from utils.maths.uncertainty_metrics import METRIC_COLUMNS
     frames = []
+    # evaluation_duo_* also matches the files of the kinds duo_delta, duo_probs, ...: those are not this kind's
+    others = [other[len(kind) + 1:] + "_" for other in RESULT_KEYS if other.startswith(f"{kind}_")]
     for path in sorted(Path(results_dir).glob(f"evaluation_{kind}_*.csv")):
-        if kind == "duo" and path.name.startswith("evaluation_duo_delta_"):
-            continue                               # stage 5 --bootstrap's intervals: read_deltas
         dataset = path.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")
+        if any(dataset.startswith(prefix) for prefix in others):
+            continue
         keys = RESULT_KEYS[kind]
         frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""], dtype=str)
-        numbers = NUMBER_COLUMNS[kind] + ([] if kind == "duo_delta" else list(METRIC_COLUMNS))
+        numbers = NUMBER_COLUMNS[kind] + ([] if kind.endswith("_delta") else list(METRIC_COLUMNS))
         missing = [c for c in dict.fromkeys([*keys, *numbers]) if c not in frame.columns]
         if missing:
             raise UserError(f"{path}: lacks column(s) {missing}; rerun the stage that writes it")
@@ -70,13 +78,13 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
                 raise UserError(f"{path}: data row {row + 1}, column {column}: {text.iloc[row]!r} is not a number; "
                                 f"rerun the stage that writes it")
             frame[column] = values.astype(float)
-        if kind == "duo_delta":
+        if kind.endswith("_delta"):
             unset = frame[["B", "seed"]].isna().any(axis=1).to_numpy()
             swapped = (frame["ci_low"] > frame["ci_high"]).to_numpy()
             for bad, what in ((unset, "an empty B or seed cell"), (swapped, "ci_low above ci_high")):
                 if bad.any():
                     raise UserError(f"{path}: data row {int(bad.argmax()) + 1} has {what}; rerun stage 5 with --bootstrap")
-        if kind == "deep_ensemble":
+        if kind.startswith("deep_ensemble"):
             if not (np.isfinite(frame["m"]) & (frame["m"] >= 1) & (frame["m"] % 1 == 0)).all():
                 raise UserError(f"{path}: column m must hold whole ensemble sizes >= 1; rerun stage 8")
             frame["m"] = frame["m"].astype(int)
@@ -180,6 +188,45 @@ def single_models_figure(rows: pd.DataFrame, large_models, path: Path, title: st
         ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)
+
+
+FAMILY_STYLE = {"single (raw)": ("tab:gray", "o"), "single (TS)": ("tab:blue", "o"), "soup (raw)": ("tab:cyan", "P"),
+                "soup (TS)": ("tab:cyan", "P"), "IVON": ("tab:brown", "v"), "Laplace": ("tab:pink", "^"),
+                "deep ensemble (TS)": ("tab:green", "s"), "duo (asymmetric)": ("tab:red", "D"),
+                "cascade (large first)": ("tab:orange", "."), "cascade (small first)": ("tab:purple", ".")}
+
+
+def pareto_figure(points: dict[str, pd.DataFrame], path: Path, title: str, metrics) -> None:
+    """Metric against GFLOPs per image (log scale) for every option, one row per split and one column per metric;
+    cascades as curves, the Pareto front as a black step line."""
+    from utils.report.pareto import front
+    splits = list(points)
+    fig, axes = plt.subplots(len(splits), len(metrics), figsize=(3.6 * len(metrics), 3.3 * len(splits)), squeeze=False)
+    for i, split in enumerate(splits):
+        frame = points[split]
+        for j, metric in enumerate(metrics):
+            ax = axes[i, j]
+            scale = paper_tables.PAPER_SCALE.get(metric, 1)
+            for family, part in frame.groupby("family", sort=False):
+                color, marker = FAMILY_STYLE.get(family, ("black", "x"))
+                if family.startswith("cascade"):
+                    for _, curve in part.groupby(part["label"].str.replace(r" \(\d+% deferred\)$", "", regex=True)):
+                        curve = curve.sort_values("gflops")
+                        ax.plot(curve["gflops"], curve[metric] * scale, color=color, lw=0.8, alpha=0.7)
+                    ax.scatter([], [], color=color, marker="_", label=family)
+                else:
+                    ax.scatter(part["gflops"], part[metric] * scale, color=color, marker=marker, s=18, label=family)
+            best = front(frame, metric)
+            if len(best):
+                ax.step(best["gflops"], best[metric] * scale, where="post", color="black", lw=1, label="Pareto front")
+            ax.set_xscale("log")
+            ax.set(xlabel="GFLOPs per image", ylabel=_axis_label(metric), title=f"{_axis_label(metric)} — {split}")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     save_figure(fig, path, dpi=110)
     plt.close(fig)
 
