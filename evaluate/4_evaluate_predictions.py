@@ -14,19 +14,23 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main, warn
 from utils.files import tables
 from utils.files.prediction_io import check_output_folder, read_predictions, select_prediction_files
 from utils.maths.uncertainty_metrics import WeightedLogits
 from utils.stages.calibration import single_temperature_row
-from utils.stages.scoring import (EVAL_SPLITS, SINGLE_RESULT_COLUMNS, SINGLE_UNCERTAINTY_TYPES, check_scaled_logits,
-                                  largest_magnitude, resolve_dataset, single_model_metrics, write_results)
+from utils.stages.scoring import (DELTA_VALUE_COLUMNS, EVAL_SPLITS, SINGLE_DELTA_RESULT_COLUMNS, SINGLE_RESULT_COLUMNS,
+                                  SINGLE_UNCERTAINTY_TYPES, baseline_delta_rows, check_scaled_logits, largest_magnitude,
+                                  resolve_dataset, single_model_metrics, write_results)
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
         flags.evaluation_folders(calibrated_help="folder of temperature_single_model.csv from stage 2 (default ./calibrated)"),
-        flags.result_dataset()])
+        flags.result_dataset(),
+        flags.bootstrap("evaluation_single_model_delta_<dataset>[_ood].csv: every metric of each baseline (a soup, "
+                        "IVON or Laplace file, <backbone>_greedy/_uniform/_ivon*/_LA), raw and temperature-scaled, "
+                        "minus its temperature-scaled backbone's")])
     add_backbone_csv(parser, "for the gflops/params columns")
     parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
@@ -38,6 +42,7 @@ def build_parser() -> ArgumentParser:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    flags.check_bootstrap(args)
     files = select_prediction_files(args.predictions_dir, args.models)
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
@@ -78,9 +83,18 @@ def main_impl(argv=None) -> int:
     if fitted:
         tables.upsert_single_temperatures(args.calibrated_dir, fitted)
         print(f"fitted and recorded {len(fitted)} missing temperature(s) in {temperature_file}")
+    deltas = (baseline_delta_rows(files, temperatures, args.uncertainty_types, args.bootstrap, args.bootstrap_seed)
+              if args.bootstrap else [])
     written = write_results(args.output_dir, "single_model", dataset, rows, SINGLE_RESULT_COLUMNS,
                             ["model", "wrapper", "uncertainty_type", "split"])
     print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
+    if deltas:
+        written = write_results(args.output_dir, "single_model_delta", dataset, deltas, SINGLE_DELTA_RESULT_COLUMNS,
+                                SINGLE_DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, always_defined=())
+        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")
+    elif args.bootstrap:
+        warn("--bootstrap: no baseline file (<backbone>_greedy, _uniform, _ivon*, _LA) next to its backbone; "
+             "no intervals written")
     return 0
 
 

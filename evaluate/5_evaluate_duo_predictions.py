@@ -13,24 +13,26 @@ import sys
 from pathlib import Path
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_negative_int, run_main, warn
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main, warn
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
-from utils.maths.bootstrap import FEWEST_RESAMPLES, MOST_RESAMPLES
 from utils.maths.duo_modes import COMBINE, MODES, duo_outputs, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 from utils.stages.calibration import pair_temperatures
 from utils.stages.scoring import (DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, DUO_RESULT_COLUMNS, EVAL_SPLITS,
-                                  PredictionCache, bootstrap_baseline, check_scaled_logits, delta_rows, find_duo_files,
-                                  largest_magnitude, metrics_by_uncertainty, resolve_dataset, write_results)
+                                  PredictionCache, check_scaled_logits, delta_rows, find_duo_files, largest_magnitude,
+                                  metrics_by_uncertainty, mode_terms, resampled_baseline, resolve_dataset,
+                                  scaled_terms, write_results)
 
 _NEEDS_SINGLE = {"unweighted_ts"}
 _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0],
-                            parents=[flags.evaluation_folders(), flags.result_dataset()])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
+        flags.evaluation_folders(), flags.result_dataset(),
+        flags.bootstrap("evaluation_duo_delta_<dataset>[_ood].csv: every metric of each duo x mode x uncertainty type "
+                        "minus the temperature-scaled large model's")])
     parser.add_argument("--config", "--duo_csv_path", default="configs/duos.csv", metavar="CSV",
                         help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv; a relative path "
                              "not found in the working folder is read from the repository)")
@@ -42,11 +44,6 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--combine", choices=COMBINE, default="logits",
                         help="average the members' scaled logits (default, the paper) or their probabilities under "
                              "the same scalings; probs writes evaluation_duo_probs_<dataset>[_ood].csv")
-    parser.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="B",
-                        help="also write evaluation_duo_delta_<dataset>[_ood].csv: every metric of each duo x mode x "
-                             "uncertainty type minus the temperature-scaled large model's, with its 95%% paired "
-                             "bootstrap interval over B resamples of the test samples (default 0: off; 1000 is usual)")
-    parser.add_argument("--bootstrap_seed", type=non_negative_int, default=0, help="seed of the resamples (default 0)")
     parser.add_argument("--fit_missing", action="store_true",
                         help="fit missing temperatures/weights on the val split and record them (else: error)")
     return parser
@@ -87,9 +84,7 @@ def in_reading_order(jobs: list) -> list:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.bootstrap and not FEWEST_RESAMPLES <= args.bootstrap <= MOST_RESAMPLES:
-        raise UserError(f"--bootstrap: {args.bootstrap} resamples; use 0 (off) or {FEWEST_RESAMPLES} to {MOST_RESAMPLES} "
-                        f"(1000 is usual: fewer leave the 95% interval's tails a handful of draws)")
+    flags.check_bootstrap(args)
     backbones = tables.read_backbones(args.backbone_csv)
     duos = tables.read_duos(args.config, backbones)
     singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
@@ -130,16 +125,16 @@ def main_impl(argv=None) -> int:
             outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types,
                                   normalizers, args.combine)
             if args.bootstrap and (large.source, split) not in baselines:
-                baselines[(large.source, split)] = bootstrap_baseline(
-                    data_large.logits, data_large.labels, singles[large.model], args.uncertainty_types, args.bootstrap,
-                    args.bootstrap_seed)
+                baselines[(large.source, split)] = resampled_baseline(
+                    scaled_terms(data_large.logits, data_large.labels, singles[large.model], args.uncertainty_types),
+                    args.bootstrap, args.bootstrap_seed)
             base = baselines.get((large.source, split))
             for mode, out in outputs.items():
                 scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
                 for uncertainty, metrics in scored.items():
                     rows.append({**metrics, **descriptive, "mode": mode, "uncertainty_type": uncertainty, "split": split})
                 if base is not None:
-                    deltas += delta_rows(base, out, data_large.labels, args.bootstrap, args.bootstrap_seed,
+                    deltas += delta_rows(base, mode_terms(out, data_large.labels), args.bootstrap, args.bootstrap_seed,
                                          {**descriptive, "mode": mode, "split": split})
         print(f"{large.model} + {small.model}: evaluated {len(args.modes)} mode(s)")
 

@@ -43,12 +43,17 @@ from utils.files.prediction_io import (align, check_output_folder, find_predicti
 from utils.maths import calibrate_temperature
 from utils.maths.duo_modes import COMBINE
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS, ProbabilityMixture, WeightedLogits
-from utils.stages.scoring import (ENSEMBLE_RESULT_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF,
-                                  resolve_dataset, single_model_metrics, write_results)
+from utils.stages.scoring import (DELTA_VALUE_COLUMNS, ENSEMBLE_DELTA_RESULT_COLUMNS, ENSEMBLE_RESULT_COLUMNS,
+                                  EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF, delta_rows, resampled_baseline,
+                                  resolve_dataset, scaled_terms, single_model_metrics, write_results)
 
 
 def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[flags.result_dataset()])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
+        flags.result_dataset(),
+        flags.bootstrap("evaluation_deep_ensemble_delta_<dataset>[_ood].csv: every metric of DE(m), the mean over its "
+                        "subsets (each one resampled), minus the temperature-scaled base model's (the member named as "
+                        "--name, else the first)")])
     parser.add_argument("--members", nargs="+", metavar="FILE_OR_MODEL",
                         help="member prediction files, or model names inside --predictions_dir (without it: the "
                              "official pre-averaged <model>_<m>.csv files of --prediction_dir)")
@@ -78,6 +83,27 @@ def pooled_logits(members: list, combine: str) -> np.ndarray:
     if combine == "probs":
         return ProbabilityMixture(members, [1.0] * len(members)).materialise()
     return WeightedLogits(members, [1.0 / len(members)] * len(members)).materialise()
+
+
+def ensemble_deltas(resampled: dict, members: list, splits: dict, name: str, args) -> list[dict]:
+    """DE(m) - the temperature-scaled base model: the mean over subsets of each resample's metrics against the
+    base's on the same resamples (every subset and the base share them: same samples, B and seed)."""
+    position = next((i for i, m in enumerate(members) if m.model.casefold() == name.casefold()), 0)
+    val = splits["val"][position]
+    base_temperature = calibrate_temperature.fit_temperature(val.logits, val.labels, method=args.method).temperature
+    baselines = {split: resampled_baseline(scaled_terms(splits[split][position].logits, splits[split][0].labels,
+                                                        base_temperature, args.uncertainty_types),
+                                           args.bootstrap, args.bootstrap_seed)
+                 for split in EVAL_SPLITS if split in splits}
+    rows = []
+    for (size, split, kind), found in resampled.items():
+        point = {m: float(np.mean([f[0][m] for f in found])) for m in METRIC_COLUMNS}
+        draws = {m: np.mean([f[1][m] for f in found], axis=0) for m in METRIC_COLUMNS}
+        rows += delta_rows(baselines[split], {kind: (point, draws)}, args.bootstrap, args.bootstrap_seed,
+                           {"model": name, "m": size, "base": members[position].model, "subsets": len(found),
+                            "split": split})
+    print(f"paired bootstrap of DE(m) against the temperature-scaled {members[position].model} (B={args.bootstrap})")
+    return rows
 
 
 def draw_subsets(num_members: int, size: int, count: int, seed: int) -> list[tuple[int, ...]]:
@@ -136,6 +162,7 @@ def official_ensembles(args) -> list[dict]:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    flags.check_bootstrap(args)
     if args.members_csv:
         if args.members:
             raise UserError("--members_csv: give the members either as --members or as --members_csv, not both")
@@ -176,6 +203,7 @@ def main_impl(argv=None) -> int:
     name = args.name or members[0].model[:shared].rstrip("_-.") or "deep_ensemble"
     dataset = resolve_dataset(args.dataset, [m.dataset for m in members], args.predictions_dir)
 
+    resampled: dict = {}            # (m, split, uncertainty type) -> [(point, resampled metrics) of each subset]
     rows = []
     for size in args.sizes:
         subsets = draw_subsets(len(members), size, args.subsets, args.seed)
@@ -194,6 +222,10 @@ def main_impl(argv=None) -> int:
                                                                  args.uncertainty_types, kept).items():
                     rows.append({**metrics, "model": name, "m": size, "subset": str(number), "members": label,
                                  "uncertainty_type": uncertainty, "split": split})
+                if args.bootstrap:
+                    terms = scaled_terms(mean, splits[split][0].labels, temperature, args.uncertainty_types)
+                    for kind, found in resampled_baseline(terms, args.bootstrap, args.bootstrap_seed).items():
+                        resampled.setdefault((size, split, kind), []).append(found)
         print(f"m={size}: {len(subsets)} subset(s) evaluated")
     frame = pd.DataFrame(rows)
     summaries = []
@@ -208,6 +240,12 @@ def main_impl(argv=None) -> int:
     written = write_results(args.output_dir, kind, dataset, rows + summaries, ENSEMBLE_RESULT_COLUMNS,
                             ["model", "m", "subset", "uncertainty_type", "split"])
     print(f"wrote {len(rows) + len(summaries)} row(s) to {', '.join(map(str, written))}")
+    if resampled:
+        deltas = ensemble_deltas(resampled, members, splits, name, args)
+        written = write_results(args.output_dir, f"{kind}_delta", dataset, deltas, ENSEMBLE_DELTA_RESULT_COLUMNS,
+                                ["model", "m", "uncertainty_type", "split", "metric"], DELTA_VALUE_COLUMNS,
+                                always_defined=())
+        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")
     return 0
 
 

@@ -224,6 +224,27 @@ def add_bootstrap(report: Report, deltas, duos, single) -> pd.DataFrame:
     return deltas
 
 
+def add_baseline_bootstrap(report: Report, single_deltas, ensemble_deltas, single, ensembles) -> None:
+    """Stage 4's and stage 8's intervals: each baseline against its temperature-scaled base model."""
+    title = "Paired bootstrap: baselines vs the temperature-scaled model"
+    if single_deltas.empty and ensemble_deltas.empty:
+        report.skip(title, "no evaluation_single_model_delta_ or evaluation_deep_ensemble_delta_ files (run stage 4 "
+                           "or 8 with --bootstrap 1000)")
+        return
+    current = pt.current_baseline_deltas(single_deltas, ensemble_deltas, single, ensembles)
+    stale = len(single_deltas) + len(ensemble_deltas) - sum(map(len, current))
+    if stale:
+        report.lines += [f"_{stale} baseline interval row(s) are left out: their difference no longer matches the result "
+                         f"rows (a stage reran without --bootstrap, or stage 8 fitted the base model's temperature "
+                         f"with another --method than stage 2); rerun stages 4 and 8 with --bootstrap._", ""]
+    resamples = sorted({int(b) for frame in current for b in frame["B"]})
+    report.table(title, f"Each soup, IVON and Laplace predictive (stage 4) and each DE(m) (stage 8: the mean over "
+                 f"its subsets, each resampled) minus its temperature-scaled base model on the same test samples, "
+                 f"softmax response: the difference and its 95% percentile interval over B = "
+                 f"{', '.join(map(str, resamples))} paired resamples; * = the interval excludes 0. {pt.UNITS_NOTE}",
+                 {s: pt.baseline_bootstrap_table(*current, s) for s in SPLITS}, "no softmax-response interval rows")
+
+
 def with_significance(group: pd.DataFrame, deltas: pd.DataFrame) -> pd.DataFrame:
     """Duo rows with a `sig:<metric>` column per metric: the bootstrap interval of the difference to the TS
     large model excludes 0 (NaN without an interval)."""
@@ -459,10 +480,9 @@ def main_impl(argv=None) -> int:
         if lo >= hi:
             raise UserError(f"{flag}: the range [{lo}, {hi}] is empty; give LO < HI (e.g. {flag} 0.1 0.2)")
     results = Path(args.results_dir)
-    single, duos = figures.read_results(results, "single_model"), figures.read_results(results, "duo")
-    ensembles = figures.read_results(results, "deep_ensemble")
-    deltas = figures.read_results(results, "duo_delta")
-    cascade = figures.read_results(results, "cascade")
+    kinds = ("single_model", "duo", "deep_ensemble", "duo_delta", "cascade", "single_model_delta", "deep_ensemble_delta")
+    read = {kind: figures.read_results(results, kind) for kind in kinds}
+    single = read["single_model"]
     if single.empty:
         raise UserError(f"--results_dir: no single-model results (evaluation_single_model_*.csv with rows) in {results}; "
                         f"run stage 4 first")
@@ -472,11 +492,8 @@ def main_impl(argv=None) -> int:
             raise UserError(f"--large: {name} has no rows in {results}/evaluation_single_model_*.csv")
     chosen = list(dict.fromkeys(names.spelling(name) for name in args.large or []))   # results' spelling, once each
     dataset = check_plain_name(select_dataset(args, single, chosen), f"{results}: dataset")
-    single = single[single["dataset"] == dataset]
-    duos = duos[duos["dataset"] == dataset] if len(duos) else duos
-    ensembles = ensembles[ensembles["dataset"] == dataset] if len(ensembles) else ensembles
-    deltas = deltas[deltas["dataset"] == dataset] if len(deltas) else deltas
-    cascade = cascade[cascade["dataset"] == dataset] if len(cascade) else cascade
+    read = {kind: frame[frame["dataset"] == dataset] if len(frame) else frame for kind, frame in read.items()}
+    single, duos, ensembles, deltas, cascade, single_deltas, ensemble_deltas = (read[kind] for kind in kinds)
     large_models = chosen or (sorted(set(duos["model_large"])) if len(duos) else [])
     for name in large_models:
         check_plain_name(name, f"{results}: model name")
@@ -508,6 +525,7 @@ def main_impl(argv=None) -> int:
                          f"the results table only, not in the tables and figures by FLOPs balance._", ""]
     add_tables(report, args, single, duos, ensembles, names)
     deltas = add_bootstrap(report, deltas, duos, single)
+    add_baseline_bootstrap(report, single_deltas, ensemble_deltas, single, ensembles)
     add_figures(report, args, single, duos, large_models, ratio_inputs, deltas)
     if not large_models:
         report.skip("Figs. 3-7, 10 and the curves", f"no duo results of {dataset} in {results} (run stage 5)")

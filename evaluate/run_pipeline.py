@@ -26,11 +26,11 @@ from utils.files import safe_io, tables
 from utils.files.model_names import SOURCES, check_plain_name, checkpoint_dir, existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
-          "deep_ensemble", "report")
+          "cascades", "deep_ensemble", "report")
 SCRIPTS = {"train": "train/hp_tune.py", "soup": "train/make_soup.py", "predict": "evaluate/1_single_model_prediction.py",
            "ivon": "train/ivon_train.py", "laplace": "evaluate/6_laplace.py", "temp_scale": "evaluate/2_temp_scale.py",
            "duo_temp_scale": "evaluate/3_duo_temp_scale.py", "evaluate": "evaluate/4_evaluate_predictions.py",
-           "evaluate_duo": "evaluate/5_evaluate_duo_predictions.py",
+           "evaluate_duo": "evaluate/5_evaluate_duo_predictions.py", "cascades": "evaluate/7_evaluate_cascades.py",
            "deep_ensemble": "evaluate/8_evaluate_deep_ensemble.py", "report": "evaluate/9_make_report.py"}
 
 
@@ -51,6 +51,7 @@ PIPELINE_SCHEMA = {
              "mc_samples": Field((list,), 1, items=(int,)), "repeats": _COUNT, "mc_batch_size": _COUNT},
     "laplace": {"model": _TEXT},
     "bootstrap": Field((int,), 0),
+    "cascades": {"steps": _COUNT, "budgets": Field((list,), 1e-300, items=(int, float))},
     "stages": Field((list,), items=(str,), choices=STAGES),
 }
 
@@ -178,6 +179,8 @@ def write_duo_tables(plan: Plan, soups: bool) -> None:
 def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
     """(stage, script, argv, output that makes the step complete or None) in order."""
     out = []
+    # stages 4, 5 and 8 bootstrap their comparisons with the TS model when the YAML asks for it
+    resamples = ["--bootstrap", plan.config["bootstrap"]] if plan.config.get("bootstrap") else []
     for stage in stages:
         script = SCRIPTS[stage]
         if stage == "train":
@@ -224,19 +227,24 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
                                         "--output_dir", plan.calibrated], None))
         elif stage == "evaluate":
             out.append((stage, script, ["--predictions_dir", plan.predictions, "--output_dir", plan.results,
-                                        "--calibrated_dir", plan.calibrated, *plan.backbone_args()], None))
+                                        "--calibrated_dir", plan.calibrated, *plan.backbone_args(), *resamples], None))
         elif stage == "evaluate_duo":
-            resamples = ["--bootstrap", plan.config["bootstrap"]] if plan.config.get("bootstrap") else []
             out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
                                         "--output_dir", plan.results, "--calibrated_dir", plan.calibrated,
                                         *plan.backbone_args(), *resamples], None))
+        elif stage == "cascades":
+            cfg = plan.config.get("cascades") or {}
+            budgets = ["--budgets", *cfg["budgets"]] if cfg.get("budgets") else []
+            out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
+                                        "--output_dir", plan.results, "--calibrated_dir", plan.calibrated,
+                                        *plan.backbone_args(), "--steps", cfg.get("steps", 20), *budgets], None))
         elif stage == "deep_ensemble" and plan.seed_names:
             cfg = plan.config.get("deep_ensemble") or {}
             members = [plan.large] + plan.seed_names
             sizes = cfg.get("sizes", [2])
             out.append((stage, script, ["--members", *members, "--predictions_dir", plan.predictions, "--sizes", *sizes,
                                         "--subsets", cfg.get("subsets", 32), "--name", plan.large,
-                                        "--output_dir", plan.results], None))
+                                        "--output_dir", plan.results, *resamples], None))
         elif stage == "report":
             out.append((stage, script, ["--results_dir", plan.results, "--calibrated_dir", plan.calibrated,
                                         "--predictions_dir", plan.predictions, "--large", plan.large], None))

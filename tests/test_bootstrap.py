@@ -142,3 +142,56 @@ def test_too_few_or_too_many_resamples_are_refused(tmp_path, stage, resamples):
     code, _, err = stage("evaluate/5_evaluate_duo_predictions.py", "--bootstrap", resamples, "--predictions_dir",
                          tmp_path)
     assert code == 2 and "use 0 (off) or 100 to 100000" in err
+
+
+def test_stages_4_and_8_bootstrap_the_baselines_against_their_ts_backbone(tmp_path, stage):
+    import pandas as pd
+
+    from tests.helpers import make_duo_logits, write_set
+    # a backbone, its Laplace predictive and a second seed (same samples): the report's baseline comparisons
+    sets = make_duo_logits(num_classes=5, models=("ResNet50", "ResNet50_LA", "ResNet50_s1"), quality=(2.0, 2.2, 1.9),
+                           scale=(2.0, 1.5, 2.0))
+    for pset in sets.values():
+        write_set(pset, tmp_path / "p")
+    common = ["--predictions_dir", tmp_path / "p", "--calibrated_dir", tmp_path / "cal", "--output_dir", tmp_path / "res"]
+    code, out, err = stage("evaluate/4_evaluate_predictions.py", *common, "--fit_missing", "--bootstrap", 120)
+    assert code == 0, err
+    assert "ResNet50_LA: paired bootstrap against the temperature-scaled ResNet50 (B=120)" in out
+    single = pd.read_csv(tmp_path / "res" / "evaluation_single_model_synthetic.csv", keep_default_na=False)
+    deltas = pd.read_csv(tmp_path / "res" / "evaluation_single_model_delta_synthetic.csv", keep_default_na=False)
+    assert set(deltas["model"]) == {"ResNet50_LA"} and set(deltas["base"]) == {"ResNet50"}    # a seed is no baseline
+    assert len(deltas) == 2 * 2 * len(um.METRIC_COLUMNS)                 # raw and TS x two uncertainty types
+    values = single.set_index(["model", "wrapper", "uncertainty_type"])
+    for row in deltas.itertuples():
+        expected = (values.loc[(row.model, row.wrapper, row.uncertainty_type), row.metric]
+                    - values.loc[("ResNet50", "TempScaleWrapper", row.uncertainty_type), row.metric])
+        assert row.delta == pytest.approx(expected, abs=1e-12) and row.ci_low <= row.ci_high
+    # stage 8: DE(2) of the backbone and its seed, the mean over its one subset, against the TS backbone
+    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", "--members", tmp_path / "p" / "ResNet50.npz",
+                           tmp_path / "p" / "ResNet50_s1.npz", "--sizes", 1, 2, "--name", "ResNet50", "--output_dir",
+                           tmp_path / "res", "--bootstrap", 120)
+    assert code == 0, err
+    ensembles = pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_synthetic.csv", dtype={"subset": str})
+    ensemble_deltas = pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_delta_synthetic.csv")
+    assert set(ensemble_deltas["base"]) == {"ResNet50"} and set(ensemble_deltas["m"]) == {1, 2}
+    for row in ensemble_deltas[ensemble_deltas["uncertainty_type"] == "softmax_response"].itertuples():
+        subsets = ensembles[(ensembles["m"] == row.m) & ~ensembles["subset"].isin(["mean", "std"])
+                            & (ensembles["uncertainty_type"] == "softmax_response")]
+        expected = subsets[row.metric].mean() - values.loc[("ResNet50", "TempScaleWrapper", "softmax_response"), row.metric]
+        assert row.delta == pytest.approx(expected, abs=1e-12), (row.m, row.metric)
+        assert row.subsets == len(subsets)
+    # the report's section: every baseline against its TS backbone
+    code, out, err = stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res")
+    assert code == 0, err
+    report = (tmp_path / "res" / "REPORT.md").read_text()
+    section = report.split("## Paired bootstrap: baselines vs the temperature-scaled model")[1].split("\n## ")[0]
+    for label in ("| ResNet50_LA (raw) | ResNet50 |", "| ResNet50_LA (TS) | ResNet50 |",
+                  "| DE(2) ResNet50, mean of 1 subset(s) | ResNet50 |"):
+        assert label in section, label
+    # a hand-edited delta is stale: left out and counted
+    path = tmp_path / "res" / "evaluation_single_model_delta_synthetic.csv"
+    edited = pd.read_csv(path, keep_default_na=False, dtype=str)
+    edited.loc[0, "delta"] = "0.25"
+    edited.to_csv(path, index=False)
+    assert stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res")[0] == 0
+    assert "_1 baseline interval row(s) are left out" in (tmp_path / "res" / "REPORT.md").read_text()

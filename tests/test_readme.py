@@ -128,9 +128,14 @@ def test_readme_reproduction_runs_as_written(tmp_path):
         assert len(duos) == len(pairs) * len(MODES) * len(UNCERTAINTY_TYPES)
         assert duos.gflops_large.notna().all() and duos.gflops_balance.between(0, 1).all()
         assert len(pd.read_csv(work / "results" / f"evaluation_dynamic_duo_iwildcam{suffix}.csv")) >= len(pairs)
+        cascade = pd.read_csv(work / "results" / f"evaluation_cascade_iwildcam{suffix}.csv")   # configs/duos.csv's pair
+        assert set(zip(cascade.model_large, cascade.model_small)) == {("ConvNeXt_Base", "EfficientNet_B0")}
+        assert sorted(cascade.target[cascade.selection == "val_budget"].unique()) == [1.1, 1.2]
     report = (work / "results" / "REPORT.md").read_text()
     assert report.startswith("# Asymmetric duos report: iwildcam") and "ConvNeXt_Base (temp-scaled)" in report
     assert (work / "results" / "iwildcam_fig3-6_ConvNeXt_Base.png").is_file()
+    assert "## Which option at which compute? (Pareto front, beyond the paper)" in report
+    assert (work / "results" / "iwildcam_pareto.png").is_file()
     assert "_Fig. 1 (radar) skipped: no asymmetric duo with FLOPs balance in [0.1, 0.2]" in report   # FB 0.025 only
     caltech_report = (work / "results" / "REPORT_caltech256.md").read_text()
     for line in ("## Table 3: duos vs IVON (ResNet50)", "| IVON (4 samples) | 2 |", "## Table 4: duos vs Laplace (Swin_V2_S)",

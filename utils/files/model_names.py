@@ -22,10 +22,18 @@ _SUFFIX_PATTERN = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", r
 SOURCES = ("torchvision", "timm")     # where a backbone's architecture and weights come from
 SOUP_SUFFIXES = ("_greedy", "_uniform")          # make_soup.py's <arch>_greedy, <arch>_uniform
 SAME_COST_SUFFIXES = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det)$", re.IGNORECASE)
+# the baselines the report sets against their temperature-scaled backbone: soups, IVON's predictives, Laplace
+BASELINE_SUFFIXES = re.compile(r"(_greedy|_uniform|_ivon_det|_ivon_mc\d+_r\d+|_ivon|_la)$", re.IGNORECASE)
 
 
 def fold(name) -> str:
     return str(name).casefold()
+
+
+def baseline_backbone(name: str) -> str | None:
+    """The backbone a baseline's prediction file derives from (`ResNet50_ivon_mc4_r0` -> `ResNet50`), else None."""
+    match = BASELINE_SUFFIXES.search(str(name))
+    return str(name)[: match.start()] if match and match.start() > 0 else None
 
 
 def check_plain_name(name: str, what: str) -> str:

@@ -32,14 +32,18 @@ RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"]
                "duo": ["model_large", "model_small", "mode", "uncertainty_type", "split"],
                "deep_ensemble": ["model", "m", "subset", "uncertainty_type", "split"],
                "duo_delta": ["model_large", "model_small", "mode", "uncertainty_type", "split", "metric"],
-               "cascade": ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"]}
-NAME_COLUMNS = ("model", "model_large", "model_small")
+               "cascade": ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"],
+               "single_model_delta": ["model", "wrapper", "uncertainty_type", "split", "metric"],
+               "deep_ensemble_delta": ["model", "m", "uncertainty_type", "split", "metric"]}
+NAME_COLUMNS = ("model", "model_large", "model_small", "base")
 NUMBER_COLUMNS = {"single_model": ["gflops"], "duo": ["gflops_large", "gflops_small", "gflops_balance"],
                   "deep_ensemble": ["m"], "duo_delta": ["gflops_balance", "delta", "ci_low", "ci_high", "B", "seed"],
-                  "cascade": ["target", "tau", "deferred", "gflops_large", "gflops_small", "gflops_expected"]}
+                  "cascade": ["target", "tau", "deferred", "gflops_large", "gflops_small", "gflops_expected"],
+                  "single_model_delta": ["delta", "ci_low", "ci_high", "B", "seed"],
+                  "deep_ensemble_delta": ["m", "subsets", "delta", "ci_low", "ci_high", "B", "seed"]}
 # --combine probs writes the same tables under kinds <kind>_probs
-for _kind in ("duo", "deep_ensemble", "duo_delta"):
-    _probs = "duo_probs_delta" if _kind == "duo_delta" else f"{_kind}_probs"
+for _kind in ("duo", "deep_ensemble", "duo_delta", "deep_ensemble_delta"):
+    _probs = _kind.replace("_delta", "_probs_delta") if _kind.endswith("_delta") else f"{_kind}_probs"
     RESULT_KEYS[_probs], NUMBER_COLUMNS[_probs] = RESULT_KEYS[_kind], NUMBER_COLUMNS[_kind]
 
 
@@ -83,7 +87,8 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
             swapped = (frame["ci_low"] > frame["ci_high"]).to_numpy()
             for bad, what in ((unset, "an empty B or seed cell"), (swapped, "ci_low above ci_high")):
                 if bad.any():
-                    raise UserError(f"{path}: data row {int(bad.argmax()) + 1} has {what}; rerun stage 5 with --bootstrap")
+                    raise UserError(f"{path}: data row {int(bad.argmax()) + 1} has {what}; rerun the stage that wrote it "
+                                    f"with --bootstrap")
         if kind.startswith("deep_ensemble"):
             if not (np.isfinite(frame["m"]) & (frame["m"] >= 1) & (frame["m"] % 1 == 0)).all():
                 raise UserError(f"{path}: column m must hold whole ensemble sizes >= 1; rerun stage 8")
@@ -93,7 +98,7 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
             row = int(twice.argmax())
             raise UserError(f"{path}: data row {row + 1} repeats the key {dict(frame[keys].iloc[row])} of an earlier "
                             f"row; remove one (the stages never write a key twice)")
-        for column in (c for c in NAME_COLUMNS if c in keys):
+        for column in (c for c in NAME_COLUMNS if c in frame.columns):
             for name in frame[column].unique():
                 check_plain_name(name, f"{path}: {column}")
         frame["dataset"] = dataset
@@ -201,30 +206,35 @@ FAMILY_STYLE = {"single (raw)": ("tab:gray", "o"), "single (TS)": ("tab:blue", "
 def pareto_figure(points: dict[str, pd.DataFrame], path: Path, title: str, metrics) -> None:
     """Metric against GFLOPs per image (log scale) for every option, one row per split and one column per metric;
     cascades as curves, the Pareto front as a black step line."""
+    from matplotlib.lines import Line2D
+
     from utils.report.pareto import front
     splits = list(points)
     fig, axes = plt.subplots(len(splits), len(metrics), figsize=(3.6 * len(metrics), 3.3 * len(splits)), squeeze=False)
+    legend: dict[str, Line2D] = {}
     for i, split in enumerate(splits):
-        frame = points[split]
         for j, metric in enumerate(metrics):
-            ax = axes[i, j]
-            scale = paper_tables.PAPER_SCALE.get(metric, 1)
+            ax, scale = axes[i, j], paper_tables.PAPER_SCALE.get(metric, 1)
+            frame = points[split][np.isfinite(points[split][metric].astype(float))]
+            ax.set(title=f"{_axis_label(metric)} — {split}", xlabel="GFLOPs per image", ylabel=_axis_label(metric))
+            if frame.empty:                        # e.g. AUROC when every prediction is right or every one wrong
+                ax.text(0.5, 0.5, "undefined", ha="center", va="center", transform=ax.transAxes)
+                continue
             for family, part in frame.groupby("family", sort=False):
                 color, marker = FAMILY_STYLE.get(family, ("black", "x"))
                 if family.startswith("cascade"):
                     for _, curve in part.groupby(part["label"].str.replace(r" \(\d+% deferred\)$", "", regex=True)):
                         curve = curve.sort_values("gflops")
                         ax.plot(curve["gflops"], curve[metric] * scale, color=color, lw=0.8, alpha=0.7)
-                    ax.scatter([], [], color=color, marker="_", label=family)
+                    legend[family] = Line2D([], [], color=color, lw=1.2, label=family)
                 else:
-                    ax.scatter(part["gflops"], part[metric] * scale, color=color, marker=marker, s=18, label=family)
+                    ax.scatter(part["gflops"], part[metric] * scale, color=color, marker=marker, s=18)
+                    legend[family] = Line2D([], [], color=color, marker=marker, ls="", label=family)
             best = front(frame, metric)
-            if len(best):
-                ax.step(best["gflops"], best[metric] * scale, where="post", color="black", lw=1, label="Pareto front")
+            ax.step(best["gflops"], best[metric] * scale, where="post", color="black", lw=1)
             ax.set_xscale("log")
-            ax.set(xlabel="GFLOPs per image", ylabel=_axis_label(metric), title=f"{_axis_label(metric)} — {split}")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=7)
+    legend["Pareto front"] = Line2D([], [], color="black", lw=1, label="Pareto front")
+    fig.legend(handles=list(legend.values()), loc="lower center", ncol=min(len(legend), 6), fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     save_figure(fig, path, dpi=110)

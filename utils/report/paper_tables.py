@@ -15,7 +15,7 @@ import pandas as pd
 
 from utils.files.model_names import SOUP_SUFFIXES
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS
-from utils.stages.scoring import SPREAD_DDOF
+from utils.stages.scoring import DUO_RESULT_COLUMNS, SPREAD_DDOF
 
 # The paper's units: Acc, F1, ECE, AUROC and SAC in %; NLL and AURC x100; Brier x10^4 (it is the mean
 # over all N*K entries, so x10^4 brings it to the paper's magnitudes).
@@ -72,8 +72,8 @@ def single_rows(single: pd.DataFrame, models, split: str | None, wrapper: str = 
 def asymmetric_duos(duos: pd.DataFrame, split: str | None = None, soups: bool = False) -> pd.DataFrame:
     """The paper's method: asymmetric mode, softmax-response uncertainty, with a known FLOPs cost; duos
     whose large model is a soup only with `soups` (they are Fig. 7's, not the pooled tables')."""
-    if duos.empty:
-        return duos
+    if duos.empty:                        # no duo results at all: an empty table with the duo columns
+        return pd.DataFrame(columns=[*METRIC_COLUMNS, *DUO_RESULT_COLUMNS])
     chosen = duos[(duos["mode"] == "asymmetric") & (duos["uncertainty_type"] == "softmax_response")]
     if not soups:
         chosen = chosen[~chosen["model_large"].str.endswith(SOUP_SUFFIXES)]
@@ -326,6 +326,15 @@ def delta_cell(row, metric: str) -> str:
     return f"{values[0]:+{shown}} [{values[1]:+{shown}}, {values[2]:+{shown}}]{star}"
 
 
+def nll_verdict(by_metric: pd.DataFrame) -> str:
+    """Whether the NLL interval (rows indexed by metric) says lower, higher or no significant difference."""
+    if "NLL" not in by_metric.index:
+        return "—"
+    nll = by_metric.loc["NLL"]
+    return ("lower (significant)" if nll["ci_high"] < 0 else "higher (significant)" if nll["ci_low"] > 0
+            else "no significant difference")
+
+
 def bootstrap_table(deltas: pd.DataFrame, split: str, metrics=("Acc", "NLL", "ECE", "CP_AUROC", "AURC", "Brier"),
                     mode: str = "asymmetric") -> pd.DataFrame:
     """One row per duo of `mode` (softmax response): each metric's difference to the temperature-scaled large
@@ -335,15 +344,61 @@ def bootstrap_table(deltas: pd.DataFrame, split: str, metrics=("Acc", "NLL", "EC
     rows = []
     for (large, small), group in chosen.groupby(["model_large", "model_small"], sort=False):
         by_metric = group.set_index("metric")
-        if "NLL" in by_metric.index:
-            nll = by_metric.loc["NLL"]
-            verdict = ("lower (significant)" if nll["ci_high"] < 0 else "higher (significant)" if nll["ci_low"] > 0
-                       else "no significant difference")
-        else:
-            verdict = "—"
+        verdict = nll_verdict(by_metric)
         balance = float(group["gflops_balance"].iloc[0])
         rows.append({"Duo": f"{large} + {small}", "FLOPs balance": f"{balance:.3f}" if np.isfinite(balance) else "unknown",
                      **{COLUMN_LABEL.get(m, m): delta_cell(by_metric.loc[m], m) if m in by_metric.index else "—"
                         for m in metrics},
                      "NLL vs TS f_large": verdict, "B": int(group["B"].iloc[0])})
+    return pd.DataFrame(rows)
+
+
+def _long(frame: pd.DataFrame, keys: list[str], name: str) -> pd.DataFrame:
+    return frame.melt(id_vars=keys, value_vars=list(METRIC_COLUMNS), var_name="metric", value_name=name)
+
+
+def current_baseline_deltas(single_deltas: pd.DataFrame, ensemble_deltas: pd.DataFrame, single: pd.DataFrame,
+                            ensembles: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The stage-4 and stage-8 interval rows whose `delta` still equals the result rows' difference (the baseline's
+    row, or DE(m)'s mean over its subsets, minus the base model's temperature-scaled row), as `current_deltas`."""
+    ts = _long(single[single["wrapper"] == "TempScaleWrapper"], ["model", "uncertainty_type", "split"], "base_value")
+    ts = ts.rename(columns={"model": "base"})
+    kept = []
+    for deltas, results, keys in ((single_deltas, single, ["model", "wrapper", "uncertainty_type", "split"]),
+                                  (ensemble_deltas, ensembles, ["model", "m", "uncertainty_type", "split"])):
+        if deltas.empty or results.empty:
+            kept.append(deltas.iloc[:0])
+            continue
+        if "subset" in results.columns:           # DE(m): the mean over stage 8's subsets, not its summary rows
+            results = results[~results["subset"].isin(SUMMARY_STATISTICS)].groupby(keys, as_index=False)[
+                list(METRIC_COLUMNS)].mean()
+        merged = deltas.merge(_long(results, keys, "value"), on=[*keys, "metric"], how="left").merge(
+            ts, on=["base", "uncertainty_type", "split", "metric"], how="left")
+        expected = merged["value"] - merged["base_value"]
+        same = np.isclose(merged["delta"], expected, rtol=1e-9, atol=1e-12) | (merged["delta"].isna() & expected.isna())
+        kept.append(deltas[same.to_numpy()])
+    return kept[0], kept[1]
+
+
+def baseline_bootstrap_table(single_deltas: pd.DataFrame, ensemble_deltas: pd.DataFrame, split: str,
+                             metrics=("Acc", "NLL", "ECE", "CP_AUROC", "AURC", "Brier")) -> pd.DataFrame:
+    """One row per baseline (softmax response): each metric's difference to its temperature-scaled base model with
+    the interval, and the NLL verdict in words."""
+    rows, parts = [], []
+    if len(single_deltas):
+        chosen = single_deltas[(single_deltas["split"] == split) & (single_deltas["uncertainty_type"] == "softmax_response")]
+        for (model, wrapper, base), group in chosen.groupby(["model", "wrapper", "base"], sort=True):
+            parts.append((f"{model}{' (TS)' if wrapper == 'TempScaleWrapper' else ' (raw)'}", base, group))
+    if len(ensemble_deltas):
+        chosen = ensemble_deltas[(ensemble_deltas["split"] == split)
+                                 & (ensemble_deltas["uncertainty_type"] == "softmax_response")]
+        for (model, m, base), group in chosen.groupby(["model", "m", "base"], sort=True):
+            parts.append((f"DE({m}) {model}, mean of {int(group['subsets'].iloc[0])} subset(s)", base, group))
+    for label, base, group in parts:
+        by_metric = group.set_index("metric")
+        verdict = nll_verdict(by_metric)
+        rows.append({"Baseline": label, "vs TS": base,
+                     **{COLUMN_LABEL.get(m, m): delta_cell(by_metric.loc[m], m) if m in by_metric.index else "—"
+                        for m in metrics},
+                     "NLL vs TS": verdict, "B": int(group["B"].iloc[0])})
     return pd.DataFrame(rows)

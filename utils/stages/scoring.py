@@ -28,6 +28,10 @@ ENSEMBLE_RESULT_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type"
 DELTA_VALUE_COLUMNS = ["delta", "ci_low", "ci_high", "significant", "B", "seed"]
 DELTA_RESULT_COLUMNS = DUO_RESULT_COLUMNS + ["metric"]
 # stage 7: one row per duo x order x uncertainty type x threshold (a sweep point or a val-fitted budget)
+# stage 4 --bootstrap: each baseline (soup, IVON, Laplace) raw and TS against its temperature-scaled backbone
+SINGLE_DELTA_RESULT_COLUMNS = ["model", "base", "wrapper", "uncertainty_type", "split", "metric"]
+# stage 8 --bootstrap: DE(m), the mean over its subsets, against the temperature-scaled base model
+ENSEMBLE_DELTA_RESULT_COLUMNS = ["model", "m", "base", "subsets", "uncertainty_type", "split", "metric"]
 CASCADE_RESULT_COLUMNS = ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "tau",
                           "deferred", "gflops_large", "gflops_small", "gflops_expected", "split"]
 
@@ -179,26 +183,62 @@ def scaled_terms(logits, labels: np.ndarray, temperature: float, uncertainty_typ
     return {kind: found[kind if kind in measures else "softmax_response"] for kind in uncertainty_types}
 
 
-def bootstrap_baseline(logits_large, labels: np.ndarray, temperature: float, uncertainty_types, resamples: int,
-                       seed: int) -> dict:
-    """The temperature-scaled large model's point and resampled metrics for each uncertainty type
-    (`scaled_terms`). Computed once per large model and split, shared by all its duos and modes."""
+def resampled_baseline(terms: dict, resamples: int, seed: int) -> dict:
+    """{uncertainty type: (point metrics, resampled metrics)} of a predictor's `scaled_terms`, each distinct terms
+    object resampled once (kinds that share terms share the work)."""
     from utils.maths import bootstrap
-    terms = scaled_terms(logits_large, labels, temperature, uncertainty_types)
     found = {id(t): (bootstrap.point_metrics(t), bootstrap.resampled_metrics(t, resamples, seed))
              for t in {id(t): t for t in terms.values()}.values()}
     return {kind: found[id(t)] for kind, t in terms.items()}
 
 
-def delta_rows(base: dict, out, labels: np.ndarray, resamples: int, seed: int, descriptive: dict) -> list[dict]:
-    """Rows of evaluation_duo_delta: every metric of one duo mode (a duo_modes.ModeOutput) minus the
-    temperature-scaled large model's (`bootstrap_baseline`), with its paired interval, per uncertainty type."""
+def mode_terms(out, labels: np.ndarray) -> dict:
+    """{uncertainty type: SampleTerms} of one duo mode (a duo_modes.ModeOutput)."""
+    from utils.maths import bootstrap
+    return {kind: bootstrap.sample_terms(out.logits, labels, out.predictions, uncertainty, out.stats)
+            for kind, uncertainty in out.uncertainty.items()}
+
+
+def delta_rows(base: dict, other: dict, resamples: int, seed: int, descriptive: dict) -> list[dict]:
+    """Rows of a *_delta results file: every metric of a predictor minus the baseline's, with the paired interval,
+    per uncertainty type. `base`: {kind: (point, resampled)} (`resampled_baseline`); `other`: {kind: SampleTerms}
+    or {kind: (point, resampled)} drawn with the same (resamples, seed)."""
     from utils.maths import bootstrap
     rows = []
-    for kind, uncertainty in out.uncertainty.items():
-        terms = bootstrap.sample_terms(out.logits, labels, out.predictions, uncertainty, out.stats)
-        table = bootstrap.interval_table(base[kind], (bootstrap.point_metrics(terms),
-                                                      bootstrap.resampled_metrics(terms, resamples, seed)),
-                                         resamples, seed)
+    for kind, found in other.items():
+        if isinstance(found, bootstrap.SampleTerms):
+            found = (bootstrap.point_metrics(found), bootstrap.resampled_metrics(found, resamples, seed))
+        table = bootstrap.interval_table(base[kind], found, resamples, seed)
         rows += [{**row, **descriptive, "uncertainty_type": kind} for row in table.to_dict("records")]
+    return rows
+
+
+def baseline_delta_rows(files, temperatures, uncertainty_types, resamples: int, seed: int) -> list[dict]:
+    """Rows of evaluation_single_model_delta: every baseline file among `files` (name -> path; a soup, IVON or
+    Laplace predictive of a backbone that is among them too), raw and temperature-scaled, minus its
+    temperature-scaled backbone, on the samples both predicted (aligned by id)."""
+    from utils.files.model_names import baseline_backbone
+    from utils.files.prediction_io import align
+    derived: dict[str, list[str]] = {}
+    for name in files:
+        backbone = baseline_backbone(name)
+        if backbone is not None and backbone in files:
+            derived.setdefault(files.spelling(backbone), []).append(name)
+    rows = []
+    for backbone, names in sorted(derived.items()):
+        base_set = read_predictions(files[backbone])
+        baselines = {split: resampled_baseline(scaled_terms(data.logits, data.labels, temperatures[backbone],
+                                                            uncertainty_types), resamples, seed)
+                     for split, data in base_set.splits.items() if split in EVAL_SPLITS}
+        for name in sorted(names):
+            other = read_predictions(files[name])
+            for split, base in baselines.items():
+                if split not in other.splits:
+                    continue
+                data = align(base_set.splits[split], other.splits[split], base_set.source, other.source, split)
+                for wrapper, temperature in (("None", 1.0), ("TempScaleWrapper", temperatures[name])):
+                    terms = scaled_terms(data.logits, data.labels, temperature, uncertainty_types)
+                    rows += delta_rows(base, terms, resamples, seed,
+                                       {"model": name, "base": backbone, "wrapper": wrapper, "split": split})
+            print(f"{name}: paired bootstrap against the temperature-scaled {backbone} (B={resamples})")
     return rows
