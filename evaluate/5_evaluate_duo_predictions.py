@@ -13,16 +13,16 @@ import sys
 from pathlib import Path
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main, warn
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.files import tables
-from utils.files.prediction_io import align, check_output_folder
+from utils.files.prediction_io import check_output_folder
 from utils.maths.duo_modes import COMBINE, MODES, duo_outputs, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
-from utils.stages.calibration import pair_temperatures
-from utils.stages.scoring import (DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, DUO_RESULT_COLUMNS, EVAL_SPLITS,
-                                  PredictionCache, check_scaled_logits, delta_rows, find_duo_files, largest_magnitude,
-                                  metrics_by_uncertainty, mode_terms, resampled_baseline, resolve_dataset,
-                                  scaled_terms, write_results)
+from utils.stages.calibration import pair_temperatures, record_fits
+from utils.stages.scoring import (DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, DUO_RESULT_COLUMNS, PredictionCache,
+                                  check_scaled_logits, delta_rows, find_duo_files, largest_magnitude,
+                                  metrics_by_uncertainty, mode_terms, paired_splits, resampled_baseline,
+                                  resolve_dataset, scaled_terms, write_results)
 
 _NEEDS_SINGLE = {"unweighted_ts"}
 _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
@@ -105,18 +105,10 @@ def main_impl(argv=None) -> int:
             else ()
         temps = pair_temperatures(large, small, singles, weights, fitted_single, fitted_duo, single_of,
                                   duo=bool(_NEEDS_DUO & set(args.modes)))
-        large.split("test", "to evaluate the duo")
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,
                        "gflops_balance": duo.gflops_balance}
-        for split in EVAL_SPLITS:
-            if split not in large.splits:
-                continue
-            if split not in small.splits:
-                warn(f"{large.model} + {small.model}: {small.source} has no '{split}' split; skipped it")
-                continue
-            data_large = large.splits[split]
-            data_small = align(data_large, small.splits[split], large.source, small.source, split)
+        for split, data_large, data_small in paired_splits(large, small):
             magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
             for scales in {member_scales(mode, temps) for mode in args.modes}:
                 check_scaled_logits(magnitudes, [scale / 2 for scale in scales],
@@ -141,10 +133,7 @@ def main_impl(argv=None) -> int:
     if not rows:
         raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
-    if fitted_single:
-        tables.upsert_single_temperatures(args.calibrated_dir, fitted_single)
-    if fitted_duo:
-        tables.upsert_duo_temperatures(args.calibrated_dir, fitted_duo)
+    record_fits(args.calibrated_dir, fitted_single, fitted_duo)
     kind = "duo" if args.combine == "logits" else f"duo_{args.combine}"
     written = write_results(args.output_dir, kind, dataset, rows, DUO_RESULT_COLUMNS,
                             ["model_large", "model_small", "mode", "uncertainty_type", "split"])

@@ -21,14 +21,15 @@ import sys
 from pathlib import Path
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main, warn
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
 from utils.maths import bootstrap, cascades
-from utils.maths.duo_modes import duo_outputs
-from utils.stages.calibration import pair_temperatures
-from utils.stages.scoring import (CASCADE_RESULT_COLUMNS, EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, PredictionCache,
-                                  find_duo_files, resolve_dataset, scaled_terms, write_results)
+from utils.maths.duo_modes import duo_outputs, member_scales
+from utils.stages.calibration import pair_temperatures, record_fits
+from utils.stages.scoring import (CASCADE_RESULT_COLUMNS, SINGLE_UNCERTAINTY_TYPES, PredictionCache, check_scaled_logits,
+                                  find_duo_files, largest_magnitude, paired_splits, resolve_dataset, scaled_terms,
+                                  write_results)
 
 
 def build_parser() -> ArgumentParser:
@@ -120,17 +121,13 @@ def main_impl(argv=None) -> int:
         temps = pair_temperatures(large, small, singles, weights, fitted_single, fitted_duo, (large, small))
         gflops = {"large": float(duo.gflops_large), "small": float(duo.gflops_small)}
         taus = budget_thresholds(large, small, temps, gflops, args) if args.budgets else {}
-        large.split("test", "to evaluate the cascade")
         descriptive = {"model_large": large.model, "model_small": small.model, "gflops_large": gflops["large"],
                        "gflops_small": gflops["small"]}
-        for split in EVAL_SPLITS:
-            if split not in large.splits:
-                continue
-            if split not in small.splits:
-                warn(f"{large.model} + {small.model}: {small.source} has no '{split}' split; skipped it")
-                continue
-            data_large = large.splits[split]
-            data_small = align(data_large, small.splits[split], large.source, small.source, split)
+        for split, data_large, data_small in paired_splits(large, small):
+            magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
+            duo_weights = [scale / 2 for scale in member_scales("asymmetric", temps)]
+            for weights_used in ([1 / temps.single_large, 0.0], [0.0, 1 / temps.single_small], duo_weights):
+                check_scaled_logits(magnitudes, weights_used, f"{args.calibrated_dir}: {large.model} + {small.model}")
             kinds = args.uncertainty_types
             terms = split_terms(data_large.logits, data_small.logits, data_large.labels, temps, kinds)
             for order in args.orders:
@@ -149,10 +146,7 @@ def main_impl(argv=None) -> int:
     if not rows:
         raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
-    if fitted_single:
-        tables.upsert_single_temperatures(args.calibrated_dir, fitted_single)
-    if fitted_duo:
-        tables.upsert_duo_temperatures(args.calibrated_dir, fitted_duo)
+    record_fits(args.calibrated_dir, fitted_single, fitted_duo)
     written = write_results(args.output_dir, "cascade", dataset, rows, CASCADE_RESULT_COLUMNS,
                             ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"])
     print(f"wrote {len(rows)} cascade point(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")

@@ -96,3 +96,11 @@ def pair_temperatures(large: PredictionSet, small: PredictionSet, singles, weigh
         weights[pair] = (fitted_duo[-1]["weight_large"], fitted_duo[-1]["weight_small"])
     return DuoTemperatures(singles.get(large.model, 1.0), singles.get(small.model, 1.0),
                            *weights.get(pair, (0.5, 0.5)))
+
+
+def record_fits(calibrated_dir, fitted_single: list, fitted_duo: list) -> None:
+    """Upsert the temperatures and duo weights a stage fitted with --fit_missing."""
+    if fitted_single:
+        tables.upsert_single_temperatures(calibrated_dir, fitted_single)
+    if fitted_duo:
+        tables.upsert_duo_temperatures(calibrated_dir, fitted_duo)

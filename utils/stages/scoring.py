@@ -144,6 +144,21 @@ class PredictionCache:
         return pset
 
 
+def paired_splits(large: PredictionSet, small: PredictionSet):
+    """(split, large's data, small's data aligned to it by id) for each evaluation split both files hold; a split
+    the sidekick lacks is skipped with a warning."""
+    from utils.files.prediction_io import align
+    large.split("test", "to evaluate the duo")
+    for split in EVAL_SPLITS:
+        if split not in large.splits:
+            continue
+        if split not in small.splits:
+            warn(f"{large.model} + {small.model}: {small.source} has no '{split}' split; skipped it")
+            continue
+        data_large = large.splits[split]
+        yield split, data_large, align(data_large, small.splits[split], large.source, small.source, split)
+
+
 def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list[str]]:
     """(duo row, large file, small file) for every duo with both prediction files, names matched
     case-insensitively; the duos skipped are summarised in one warning (with `strict`, an error on
