@@ -93,8 +93,8 @@ def main_impl(argv=None) -> int:
                                 SINGLE_DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, always_defined=())
         print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")
     elif args.bootstrap:
-        warn("--bootstrap: no baseline file (<backbone>_greedy, _uniform, _ivon*, _LA) next to its backbone; "
-             "no intervals written")
+        warn("--bootstrap: no baseline file (<backbone>_greedy, _uniform, _ivon*, _LA) was evaluated together with "
+             "its backbone" + (" (--models must name both)" if args.models else "") + "; no intervals written")
     return 0
 
 

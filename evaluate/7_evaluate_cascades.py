@@ -21,22 +21,27 @@ import sys
 from pathlib import Path
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main
+from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main,
+                               warn)
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
 from utils.maths import bootstrap, cascades
 from utils.maths.duo_modes import duo_outputs, member_scales
 from utils.stages.calibration import pair_temperatures, record_fits
-from utils.stages.scoring import (CASCADE_RESULT_COLUMNS, SINGLE_UNCERTAINTY_TYPES, PredictionCache, check_scaled_logits,
-                                  find_duo_files, largest_magnitude, paired_splits, resolve_dataset, scaled_terms,
-                                  write_results)
+from utils.stages.scoring import (CASCADE_RESULT_COLUMNS, SINGLE_UNCERTAINTY_TYPES, PredictionCache,
+                                  check_scaled_logits, find_duo_files, largest_magnitude, paired_splits,
+                                  resolve_dataset, scaled_terms, write_results)
+
+
+MOST_STEPS = 1000          # finer than any curve or table shows; each step is one pass over the test split
 
 
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0],
                             parents=[flags.evaluation_folders(), flags.result_dataset()])
     parser.add_argument("--config", "--duo_csv_path", default="configs/duos.csv", metavar="CSV",
-                        help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv)")
+                        help="duos CSV with model_large,model_small[,gflops_*] (default configs/duos.csv; a relative "
+                             "path not found in the working folder is read from the repository)")
     add_backbone_csv(parser, "fills gflops columns the duos CSV lacks")
     parser.add_argument("--orders", nargs="+", default=list(cascades.ORDERS), choices=cascades.ORDERS,
                         help="which model runs first (default: both)")
@@ -44,9 +49,11 @@ def build_parser() -> ArgumentParser:
                         choices=SINGLE_UNCERTAINTY_TYPES,
                         help="what decides the deferral and ranks the answers (default softmax_response)")
     parser.add_argument("--steps", type=positive_int, default=20,
-                        help="sweep points: deferring 0, 1/steps, ..., all test inputs (default 20)")
-    parser.add_argument("--budgets", nargs="+", type=positive_float, default=[], metavar="B",
-                        help="expected costs as multiples of f_large's GFLOPs (e.g. 1.1); tau fitted on val for each")
+                        help=f"sweep points: deferring 0, 1/steps, ..., all test inputs (default 20, at most "
+                             f"{MOST_STEPS})")
+    parser.add_argument("--budgets", nargs="+", type=positive_float, metavar="B",
+                        help="expected costs as multiples of f_large's GFLOPs (e.g. 1.1); tau fitted on val for each "
+                             "(default: none)")
     parser.add_argument("--strict", action="store_true", help="fail on the first duo with a missing prediction file")
     parser.add_argument("--fit_missing", action="store_true",
                         help="fit missing temperatures/weights on the val split and record them (else: error)")
@@ -88,6 +95,10 @@ def budget_thresholds(large, small, temps, gflops: dict, args) -> dict:
         for kind in kinds:
             taus[(order, kind)] = []
             for budget in args.budgets:
+                if budget * gflops["large"] < gflops[first] and kind == kinds[0]:
+                    warn(f"--budgets {budget:g}: {large.model} + {small.model} {order}: below the first model's own "
+                         f"cost ({gflops[first] / gflops['large']:.3g}x {large.model}'s GFLOPs), so the cascade "
+                         f"defers nothing and costs that")
                 fraction = cascades.budget_fraction(budget, gflops["large"], gflops[first], gflops[second])
                 tau = cascades.threshold_for_fraction(val[first][kind].uncertainty, fraction)
                 taus[(order, kind)].append(("val_budget", budget, tau))
@@ -105,6 +116,9 @@ def split_terms(logits_large, logits_small, labels, temps, kinds) -> dict:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.steps > MOST_STEPS:
+        raise UserError(f"--steps: {args.steps} sweep points; use 1 to {MOST_STEPS} (20 is usual)")
+    args.budgets = list(dict.fromkeys(args.budgets or []))         # 1.1 twice is one budget
     duos = tables.read_duos(args.config, tables.read_backbones(args.backbone_csv))
     singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
     weights = tables.read_duo_weights(Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
@@ -147,8 +161,11 @@ def main_impl(argv=None) -> int:
         raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
     record_fits(args.calibrated_dir, fitted_single, fitted_duo)
+    # a rerun replaces each (duo, order, uncertainty type, split)'s curve and budgets whole: points of an earlier
+    # run (other --steps, --budgets or temperatures) never mix with this one's
     written = write_results(args.output_dir, "cascade", dataset, rows, CASCADE_RESULT_COLUMNS,
-                            ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"])
+                            ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"],
+                            replace_groups=["model_large", "model_small", "order", "uncertainty_type", "split"])
     print(f"wrote {len(rows)} cascade point(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
     return 0
 

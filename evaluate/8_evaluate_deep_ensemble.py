@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
+from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main,
+                               warn)
 from utils.files import tables
 from utils.files.model_names import NameMap, check_plain_name, unique_by_case
 from utils.files.prediction_io import (align, check_output_folder, find_prediction_file, prediction_paths,
@@ -44,7 +45,7 @@ from utils.maths import calibrate_temperature
 from utils.maths.duo_modes import COMBINE
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS, ProbabilityMixture, WeightedLogits
 from utils.stages.scoring import (DELTA_VALUE_COLUMNS, ENSEMBLE_DELTA_RESULT_COLUMNS, ENSEMBLE_RESULT_COLUMNS,
-                                  EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF, delta_rows, resampled_baseline,
+                                  EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF, check_dataset_name, delta_rows, resampled_baseline,
                                   resolve_dataset, scaled_terms, single_model_metrics, write_results)
 
 
@@ -88,7 +89,11 @@ def pooled_logits(members: list, combine: str) -> np.ndarray:
 def ensemble_deltas(resampled: dict, members: list, splits: dict, name: str, args) -> list[dict]:
     """DE(m) - the temperature-scaled base model: the mean over subsets of each resample's metrics against the
     base's on the same resamples (every subset and the base share them: same samples, B and seed)."""
-    position = next((i for i, m in enumerate(members) if m.model.casefold() == name.casefold()), 0)
+    position = next((i for i, m in enumerate(members) if m.model.casefold() == name.casefold()), None)
+    if position is None:
+        position = 0
+        warn(f"--bootstrap: no member is named {name}; the intervals compare DE(m) with the first member, "
+             f"{members[0].model} (name the base model's member with --name)")
     val = splits["val"][position]
     base_temperature = calibrate_temperature.fit_temperature(val.logits, val.labels, method=args.method).temperature
     baselines = {split: resampled_baseline(scaled_terms(splits[split][position].logits, splits[split][0].labels,
@@ -176,7 +181,7 @@ def main_impl(argv=None) -> int:
         if args.combine != "logits":
             raise UserError("--combine probs: the official ensemble files hold logits averaged already; give the "
                             "members' prediction files with --members or --members_csv")
-        dataset = check_plain_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
+        dataset = check_dataset_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
         rows = official_ensembles(args)
         written = write_results(args.output_dir, "deep_ensemble", dataset, rows, ENSEMBLE_RESULT_COLUMNS,
                                 ["model", "m", "subset", "uncertainty_type", "split"])

@@ -132,9 +132,10 @@ def test_stage5_writes_intervals_that_agree_with_the_result_tables(tmp_path, sta
     stale.to_csv(path, index=False)
     assert stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res", "--calibrated_dir", tmp_path / "cal")[0] == 0
     report = (tmp_path / "res" / "REPORT.md").read_text()
-    assert f"_1 of {len(stale) * 2} paired-bootstrap row(s) are left out" in report
-    test_rows = report.split("## Paired bootstrap")[1].split("**in-distribution (test)**")[1].split("**shifted")[0]
-    assert "| large + small |" in test_rows and test_rows.rstrip().endswith("| — | 150 |")   # its NLL: no verdict
+    # one stale metric makes the whole predictor's intervals stale: all of this duo x mode x uncertainty type's
+    assert f"_{len(um.METRIC_COLUMNS)} of {len(stale) * 2} paired-bootstrap row(s) are left out" in report
+    section = report.split("## Paired bootstrap: is each duo's gain real?")[1].split("\n## ")[0]
+    assert "**in-distribution (test)**" not in section and "**shifted (ood_test)**" in section   # ood's intervals stay
 
 
 @pytest.mark.parametrize("resamples", [1, 99, 100_001])
@@ -166,6 +167,10 @@ def test_stages_4_and_8_bootstrap_the_baselines_against_their_ts_backbone(tmp_pa
         expected = (values.loc[(row.model, row.wrapper, row.uncertainty_type), row.metric]
                     - values.loc[("ResNet50", "TempScaleWrapper", row.uncertainty_type), row.metric])
         assert row.delta == pytest.approx(expected, abs=1e-12) and row.ci_low <= row.ci_high
+    # the report with stage 4's intervals only (no stage 8 yet)
+    code, out, err = stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res")
+    assert code == 0, err
+    assert "| ResNet50_LA (raw) | ResNet50 |" in (tmp_path / "res" / "REPORT.md").read_text()
     # stage 8: DE(2) of the backbone and its seed, the mean over its one subset, against the TS backbone
     code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", "--members", tmp_path / "p" / "ResNet50.npz",
                            tmp_path / "p" / "ResNet50_s1.npz", "--sizes", 1, 2, "--name", "ResNet50", "--output_dir",
@@ -194,4 +199,4 @@ def test_stages_4_and_8_bootstrap_the_baselines_against_their_ts_backbone(tmp_pa
     edited.loc[0, "delta"] = "0.25"
     edited.to_csv(path, index=False)
     assert stage("evaluate/9_make_report.py", "--results_dir", tmp_path / "res")[0] == 0
-    assert "_1 baseline interval row(s) are left out" in (tmp_path / "res" / "REPORT.md").read_text()
+    assert f"_{len(um.METRIC_COLUMNS)} baseline interval row(s) are left out" in (tmp_path / "res" / "REPORT.md").read_text()

@@ -135,3 +135,47 @@ def test_stage7_refuses_missing_costs_and_temperatures(workdir, stage):
     code, _, err = stage(S7, "--config", root / "duos.csv", *folders, "--fit_missing")
     assert code == 0, err
     assert (root / "calibrated" / "temperature_duo.csv").exists()
+
+
+def test_stage7_reruns_replace_whole_curves_and_budgets_are_checked(workdir, stage):
+    root, folders = workdir
+    config = ["--config", root / "duos.csv", *folders]
+    assert stage(S7, *config, "--steps", 8, "--budgets", 1.02)[0] == 0
+    code, out, err = stage(S7, *config, "--steps", 4, "--budgets", 0.5, 0.5)
+    assert code == 0, err
+    # a budget below the first model's cost defers nothing, and says so; the same budget twice is one budget
+    assert "--budgets 0.5" in err and "below the first model's own cost" in err and "defers nothing" in err
+    cascade = pd.read_csv(root / "results" / "evaluation_cascade_synthetic.csv")
+    groups = cascade.groupby(["order", "uncertainty_type"])
+    assert (groups.size() == 5 + 1).all()            # the new sweep (5 points) and budget only: no --steps 8 point
+    assert set(cascade.target[cascade.selection == "val_budget"]) == {0.5}
+    assert f"wrote {2 * 2 * 6} cascade point(s)" in out          # test and ood_test x two orders x six points
+    code, _, err = stage(S7, *config, "--steps", 1001)
+    assert code != 0 and "--steps" in err and "1 to 1000" in err
+    code, _, err = stage(S7, *config, "--dataset", "probs_x")
+    assert code != 0 and "probs_" in err and "--dataset" in err
+
+
+def test_report_refuses_out_of_range_cascade_rows(workdir, stage, tmp_path):
+    root, folders = workdir
+    assert stage(S7, "--config", root / "duos.csv", *folders)[0] == 0
+    path = root / "results" / "evaluation_cascade_synthetic.csv"
+    original = pd.read_csv(path, keep_default_na=False, dtype=str)
+    for column, value, message in (("Acc", "7", "outside [0, 1]"), ("order", "middle", "not one of large_first"),
+                                   ("deferred", "1.5", "outside [0, 1]")):
+        edited = original.copy()
+        edited.loc[3, column] = value
+        edited.to_csv(path, index=False)
+        code, _, err = stage("evaluate/9_make_report.py", "--results_dir", root / "results", "--output",
+                             tmp_path / "R.md")
+        assert code != 0 and f"data row 4, column {column}" in err and message in err, err
+        assert not (tmp_path / "R.md").exists()
+
+
+def test_a_sidekick_costlier_than_the_large_model_is_warned_about(workdir, stage):
+    root, folders = workdir
+    pd.DataFrame({"model_large": [LARGE], "model_small": [SMALL], "gflops_large": [0.39],
+                  "gflops_small": [15.36]}).to_csv(root / "swapped.csv", index=False)
+    code, _, err = stage(S7, "--config", root / "swapped.csv", *folders)
+    assert code == 0, err
+    assert "sidekick costlier than the large model (FLOPs balance > 1)" in err and f"{LARGE} + {SMALL}" in err

@@ -143,7 +143,7 @@ def bootstrap(writes: str) -> argparse.ArgumentParser:
     parser = _parent()
     parser.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="B",
                         help=f"also write {writes}, with its 95%% paired bootstrap interval over B resamples of the "
-                             f"test samples (default 0: off; 1000 is usual)")
+                             f"test samples (default 0: off; else 100 to 100000, 1000 is usual)")
     parser.add_argument("--bootstrap_seed", type=non_negative_int, default=0, help="seed of the resamples (default 0)")
     return parser
 

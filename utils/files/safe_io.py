@@ -206,10 +206,10 @@ class LockedTable:
         else:
             self.frame = pd.DataFrame(columns=list(columns or key_columns))
 
-    def _keys(self, frame: pd.DataFrame) -> list[tuple]:
+    def _keys(self, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> list[tuple]:
         # model names are one identity in any case (contract §2): `resnet18` and `ResNet18` are one row
         return [tuple(str(v).strip().casefold() for v in key)
-                for key in frame[self.key_columns].astype(str).itertuples(index=False, name=None)]
+                for key in frame[list(columns or self.key_columns)].astype(str).itertuples(index=False, name=None)]
 
     def get(self, **key) -> dict | None:
         """The stored row whose key columns equal `key` (ignoring case), or None."""
@@ -219,9 +219,14 @@ class LockedTable:
                 return self.frame.iloc[position].to_dict()
         return None
 
-    def upsert(self, rows: pd.DataFrame) -> None:
+    def upsert(self, rows: pd.DataFrame, replace_groups: Sequence[str] | None = None) -> None:
+        """Insert or replace `rows` by key; with `replace_groups` (a subset of the key columns), every existing
+        row of a group the new rows cover goes too (a rerun's curve replaces the whole earlier curve)."""
         new_keys = set(self._keys(rows))
         keep = [key not in new_keys for key in self._keys(self.frame)]
+        if replace_groups and len(self.frame):
+            new_groups = set(self._keys(rows, replace_groups))
+            keep = [k and group not in new_groups for k, group in zip(keep, self._keys(self.frame, replace_groups))]
         merged = pd.concat([self.frame[keep], rows], ignore_index=True) if len(self.frame) else rows.reset_index(drop=True)
         self.frame = merged[~pd.Series(self._keys(merged)).duplicated(keep="last").to_numpy()]
         self.changed = True
@@ -252,12 +257,13 @@ def locked_table(path: str | os.PathLike, key_columns: Sequence[str], columns: S
 
 
 def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequence[str],
-               columns: Sequence[str] | None = None, required: Sequence[str] = ()) -> pd.DataFrame:
+               columns: Sequence[str] | None = None, required: Sequence[str] = (),
+               replace_groups: Sequence[str] | None = None) -> pd.DataFrame:
     """Insert or replace `rows` in the CSV at `path`, keyed by `key_columns`, under a file lock.
 
-    Rows of the existing file whose key is not in `rows` are kept in their order; new and
-    replaced rows follow. Returns the table as written.
+    Rows of the existing file whose key is not in `rows` (nor, with `replace_groups`, in a group of them) are
+    kept in their order; new and replaced rows follow. Returns the table as written.
     """
     with locked_table(path, key_columns, columns, required) as table:
-        table.upsert(rows)
+        table.upsert(rows, replace_groups)
     return table.frame

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from utils.cli.config import DEFAULT_BACKBONES, resolve_config_path
-from utils.cli.parsing import UserError
+from utils.cli.parsing import UserError, warn
 from utils.files import safe_io
 from utils.files.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, canonical_name, check_plain_name
 from utils.maths.duo_modes import temperature_to_weight, weight_to_temperature
@@ -113,6 +113,11 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
     if len(same):
         raise UserError(f"{path}: data row {same[0] + 1} pairs {frame['model_large'].iloc[same[0]]} with itself; "
                         f"a duo needs two different models")
+    inverted = frame[frame["gflops_balance"] > 1]
+    if len(inverted):
+        pairs = [f"{a} + {b}" for a, b in zip(inverted["model_large"], inverted["model_small"])]
+        warn(f"{path}: {len(pairs)} duo(s) with a sidekick costlier than the large model (FLOPs balance > 1): "
+             f"{', '.join(pairs[:3])}{', ...' if len(pairs) > 3 else ''}; check which column is which")
     return frame[~folded.duplicated()].reset_index(drop=True)        # one row per pair, names in any case
 
 

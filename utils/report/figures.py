@@ -82,6 +82,8 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
                 raise UserError(f"{path}: data row {row + 1}, column {column}: {text.iloc[row]!r} is not a number; "
                                 f"rerun the stage that writes it")
             frame[column] = values.astype(float)
+        if not kind.endswith("_delta"):
+            _check_ranges(frame, path, kind)
         if kind.endswith("_delta"):
             unset = frame[["B", "seed"]].isna().any(axis=1).to_numpy()
             swapped = (frame["ci_low"] > frame["ci_high"]).to_numpy()
@@ -96,7 +98,8 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
         twice = frame.duplicated(keys).to_numpy()
         if twice.any():
             row = int(twice.argmax())
-            raise UserError(f"{path}: data row {row + 1} repeats the key {dict(frame[keys].iloc[row])} of an earlier "
+            key = ", ".join(f"{k}={frame[k].iloc[row]}" for k in keys)
+            raise UserError(f"{path}: data row {row + 1} repeats the key ({key}) of an earlier "
                             f"row; remove one (the stages never write a key twice)")
         for column in (c for c in NAME_COLUMNS if c in frame.columns):
             for name in frame[column].unique():
@@ -104,6 +107,33 @@ def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
         frame["dataset"] = dataset
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _check_ranges(frame: pd.DataFrame, path: Path, kind: str) -> None:
+    """Metrics are fractions (NLL: >= 0), a cascade's order and selection are the stage's words, its deferred share
+    a fraction: a hand-edited 7 for 0.7 is an error, never a 700 % in a table or on a Pareto front."""
+    from utils.cli.parsing import UserError
+    from utils.maths.cascades import ORDERS
+    from utils.maths.uncertainty_metrics import METRIC_COLUMNS
+    slack = 1e-9                                  # E-AURC = AURC - oracle may round a hair below 0
+    checks = [(m, -slack, 1 + slack) for m in METRIC_COLUMNS if m != "NLL"] + [("NLL", 0.0, np.inf)]
+    if kind == "cascade":
+        checks.append(("deferred", 0.0, 1.0))
+    for column, low, high in checks:
+        values = frame[column].astype(float)
+        bad = (values < low) | (values > high)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise UserError(f"{path}: data row {row + 1}, column {column}: {values.iloc[row]:g} is outside "
+                            f"[{low if low >= 0 else 0:g}, {high:g}] (metrics are fractions, not percent); rerun the "
+                            f"stage that writes it")
+    if kind == "cascade":
+        for column, allowed in (("order", ORDERS), ("selection", ("sweep", "val_budget"))):
+            bad = ~frame[column].isin(allowed)
+            if bad.any():
+                row = int(np.flatnonzero(bad.to_numpy())[0])
+                raise UserError(f"{path}: data row {row + 1}, column {column}: {frame[column].iloc[row]!r} is not one "
+                                f"of {', '.join(allowed)}; rerun stage 7")
 
 
 def radar_figure(polygons: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,

@@ -291,6 +291,13 @@ def temperature_ratios(weights: dict, singles: dict, balances: pd.Series) -> pd.
 
 # ----------------------------------------------------------------------------- paired bootstrap (stage 5 --bootstrap)
 
+def _whole_groups_current(merged: pd.DataFrame, expected: pd.Series, keys: list[str]) -> np.ndarray:
+    """Which interval rows to keep: those of a predictor (`keys`) whose every metric's `delta` still equals the
+    result rows' difference; one stale metric (a rerun, another temperature) makes the whole predictor stale."""
+    same = np.isclose(merged["delta"], expected, rtol=1e-9, atol=1e-12) | (merged["delta"].isna() & expected.isna())
+    return same.groupby([merged[k] for k in keys], sort=False, dropna=False).transform("all").to_numpy()
+
+
 def current_deltas(deltas: pd.DataFrame, duos: pd.DataFrame, single: pd.DataFrame) -> pd.DataFrame:
     """The interval rows whose `delta` still equals the duo row minus the temperature-scaled large model's row
     (same uncertainty type; kl_disagreement against the softmax response): a rerun of stage 4 or 5 without
@@ -306,9 +313,7 @@ def current_deltas(deltas: pd.DataFrame, duos: pd.DataFrame, single: pd.DataFram
         deltas["uncertainty_type"].isin(["softmax_response", "entropy"]), "softmax_response"))
     merged = merged.merge(duo_long, on=[*keys, "metric"], how="left").merge(
         ts, on=["model_large", "base_type", "split", "metric"], how="left")
-    expected = merged["duo_value"] - merged["base_value"]
-    same = np.isclose(merged["delta"], expected, rtol=1e-9, atol=1e-12) | (merged["delta"].isna() & expected.isna())
-    return deltas[same.to_numpy()]
+    return deltas[_whole_groups_current(merged, merged["duo_value"] - merged["base_value"], keys)]
 
 
 def significance(deltas: pd.DataFrame) -> pd.Series:
@@ -367,16 +372,14 @@ def current_baseline_deltas(single_deltas: pd.DataFrame, ensemble_deltas: pd.Dat
     for deltas, results, keys in ((single_deltas, single, ["model", "wrapper", "uncertainty_type", "split"]),
                                   (ensemble_deltas, ensembles, ["model", "m", "uncertainty_type", "split"])):
         if deltas.empty or results.empty:
-            kept.append(deltas.iloc[:0])
+            kept.append(deltas.iloc[:0] if len(deltas.columns) else pd.DataFrame(columns=["B"]))
             continue
         if "subset" in results.columns:           # DE(m): the mean over stage 8's subsets, not its summary rows
             results = results[~results["subset"].isin(SUMMARY_STATISTICS)].groupby(keys, as_index=False)[
                 list(METRIC_COLUMNS)].mean()
         merged = deltas.merge(_long(results, keys, "value"), on=[*keys, "metric"], how="left").merge(
             ts, on=["base", "uncertainty_type", "split", "metric"], how="left")
-        expected = merged["value"] - merged["base_value"]
-        same = np.isclose(merged["delta"], expected, rtol=1e-9, atol=1e-12) | (merged["delta"].isna() & expected.isna())
-        kept.append(deltas[same.to_numpy()])
+        kept.append(deltas[_whole_groups_current(merged, merged["value"] - merged["base_value"], keys)])
     return kept[0], kept[1]
 
 

@@ -87,8 +87,10 @@ def results_path(output_dir: str | Path, kind: str, dataset: str, split: str) ->
 
 def write_results(output_dir: str | Path, kind: str, dataset: str, rows: list[dict],
                   descriptive_columns: list[str], key_columns: list[str],
-                  value_columns=um.METRIC_COLUMNS, always_defined=ALWAYS_DEFINED) -> list[Path]:
-    """Upsert rows into one results file per split (test and ood_test), value (metric) columns first."""
+                  value_columns=um.METRIC_COLUMNS, always_defined=ALWAYS_DEFINED,
+                  replace_groups: list[str] | None = None) -> list[Path]:
+    """Upsert rows into one results file per split (test and ood_test), value (metric) columns first
+    (`replace_groups`: see safe_io.upsert_csv)."""
     frame = pd.DataFrame(rows)
     columns = list(value_columns) + descriptive_columns
     if len(frame):
@@ -103,24 +105,38 @@ def write_results(output_dir: str | Path, kind: str, dataset: str, rows: list[di
         if part.empty:
             continue
         path = results_path(output_dir, kind, dataset, split)
-        safe_io.upsert_csv(path, part[columns], key_columns, columns)
+        safe_io.upsert_csv(path, part[columns], key_columns, columns, replace_groups=replace_groups)
         written.append(path)
     return written
+
+
+# evaluation_<kind>_<dataset>: a dataset named probs_x or delta_x would share its files with another kind's
+# (evaluation_duo_probs_x.csv is kind duo_probs of x and kind duo of probs_x)
+RESERVED_DATASET_PREFIXES = ("probs_", "delta_")
+
+
+def check_dataset_name(name: str, what: str) -> str:
+    """A dataset name that can be part of result file names: plain, and not starting with a reserved prefix."""
+    check_plain_name(name, what)
+    if name.casefold().startswith(RESERVED_DATASET_PREFIXES):
+        raise UserError(f"{what}: '{name}' starts with {' or '.join(RESERVED_DATASET_PREFIXES)}, which result file names "
+                        f"use for --combine probs and --bootstrap files; pass --dataset with another name")
+    return name
 
 
 def resolve_dataset(flag: str | None, recorded: Iterable[str | None], predictions_dir: str | Path) -> str:
     """The dataset name for result file names: --dataset, else the one the prediction files record,
     else (CSV files carry no metadata) the predictions folder's name."""
     if flag:
-        return check_plain_name(flag, "--dataset")
+        return check_dataset_name(flag, "--dataset")
     names = {name for name in recorded if name}
     if len(names) == 1:
-        return check_plain_name(names.pop(), "the dataset recorded in the prediction files")
+        return check_dataset_name(names.pop(), "the dataset recorded in the prediction files")
     if not names:
         fallback = normalise_predictions_dir(predictions_dir).resolve().name
         warn(f"the prediction files do not record their dataset; naming the results after the folder "
              f"'{fallback}' (pass --dataset NAME to choose)")
-        return fallback
+        return check_dataset_name(fallback, "the predictions folder's name")
     raise UserError(f"--dataset: prediction files come from several datasets {sorted(names)}; pass --dataset NAME "
                     f"or separate the folders")
 
