@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.cli import console
 from utils.cli.parsing import ArgumentParser, UserError, non_negative_float, run_main
 from utils.files import safe_io, tables
 from utils.files.model_names import NameMap, check_plain_name
@@ -535,7 +536,7 @@ def main_impl(argv=None) -> int:
     for draw, path in report.figures:
         draw(path)
     safe_io.write_text(out_path, "\n".join(report.lines) + "\n")
-    print(figures.markdown_table(summary) if len(summary) else "no large model with duos")
+    console.show(figures.markdown_table(summary) if len(summary) else "no large model with duos")
     print(f"\nwrote {out_path} and {len(report.figures)} figure(s)"
           + (f"; skipped (see the report): {', '.join(report.skipped)}" if report.skipped else ""))
     return 0

@@ -1,5 +1,7 @@
 """Run a whole experiment by calling the stage scripts in order (a thin sequencer: every stage stays
-runnable on its own, and each step prints its equivalent command line).
+runnable on its own). The screen shows one line when each step starts and one when it ends, one line per
+Ray Tune trial and the results table; each step's full output, led by its equivalent command line, goes to
+<output_root>/logs/ (`--verbose` shows it all on the screen instead).
 
     python evaluate/run_pipeline.py --config configs/pipeline_mnist5k.yaml          # `make demo`
     python evaluate/run_pipeline.py --config configs/pipeline_caltech256.yaml --print_slurm
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from utils.cli import slurm
+from utils.cli import console, slurm
 from utils.cli.config import DATASETS, Field, check_mapping, load_yaml, resolve_config_path
 from utils.cli.parsing import ArgumentParser, UserError, cpu_count, run_main
 from utils.files import safe_io, tables
@@ -91,6 +93,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (default: the YAML's)")
     parser.add_argument("--print_slurm", action="store_true", help="write slurm job-array scripts instead of running")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 1 trial, 1 epoch, 300 training images")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every stage's full output on the screen (default: in <output_root>/logs/)")
     return parser
 
 
@@ -293,17 +297,52 @@ def main_impl(argv=None) -> int:
         return 0
     started = time.time()
     for number, (stage, script, step_argv, done_when) in enumerate(all_steps, start=1):
-        prefix = f"[{number}/{len(all_steps)} {stage} {time.time() - started:5.0f}s]"
+        prefix = f"[{number:>2}/{len(all_steps)} {stage:<14}]"
         if done_when is not None and existing_path(done_when).exists():       # names in any case
             print(f"{prefix} reused: {done_when} exists")
             continue
-        print(f"{prefix} {command_line(script, step_argv)}", flush=True)
-        module = importlib.import_module(script[:-3].replace("/", "."))
-        code = module.main([str(a) for a in step_argv])
-        if code:
-            raise UserError(f"stage '{stage}' failed (exit {code}); fix it and rerun: finished stages are reused")
-    print(f"pipeline finished in {time.time() - started:.0f} s; outputs under {plan.root}")
+        run_step(prefix, plan.root / "logs" / f"{number:02d}_{stage}{step_label(step_argv)}.log", script, step_argv,
+                 args.verbose)
+    console.show(f"pipeline finished in {time.time() - started:.0f} s; outputs under {plan.root}"
+                 + ("" if args.verbose else f", each step's full output under {plan.root / 'logs'}"))
     return 0
+
+
+def step_label(argv: list) -> str:
+    """`_<model>` for the steps of one model (training, IVON, Laplace), so that their logs do not share a name."""
+    for flag in ("--save_name", "--model", "--model_path"):
+        if flag in argv:
+            return "_" + Path(str(argv[argv.index(flag) + 1])).stem
+    return ""
+
+
+def run_step(prefix: str, log: Path, script: str, argv: list, verbose: bool) -> None:
+    """One stage: its command line and output to the screen (verbose) or to `log`, with a start and an end line."""
+    command = command_line(script, argv)
+    began = time.time()
+    module = importlib.import_module(script[:-3].replace("/", "."))
+    if verbose:
+        print(f"{prefix} {command}", flush=True)
+        code = module.main([str(a) for a in argv])
+    else:
+        print(f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ...", flush=True)
+        log.unlink(missing_ok=True)
+        with console.captured(log):
+            print(command, flush=True)
+            code = module.main([str(a) for a in argv])
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        written = [line for line in lines if line.startswith("wrote ")]
+        warnings = sum(line.startswith("warning:") for line in lines)
+        if not code:
+            outcome = (written or lines[1:] or ["done"])[-1]
+            print(f"{prefix} {outcome[:150]}{' ...' if len(outcome) > 150 else ''} ({time.time() - began:.0f} s"
+                  + (f"; {warnings} warning(s): see {log}" if warnings else "") + ")", flush=True)
+    if code:
+        tail = log.read_text(errors="replace").splitlines()[-15:] if not verbose else []
+        print("\n".join(f"    {line}" for line in tail), file=sys.stderr)
+        where = "" if verbose else f" (its full output: {log})"
+        raise UserError(f"stage '{Path(script).stem}' failed (exit {code}){where}; fix it and rerun: finished stages "
+                        f"are reused")
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,6 @@ predictive), so every baseline writes its predictions through the same loop.
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Callable
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from load_models.model_loader import logits_and_features
+from utils.cli import console
 from utils.cli.parsing import UserError
 from utils.files.prediction_io import Split
 
@@ -68,9 +68,10 @@ def predict(model: nn.Module, loader, device: torch.device, outputs: Callable[[t
     outputs = outputs or model
     logits, labels, ids = [], [], []
     batches = loader
-    if description and sys.stderr.isatty():
+    screen = console.progress_stream() if description else None
+    if screen is not None:                    # a terminal: a bar; a log file or a slurm job: nothing
         from tqdm import tqdm
-        batches = tqdm(loader, desc=description, leave=False)
+        batches = tqdm(loader, desc=description, leave=False, file=screen)
     for x, y, sample_ids in batches:
         x = to_device(x, device, channels_last)
         with autocast_context(device, precision):

@@ -197,12 +197,26 @@ def get_model_with_head(model_name: str, num_classes: int | None = None, source:
 
 # ----------------------------------------------------------------------------- transforms
 
+# The training augmentations a dataset YAML may list under training.augment, applied in this order. The
+# paper's recipe (RandAugment + horizontal flip) is the default for natural images; handwritten digits change
+# meaning when flipped or heavily distorted, so MNIST uses a mild random affine instead.
+AUGMENTATIONS = {
+    "randaugment": lambda: T.RandAugment(),
+    "flip": lambda: T.RandomHorizontalFlip(),
+    "affine": lambda: T.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+}
+DEFAULT_AUGMENT = ("randaugment", "flip")
+
+
 def get_transforms(model_name: str, source: str | None = None, tv_weights: str | None = None,
-                   image_size: int | None = None) -> dict[str, T.Compose]:
-    """{"eval": the weights' own preprocessing, "train": RGB -> RandAugment -> flip -> eval}.
+                   image_size: int | None = None, augment=DEFAULT_AUGMENT) -> dict[str, T.Compose]:
+    """{"eval": the weights' own preprocessing, "train": RGB -> the `augment` ops (AUGMENTATIONS) -> eval}.
 
     `image_size` replaces the resize/crop by a plain resize to that size (low-resolution runs).
     """
+    unknown = [name for name in augment or () if name not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {', '.join(AUGMENTATIONS)}")
     source = source or guess_source(model_name)
     if source == "torchvision":
         preset = torchvision_weights(model_name, tv_weights).transforms()
@@ -222,7 +236,8 @@ def get_transforms(model_name: str, source: str | None = None, tv_weights: str |
         resize = [T.Resize((image_size, image_size), antialias=True)]
     to_rgb = T.Lambda(_to_rgb)
     eval_transform = T.Compose([to_rgb, *resize, T.ToTensor(), T.Normalize(mean, std)])
-    train_transform = T.Compose([to_rgb, T.RandAugment(), T.RandomHorizontalFlip(), *eval_transform.transforms[1:]])
+    augmentations = [AUGMENTATIONS[name]() for name in augment or ()]
+    train_transform = T.Compose([to_rgb, *augmentations, *eval_transform.transforms[1:]])
     return {"train": train_transform, "eval": eval_transform}
 
 
@@ -271,7 +286,8 @@ def rebuild_from_checkpoint(path: str | Path, model_name: str | None = None, sou
     model, record = load_model_from_checkpoint(path, model_name, source, num_classes, raw_name)
     record["tv_weights"] = record.get("tv_weights") or tv_weights
     record["image_size"] = image_size or record.get("image_size")
-    transforms = get_transforms(record["model_name"], record["source"], record["tv_weights"], record["image_size"])
+    transforms = get_transforms(record["model_name"], record["source"], record["tv_weights"], record["image_size"],
+                                record.get("augment", DEFAULT_AUGMENT))     # what it was trained with
     return model, record, transforms
 
 

@@ -159,6 +159,26 @@ def test_freeze_features_and_transforms():
     assert model_loader.get_transforms("resnet10t", "timm", image_size=32)["eval"].transforms[1].size == (32, 32)
 
 
+def test_augmentation_is_a_dataset_setting(tmp_path):
+    from utils.cli.config import SCHEMA, dataset_config
+    default = model_loader.get_transforms("resnet10t", "timm", image_size=32)["train"].transforms
+    assert [type(t).__name__ for t in default[1:3]] == ["RandAugment", "RandomHorizontalFlip"]   # the paper's recipe
+    digits = model_loader.get_transforms("resnet10t", "timm", image_size=32, augment=["affine"])["train"].transforms
+    names = [type(t).__name__ for t in digits]
+    assert names[1] == "RandomAffine" and "RandomHorizontalFlip" not in names and "RandAugment" not in names
+    assert [type(t).__name__ for t in model_loader.get_transforms("resnet10t", "timm", augment=[])["train"].transforms][1] \
+        != "RandAugment"
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        model_loader.get_transforms("resnet10t", "timm", augment=["mixup"])
+    assert set(SCHEMA["training"]["augment"].choices) == set(model_loader.AUGMENTATIONS)
+    assert dataset_config("mnist5k")["training"]["augment"] == ["affine"]          # digits: no flips
+    assert "augment" not in dataset_config("caltech256")["training"]               # natural images: the default
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  augment: [flip, mixup]\n")
+    with pytest.raises(UserError, match="augment.*must be one of"):
+        dataset_config("mnist5k", str(bad))
+
+
 def test_unstaged_weights_name_the_file_and_command(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(UserError) as info:

@@ -190,3 +190,23 @@ def test_one_spread_convention_everywhere():
     assert paper_tables.cell([0.0005], "Brier") == "5.00"                                 # x10^4, one value: no spread
     assert paper_tables.cell([float("nan"), 0.9], "CP_AUROC") == "90.00"
     assert scoring.SPREAD_DDOF == 1
+
+
+def test_console_capture_sends_everything_to_the_log_and_show_to_the_screen(tmp_path):
+    import subprocess
+    import sys
+    script = (
+        "import os, subprocess, sys\n"
+        "from utils.cli import console\n"
+        f"with console.captured({str(tmp_path / 'step.log')!r}):\n"
+        "    print('a python print')\n"
+        "    print('to stderr', file=sys.stderr)\n"
+        "    os.write(1, b'native write\\n')\n"
+        "    subprocess.run([sys.executable, '-c', 'print(\"a child process\")'])\n"
+        "    console.show('a trial line')\n"
+        "print('after the step')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["a trial line", "after the step"] and result.stderr == ""
+    log = (tmp_path / "step.log").read_text().splitlines()
+    assert set(log) == {"a python print", "to stderr", "native write", "a child process", "a trial line"}

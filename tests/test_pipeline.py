@@ -7,7 +7,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 from utils.files.prediction_io import read_predictions
 
 pipeline = importlib.import_module("evaluate.run_pipeline")
@@ -66,7 +66,7 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     assert "hp_tune.py" not in rerun and "is complete, skipped" in rerun
 
 
-def test_imagenet_pipeline_runs_locally_without_training(tmp_path, capsys):
+def test_imagenet_pipeline_runs_locally_without_training(tmp_path):
     """configs/pipeline_imagenet.yaml on a tiny ImageNet val + V2 tree: pretrained-head models (random
     init here, two small backbones) predict val/test/ood_test, then calibration, duos and the report."""
     from tests import fixtures
@@ -79,9 +79,22 @@ def test_imagenet_pipeline_runs_locally_without_training(tmp_path, capsys):
     config.update(data_dir=str(data), ood_dir=str(v2), weights="none", image_size=32, large="MNASNet1_0",
                   duos_csv=str(tmp_path / "duos.csv"), backbone_csv=str(tmp_path / "bb.csv"))
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
-    assert pipeline.main(["--config", str(tmp_path / "p.yaml"), "--output_root", str(tmp_path / "run")]) == 0
-    out = capsys.readouterr().out
+    # as a user runs it: the screen holds a start and an end line per step and the results table; each step's
+    # full output (its command line first) is in its log
+    result = run_cli("evaluate/run_pipeline.py", "--config", tmp_path / "p.yaml", "--output_root", tmp_path / "run",
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     assert "hp_tune.py" not in out and "6_laplace.py" not in out
+    steps = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(steps) == 2 * 7 and steps[0].startswith("[ 1/7 predict") and "1_single_model_prediction" in steps[0]
+    assert "wrote" in steps[-3] and "evaluation_cascade_imagenet" in steps[-3]           # stage 7's end line
+    assert "| MNASNet1_0 (temp-scaled) | test |" in out and "pipeline finished" in out
+    assert "evaluated test" not in out and not result.stderr.strip()     # the stages' own lines stay in the logs
+    logs = sorted((tmp_path / "run" / "logs").glob("*.log"))
+    assert [p.name for p in logs][:2] == ["01_predict.log", "02_temp_scale.log"] and len(logs) == 7
+    first = logs[0].read_text()
+    assert first.startswith("python evaluate/1_single_model_prediction.py") and "ShuffleNet_V2_X0_5" in first
     pset = read_predictions(tmp_path / "run" / "predictions" / "ShuffleNet_V2_X0_5.npz")
     assert set(pset.splits) == {"val", "test", "ood_test"} and pset.num_classes == 1000
     duo = pd.read_csv(tmp_path / "run" / "results" / "evaluation_duo_imagenet_ood.csv")

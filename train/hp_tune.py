@@ -83,7 +83,7 @@ def settings(args) -> tuple[dict, dict, dict]:
              "subset": args.subset, "precision": args.precision, "device": args.device, "seed": args.seed,
              "channels_last": args.channels_last, "compile": args.compile, "accumulate": args.accumulate,
              "report_every": args.report_every, "warmup_epochs": args.warmup_epochs,
-             "selection_metric": args.selection_metric}
+             "selection_metric": args.selection_metric, "augment": list(args.augment)}
     counts = {"lp": args.lp_samples, "ff": args.num_samples, "epochs_lp": args.epochs_lp, "epochs_ff": args.epochs_ff,
               "grace_period": args.grace_period}
     spaces = {"lp_lr": search.get("lp_lr", [1e-4, 1e-2]), "ff_lr": search.get("ff_lr", [1e-6, 3e-4]),
@@ -96,7 +96,7 @@ def save_trial_checkpoint(path: Path, trial: tuning.TrialResult, setup: dict, st
                                  source=setup["source"], tv_weights=setup["tv_weights"], num_classes=num_classes,
                                  dataset=setup["dataset"], image_size=setup["image_size"], stage=stage,
                                  hyperparameters=trial.config, val_metric=trial.best_metric,
-                                 selection_metric=setup["selection_metric"])
+                                 selection_metric=setup["selection_metric"], augment=setup["augment"])
 
 
 def record_if_better(checkpoints: str, stage: str, trial: tuning.TrialResult, setup: dict, num_classes: int,

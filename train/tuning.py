@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from ray.tune import Callback
 
+from utils.cli import console
 from utils.cli.parsing import UserError
 from utils.files.model_names import output_path
 
@@ -59,7 +60,8 @@ def trial(config: dict) -> None:
     trial_index = int(tune.get_context().get_trial_id().rsplit("_", 1)[-1])
     torch.manual_seed(setup["seed"] * 1000 + trial_index)
     transforms = model_loader.get_transforms(setup["model"], setup["source"], setup.get("tv_weights"),
-                                             setup.get("image_size"))
+                                             setup.get("image_size"),
+                                             setup.get("augment", model_loader.DEFAULT_AUGMENT))
     loaders, data = _loaders(setup, transforms)
     device = inference.resolve_device(setup.get("device", "auto"))
     raw = build_model(setup, data.num_classes, stage)
@@ -204,12 +206,18 @@ class TrialLines(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         metrics = trial.last_result or {}
-        print(f"[{self.stage}] {trial.trial_id} done: best val {metrics.get('best_val_metric', float('nan')):.4f} "
-              f"after {metrics.get('epoch', '?')} epoch(s), config "
-              f"{ {k: v for k, v in trial.config.items() if k != 'setup'} }", flush=True)
+        setup = trial.config.get("setup", {})
+        hyper = ", ".join(f"{'wd' if k == 'weight_decay' else k} {v:.2g}" for k, v in trial.config.items()
+                          if k != "setup" and isinstance(v, (int, float)))
+        number = trial.trial_id.rsplit("_", 1)[-1]
+        console.show(f"    {setup.get('save_name', '')} {self.stage} trial {number}: {hyper} "
+                     f"-> best val {setup.get('selection_metric', 'metric')} "
+                     f"{metrics.get('best_val_metric', float('nan')):.4f} after {metrics.get('epoch', '?')} epoch(s)",
+                     flush=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        print(f"[{self.stage}] {trial.trial_id} FAILED (the search continues)", flush=True)
+        console.show(f"    {self.stage} trial {trial.trial_id} FAILED (the search continues; Ray's error.txt is under "
+                     f"{trial.path})", flush=True)
 
 
 def default_resources(cpus: int | None, gpus: float | None) -> dict:

@@ -52,7 +52,9 @@ SCHEMA: dict = {
              "image_size": _OPTIONAL_COUNT},
     "training": {"num_epochs_lp": _COUNT, "num_epochs_ff": _COUNT, "batch_size": _COUNT,
                  "num_workers": Field((int,), 0), "grace_period": _COUNT, "warmup_epochs": Field((int,), 0),
-                 "selection_metric": Field((str,), choices=("acc", "f1"))},
+                 "selection_metric": Field((str,), choices=("acc", "f1")),
+                 # training augmentations, in order (load_models.model_loader.AUGMENTATIONS)
+                 "augment": Field((list,), items=(str,), choices=("randaugment", "flip", "affine"))},
     "search": {"lp_samples": _COUNT, "num_samples": _COUNT, "lp_lr": _RANGE, "ff_lr": _RANGE,
                "ff_weight_decay": _RANGE},
 }

@@ -29,6 +29,7 @@ FROM_CONFIG = {
     "warmup_epochs": ("training", "warmup_epochs", 1),
     "grace_period": ("training", "grace_period", 4),
     "selection_metric": ("training", "selection_metric", None),
+    "augment": ("training", "augment", ["randaugment", "flip"]),
     "lp_samples": ("search", "lp_samples", 4),
     "num_samples": ("search", "num_samples", 12),
 }
