@@ -25,12 +25,12 @@ from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, posi
                                warn)
 from utils.files import tables
 from utils.files.prediction_io import align, check_output_folder
-from utils.maths import bootstrap, cascades
+from utils.maths import cascades
 from utils.maths.duo_modes import duo_outputs, member_scales
 from utils.stages.calibration import pair_temperatures, record_fits
 from utils.stages.scoring import (CASCADE_RESULT_COLUMNS, SINGLE_UNCERTAINTY_TYPES, PredictionCache,
-                                  check_scaled_logits, find_duo_files, largest_magnitude, paired_splits,
-                                  resolve_dataset, scaled_terms, write_results)
+                                  check_scaled_logits, find_duo_files, largest_magnitude, mode_terms,
+                                  paired_splits, resolve_dataset, scaled_terms, write_results)
 
 
 MOST_STEPS = 1000          # finer than any curve or table shows; each step is one pass over the test split
@@ -110,8 +110,7 @@ def split_terms(logits_large, logits_small, labels, temps, kinds) -> dict:
     duo = duo_outputs(logits_large, logits_small, temps, ["asymmetric"], kinds)["asymmetric"]
     return {"large": scaled_terms(logits_large, labels, temps.single_large, kinds),
             "small": scaled_terms(logits_small, labels, temps.single_small, kinds),
-            "duo": {kind: bootstrap.sample_terms(duo.logits, labels, duo.predictions, duo.uncertainty[kind], duo.stats)
-                    for kind in kinds}}
+            "duo": mode_terms(duo, labels)}
 
 
 def main_impl(argv=None) -> int:

@@ -24,17 +24,9 @@ ORDERS = ("large_first", "small_first")
 
 
 def sweep_thresholds(uncertainty: np.ndarray, steps: int) -> list[tuple[float, float]]:
-    """(target fraction f, tau) for f = 0, 1/steps, ..., 1: tau defers the round(f N) most uncertain samples
-    (u > tau; ties at tau stay, so the realised fraction can be lower). f = 0 gives +inf, f = 1 gives -inf."""
-    ranked = np.sort(np.asarray(uncertainty, dtype=np.float64))
-    n = len(ranked)
-    points = []
-    for step in range(steps + 1):
-        fraction = step / steps
-        deferred = int(round(fraction * n))
-        tau = math.inf if deferred == 0 else -math.inf if deferred == n else float(ranked[n - deferred - 1])
-        points.append((fraction, tau))
-    return points
+    """(target fraction f, tau) for f = 0, 1/steps, ..., 1 (`threshold_for_fraction`): f = 0 gives +inf, f = 1
+    gives -inf."""
+    return [(step / steps, threshold_for_fraction(uncertainty, step / steps)) for step in range(steps + 1)]
 
 
 def budget_fraction(budget: float, gflops_large: float, gflops_first: float, gflops_second: float) -> float:
@@ -46,7 +38,8 @@ def budget_fraction(budget: float, gflops_large: float, gflops_first: float, gfl
 
 
 def threshold_for_fraction(uncertainty: np.ndarray, fraction: float) -> float:
-    """tau deferring round(fraction N) of these samples (the val split's, for a budget)."""
+    """tau deferring the round(fraction N) most uncertain samples (u > tau; ties at tau stay, so the realised
+    fraction can be lower): a sweep point on test, or a budget's threshold on val."""
     ranked = np.sort(np.asarray(uncertainty, dtype=np.float64))
     n = len(ranked)
     deferred = int(round(fraction * n))
