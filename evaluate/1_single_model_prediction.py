@@ -43,6 +43,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--model_dir", "--model_dir_path", metavar="DIR",
                         help="predict every *.pth in this folder (implies --all_models; default "
                              "./checkpoints/<dataset>/ff, ./checkpoints/imagenet for ImageNet)")
+    parser.add_argument("--name_prefix", default="", metavar="PREFIX",
+                        help="prepend PREFIX to each output's name, e.g. --model_dir checkpoints/<dataset>/soup/ResNet50 "
+                             "--name_prefix ResNet50_ writes ResNet50_trial0, ResNet50_trial1, ... (the fine-tuning "
+                             "trials, deep-ensemble members as in the official code)")
     parser.add_argument("--model", "--model_name", metavar="NAME",
                         help="architecture of a raw state_dict, or (ImageNet) a pretrained model to predict")
     parser.add_argument("--weights", default="default",
@@ -85,7 +89,7 @@ def list_jobs(args, backbones) -> list[dict]:
         path = existing_path(args.model_path)
         if not path.exists():
             raise UserError(f"--model_path: {path} not found")
-        return [job(path.stem.removesuffix("_best"), path)]
+        return [job(args.name_prefix + path.stem.removesuffix("_best"), path)]
     if not args.all_models and not args.model_dir:       # the official form gives only --model_dir_path
         if args.dataset == "imagenet" and args.model:
             return [job(args.model, None)]
@@ -100,7 +104,7 @@ def list_jobs(args, backbones) -> list[dict]:
             raise UserError(f"--mode soup: no *_greedy.pth or *_uniform.pth in {folder}; run train/make_soup.py first")
     if checkpoints:
         unique_by_case([path.stem for path in checkpoints], f"--model_dir {folder}")
-        return [job(path.stem, path) for path in checkpoints]
+        return [job(args.name_prefix + path.stem, path) for path in checkpoints]
     if args.dataset == "imagenet":
         return [job(str(name), None) for name in backbones["model_name"]]
     raise UserError(f"--model_dir: no *.pth checkpoints in {folder}")

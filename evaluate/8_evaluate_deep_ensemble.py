@@ -53,8 +53,8 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0], parents=[
         flags.result_dataset(),
         flags.bootstrap("evaluation_deep_ensemble_delta_<dataset>[_ood].csv: every metric of DE(m), the mean over its "
-                        "subsets (each one resampled), minus the temperature-scaled base model's (the member named as "
-                        "--name, else the first)")])
+                        "subsets (each one resampled), minus the temperature-scaled base model's (--base, else the member "
+                        "named as --name, else the first)")])
     parser.add_argument("--members", nargs="+", metavar="FILE_OR_MODEL",
                         help="member prediction files, or model names inside --predictions_dir (without it: the "
                              "official pre-averaged <model>_<m>.csv files of --prediction_dir)")
@@ -68,6 +68,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subset draw (default 0)")
     parser.add_argument("--name", help="label in the 'model' column (default: the members' common name prefix, "
                         "compared in any case and spelt as the first member)")
+    parser.add_argument("--base", metavar="FILE_OR_MODEL",
+                        help="with --bootstrap: the single model DE(m) is compared with, a member or not (e.g. the best "
+                             "of the fine-tuning trials the ensemble is drawn from; default: the member named as --name, "
+                             "else the first)")
     parser.add_argument("--output_dir", "--save_dir", default="./results", help="results folder (default ./results)")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
                         choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
@@ -86,17 +90,28 @@ def pooled_logits(members: list, combine: str) -> np.ndarray:
     return WeightedLogits(members, [1.0 / len(members)] * len(members)).materialise()
 
 
-def ensemble_deltas(resampled: dict, members: list, splits: dict, name: str, args) -> list[dict]:
-    """DE(m) - the temperature-scaled base model: the mean over subsets of each resample's metrics against the
-    base's on the same resamples (every subset and the base share them: same samples, B and seed)."""
+def base_model(members: list, splits: dict, name: str, args) -> tuple[str, dict]:
+    """(name, {split: predictions aligned with the members'}) of the model DE(m) is compared with."""
+    if args.base:
+        base = read_predictions(resolve_member(args.base, args.predictions_dir, "--base"))
+        reference = members[0]
+        return base.model, {split: align(reference.splits[split], base.split(split, "like the members"),
+                                         reference.source, base.source, split) for split in splits}
     position = next((i for i, m in enumerate(members) if m.model.casefold() == name.casefold()), None)
     if position is None:
         position = 0
         warn(f"--bootstrap: no member is named {name}; the intervals compare DE(m) with the first member, "
-             f"{members[0].model} (name the base model's member with --name)")
-    val = splits["val"][position]
+             f"{members[0].model} (name the base model with --base, or its member with --name)")
+    return members[position].model, {split: found[position] for split, found in splits.items()}
+
+
+def ensemble_deltas(resampled: dict, members: list, splits: dict, name: str, args) -> list[dict]:
+    """DE(m) - the temperature-scaled base model: the mean over subsets of each resample's metrics against the
+    base's on the same resamples (every subset and the base share them: same samples, B and seed)."""
+    base_name, base = base_model(members, splits, name, args)
+    val = base["val"]
     base_temperature = calibrate_temperature.fit_temperature(val.logits, val.labels, method=args.method).temperature
-    baselines = {split: resampled_baseline(scaled_terms(splits[split][position].logits, splits[split][0].labels,
+    baselines = {split: resampled_baseline(scaled_terms(base[split].logits, splits[split][0].labels,
                                                         base_temperature, args.uncertainty_types),
                                            args.bootstrap, args.bootstrap_seed)
                  for split in EVAL_SPLITS if split in splits}
@@ -105,9 +120,8 @@ def ensemble_deltas(resampled: dict, members: list, splits: dict, name: str, arg
         point = {m: float(np.mean([f[0][m] for f in found])) for m in METRIC_COLUMNS}
         draws = {m: np.mean([f[1][m] for f in found], axis=0) for m in METRIC_COLUMNS}
         rows += delta_rows(baselines[split], {kind: (point, draws)}, args.bootstrap, args.bootstrap_seed,
-                           {"model": name, "m": size, "base": members[position].model, "subsets": len(found),
-                            "split": split})
-    print(f"paired bootstrap of DE(m) against the temperature-scaled {members[position].model} (B={args.bootstrap})")
+                           {"model": name, "m": size, "base": base_name, "subsets": len(found), "split": split})
+    print(f"paired bootstrap of DE(m) against the temperature-scaled {base_name} (B={args.bootstrap})")
     return rows
 
 
@@ -124,9 +138,9 @@ def draw_subsets(num_members: int, size: int, count: int, seed: int) -> list[tup
 
 
 def resolve_member(entry: str, predictions_dir: str, flag: str = "--members") -> str:
-    """A member given as a file (kept as given; --members only) or as a model name in --predictions_dir
+    """A member given as a file (kept as given; --members and --base only) or as a model name in --predictions_dir
     (any case)."""
-    if flag == "--members" and (os.path.sep in entry or entry.endswith((".npz", ".csv"))):
+    if flag in ("--members", "--base") and (os.path.sep in entry or entry.endswith((".npz", ".csv"))):
         return entry
     found = find_prediction_file(predictions_dir, check_plain_name(entry, flag))
     if found is None:
@@ -168,6 +182,8 @@ def official_ensembles(args) -> list[dict]:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     flags.check_bootstrap(args)
+    if args.base and not args.bootstrap:
+        raise UserError("--base: it names the model the bootstrap compares DE(m) with; add --bootstrap B")
     if args.members_csv:
         if args.members:
             raise UserError("--members_csv: give the members either as --members or as --members_csv, not both")

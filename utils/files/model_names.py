@@ -3,7 +3,7 @@
 Names are compared case-insensitively everywhere: a duos CSV row `ResNet18` finds `resnet18.npz`, a
 temperature row written as `convnext_base` serves `ConvNeXt_Base`. Files a stage creates are spelt as
 the model's `configs/backbones.csv` row (`--model convnext_base` writes `ConvNeXt_Base.npz`), with the
-derived suffixes kept (`_s1`, `_greedy`, `_uniform`, `_ivon`, `_ivon_det`, `_LA`). Two files whose
+derived suffixes kept (`_s1`, `_trial0`, `_greedy`, `_uniform`, `_ivon`, `_ivon_det`, `_LA`). Two files whose
 names differ only by case are an error naming both, and a name that becomes part of a path must be a
 plain name.
 """
@@ -15,13 +15,13 @@ from typing import Iterable
 
 from utils.cli.parsing import UserError
 
-# derived names: seeds, soups and the baselines' prediction files (canonically lowercase, but `_LA`)
-_SUFFIX_PATTERN = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", re.IGNORECASE)
+# derived names: seeds, fine-tuning trials (soup/<model>/trial<i>.pth predicted), soups and the baselines' prediction files (canonically lowercase, but `_LA`)
+_SUFFIX_PATTERN = re.compile(r"(_s\d+|_trial\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", re.IGNORECASE)
 # the derived models that cost what their backbone costs per image (so they share its GFLOPs); the
 # IVON Monte-Carlo predictive (_ivon) and Laplace (_LA) cost more, and have no backbones.csv figure
 SOURCES = ("torchvision", "timm")     # where a backbone's architecture and weights come from
 SOUP_SUFFIXES = ("_greedy", "_uniform")          # make_soup.py's <arch>_greedy, <arch>_uniform
-SAME_COST_SUFFIXES = re.compile(r"(_s\d+|_greedy|_uniform|_ivon_det)$", re.IGNORECASE)
+SAME_COST_SUFFIXES = re.compile(r"(_s\d+|_trial\d+|_greedy|_uniform|_ivon_det)$", re.IGNORECASE)
 # the baselines the report sets against their temperature-scaled backbone: soups, IVON's predictives, Laplace
 BASELINE_SUFFIXES = re.compile(r"(_greedy|_uniform|_ivon_det|_ivon_mc\d+_r\d+|_ivon|_la)$", re.IGNORECASE)
 
