@@ -294,3 +294,21 @@ def test_large_chooses_the_soup_figures(results, stage, tmp_path):
     assert ("_Fig. 7 (duos on a model soup) skipped: no duos of a soup of ConvNeXt_Base (--large); the results have "
             "ResNet50_greedy._") in report
     assert "## Figs. 3-6: metrics against FLOPs balance (ConvNeXt_Base)" in report and "(EfficientNet_V2_L)" not in report
+
+
+def test_a_member_that_is_the_base_under_another_name_is_no_second_checkpoint():
+    """The official code's ensemble of FT trials holds the selected trial, whose results are the base's."""
+    import pandas as pd
+
+    from utils.report import paper_tables as pt
+
+    def rows(name, nll):
+        return [{"model": name, "wrapper": w, "uncertainty_type": "softmax_response", "split": "test", "Acc": 0.9,
+                 "NLL": nll + (0.01 if w == "NoWrapper" else 0.0)} for w in ("NoWrapper", "TempScaleWrapper")]
+    single = pd.DataFrame(rows("R", 0.30) + rows("R_trial0", 0.30) + rows("R_trial1", 0.35))
+    ensembles = pd.DataFrame([{"model": "R", "m": 2, "subset": "0", "members": "R_trial0+R_trial1"}])
+    assert pt.base_checkpoints(single, ensembles, "R") == ["R", "R_trial1"]
+    single.loc[single["model"] == "R_trial0", "NLL"] += 1e-9           # any difference: a checkpoint of its own
+    assert pt.base_checkpoints(single, ensembles, "R") == ["R", "R_trial0", "R_trial1"]
+    seeds = pd.DataFrame([{"model": "R", "m": 2, "subset": "0", "members": "R+R_trial1"}])
+    assert pt.base_checkpoints(single, seeds, "R") == ["R", "R_trial1"]

@@ -106,9 +106,22 @@ def ensemble_members(ensembles: pd.DataFrame, model: str) -> list[str]:
 
 
 def base_checkpoints(single: pd.DataFrame, ensembles: pd.DataFrame, base: str) -> list[str]:
-    """The base model and the ensemble's members that have single-model results of their own."""
+    """The base model and the ensemble's members that have single-model results of their own. A member whose
+    results are the base's throughout is the base under another name (an ensemble of the FT trials, as the
+    official code builds it, holds the selected trial), not a second checkpoint."""
     known = set(single["model"])
-    return [name for name in dict.fromkeys([base, *ensemble_members(ensembles, base)]) if name in known]
+    names = [name for name in dict.fromkeys([base, *ensemble_members(ensembles, base)]) if name in known]
+    keys = [column for column in ("wrapper", "uncertainty_type", "split") if column in single]
+    metrics = [column for column in METRIC_COLUMNS if column in single]
+
+    def results(name: str) -> pd.DataFrame:
+        rows = single[single["model"] == name]
+        return rows.set_index(keys)[metrics].sort_index() if keys else rows[metrics]
+
+    if base not in names:
+        return names
+    own = results(base)
+    return [base] + [name for name in names[1:] if not results(name).equals(own)]
 
 
 def base_gflops(single: pd.DataFrame, duos: pd.DataFrame, base: str) -> float:
