@@ -115,6 +115,26 @@ def test_imagenet_pipeline_runs_locally_without_training(tmp_path):
     duo = pd.read_csv(tmp_path / "run" / "results" / "evaluation_duo_imagenet_ood.csv")
     assert set(duo.model_small) == {"ShuffleNet_V2_X0_5"} and duo.gflops_large.iloc[0] == 0.31
     assert (tmp_path / "run" / "results" / "REPORT.md").exists()
+    # a rerun: nothing changed, every step is reused and the screen still ends with the results table; a file
+    # touched without a change keeps them reused; an edited duos CSV reruns the steps that read it and those
+    # whose folders its steps rewrite (stage 4 reads calibrated/, where stage 3 writes)
+    command = ["evaluate/run_pipeline.py", "--config", tmp_path / "p.yaml", "--output_root", tmp_path / "run"]
+    report = tmp_path / "run" / "results" / "REPORT.md"
+    written = report.stat().st_mtime_ns
+    (tmp_path / "run" / "predictions" / "MNASNet1_0.npz").touch()
+    rerun = run_cli(*command, env={"HF_HUB_OFFLINE": "1"})
+    steps = [line for line in rerun.stdout.splitlines() if line.startswith("[")]
+    assert rerun.returncode == 0 and len(steps) == 7 and all("reused: nothing it reads" in s for s in steps), steps
+    assert "| MNASNet1_0 (temp-scaled) | test |" in rerun.stdout and report.stat().st_mtime_ns == written
+    (tmp_path / "duos.csv").write_text("model_large,model_small\nMNASNet1_0,ShuffleNet_V2_X0_5\n"
+                                       "ShuffleNet_V2_X0_5,MNASNet1_0\n")
+    rerun = run_cli(*command, env={"HF_HUB_OFFLINE": "1"})
+    reused = [line.split("]")[0] for line in rerun.stdout.splitlines() if "reused: nothing" in line]
+    assert rerun.returncode == 0 and [s.split()[-1] for s in reused] == ["predict", "temp_scale"], rerun.stdout
+    duo = pd.read_csv(tmp_path / "run" / "results" / "evaluation_duo_imagenet.csv")
+    assert set(duo.model_large) == {"MNASNet1_0", "ShuffleNet_V2_X0_5"}
+    rerun = run_cli(*command, "--refresh", env={"HF_HUB_OFFLINE": "1"})
+    assert rerun.returncode == 0 and "reused: nothing" not in rerun.stdout and "wrote" in rerun.stdout
 
 
 def test_side_by_side_steps_run_at_once_and_a_failure_names_its_log(tmp_path, capsys, monkeypatch):
