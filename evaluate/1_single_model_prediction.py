@@ -25,7 +25,7 @@ from utils.cli import flags
 from utils.cli.config import DATASETS
 from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_int, run_main, warn
 from utils.files import safe_io, tables
-from utils.files.model_names import checkpoint_dir, existing_path, unique_by_case
+from utils.files.model_names import check_plain_name, checkpoint_dir, existing_path, unique_by_case
 from utils.files.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, read_predictions, write_predictions
 
 
@@ -90,8 +90,12 @@ def list_jobs(args, backbones) -> list[dict]:
         if not path.exists():
             raise UserError(f"--model_path: {path} not found")
         return [job(args.name_prefix + path.stem.removesuffix("_best"), path)]
+    pretrained_only = UserError("--name_prefix: it names the predictions of checkpoints (--model_path, --model_dir); "
+                                "pretrained models keep their own names")
     if not args.all_models and not args.model_dir:       # the official form gives only --model_dir_path
         if args.dataset == "imagenet" and args.model:
+            if args.name_prefix:
+                raise pretrained_only
             return [job(args.model, None)]
         raise UserError("give --model_path FILE, or --all_models (with --model_dir), or for ImageNet --model NAME")
     default_dir = (Path("checkpoints") / "imagenet" if args.dataset == "imagenet"      # download_imagenet_models.py
@@ -106,6 +110,8 @@ def list_jobs(args, backbones) -> list[dict]:
         unique_by_case([path.stem for path in checkpoints], f"--model_dir {folder}")
         return [job(args.name_prefix + path.stem, path) for path in checkpoints]
     if args.dataset == "imagenet":
+        if args.name_prefix:
+            raise pretrained_only
         return [job(str(name), None) for name in backbones["model_name"]]
     raise UserError(f"--model_dir: no *.pth checkpoints in {folder}")
 
@@ -170,6 +176,9 @@ def resolve_dataset_flag(args) -> str:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.name_prefix and (check_plain_name(args.name_prefix, "--name_prefix").startswith(".")):
+        raise UserError(f"--name_prefix: {args.name_prefix!r} would make hidden files, which no stage reads; start it "
+                        f"with a letter or digit")
     args.dataset = resolve_dataset_flag(args)
     args = flags.with_dataset_config(args, keep_unset=("image_size",))
     data_dir, ood_dir = args.data_dir, args.ood_dir

@@ -90,25 +90,26 @@ def pooled_logits(members: list, combine: str) -> np.ndarray:
     return WeightedLogits(members, [1.0 / len(members)] * len(members)).materialise()
 
 
-def base_model(members: list, splits: dict, name: str, args) -> tuple[str, dict]:
-    """(name, {split: predictions aligned with the members'}) of the model DE(m) is compared with."""
+def base_model(members: list, splits: dict, name: str, args) -> tuple[str, dict, str | None]:
+    """(name, {split: predictions aligned with the members'}, recorded dataset) of the model DE(m) is compared
+    with; read and checked before anything is written."""
     if args.base:
-        base = read_predictions(resolve_member(args.base, args.predictions_dir, "--base"))
+        path = prediction_paths([resolve_member(args.base, args.predictions_dir, "--base")], "--base")[0]
+        base = read_predictions(path)
         reference = members[0]
         return base.model, {split: align(reference.splits[split], base.split(split, "like the members"),
-                                         reference.source, base.source, split) for split in splits}
+                                         reference.source, base.source, split) for split in splits}, base.dataset
     position = next((i for i, m in enumerate(members) if m.model.casefold() == name.casefold()), None)
     if position is None:
         position = 0
         warn(f"--bootstrap: no member is named {name}; the intervals compare DE(m) with the first member, "
              f"{members[0].model} (name the base model with --base, or its member with --name)")
-    return members[position].model, {split: found[position] for split, found in splits.items()}
+    return members[position].model, {split: found[position] for split, found in splits.items()}, None
 
 
-def ensemble_deltas(resampled: dict, members: list, splits: dict, name: str, args) -> list[dict]:
+def ensemble_deltas(resampled: dict, base_name: str, base: dict, splits: dict, name: str, args) -> list[dict]:
     """DE(m) - the temperature-scaled base model: the mean over subsets of each resample's metrics against the
     base's on the same resamples (every subset and the base share them: same samples, B and seed)."""
-    base_name, base = base_model(members, splits, name, args)
     val = base["val"]
     base_temperature = calibrate_temperature.fit_temperature(val.logits, val.labels, method=args.method).temperature
     baselines = {split: resampled_baseline(scaled_terms(base[split].logits, splits[split][0].labels,
@@ -222,7 +223,8 @@ def main_impl(argv=None) -> int:
                                   for m in members[1:]]
     shared = len(os.path.commonprefix([m.model.casefold() for m in members]))
     name = args.name or members[0].model[:shared].rstrip("_-.") or "deep_ensemble"
-    dataset = resolve_dataset(args.dataset, [m.dataset for m in members], args.predictions_dir)
+    base_name, base, base_dataset = base_model(members, splits, name, args) if args.bootstrap else (None, None, None)
+    dataset = resolve_dataset(args.dataset, [m.dataset for m in members] + [base_dataset], args.predictions_dir)
 
     resampled: dict = {}            # (m, split, uncertainty type) -> [(point, resampled metrics) of each subset]
     rows = []
@@ -262,7 +264,7 @@ def main_impl(argv=None) -> int:
                             ["model", "m", "subset", "uncertainty_type", "split"])
     print(f"wrote {len(rows) + len(summaries)} row(s) to {', '.join(map(str, written))}")
     if resampled:
-        deltas = ensemble_deltas(resampled, members, splits, name, args)
+        deltas = ensemble_deltas(resampled, base_name, base, splits, name, args)
         written = write_results(args.output_dir, f"{kind}_delta", dataset, deltas, ENSEMBLE_DELTA_RESULT_COLUMNS,
                                 ["model", "m", "uncertainty_type", "split", "metric"], DELTA_VALUE_COLUMNS,
                                 always_defined=())

@@ -28,7 +28,7 @@ from utils.report import figures, pareto
 from utils.report import paper_tables as pt
 
 SPLITS = ("test", "ood_test")
-DERIVED = re.compile(r"(?:_s\d+|_greedy|_uniform|_ivon|_ivon_det|_ivon_mc\d+_r\d+|_LA)$")   # not backbones of their own
+DERIVED = re.compile(r"(?:_s\d+|_trial\d+|_greedy|_uniform|_ivon|_ivon_det|_ivon_mc\d+_r\d+|_LA)$")   # not backbones of their own
 
 
 def build_parser() -> ArgumentParser:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from utils.cli.parsing import ArgumentParser, UserError, cpu_count, run_main
 from utils.files import safe_io, step_stamps, tables
 from utils.files.model_names import SOURCES, check_plain_name, checkpoint_dir, existing_path
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
           "cascades", "deep_ensemble", "report")
 SCRIPTS = {"train": "train/hp_tune.py", "soup": "train/make_soup.py", "predict": "evaluate/1_single_model_prediction.py",
@@ -98,7 +100,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--output_root", help="override the YAML's output_root")
     parser.add_argument("--stages", nargs="+", choices=STAGES, help="only these stages (default: the YAML's)")
     parser.add_argument("--print_slurm", action="store_true", help="write slurm job-array scripts instead of running")
-    parser.add_argument("--tiny", action="store_true", help="a smoke run: 1 trial, 1 epoch, 300 training images")
+    parser.add_argument("--tiny", action="store_true", help="a smoke run: 1 epoch, 300 training images, 2 FT trials of the "
+                        "large model and 1 of each sidekick, into <output_root>_tiny unless --output_root is given")
     parser.add_argument("--refresh", action="store_true",
                         help="rerun the evaluation steps even where nothing they read or write has changed")
     parser.add_argument("--verbose", action="store_true",
@@ -124,7 +127,7 @@ class Plan:
         # the deep ensemble's members: independently trained seeds (the paper), or the large model's FT
         # trials as predicted from soup/<large>/trial<i>.pth (the official code's ensemble)
         self.from_trials = (config.get("deep_ensemble") or {}).get("members") == "trials"
-        self.trial_names = [f"{self.large}_trial{i}" for i in range(self.train.get("num_samples", 12))]
+        self.trial_names = [f"{self.large}_trial{i}" for i in range(self.train.get("num_samples") or 12)]
         self.ensemble = self.trial_names if self.from_trials else [self.large] + self.seed_names
         if config.get("all_backbones"):
             backbones = tables.read_backbones(config.get("backbone_csv"))
@@ -144,11 +147,20 @@ class Plan:
             return ["--backbone_csv", self.config["backbone_csv"]]
         return [] if self.config.get("duos_csv") else ["--backbone_csv", self.root / "backbones.csv"]
 
+    def listed_trials(self) -> list[str]:
+        """The large model's FT trials as hp_tune listed them (soup/<large>_trials.csv; every search's, as the
+        soups take them), predicted as <large>_trial<i>; before training, the trials this run will make."""
+        listing = checkpoint_dir(self.checkpoints, self.dataset, "soup") / f"{self.large}_trials.csv"
+        if not listing.exists():
+            return self.trial_names
+        trials = pd.to_numeric(safe_io.read_table(listing, "trials list")["trial"], errors="coerce").dropna()
+        return [f"{self.large}_trial{int(i)}" for i in sorted(trials)] or self.trial_names
+
     def side_by_side(self) -> int:
         """How many searches of the sidekicks (and extra seeds) run at once, each in its own process: as many
         as their trials leave cores for (the demo: two sidekicks of one trial each on two cores)."""
-        samples = self.train.get("sidekick_samples", self.train.get("num_samples", 12))
-        return max(1, cpu_count() // max(int(samples or 1), int(self.train.get("lp_samples") or 1)))
+        samples = self.train.get("sidekick_samples") or self.train.get("num_samples") or 12
+        return max(1, cpu_count() // max(int(samples), int(self.train.get("lp_samples") or 1)))
 
     def hp_tune(self, model: str, save_name: str, seed: int, samples: int, width: int = 1) -> list:
         t = self.train
@@ -167,11 +179,11 @@ class Plan:
         return args + ["--cpus_per_trial", max(1, cpu_count() // (concurrent * width))]
 
     def train_jobs(self) -> list[tuple[str, list]]:
-        samples = self.train.get("num_samples", 12)
+        samples = self.train.get("num_samples") or 12
         jobs = [(self.large, self.hp_tune(self.large, self.large, 0, samples))]
         width = self.side_by_side()
         jobs += [(name, self.hp_tune(self.large, name, i + 1, 1, width)) for i, name in enumerate(self.seed_names)]
-        jobs += [(m, self.hp_tune(m, m, 0, self.train.get("sidekick_samples", samples), width)) for m in self.sidekicks]
+        jobs += [(m, self.hp_tune(m, m, 0, self.train.get("sidekick_samples") or samples, width)) for m in self.sidekicks]
         return jobs
 
     def duos_csv(self) -> Path:
@@ -269,6 +281,8 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
         elif stage == "deep_ensemble" and len(plan.ensemble) > 1:
             cfg = plan.config.get("deep_ensemble") or {}
             sizes = cfg.get("sizes", [2])
+            if plan.tiny:                     # --tiny trains 2 FT trials, whatever the YAML's ensemble sizes
+                sizes = [m for m in sizes if m <= len(plan.ensemble)] or [len(plan.ensemble)]
             out.append((stage, script, ["--members", *plan.ensemble, "--predictions_dir", plan.predictions, "--sizes", *sizes,
                                         "--subsets", cfg.get("subsets", 32), "--name", plan.large,
                                         "--output_dir", plan.results, *resamples,
@@ -310,8 +324,11 @@ def write_slurm(plan: Plan, all_steps) -> list[Path]:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config, path = load_pipeline(args.config)
-    plan = Plan(config, Path(args.output_root or config.get("output_root", "runs/pipeline")), args.tiny)
-    stages = args.stages or config.get("stages", list(STAGES))
+    # a smoke run never lands in the real run's folder, whose finished steps it would then stand in for
+    root = args.output_root or config.get("output_root", "runs/pipeline") + ("_tiny" if args.tiny else "")
+    plan = Plan(config, Path(root), args.tiny)
+    # in pipeline order however they are listed: a step must never run on what a later stage is about to replace
+    stages = [stage for stage in STAGES if stage in (args.stages or config.get("stages", list(STAGES)))]
     safe_io.make_folder(plan.root)
     write_duo_tables(plan, soups="soup" in config.get("stages", STAGES))
     all_steps = steps(plan, stages)
@@ -321,7 +338,7 @@ def main_impl(argv=None) -> int:
         return 0
     started = time.time()
     stamps = step_stamps.Stamps(plan.root / "logs" / step_stamps.STAMP_FILE)
-    code = step_stamps.code_digest(Path(__file__).resolve().parents[1])
+    code = step_stamps.code_digest(REPOSITORY)
     stamped = {}                          # the steps to stamp when the run completes
     width = 1 if torch_sees_a_gpu() else plan.side_by_side()
     side_by_side = []                     # sidekick searches waiting to run at once
@@ -336,6 +353,10 @@ def main_impl(argv=None) -> int:
             continue
         run_side_by_side(side_by_side, width, args.verbose)
         side_by_side = []
+        if stage == "deep_ensemble" and plan.from_trials:        # the trials listed now, after this run's training
+            members = step_argv.index("--members")
+            step_argv = [*step_argv[:members + 1], *plan.listed_trials(),
+                         *step_argv[step_argv.index("--predictions_dir"):]]
         if done_when is None:
             key, paths = step_stamps.Stamps.key(script, step_argv, code), step_stamps.step_paths(step_argv)
             stamped[key] = paths
@@ -354,7 +375,10 @@ def main_impl(argv=None) -> int:
 
 
 def step_label(argv: list) -> str:
-    """`_<model>` for the steps of one model (training, IVON, Laplace), so that their logs do not share a name."""
+    """`_<model>` for the steps of one model (training, IVON, Laplace, the FT trials' predictions), so that their
+    logs do not share a name."""
+    if "--name_prefix" in argv:
+        return f"_{argv[argv.index('--name_prefix') + 1]}trials"
     for flag in ("--save_name", "--model", "--model_path"):
         if flag in argv:
             return "_" + Path(str(argv[argv.index(flag) + 1])).stem
@@ -378,42 +402,69 @@ def run_step(prefix: str, log: Path, script: str, argv: list, verbose: bool) -> 
     check_step(prefix, log, script, code, began, verbose)
 
 
-def run_side_by_side(group: list[tuple[Path, str, list]], width: int, verbose: bool) -> None:
+def run_side_by_side(group: list[tuple[str, Path, str, list]], width: int, verbose: bool) -> None:
     """Searches that each leave cores idle (one trial of a small model), `width` at once, each in its own
-    process with its own local Ray instance; each one's trial lines and end line appear when it ends."""
-    running, failed = [], None
-    queue = list(group)
-    while queue or running:
-        while queue and len(running) < width:
-            prefix, log, script, argv = queue.pop(0)
-            print(f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ... (side by side)", flush=True)
-            log.parent.mkdir(parents=True, exist_ok=True)
-            screen = log.with_suffix(".screen")
-            screen.unlink(missing_ok=True)
-            output = None if verbose else open(log, "w")
-            if output is not None:
-                output.write(command_line(script, argv) + "\n")
-                output.flush()
-            process = subprocess.Popen([sys.executable, "-m", script[:-3].replace("/", "."), *map(str, argv)],
-                                       stdout=output, stderr=subprocess.STDOUT if output else None,
-                                       env={**os.environ, console.SCREEN_FILE_ENV: str(screen)})
-            running.append((process, output, prefix, log, script, screen, time.time()))
-        time.sleep(0.5)
-        for entry in [e for e in running if e[0].poll() is not None]:
-            running.remove(entry)
-            process, output, prefix, log, script, screen, began = entry
-            if output is not None:
-                output.close()
-            if screen.exists():
-                if not verbose:
-                    print(screen.read_text(), end="", flush=True)
-                screen.unlink()
-            try:
-                check_step(prefix, log, script, process.returncode, began, verbose)
-            except UserError as error:
-                failed = failed or error
+    process with its own local Ray instance; each one's trial lines and end line appear when it ends. After a
+    failure no further search starts; an interrupted or terminated pipeline stops the ones running."""
+    running, failed, queue = [], None, list(group)
+    previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        while (queue and failed is None) or running:
+            while queue and failed is None and len(running) < width:
+                running.append(_launch(*queue.pop(0), verbose))
+            time.sleep(0.5)
+            for entry in [e for e in running if e[0].poll() is not None]:
+                running.remove(entry)
+                process, output, prefix, log, script, screen, began = entry
+                if output is not None:
+                    output.close()
+                if screen.exists():
+                    if not verbose:
+                        print(screen.read_text(), end="", flush=True)
+                    screen.unlink()
+                try:
+                    check_step(prefix, log, script, process.returncode, began, verbose)
+                except UserError as error:
+                    failed = failed or error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for process, *_ in running:                        # only after an interrupt: stop them with the pipeline
+            _stop(process)
     if failed:
-        raise failed
+        raise UserError(f"{failed}" + (f" ({len(queue)} other search(es) not started)" if queue else ""))
+
+
+def _launch(prefix: str, log: Path, script: str, argv: list, verbose: bool) -> tuple:
+    print(f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ... (side by side)", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    screen = log.with_suffix(".screen")
+    screen.unlink(missing_ok=True)
+    output = None if verbose else open(log, "w")
+    if output is not None:
+        output.write(command_line(script, argv) + "\n")
+        output.flush()
+    # the project's script by its path (a train/ or utils/ folder in the working folder must not stand in for
+    # ours), in a process group of its own so that stopping the pipeline stops it and its Ray instance
+    process = subprocess.Popen([sys.executable, str(REPOSITORY / script), *map(str, argv)], stdout=output,
+                               stderr=subprocess.STDOUT if output else None, start_new_session=True,
+                               env={**os.environ, console.SCREEN_FILE_ENV: str(screen)})
+    return process, output, prefix, log, script, screen, time.time()
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def check_step(prefix: str, log: Path, script: str, code: int, began: float, verbose: bool) -> None:

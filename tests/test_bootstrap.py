@@ -234,8 +234,18 @@ def test_stage8_compares_an_ensemble_of_trials_with_a_base_outside_it(tmp_path, 
     assert pooled["members"] == "ResNet50_trial0+ResNet50_trial1"
     for row in deltas[(deltas["uncertainty_type"] == "softmax_response") & (deltas["split"] == "test")].itertuples():
         assert row.delta == pytest.approx(pooled[row.metric] - ts_base[row.metric], abs=1e-12), row.metric
+    # a base that cannot be read or does not fit stops the stage before anything is written
+    other = tmp_path / "res2"
+    members[members.index(tmp_path / "res")] = other
     code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", *members, "--base", "ResNet18", "--bootstrap", 120)
     assert code == 2 and "--base: no prediction file for 'ResNet18'" in err
+    foreign = make_duo_logits(num_classes=5, models=("ResNet50",), quality=(2.0,), scale=(2.0,))["ResNet50"]
+    foreign.meta["dataset"] = "caltech256"
+    write_set(foreign, tmp_path / "q")
+    code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", *members, "--base", tmp_path / "q" / "ResNet50.npz",
+                           "--bootstrap", 120)
+    assert code == 2 and "several datasets" in err
+    assert not other.exists() or not list(other.glob("evaluation_deep_ensemble*"))
 
 
 def test_an_interval_clear_of_zero_only_by_rounding_is_no_finding():

@@ -153,3 +153,12 @@ def test_side_by_side_steps_run_at_once_and_a_failure_names_its_log(tmp_path, ca
     assert "missing.yaml" in err and (tmp_path / "run" / "slurm").is_dir()
     assert (tmp_path / "logs" / "02_bad.log").read_text().startswith("python evaluate/run_pipeline.py --config missing.yaml")
     assert not list((tmp_path / "logs").glob("*.screen"))
+    # after a failure no further search starts; a utils/ package in the working folder is not ours
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "__init__.py").write_text("raise SystemExit('not the project')\n")
+    third = ("[ 3/3 train]", tmp_path / "logs" / "03_third.log", *good[2:])
+    with pytest.raises(pipeline.UserError, match=r"02_bad.log\).*\(1 other search\(es\) not started\)"):
+        pipeline.run_side_by_side([bad, third], 1, verbose=False)
+    assert not (tmp_path / "logs" / "03_third.log").exists()
+    pipeline.run_side_by_side([third], 1, verbose=False)
+    assert "[ 3/3 train] wrote run/slurm/" in capsys.readouterr().out

@@ -77,6 +77,25 @@ def test_all_models_with_soups_and_raw_state_dicts(caltech, stage):
     assert read_predictions(root / "preds" / "MNASNet0_5.csv").num_classes == 4
 
 
+def test_name_prefix_names_the_trials_of_a_search(caltech, stage):
+    """--name_prefix: the FT trials of soup/<model>/ predicted as <model>_trial<i> (the official DE's members)."""
+    root, model, ckpt = caltech
+    trials = root / "soup" / "resnet10t"
+    for i in range(2):
+        model_loader.save_checkpoint(trials / f"trial{i}.pth", model, model_name="resnet10t", source="timm",
+                                     num_classes=4, image_size=16)
+    code, out, err = stage(S1, "--model_dir", trials, "--name_prefix", "resnet10t_", *common(root), "--image_size", 16)
+    assert code == 0, err
+    assert sorted(p.name for p in (root / "preds").iterdir()) == ["resnet10t_trial0.npz", "resnet10t_trial1.npz"]
+    assert read_predictions(root / "preds" / "resnet10t_trial1.npz").model == "resnet10t_trial1"
+    for prefix, message in (("../x", "--name_prefix: '../x' is not a plain name"), ("a/", "is not a plain name"),
+                            (".x", "would make hidden files")):
+        code, out, err = stage(S1, "--model_dir", trials, "--name_prefix", prefix, *common(root))
+        assert code == 2 and message in err, err
+    code, out, err = stage(S1, "--dataset", "imagenet", "--model", "resnet18", "--name_prefix", "x_")
+    assert code == 2 and "pretrained models keep their own names" in err
+
+
 def test_imagenet_pretrained_heads(tmp_path, stage):
     root, v2 = fixtures.make_imagenet(tmp_path)
     csv = tmp_path / "bb.csv"

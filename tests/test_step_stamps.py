@@ -72,3 +72,13 @@ def test_code_digest_changes_with_the_sources(tmp_path):
     first = step_stamps.code_digest(tmp_path)
     (tmp_path / "utils" / "m.py").write_text("x = 2\n")
     assert step_stamps.code_digest(tmp_path) != first
+
+
+def test_a_config_found_in_the_repository_is_stamped_where_the_stages_read_it(tmp_path, monkeypatch):
+    from utils.cli.config import REPO_ROOT
+    monkeypatch.chdir(tmp_path)                   # a working folder without configs/: the stages read the repository's
+    paths = step_stamps.step_paths(["--config", "configs/duos.csv", "--output_dir", "results"])
+    assert paths == [str(REPO_ROOT / "configs" / "duos.csv"), "results"]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "duos.csv").write_text("model_large,model_small\nA,B\n")   # a local copy wins, as there
+    assert step_stamps.step_paths(["--config", "configs/duos.csv"]) == ["configs/duos.csv"]

@@ -4,7 +4,8 @@ or writes are as they were at the end of the last complete run would write the s
 A step's files are the folders and files its path flags name (predictions, calibrated temperatures,
 results, the duos and backbones CSVs, the checkpoints it predicts), fingerprinted by content (files
 over 64 MiB, i.e. checkpoints, by size and modification time); hidden files (locks, temporaries) do not
-count. Stamps are recorded only when a run completes, for every step it ran or reused, so a failed or
+count; the repository's configs count as code. Datasets (--data_dir) are not fingerprinted: after
+changing the data, rerun with `--refresh` (stage 1 itself reuses a complete prediction file). Stamps are recorded only when a run completes, for every step it ran or reused, so a failed or
 interrupted run leaves the last complete run's stamps, which then no longer match.
 """
 from __future__ import annotations
@@ -60,15 +61,20 @@ def fingerprint(paths: Iterable[str | os.PathLike]) -> str:
 
 
 def step_paths(argv: list) -> list[str]:
-    """The files and folders a step reads or writes: the values of its path flags."""
+    """The files and folders a step reads or writes: the values of its path flags, each where the stage
+    finds it (a config such as `configs/duos.csv` missing from the working folder is the repository's)."""
+    from utils.cli.config import REPO_ROOT
     argv = [str(a) for a in argv]
-    return [argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag in PATH_FLAGS]
+    paths = [argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag in PATH_FLAGS]
+    return [str(REPO_ROOT / p) if not Path(p).exists() and not Path(p).is_absolute() and (REPO_ROOT / p).exists()
+            else p for p in paths]
 
 
 def code_digest(repository: Path) -> str:
-    """A digest of the project's Python sources: changed code means a step's outputs may change."""
+    """A digest of the project's Python sources and its configs (the default backbones.csv, duos.csv and
+    dataset YAMLs the stages read when no flag names them): changed code or configs may change outputs."""
     sources = sorted(p for folder in CODE_FOLDERS for p in (repository / folder).rglob("*.py"))
-    return fingerprint(sources)
+    return fingerprint(sources + sorted(p for p in (repository / "configs").glob("*") if p.is_file()))
 
 
 class Stamps:
