@@ -149,5 +149,10 @@ def test_readme_reproduction_runs_as_written(tmp_path):
     single = pd.read_csv(work / "results" / "evaluation_single_model_caltech256.csv")
     assert {"ResNet50_ivon", "Swin_V2_S_LA"} <= set(single.model)
     ensembles = pd.read_csv(work / "results" / "evaluation_deep_ensemble_caltech256.csv", dtype={"subset": str})
-    assert set(ensembles.members[ensembles.subset == "0"]) == {"ResNet50+ResNet50_s1"}
+    first = ensembles[ensembles.subset == "0"]
+    assert set(first.members[first.model == "ResNet50"]) == {"ResNet50+ResNet50_s1"}
+    # the official code's ensemble of the FT trials, compared with the selected model by the bootstrap
+    assert set(first.members[first.model == "ResNet50_trials"]) == {"ResNet50_trial0+ResNet50_trial1"}
+    deltas = pd.read_csv(work / "results" / "evaluation_deep_ensemble_delta_caltech256.csv")
+    assert set(deltas.base[deltas.model == "ResNet50_trials"]) == {"ResNet50"}
     assert "left out 1 features file" in stdout
