@@ -158,7 +158,10 @@ class Plan:
 
     def side_by_side(self) -> int:
         """How many searches of the sidekicks (and extra seeds) run at once, each in its own process: as many
-        as their trials leave cores for (the demo: two sidekicks of one trial each on two cores)."""
+        as their trials leave cores for (the demo: two sidekicks of one trial each on two cores); one on a GPU,
+        where each would start its own Ray with the whole device."""
+        if torch_sees_a_gpu():
+            return 1
         samples = self.train.get("sidekick_samples") or self.train.get("num_samples") or 12
         return max(1, cpu_count() // max(int(samples), int(self.train.get("lp_samples") or 1)))
 
@@ -340,7 +343,7 @@ def main_impl(argv=None) -> int:
     stamps = step_stamps.Stamps(plan.root / "logs" / step_stamps.STAMP_FILE)
     code = step_stamps.code_digest(REPOSITORY)
     stamped = {}                          # the steps to stamp when the run completes
-    width = 1 if torch_sees_a_gpu() else plan.side_by_side()
+    width = plan.side_by_side()           # the width the training steps' --cpus_per_trial was planned for
     side_by_side = []                     # sidekick searches waiting to run at once
     for number, (stage, script, step_argv, done_when) in enumerate(all_steps, start=1):
         prefix = f"[{number:>2}/{len(all_steps)} {stage:<14}]"
@@ -385,6 +388,10 @@ def step_label(argv: list) -> str:
     return ""
 
 
+def start_line(prefix: str, script: str, argv: list) -> str:
+    return f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ..."
+
+
 def run_step(prefix: str, log: Path, script: str, argv: list, verbose: bool) -> None:
     """One stage, in this process: its command line and output to the screen (verbose) or to `log`, with a
     start and an end line."""
@@ -394,7 +401,7 @@ def run_step(prefix: str, log: Path, script: str, argv: list, verbose: bool) -> 
         print(f"{prefix} {command_line(script, argv)}", flush=True)
         code = module.main([str(a) for a in argv])
     else:
-        print(f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ...", flush=True)
+        print(start_line(prefix, script, argv), flush=True)
         log.unlink(missing_ok=True)
         with console.captured(log):
             print(command_line(script, argv), flush=True)
@@ -435,7 +442,7 @@ def run_side_by_side(group: list[tuple[str, Path, str, list]], width: int, verbo
 
 
 def _launch(prefix: str, log: Path, script: str, argv: list, verbose: bool) -> tuple:
-    print(f"{prefix} {Path(script).stem}{step_label(argv).replace('_', ' ', 1)} ... (side by side)", flush=True)
+    print(start_line(prefix, script, argv) + " (side by side)", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     screen = log.with_suffix(".screen")
     screen.unlink(missing_ok=True)
@@ -495,7 +502,6 @@ def results_table(plan: Plan) -> str:
 
 
 def torch_sees_a_gpu() -> bool:
-    """Side-by-side searches are for CPU runs: on a GPU, each would start its own Ray with the whole device."""
     import torch
     return torch.cuda.is_available()
 
