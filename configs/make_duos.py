@@ -22,14 +22,16 @@ PAPER_LARGE = ["ConvNeXt_Base", "Swin_V2_B", "tf_efficientnetv2_l.in21k_ft_in1k"
 RN50_LARGE = ["ResNet50"]
 
 
-def write_keeping_hand_rows(path: Path, generated: pd.DataFrame) -> int:
-    if path.exists():
-        existing = pd.read_csv(path)
-        key = existing["model_large"] + "|" + existing["model_small"]
-        extra = existing[~key.isin(generated["model_large"] + "|" + generated["model_small"])]
-        generated = pd.concat([generated, extra.reindex(columns=DUO_COLUMNS)], ignore_index=True)
-    safe_io.write_csv(path, generated)
-    return len(generated)
+def with_hand_rows(path: Path, generated: pd.DataFrame) -> pd.DataFrame:
+    """`generated`, followed by the rows of the existing duos CSV at `path` that the rule does not produce (pairs
+    added by hand, names kept as written), read and checked as every stage reads a duos CSV."""
+    if not path.exists():
+        return generated
+    existing = tables.read_duos(path)
+    made = {(a.casefold(), b.casefold()) for a, b in zip(generated["model_large"], generated["model_small"])}
+    extra = existing[[(a.casefold(), b.casefold()) not in made
+                      for a, b in zip(existing["model_large"], existing["model_small"])]]
+    return pd.concat([generated, extra.reindex(columns=DUO_COLUMNS)], ignore_index=True)
 
 
 def build_parser() -> ArgumentParser:
@@ -45,9 +47,15 @@ def build_parser() -> ArgumentParser:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     backbones = tables.read_backbones(args.backbone_csv)
+    outputs = safe_io.Outputs([tables.resolve_config_path(args.backbone_csv, "--backbone_csv")])
+    counts = {}
     for name, large in (("duos.csv", PAPER_LARGE), ("duos_rn50.csv", RN50_LARGE)):
         path = Path(args.output_dir) / name
-        count = write_keeping_hand_rows(path, duos_from_backbones(backbones, large, soups=args.soups))
+        frame = with_hand_rows(path, duos_from_backbones(backbones, large, soups=args.soups))
+        outputs.write_csv(path, frame, "duos CSV")
+        counts[path] = len(frame)
+    outputs.commit()                       # both files, or neither
+    for path, count in counts.items():
         print(f"wrote {count} duos to {path}")
     return 0
 

@@ -23,7 +23,7 @@ from load_models import model_loader
 from load_models.inference import predict, predict_with_features, prepare_model, resolve_device
 from utils.cli import flags
 from utils.cli.config import DATASETS
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_int, run_main, warn
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_int, run_main, warn, plain_name
 from utils.files import safe_io, tables
 from utils.files.model_names import check_plain_name, checkpoint_dir, existing_path, unique_by_case
 from utils.files.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, read_predictions, write_predictions
@@ -47,7 +47,7 @@ def build_parser() -> ArgumentParser:
                         help="prepend PREFIX to each output's name, e.g. --model_dir checkpoints/<dataset>/soup/ResNet50 "
                              "--name_prefix ResNet50_ writes ResNet50_trial0, ResNet50_trial1, ... (the fine-tuning "
                              "trials, deep-ensemble members as in the official code)")
-    parser.add_argument("--model", "--model_name", metavar="NAME",
+    parser.add_argument("--model", "--model_name", type=plain_name, metavar="NAME",
                         help="architecture of a raw state_dict, or (ImageNet) a pretrained model to predict")
     parser.add_argument("--weights", default="default",
                         help="ImageNet without checkpoint: default (staged pretrained) | none | FILE")
@@ -191,6 +191,8 @@ def main_impl(argv=None) -> int:
     data = load_dataset(args.dataset, data_dir, ood_root=ood_dir, split_dir=args.split_dir)
     splits = [s for s in SPLITS if data.splits.get(s) is not None]
     output_dir = Path(args.output_dir)
+    for job in jobs:                            # every target can be written: check them all before predicting one
+        safe_io.Outputs().expect(output_dir / f"{job['name']}.{args.format}", "prediction file")
     done = 0
     for job in jobs:
         path = output_dir / f"{job['name']}.{args.format}"
@@ -202,9 +204,11 @@ def main_impl(argv=None) -> int:
             continue
         pset, features = predict_model(job, data, args, args.dataset_config["data"].get("image_size"), device)
         pset.meta["source_checkpoint"] = source_id
+        outputs = safe_io.Outputs([job["checkpoint"]] if job["checkpoint"] else [])   # a model's files commit together
         if features:
-            safe_io.write_npz(features_path, features)
-        write_predictions(pset, path)
+            outputs.write_npz(features_path, features, "features file")
+        write_predictions(pset, path, outputs)
+        outputs.commit()
         print(f"{job['name']}: wrote {path}")
         done += 1
     print(f"{done} model(s) predicted, {len(jobs) - done} reused")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from utils.cli.parsing import ArgumentParser, UserError, run_main
-from utils.files import tables
+from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, resolve_prediction_path
 from utils.maths import calibrate_temperature
 from utils.stages.calibration import duo_weights_row
@@ -50,8 +50,11 @@ def main_impl(argv=None) -> int:
         if not jobs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")
     check_output_folder(args.output_dir, {Path(p).parent for job in jobs for p in job}, "--output_dir")
+    outputs = safe_io.Outputs([p for job in jobs for p in job] + ([args.config] if args.config else []))
+    tables.queue_duo_temperatures(outputs, args.output_dir, [])          # the table can take the rows: check it now
     rows = [duo_weights_row(cache.get(large), cache.get(small), args.method) for large, small in jobs]
-    out = tables.upsert_duo_temperatures(args.output_dir, rows)
+    out = tables.queue_duo_temperatures(outputs, args.output_dir, rows)
+    outputs.commit()
     for row in rows:
         print(f"{row['model_large']} + {row['model_small']}: w_large={row['weight_large']:.4f} "
               f"w_small={row['weight_small']:.4f} (T_large={row['temperature_large']:.4f}, "

@@ -22,10 +22,10 @@ from load_models import dynamic_duo
 from utils.cli import flags
 from utils.cli.parsing import ArgumentParser, UserError, non_negative_int, positive_int, run_main
 from utils.files import safe_io, tables
-from utils.files.prediction_io import align, check_output_folder, read_features, resolve_prediction_path
-from utils.maths import calibrate_temperature
-from utils.stages.scoring import (DUO_RESULT_COLUMNS, EVAL_SPLITS, PredictionCache, find_duo_files, resolve_dataset,
-                                  single_model_metrics, write_results)
+from utils.files.prediction_io import aligned, check_output_folder, read_features, resolve_prediction_path
+from utils.files.results import EVAL_SPLITS, queue_results
+from utils.stages.calibration import checked_duo_weights
+from utils.stages.scoring import PredictionCache, find_duo_files, resolve_dataset, single_model_metrics
 
 
 def build_parser() -> ArgumentParser:
@@ -56,20 +56,21 @@ def main_impl(argv=None) -> int:
         pairs = [(resolve_prediction_path(args.large_model_pred), resolve_prediction_path(args.small_model_pred), None)]
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), {Path(p).parent for pair in pairs for p in pair[:2]}, flag)
+    outputs = safe_io.Outputs([p for pair in pairs for p in pair[:2]] + ([args.config] if args.config else []))
     cache, rows, names, fitted = PredictionCache(), [], [], {}
     torch.manual_seed(args.seed)
     for large_path, small_path, duo in pairs:
         large, small = cache.get(large_path), cache.get(small_path)
         names += [large.dataset, small.dataset]
-        aligned = {s: align(large.splits[s], small.split(s, "like the large model"), large.source, small.source, s)
-                   for s in large.splits}
+        paired = {s: aligned(large, small, s, "like the large model") for s in large.splits}
         # both members' features, row-aligned to the large model's sample ids
         feats_large, feats_small = read_features(large_path, large), read_features(small_path, large)
         val = large.split("val", "to fit the dynamic temperatures")
         model = dynamic_duo.DynamicTemperatures(feats_large["val"].shape[1], feats_small["val"].shape[1], args.mode)
-        history = dynamic_duo.fit(model, val.logits, aligned["val"].logits, feats_large["val"], feats_small["val"],
+        history = dynamic_duo.fit(model, val.logits, paired["val"].logits, feats_large["val"], feats_small["val"],
                                   val.labels, optimizer=args.optimizer, epochs=args.num_epochs, seed=args.seed)
-        static = calibrate_temperature.fit_duo_weights(val.logits, aligned["val"].logits, val.labels)
+        static = checked_duo_weights(val.logits, paired["val"].logits, val.labels, f"{large.source} + {small.source}",
+                                     f"{large.model} + {small.model}")
         print(f"{large.model} + {small.model}: val NLL constant T (init) {history[0]:.4f} -> dynamic {history[-1]:.4f} "
               f"(static duo optimum {static.nll:.4f})")
         buffer = io.BytesIO()
@@ -79,22 +80,24 @@ def main_impl(argv=None) -> int:
         fitted[f"{large.model}+{small.model}_{args.mode}_{args.optimizer}.pt"] = buffer.getvalue()
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": getattr(duo, "gflops_large", np.nan), "gflops_small": getattr(duo, "gflops_small", np.nan),
-                       "gflops_balance": getattr(duo, "gflops_balance", np.nan)}
+                       "gflops_balance": getattr(duo, "gflops_balance", np.nan), "digest_large": large.digest,
+                       "digest_small": small.digest}
         for split in EVAL_SPLITS:
             if split not in large.splits:
                 continue
             with torch.no_grad():
                 z = model(*(torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in
-                            (large.splits[split].logits, aligned[split].logits, feats_large[split], feats_small[split])))
+                            (large.splits[split].logits, paired[split].logits, feats_large[split], feats_small[split])))
             for uncertainty, metrics in single_model_metrics(z.numpy(), large.splits[split].labels).items():
                 rows.append({**metrics, **descriptive, "mode": f"dynamic_{args.mode}_{args.optimizer}",
                              "uncertainty_type": uncertainty, "split": split})
     if not rows:
         raise UserError("nothing evaluated: no duo has prediction files")
-    written = write_results(args.output_dir, "dynamic_duo", resolve_dataset(args.dataset, names, args.predictions_dir),
-                            rows, DUO_RESULT_COLUMNS, ["model_large", "model_small", "mode", "uncertainty_type", "split"])
+    written = queue_results(outputs, args.output_dir, "dynamic_duo",
+                            resolve_dataset(args.dataset, names, args.predictions_dir), rows)
     for name, data in fitted.items():
-        safe_io.write_bytes(Path(args.calibrated_dir) / "dynamic_duo" / name, data)
+        outputs.write_bytes(Path(args.calibrated_dir) / "dynamic_duo" / name, data, "fitted dynamic duo")
+    outputs.commit()
     print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))} and {len(fitted)} fitted model(s) to "
           f"{Path(args.calibrated_dir) / 'dynamic_duo'}")
     return 0

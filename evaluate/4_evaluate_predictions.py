@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main, warn
-from utils.files import tables
+from utils.cli.parsing import ArgumentParser, add_backbone_csv, run_main, warn, plain_name
+from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, read_predictions, select_prediction_files
+from utils.files.results import EVAL_SPLITS, queue_results
 from utils.maths.uncertainty_metrics import WeightedLogits
-from utils.stages.calibration import single_temperature_row
-from utils.stages.scoring import (DELTA_VALUE_COLUMNS, EVAL_SPLITS, SINGLE_DELTA_RESULT_COLUMNS, SINGLE_RESULT_COLUMNS,
-                                  SINGLE_UNCERTAINTY_TYPES, baseline_delta_rows, check_scaled_logits, largest_magnitude,
-                                  resolve_dataset, single_model_metrics, write_results)
+from utils.stages.calibration import Calibration
+from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, baseline_delta_rows, check_scaled_logits,
+                                  largest_magnitude, resolve_dataset, single_model_metrics)
 
 
 def build_parser() -> ArgumentParser:
@@ -32,7 +31,7 @@ def build_parser() -> ArgumentParser:
                         "IVON or Laplace file, <backbone>_greedy/_uniform/_ivon*/_LA), raw and temperature-scaled, "
                         "minus its temperature-scaled backbone's")])
     add_backbone_csv(parser, "for the gflops/params columns")
-    parser.add_argument("--models", nargs="+", metavar="NAME", help="only these models")
+    parser.add_argument("--models", nargs="+", type=plain_name, metavar="NAME", help="only these models")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
                         choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
     parser.add_argument("--fit_missing", action="store_true",
@@ -42,56 +41,51 @@ def build_parser() -> ArgumentParser:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    flags.check_bootstrap(args)
     files = select_prediction_files(args.predictions_dir, args.models)
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
     backbones = tables.read_backbones(args.backbone_csv)
-    temperature_file = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
-    temperatures = tables.read_single_temperatures(temperature_file)
-    missing = [name for name in files if name not in temperatures]
-    if missing and not args.fit_missing:
-        raise UserError(f"no temperature in {temperature_file} for {missing}; run "
-                        f"`python evaluate/2_temp_scale.py --predictions_dir {args.predictions_dir} "
-                        f"--output_dir {args.calibrated_dir}` or pass --fit_missing")
+    calibration = Calibration(args.calibrated_dir, args.fit_missing, args.predictions_dir)
+    calibration.require(list(files))
+    outputs = safe_io.Outputs(files.values())
+    calibration.expect(outputs)
 
-    rows, fitted, dataset_names = [], [], []
+    rows, dataset_names = [], []
     for name, path in files.items():            # one model in memory at a time
         pset = read_predictions(path)
         dataset_names.append(pset.dataset)
-        if name not in temperatures:
-            fitted.append(single_temperature_row(pset))
-            temperatures[name] = fitted[-1]["temperature"]
+        temperature = calibration.temperature(pset)
         pset.split("test", "to evaluate the model")
         splits = [s for s in EVAL_SPLITS if s in pset.splits]
         descriptive = {"model": name, "gflops": tables.backbone_value(backbones, name, "GFLOPS"),
-                       "params": tables.backbone_value(backbones, name, "Params")}
+                       "params": tables.backbone_value(backbones, name, "Params"), "digest": pset.digest}
         for split in splits:
             data = pset.splits[split]
-            check_scaled_logits([largest_magnitude(data.logits)], [1.0 / temperatures[name]], f"{temperature_file}: {name}")
+            check_scaled_logits([largest_magnitude(data.logits)], [1.0 / temperature],
+                                f"{calibration.single_path}: {name}")
             # T = inf (uniform beat the model on val): probabilities are uniform, predictions stay its own
-            kept = np.argmax(data.logits, axis=1) if math.isinf(temperatures[name]) else None
-            for wrapper, logits, predictions in (
-                    ("None", data.logits, None),
-                    ("TempScaleWrapper", WeightedLogits([data.logits], [1.0 / temperatures[name]]), kept)):
+            kept = np.argmax(data.logits, axis=1) if math.isinf(temperature) else None
+            for wrapper, logits, predictions, used in (
+                    ("None", data.logits, None, 1.0),
+                    ("TempScaleWrapper", WeightedLogits([data.logits], [1.0 / temperature]), kept, temperature)):
                 for uncertainty, metrics in single_model_metrics(logits, data.labels, args.uncertainty_types,
                                                                  predictions).items():
                     rows.append({**metrics, **descriptive, "wrapper": wrapper, "uncertainty_type": uncertainty,
-                                 "split": split})
+                                 "split": split, "temperature": used})
         print(f"{name}: evaluated {', '.join(splits)}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
-    if fitted:
-        tables.upsert_single_temperatures(args.calibrated_dir, fitted)
-        print(f"fitted and recorded {len(fitted)} missing temperature(s) in {temperature_file}")
-    deltas = (baseline_delta_rows(files, temperatures, args.uncertainty_types, args.bootstrap, args.bootstrap_seed)
+    deltas = (baseline_delta_rows(files, calibration, args.uncertainty_types, args.bootstrap, args.bootstrap_seed)
               if args.bootstrap else [])
-    written = write_results(args.output_dir, "single_model", dataset, rows, SINGLE_RESULT_COLUMNS,
-                            ["model", "wrapper", "uncertainty_type", "split"])
+    calibration.queue(outputs)
+    written = queue_results(outputs, args.output_dir, "single_model", dataset, rows)
+    if deltas:
+        written_deltas = queue_results(outputs, args.output_dir, "single_model_delta", dataset, deltas)
+    outputs.commit()
+    if calibration.fitted_single:
+        print(f"fitted and recorded {len(calibration.fitted_single)} missing temperature(s) in {calibration.single_path}")
     print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
     if deltas:
-        written = write_results(args.output_dir, "single_model_delta", dataset, deltas, SINGLE_DELTA_RESULT_COLUMNS,
-                                SINGLE_DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, always_defined=())
-        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")
+        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written_deltas))}")
     elif args.bootstrap:
         warn("--bootstrap: no baseline file (<backbone>_greedy, _uniform, _ivon*, _LA) was evaluated together with "
              "its backbone" + (" (--models must name both)" if args.models else "") + "; no intervals written")

@@ -10,19 +10,19 @@ in `utils/maths/duo_modes.py` (contract §5).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from utils.cli import flags
 from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main
-from utils.files import tables
+from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder
+from utils.files.results import queue_results
+from utils.maths.bootstrap import check_samples
 from utils.maths.duo_modes import COMBINE, MODES, duo_outputs, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
-from utils.stages.calibration import pair_temperatures, record_fits
-from utils.stages.scoring import (DELTA_RESULT_COLUMNS, DELTA_VALUE_COLUMNS, DUO_RESULT_COLUMNS, PredictionCache,
-                                  check_scaled_logits, delta_rows, find_duo_files, largest_magnitude,
+from utils.stages.calibration import Calibration
+from utils.stages.scoring import (PredictionCache, check_scaled_logits, delta_rows, find_duo_files, largest_magnitude,
                                   metrics_by_uncertainty, mode_terms, paired_splits, resampled_baseline,
-                                  resolve_dataset, scaled_terms, write_results)
+                                  resolve_dataset, scaled_terms)
 
 _NEEDS_SINGLE = {"unweighted_ts"}
 _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
@@ -54,22 +54,13 @@ def needs_single(modes, args) -> bool:
     return bool(_NEEDS_SINGLE & set(modes)) or args.bootstrap > 0
 
 
-def check_temperatures(jobs, modes, singles: dict, weights: dict, args) -> None:
+def check_temperatures(jobs, modes, calibration: Calibration, args) -> None:
     """Fail before any work when a needed temperature is missing (unless --fit_missing)."""
-    if args.fit_missing:
-        return
     for duo, _, _ in jobs:
-        pair = f"{duo.model_large} + {duo.model_small}"
-        if _NEEDS_DUO & set(modes) and (duo.model_large, duo.model_small) not in weights:
-            raise UserError(f"no duo weights for {pair} in {args.calibrated_dir}/{tables.DUO_TEMPERATURE_FILE}; run "
-                            f"`python evaluate/3_duo_temp_scale.py --config {args.config} --predictions_dir "
-                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
-        lacking = [m for m in ((duo.model_large, duo.model_small) if _NEEDS_SINGLE & set(modes) else (duo.model_large,))
-                   if m not in singles]
-        if needs_single(modes, args) and lacking:
-            raise UserError(f"{pair}: no single-model temperature for {lacking} in {args.calibrated_dir}/"
-                            f"{tables.SINGLE_TEMPERATURE_FILE}; run `python evaluate/2_temp_scale.py --predictions_dir "
-                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
+        pair = (duo.model_large, duo.model_small)
+        calibration.require(pairs=[pair] if _NEEDS_DUO & set(modes) else [])
+        if needs_single(modes, args):
+            calibration.require(pair if _NEEDS_SINGLE & set(modes) else pair[:1], what=" + ".join(pair))
 
 
 def in_reading_order(jobs: list) -> list:
@@ -84,65 +75,65 @@ def in_reading_order(jobs: list) -> list:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    flags.check_bootstrap(args)
     backbones = tables.read_backbones(args.backbone_csv)
     duos = tables.read_duos(args.config, backbones)
-    singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
-    weights = tables.read_duo_weights(Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
+    calibration = Calibration(args.calibrated_dir, args.fit_missing, args.predictions_dir, args.config)
     jobs, skipped = find_duo_files(duos, args.predictions_dir, args.strict)
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
-    check_temperatures(jobs, args.modes, singles, weights, args)
+    check_temperatures(jobs, args.modes, calibration, args)
+    outputs = safe_io.Outputs([p for _, large, small in jobs for p in (large, small)])
+    calibration.expect(outputs)
 
     cache = PredictionCache()
     large_normalizers: dict = {}        # (large file, split) -> {scale: its logits' row normalizers}
     baselines: dict = {}                # (large file, split) -> the TS large model's bootstrap metrics
-    rows, deltas, fitted_single, fitted_duo, dataset_names = [], [], [], [], []
+    rows, deltas, dataset_names = [], [], []
     for duo, large_path, small_path in in_reading_order(jobs):
         large, small = cache.get(large_path), cache.get(small_path)
         dataset_names += [large.dataset, small.dataset]
         single_of = ((large, small) if _NEEDS_SINGLE & set(args.modes) else (large,)) if needs_single(args.modes, args) \
             else ()
-        temps = pair_temperatures(large, small, singles, weights, fitted_single, fitted_duo, single_of,
-                                  duo=bool(_NEEDS_DUO & set(args.modes)))
+        temps = calibration.pair(large, small, single_of, duo=bool(_NEEDS_DUO & set(args.modes)))
         descriptive = {"model_large": large.model, "model_small": small.model,
                        "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,
-                       "gflops_balance": duo.gflops_balance}
+                       "gflops_balance": duo.gflops_balance, "digest_large": large.digest, "digest_small": small.digest}
         for split, data_large, data_small in paired_splits(large, small):
             magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
             for scales in {member_scales(mode, temps) for mode in args.modes}:
                 check_scaled_logits(magnitudes, [scale / 2 for scale in scales],
                                     f"{args.calibrated_dir}: {large.model} + {small.model}")
             normalizers = large_normalizers.setdefault((large.source, split), {})
-            outputs = duo_outputs(data_large.logits, data_small.logits, temps, args.modes, args.uncertainty_types,
-                                  normalizers, args.combine)
+            outputs_by_mode = duo_outputs(data_large.logits, data_small.logits, temps, args.modes,
+                                          args.uncertainty_types, normalizers, args.combine)
             if args.bootstrap and (large.source, split) not in baselines:
+                check_samples(len(data_large), f"{large.source}: split '{split}'")
                 baselines[(large.source, split)] = resampled_baseline(
-                    scaled_terms(data_large.logits, data_large.labels, singles[large.model], args.uncertainty_types),
+                    scaled_terms(data_large.logits, data_large.labels, temps.single_large, args.uncertainty_types),
                     args.bootstrap, args.bootstrap_seed)
             base = baselines.get((large.source, split))
-            for mode, out in outputs.items():
+            for mode, out in outputs_by_mode.items():
+                scale_large, scale_small = member_scales(mode, temps)
+                used = {**descriptive, "mode": mode, "split": split, "scale_large": scale_large, "scale_small": scale_small}
                 scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
                 for uncertainty, metrics in scored.items():
-                    rows.append({**metrics, **descriptive, "mode": mode, "uncertainty_type": uncertainty, "split": split})
+                    rows.append({**metrics, **used, "uncertainty_type": uncertainty})
                 if base is not None:
                     deltas += delta_rows(base, mode_terms(out, data_large.labels), args.bootstrap, args.bootstrap_seed,
-                                         {**descriptive, "mode": mode, "split": split})
+                                         {**used, "temperature": temps.single_large})
         print(f"{large.model} + {small.model}: evaluated {len(args.modes)} mode(s)")
 
     if not rows:
         raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
-    record_fits(args.calibrated_dir, fitted_single, fitted_duo)
+    calibration.queue(outputs)
     kind = "duo" if args.combine == "logits" else f"duo_{args.combine}"
-    written = write_results(args.output_dir, kind, dataset, rows, DUO_RESULT_COLUMNS,
-                            ["model_large", "model_small", "mode", "uncertainty_type", "split"])
+    written = queue_results(outputs, args.output_dir, kind, dataset, rows)
+    written_deltas = queue_results(outputs, args.output_dir, f"{kind}_delta", dataset, deltas) if deltas else []
+    outputs.commit()
     print(f"wrote {len(rows)} row(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
     if deltas:
-        written = write_results(args.output_dir, f"{kind}_delta", dataset, deltas, DELTA_RESULT_COLUMNS,
-                                DELTA_RESULT_COLUMNS[:2] + ["mode", "uncertainty_type", "split", "metric"],
-                                DELTA_VALUE_COLUMNS, always_defined=())
-        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")
+        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written_deltas))}")
     return 0
 
 

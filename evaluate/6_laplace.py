@@ -35,7 +35,7 @@ from load_models.inference import predict, resolve_device
 from load_models.laplace_tools import (PairLoader, feature_loaders, laplace_log_probs, predictive_chunk,
                                        use_fast_kron_predictive)
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main, plain_name
 from utils.files import tables
 from utils.files.model_names import existing_path, output_path
 from utils.files.prediction_io import SPLITS, PredictionSet, write_predictions
@@ -48,8 +48,8 @@ def build_parser() -> ArgumentParser:
                                      flags.loader(batch_size=32, batch_help="batch size of the Hessian fit")])
     parser.add_argument("--model_path", "--trained_model_path", required=True, help="fine-tuned checkpoint")
     parser.add_argument("--predictions_dir", default="./predictions", help="where <name>_LA.npz goes")
-    parser.add_argument("--model", "--model_name", help="architecture of a raw state_dict")
-    parser.add_argument("--save_name", help="output name without _LA (default: the checkpoint's file name)")
+    parser.add_argument("--model", "--model_name", type=plain_name, help="architecture of a raw state_dict")
+    parser.add_argument("--save_name", type=plain_name, help="output name without _LA (default: the checkpoint's file name)")
     add_backbone_csv(parser, "the spelling of model names")
     parser.add_argument("--subset_of_weights", default="last_layer", choices=("last_layer", "all"),
                         help="which weights get a posterior (the paper: last_layer)")

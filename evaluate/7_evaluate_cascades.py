@@ -18,22 +18,18 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 from utils.cli import flags
-from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main,
-                               warn)
-from utils.files import tables
-from utils.files.prediction_io import align, check_output_folder
+from utils.cli.parsing import (MOST_CASCADE_STEPS, ArgumentParser, UserError, add_backbone_csv, cascade_steps,
+                               positive_float, run_main, warn)
+from utils.files import safe_io, tables
+from utils.files.prediction_io import aligned, check_output_folder
+from utils.files.results import queue_results
 from utils.maths import cascades
 from utils.maths.duo_modes import duo_outputs, member_scales
-from utils.stages.calibration import pair_temperatures, record_fits
-from utils.stages.scoring import (CASCADE_RESULT_COLUMNS, SINGLE_UNCERTAINTY_TYPES, PredictionCache,
-                                  check_scaled_logits, find_duo_files, largest_magnitude, mode_terms,
-                                  paired_splits, resolve_dataset, scaled_terms, write_results)
-
-
-MOST_STEPS = 1000          # finer than any curve or table shows; each step is one pass over the test split
+from utils.stages.calibration import Calibration
+from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, PredictionCache, check_scaled_logits, find_duo_files,
+                                  largest_magnitude, mode_terms, paired_splits, resolve_dataset, scaled_terms)
 
 
 def build_parser() -> ArgumentParser:
@@ -48,9 +44,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--uncertainty_types", nargs="+", default=["softmax_response"],
                         choices=SINGLE_UNCERTAINTY_TYPES,
                         help="what decides the deferral and ranks the answers (default softmax_response)")
-    parser.add_argument("--steps", type=positive_int, default=20,
+    parser.add_argument("--steps", type=cascade_steps, default=20,
                         help=f"sweep points: deferring 0, 1/steps, ..., all test inputs (default 20, at most "
-                             f"{MOST_STEPS})")
+                             f"{MOST_CASCADE_STEPS})")
     parser.add_argument("--budgets", nargs="+", type=positive_float, metavar="B",
                         help="expected costs as multiples of f_large's GFLOPs (e.g. 1.1); tau fitted on val for each "
                              "(default: none)")
@@ -60,32 +56,21 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def check_inputs(jobs, singles: dict, weights: dict, args) -> None:
+def check_inputs(jobs, calibration: Calibration, args) -> None:
     """Fail before any work on a duo without GFLOPs or (unless --fit_missing) without its temperatures."""
     for duo, _, _ in jobs:
-        pair = f"{duo.model_large} + {duo.model_small}"
+        pair = (duo.model_large, duo.model_small)
         if not (math.isfinite(duo.gflops_large) and math.isfinite(duo.gflops_small)):
-            raise UserError(f"{args.config}: {pair} has no GFLOPs: a cascade's cost needs them; fill gflops_large and "
-                            f"gflops_small, or give --backbone_csv with both models")
-        if args.fit_missing:
-            continue
-        lacking = [m for m in (duo.model_large, duo.model_small) if m not in singles]
-        if lacking:
-            raise UserError(f"{pair}: no single-model temperature for {lacking} in {args.calibrated_dir}/"
-                            f"{tables.SINGLE_TEMPERATURE_FILE}; run `python evaluate/2_temp_scale.py --predictions_dir "
-                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
-        if (duo.model_large, duo.model_small) not in weights:
-            raise UserError(f"no duo weights for {pair} in {args.calibrated_dir}/{tables.DUO_TEMPERATURE_FILE}; run "
-                            f"`python evaluate/3_duo_temp_scale.py --config {args.config} --predictions_dir "
-                            f"{args.predictions_dir} --output_dir {args.calibrated_dir}` or pass --fit_missing")
+            raise UserError(f"{args.config}: {' + '.join(pair)} has no GFLOPs: a cascade's cost needs them; fill "
+                            f"gflops_large and gflops_small, or give --backbone_csv with both models")
+        calibration.require(pair, [pair], what=" + ".join(pair))
 
 
 def budget_thresholds(large, small, temps, gflops: dict, args) -> dict:
     """(order, uncertainty type) -> [("val_budget", B, tau)]: for each --budgets B, the tau that defers on the val
     split the share of inputs an expected cost of B x gflops_large pays for."""
     val_large = large.split("val", "to fit the cascade thresholds of --budgets")
-    val_small = align(val_large, small.split("val", "to fit the cascade thresholds of --budgets"), large.source,
-                      small.source, "val")
+    val_small = aligned(large, small, "val", "to fit the cascade thresholds of --budgets")
     kinds = args.uncertainty_types
     val = {"large": scaled_terms(val_large.logits, val_large.labels, temps.single_large, kinds),
            "small": scaled_terms(val_small.logits, val_large.labels, temps.single_small, kinds)}
@@ -115,27 +100,29 @@ def split_terms(logits_large, logits_small, labels, temps, kinds) -> dict:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.steps > MOST_STEPS:
-        raise UserError(f"--steps: {args.steps} sweep points; use 1 to {MOST_STEPS} (20 is usual)")
     args.budgets = list(dict.fromkeys(args.budgets or []))         # 1.1 twice is one budget
     duos = tables.read_duos(args.config, tables.read_backbones(args.backbone_csv))
-    singles = tables.read_single_temperatures(Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
-    weights = tables.read_duo_weights(Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
+    calibration = Calibration(args.calibrated_dir, args.fit_missing, args.predictions_dir, args.config)
     jobs, _ = find_duo_files(duos, args.predictions_dir, args.strict)
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
-    check_inputs(jobs, singles, weights, args)
+    check_inputs(jobs, calibration, args)
+    outputs = safe_io.Outputs([p for _, large, small in jobs for p in (large, small)])
+    calibration.expect(outputs)
 
     cache = PredictionCache()
-    rows, fitted_single, fitted_duo, dataset_names = [], [], [], []
+    rows, dataset_names = [], []
     for duo, large_path, small_path in jobs:
         large, small = cache.get(large_path), cache.get(small_path)
         dataset_names += [large.dataset, small.dataset]
-        temps = pair_temperatures(large, small, singles, weights, fitted_single, fitted_duo, (large, small))
+        temps = calibration.pair(large, small, (large, small))
         gflops = {"large": float(duo.gflops_large), "small": float(duo.gflops_small)}
         taus = budget_thresholds(large, small, temps, gflops, args) if args.budgets else {}
+        scale_large, scale_small = member_scales("asymmetric", temps)
         descriptive = {"model_large": large.model, "model_small": small.model, "gflops_large": gflops["large"],
-                       "gflops_small": gflops["small"]}
+                       "gflops_small": gflops["small"], "digest_large": large.digest, "digest_small": small.digest,
+                       "scale_large": scale_large, "scale_small": scale_small,
+                       "temperature_large": temps.single_large, "temperature_small": temps.single_small}
         for split, data_large, data_small in paired_splits(large, small):
             magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
             duo_weights = [scale / 2 for scale in member_scales("asymmetric", temps)]
@@ -159,12 +146,11 @@ def main_impl(argv=None) -> int:
     if not rows:
         raise UserError(f"nothing evaluated: no duo of {args.config} has prediction files in {args.predictions_dir}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
-    record_fits(args.calibrated_dir, fitted_single, fitted_duo)
-    # a rerun replaces each (duo, order, uncertainty type, split)'s curve and budgets whole: points of an earlier
-    # run (other --steps, --budgets or temperatures) never mix with this one's
-    written = write_results(args.output_dir, "cascade", dataset, rows, CASCADE_RESULT_COLUMNS,
-                            ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"],
-                            replace_groups=["model_large", "model_small", "order", "uncertainty_type", "split"])
+    calibration.queue(outputs)
+    # a rerun replaces each duo's curves and budgets whole: points of an earlier run (other --steps, --budgets,
+    # orders or temperatures) never mix with this one's
+    written = queue_results(outputs, args.output_dir, "cascade", dataset, rows)
+    outputs.commit()
     print(f"wrote {len(rows)} cascade point(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
     return 0
 

@@ -24,6 +24,7 @@ header; labels from ../point_prediction.csv), raw (no temperature), one row each
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -36,17 +37,19 @@ import pandas as pd
 
 from utils.cli import flags
 from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main,
-                               warn)
-from utils.files import tables
+                               plain_name, warn)
+from utils.files import safe_io, tables
 from utils.files.model_names import NameMap, check_plain_name, unique_by_case
-from utils.files.prediction_io import (align, check_output_folder, find_prediction_file, prediction_paths,
+from utils.files.prediction_io import (DIGEST_LENGTH, aligned, check_output_folder, find_prediction_file, prediction_paths,
                                        read_official_ensemble, read_predictions)
+from utils.files.results import EVAL_SPLITS, check_dataset_name, queue_results
 from utils.maths import calibrate_temperature
+from utils.maths.bootstrap import check_samples
 from utils.maths.duo_modes import COMBINE
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS, ProbabilityMixture, WeightedLogits
-from utils.stages.scoring import (DELTA_VALUE_COLUMNS, ENSEMBLE_DELTA_RESULT_COLUMNS, ENSEMBLE_RESULT_COLUMNS,
-                                  EVAL_SPLITS, SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF, check_dataset_name, delta_rows, resampled_baseline,
-                                  resolve_dataset, scaled_terms, single_model_metrics, write_results)
+from utils.stages.calibration import checked_temperature
+from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF, delta_rows, resampled_baseline,
+                                  resolve_dataset, scaled_terms, single_model_metrics)
 
 
 def build_parser() -> ArgumentParser:
@@ -66,7 +69,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--sizes", nargs="+", type=positive_int, default=[2, 5], help="ensemble sizes m (default 2 5)")
     parser.add_argument("--subsets", type=positive_int, default=32, help="random subsets per size (default 32)")
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the subset draw (default 0)")
-    parser.add_argument("--name", help="label in the 'model' column (default: the members' common name prefix, "
+    parser.add_argument("--name", type=plain_name, help="label in the 'model' column (default: the members' common name prefix, "
                         "compared in any case and spelt as the first member)")
     parser.add_argument("--base", metavar="FILE_OR_MODEL",
                         help="with --bootstrap: the single model DE(m) is compared with, a member or not (e.g. the best "
@@ -90,28 +93,27 @@ def pooled_logits(members: list, combine: str) -> np.ndarray:
     return WeightedLogits(members, [1.0 / len(members)] * len(members)).materialise()
 
 
-def base_model(members: list, splits: dict, name: str, args) -> tuple[str, dict, str | None]:
-    """(name, {split: predictions aligned with the members'}, recorded dataset) of the model DE(m) is compared
+def base_model(members: list, splits: dict, name: str, args) -> tuple[str, dict, object]:
+    """(name, {split: predictions aligned with the members'}, its PredictionSet) of the model DE(m) is compared
     with; read and checked before anything is written."""
     if args.base:
         path = prediction_paths([resolve_member(args.base, args.predictions_dir, "--base")], "--base")[0]
         base = read_predictions(path)
-        reference = members[0]
-        return base.model, {split: align(reference.splits[split], base.split(split, "like the members"),
-                                         reference.source, base.source, split) for split in splits}, base.dataset
+        return base.model, {split: aligned(members[0], base, split, "like the members") for split in splits}, base
     position = next((i for i, m in enumerate(members) if m.model.casefold() == name.casefold()), None)
     if position is None:
         position = 0
         warn(f"--bootstrap: no member is named {name}; the intervals compare DE(m) with the first member, "
              f"{members[0].model} (name the base model with --base, or its member with --name)")
-    return members[position].model, {split: found[position] for split, found in splits.items()}, None
+    return members[position].model, {split: found[position] for split, found in splits.items()}, members[position]
 
 
-def ensemble_deltas(resampled: dict, base_name: str, base: dict, splits: dict, name: str, args) -> list[dict]:
+def ensemble_deltas(resampled: dict, base_name: str, base: dict, base_set, splits: dict, name: str, digest: str,
+                    args) -> list[dict]:
     """DE(m) - the temperature-scaled base model: the mean over subsets of each resample's metrics against the
     base's on the same resamples (every subset and the base share them: same samples, B and seed)."""
     val = base["val"]
-    base_temperature = calibrate_temperature.fit_temperature(val.logits, val.labels, method=args.method).temperature
+    base_temperature = checked_temperature(val.logits, val.labels, base_set.source, base_name, args.method).temperature
     baselines = {split: resampled_baseline(scaled_terms(base[split].logits, splits[split][0].labels,
                                                         base_temperature, args.uncertainty_types),
                                            args.bootstrap, args.bootstrap_seed)
@@ -121,7 +123,8 @@ def ensemble_deltas(resampled: dict, base_name: str, base: dict, splits: dict, n
         point = {m: float(np.mean([f[0][m] for f in found])) for m in METRIC_COLUMNS}
         draws = {m: np.mean([f[1][m] for f in found], axis=0) for m in METRIC_COLUMNS}
         rows += delta_rows(baselines[split], {kind: (point, draws)}, args.bootstrap, args.bootstrap_seed,
-                           {"model": name, "m": size, "base": base_name, "subsets": len(found), "split": split})
+                           {"model": name, "m": size, "base": base_name, "subsets": len(found), "split": split,
+                            "digest": digest, "digest_base": base_set.digest, "temperature_base": base_temperature})
     print(f"paired bootstrap of DE(m) against the temperature-scaled {base_name} (B={args.bootstrap})")
     return rows
 
@@ -182,7 +185,6 @@ def official_ensembles(args) -> list[dict]:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    flags.check_bootstrap(args)
     if args.base and not args.bootstrap:
         raise UserError("--base: it names the model the bootstrap compares DE(m) with; add --bootstrap B")
     if args.members_csv:
@@ -200,12 +202,14 @@ def main_impl(argv=None) -> int:
                             "members' prediction files with --members or --members_csv")
         dataset = check_dataset_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
         rows = official_ensembles(args)
-        written = write_results(args.output_dir, "deep_ensemble", dataset, rows, ENSEMBLE_RESULT_COLUMNS,
-                                ["model", "m", "subset", "uncertainty_type", "split"])
+        outputs = safe_io.Outputs()
+        written = queue_results(outputs, args.output_dir, "deep_ensemble", dataset, rows, {r["split"] for r in rows})
+        outputs.commit()
         print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
         return 0
     paths = prediction_paths([resolve_member(entry, args.predictions_dir, flag) for entry in args.members], flag)
     check_output_folder(args.output_dir, {Path(p).parent for p in paths}, "--output_dir")
+    outputs = safe_io.Outputs(paths)
     members = [read_predictions(path) for path in paths]
     unique_by_case([m.model for m in members], "--members")
     bad_sizes = [m for m in args.sizes if not 1 <= m <= len(members)]
@@ -218,13 +222,16 @@ def main_impl(argv=None) -> int:
             if split in ("val", "test"):
                 reference.split(split, "to fit and evaluate the ensemble")
             continue
-        base = reference.splits[split]
-        splits[split] = [base] + [align(base, m.split(split, "like the first member"), reference.source, m.source, split)
-                                  for m in members[1:]]
+        splits[split] = [reference.splits[split]] + [aligned(reference, m, split, "like the first member")
+                                                     for m in members[1:]]
     shared = len(os.path.commonprefix([m.model.casefold() for m in members]))
     name = args.name or members[0].model[:shared].rstrip("_-.") or "deep_ensemble"
-    base_name, base, base_dataset = base_model(members, splits, name, args) if args.bootstrap else (None, None, None)
-    dataset = resolve_dataset(args.dataset, [m.dataset for m in members] + [base_dataset], args.predictions_dir)
+    base_name, base, base_set = base_model(members, splits, name, args) if args.bootstrap else (None, None, None)
+    for split in (s for s in EVAL_SPLITS if s in splits and args.bootstrap):
+        check_samples(len(splits[split][0]), f"{reference.source}: split '{split}'")
+    dataset = resolve_dataset(args.dataset, [m.dataset for m in members] + [base_set and base_set.dataset],
+                              args.predictions_dir)
+    digest = hashlib.sha256("|".join(m.digest for m in members).encode()).hexdigest()[:DIGEST_LENGTH]
 
     resampled: dict = {}            # (m, split, uncertainty type) -> [(point, resampled metrics) of each subset]
     rows = []
@@ -232,9 +239,9 @@ def main_impl(argv=None) -> int:
         subsets = draw_subsets(len(members), size, args.subsets, args.seed)
         for number, subset in enumerate(subsets):
             val_mean = pooled_logits([splits["val"][i].logits for i in subset], args.combine)
-            temperature = calibrate_temperature.fit_temperature(val_mean, splits["val"][0].labels,
-                                                                method=args.method).temperature
             label = "+".join(members[i].model for i in subset)
+            temperature = checked_temperature(val_mean, splits["val"][0].labels, f"{flag}: the ensemble {label}",
+                                              f"{name} ({label})", args.method).temperature
             for split in EVAL_SPLITS:
                 if split not in splits:
                     continue
@@ -244,7 +251,7 @@ def main_impl(argv=None) -> int:
                 for uncertainty, metrics in single_model_metrics(pooled, splits[split][0].labels,
                                                                  args.uncertainty_types, kept).items():
                     rows.append({**metrics, "model": name, "m": size, "subset": str(number), "members": label,
-                                 "uncertainty_type": uncertainty, "split": split})
+                                 "uncertainty_type": uncertainty, "split": split, "digest": digest})
                 if args.bootstrap:
                     terms = scaled_terms(mean, splits[split][0].labels, temperature, args.uncertainty_types)
                     for kind, found in resampled_baseline(terms, args.bootstrap, args.bootstrap_seed).items():
@@ -258,17 +265,15 @@ def main_impl(argv=None) -> int:
             statistics.append(("std", group[METRIC_COLUMNS].std(ddof=SPREAD_DDOF)))
         for statistic, values in statistics:
             summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
-                              "uncertainty_type": uncertainty, "split": split})
+                              "uncertainty_type": uncertainty, "split": split, "digest": digest})
     kind = "deep_ensemble" if args.combine == "logits" else f"deep_ensemble_{args.combine}"
-    written = write_results(args.output_dir, kind, dataset, rows + summaries, ENSEMBLE_RESULT_COLUMNS,
-                            ["model", "m", "subset", "uncertainty_type", "split"])
+    written = queue_results(outputs, args.output_dir, kind, dataset, rows + summaries)
+    deltas = ensemble_deltas(resampled, base_name, base, base_set, splits, name, digest, args) if resampled else []
+    written_deltas = queue_results(outputs, args.output_dir, f"{kind}_delta", dataset, deltas) if deltas else []
+    outputs.commit()
     print(f"wrote {len(rows) + len(summaries)} row(s) to {', '.join(map(str, written))}")
-    if resampled:
-        deltas = ensemble_deltas(resampled, base_name, base, splits, name, args)
-        written = write_results(args.output_dir, f"{kind}_delta", dataset, deltas, ENSEMBLE_DELTA_RESULT_COLUMNS,
-                                ["model", "m", "uncertainty_type", "split", "metric"], DELTA_VALUE_COLUMNS,
-                                always_defined=())
-        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written))}")
+    if deltas:
+        print(f"wrote {len(deltas)} paired-bootstrap row(s) (B={args.bootstrap}) to {', '.join(map(str, written_deltas))}")
     return 0
 
 

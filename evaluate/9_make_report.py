@@ -18,14 +18,16 @@ import numpy as np
 import pandas as pd
 
 from utils.cli import console
-from utils.cli.parsing import ArgumentParser, UserError, non_negative_float, run_main
-from utils.files import safe_io, tables
+from utils.cli.parsing import ArgumentParser, UserError, non_negative_float, run_main, plain_name
+from utils.files import results as results_schema
+from utils.files import safe_io
 from utils.files.model_names import NameMap, check_plain_name
-from utils.files.prediction_io import align, find_prediction_file, read_predictions
+from utils.files.prediction_io import aligned, find_prediction_file, read_predictions
 from utils.maths import uncertainty_metrics as um
 from utils.maths.duo_modes import DuoTemperatures, duo_outputs
 from utils.report import figures, pareto
 from utils.report import paper_tables as pt
+from utils.stages.calibration import Calibration, calibration_facts
 
 SPLITS = ("test", "ood_test")
 DERIVED = re.compile(r"(?:_s\d+|_trial\d+|_greedy|_uniform|_ivon|_ivon_det|_ivon_mc\d+_r\d+|_LA)$")   # not backbones of their own
@@ -36,10 +38,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--results_dir", default="./results", help="folder of the evaluation_*.csv files")
     parser.add_argument("--calibrated_dir", default="./calibrated", help="temperature CSVs (Fig. 10)")
     parser.add_argument("--predictions_dir", help="prediction files (risk-coverage and reliability curves)")
-    parser.add_argument("--large", nargs="+", metavar="NAME", help="large models of the summary, Figs. 3-7 and the "
+    parser.add_argument("--large", nargs="+", type=plain_name, metavar="NAME", help="large models of the summary, Figs. 3-7 and the "
                         "curves (default: every large model of the duo results)")
-    parser.add_argument("--base", help="base model of Tables 1-2 (default: the model of each deep ensemble in the results)")
-    parser.add_argument("--table1_sidekicks", nargs="+", metavar="NAME",
+    parser.add_argument("--base", type=plain_name, help="base model of Tables 1-2 (default: the model of each deep ensemble in the results)")
+    parser.add_argument("--table1_sidekicks", nargs="+", type=plain_name, metavar="NAME",
                         help="Table 1's sidekicks (default: every sidekick of the base; the paper shows MNASNet0_75 "
                              "ShuffleNet_V2_X2_0 EfficientNet_B2)")
     parser.add_argument("--balance", nargs=2, type=non_negative_float, default=[0.1, 0.2], metavar=("LO", "HI"),
@@ -201,13 +203,14 @@ def no_duos(duos, large: str, lo: float, hi: float) -> str:
     return f" (none of {large}'s duos has a FLOPs balance in ({lo:g}, {hi:g}): the row is missing)"
 
 
-def add_bootstrap(report: Report, deltas, duos, single) -> pd.DataFrame:
-    """The bootstrap section; returns the interval rows that are current (shown in the figures too)."""
+def add_bootstrap(report: Report, deltas, duos, single, found) -> pd.DataFrame:
+    """The bootstrap section; returns the interval rows that are current (shown in the figures too): computed from
+    the predictions and temperatures of the result rows (`found`: their facts), and still their difference."""
     if deltas.empty:
         report.skip("Paired bootstrap (is each gain real?)", f"no evaluation_duo_delta_{report.dataset}*.csv (run stage "
                     f"5 with --bootstrap 1000)")
         return deltas
-    current = pt.current_deltas(deltas, duos, single)
+    current = pt.current_deltas(deltas[results_schema.agreeing(deltas, "duo_delta", found)], duos, single)
     if len(current) < len(deltas):
         report.lines += [f"_{len(deltas) - len(current)} of {len(deltas)} paired-bootstrap row(s) are left out: their "
                          f"difference no longer matches the result rows (stage 4 or 5 reran without --bootstrap); "
@@ -225,14 +228,17 @@ def add_bootstrap(report: Report, deltas, duos, single) -> pd.DataFrame:
     return deltas
 
 
-def add_baseline_bootstrap(report: Report, single_deltas, ensemble_deltas, single, ensembles) -> None:
-    """Stage 4's and stage 8's intervals: each baseline against its temperature-scaled base model."""
+def add_baseline_bootstrap(report: Report, single_deltas, ensemble_deltas, single, ensembles, found) -> None:
+    """Stage 4's and stage 8's intervals: each baseline against its temperature-scaled base model (current as in
+    `add_bootstrap`)."""
     title = "Paired bootstrap: baselines vs the temperature-scaled model"
     if single_deltas.empty and ensemble_deltas.empty:
         report.skip(title, "no evaluation_single_model_delta_ or evaluation_deep_ensemble_delta_ files (run stage 4 "
                            "or 8 with --bootstrap 1000)")
         return
-    current = pt.current_baseline_deltas(single_deltas, ensemble_deltas, single, ensembles)
+    current = pt.current_baseline_deltas(
+        single_deltas[results_schema.agreeing(single_deltas, "single_model_delta", found)],
+        ensemble_deltas[results_schema.agreeing(ensemble_deltas, "deep_ensemble_delta", found)], single, ensembles)
     stale = len(single_deltas) + len(ensemble_deltas) - sum(map(len, current))
     if stale:
         report.lines += [f"_{stale} baseline interval row(s) are left out: their difference no longer matches the result "
@@ -350,13 +356,11 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs, 
                   "fig10_temperature_ratio", lambda path: figures.temperature_ratio_figure(points, path))
 
 
-def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
+def curves_for(predictions_dir, calibration: Calibration, large: str, small: str | None):
     """Risk-coverage and reliability data of the TS large model and its asymmetric duo."""
     large_path = find_prediction_file(predictions_dir, large)
     if large_path is None:
         return None
-    singles = tables.read_single_temperatures(Path(calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE)
-    weights = tables.read_duo_weights(Path(calibrated_dir) / tables.DUO_TEMPERATURE_FILE)
     large_set = read_predictions(large_path)
     small_path = find_prediction_file(predictions_dir, small) if small else None
     small_set = read_predictions(small_path) if small_path else None
@@ -366,17 +370,17 @@ def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
             continue
         data = large_set.splits[split]
         entries = {}
-        if large not in singles:
-            raise UserError(f"{Path(calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE}: no temperature for {large} (its "
-                            f"curves are temperature-scaled); run evaluate/2_temp_scale.py")
-        scaled = um.WeightedLogits([data.logits], [1.0 / singles[large]])
+        if large not in calibration.singles:
+            raise UserError(f"{calibration.single_path}: no temperature for {large} (its curves are temperature-scaled); "
+                            f"run evaluate/2_temp_scale.py")
+        scaled = um.WeightedLogits([data.logits], [1.0 / calibration.temperature(large_set)])
         stats = um.softmax_stats(scaled, with_entropy=False)
         correct = stats.argmax == data.labels
         entries[f"{large} (TS)"] = (*um.risk_coverage_curve(correct, um.softmax_response(scaled, stats)),
                                     um.reliability_bins(stats.confidence, correct))
-        if small_set is not None and (large, small) in weights and split in small_set.splits:
-            other = align(data, small_set.splits[split], large_set.source, small_set.source, split)
-            out = duo_outputs(data.logits, other.logits, DuoTemperatures(1, 1, *weights[(large, small)]),
+        if small_set is not None and (large, small) in calibration.duos and split in small_set.splits:
+            other = aligned(large_set, small_set, split)
+            out = duo_outputs(data.logits, other.logits, DuoTemperatures(1, 1, *calibration.weights(large_set, small_set)),
                               modes=["asymmetric"], uncertainty_types=["softmax_response"])["asymmetric"]
             correct_duo = out.predictions == data.labels
             entries[f"duo + {small}"] = (*um.risk_coverage_curve(correct_duo, out.uncertainty["softmax_response"]),
@@ -385,7 +389,7 @@ def curves_for(predictions_dir, calibrated_dir, large: str, small: str | None):
     return curves
 
 
-def add_curves(report: Report, args, duos, large_models) -> None:
+def add_curves(report: Report, args, duos, large_models, calibration: Calibration) -> None:
     if not args.predictions_dir:
         report.skip("Risk-coverage and reliability curves", "no --predictions_dir")
         return
@@ -393,7 +397,7 @@ def add_curves(report: Report, args, duos, large_models) -> None:
         test_duos = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
                          & (duos["uncertainty_type"] == "softmax_response") & (duos["split"] == "test")] if len(duos) else duos
         best = test_duos.sort_values("NLL")["model_small"].iloc[0] if len(test_duos) else None
-        curves = curves_for(args.predictions_dir, args.calibrated_dir, large, best)
+        curves = curves_for(args.predictions_dir, calibration, large, best)
         if not curves:
             report.skip(f"Curves ({large})", f"no prediction file of {large} in {args.predictions_dir}")
             continue
@@ -482,7 +486,7 @@ def main_impl(argv=None) -> int:
             raise UserError(f"{flag}: the range [{lo}, {hi}] is empty; give LO < HI (e.g. {flag} 0.1 0.2)")
     results = Path(args.results_dir)
     kinds = ("single_model", "duo", "deep_ensemble", "duo_delta", "cascade", "single_model_delta", "deep_ensemble_delta")
-    read = {kind: figures.read_results(results, kind) for kind in kinds}
+    read = {kind: results_schema.read_results(results, kind) for kind in kinds}
     single = read["single_model"]
     if single.empty:
         raise UserError(f"--results_dir: no single-model results (evaluation_single_model_*.csv with rows) in {results}; "
@@ -493,9 +497,8 @@ def main_impl(argv=None) -> int:
             raise UserError(f"--large: {name} has no rows in {results}/evaluation_single_model_*.csv")
     chosen = list(dict.fromkeys(names.spelling(name) for name in args.large or []))   # results' spelling, once each
     dataset = check_plain_name(select_dataset(args, single, chosen), f"{results}: dataset")
-    read = {kind: frame[frame["dataset"] == dataset] if len(frame) else frame for kind, frame in read.items()}
-    single, duos, ensembles, deltas, cascade, single_deltas, ensemble_deltas = (read[kind] for kind in kinds)
-    large_models = chosen or (sorted(set(duos["model_large"])) if len(duos) else [])
+    read = {kind: frame[frame["dataset"] == dataset] for kind, frame in read.items()}
+    large_models = chosen or sorted(set(read["duo"]["model_large"]))
     for name in large_models:
         check_plain_name(name, f"{results}: model name")
     out_path = Path(args.output or results / (f"REPORT_{dataset}.md" if args.dataset else "REPORT.md"))
@@ -507,10 +510,19 @@ def main_impl(argv=None) -> int:
         if folder and args.predictions_dir and not Path(folder).is_dir():
             raise UserError(f"{flag}: folder {folder} not found (the curves need the prediction files and stage 2's "
                             f"temperatures)")
-    duo_t = Path(args.calibrated_dir) / tables.DUO_TEMPERATURE_FILE
-    single_t = Path(args.calibrated_dir) / tables.SINGLE_TEMPERATURE_FILE
-    ratio_inputs = ((tables.read_duo_weights(duo_t), tables.read_single_temperatures(single_t))
-                    if duo_t.exists() and single_t.exists() else None)
+    calibration = Calibration(args.calibrated_dir)
+    ratio_inputs = ((calibration.duos, calibration.singles) if calibration.duo_path.exists()
+                    and calibration.single_path.exists() else None)
+    # files computed from other predictions or temperatures of one model are refused; stale intervals left out
+    found = pd.concat([results_schema.facts(read[kind], kind) for kind in kinds if not kind.endswith("_delta")]
+                      + [calibration_facts(calibration)], ignore_index=True)
+    stages = {source: results_schema.stage_of(kind) for kind in kinds for source in set(read[kind]["source"])}
+    stages.update({str(calibration.single_path): "evaluate/2_temp_scale.py",
+                   str(calibration.duo_path): "evaluate/3_duo_temp_scale.py"})
+    results_schema.check_agreement(found, stages)
+    single, duos, ensembles, deltas, cascade, single_deltas, ensemble_deltas = (read[kind] for kind in kinds)
+    outputs = safe_io.Outputs()
+    outputs.expect(out_path, "report")
 
     # everything is read and checked before the first figure is written
     report = Report(dataset, out_path.parent)
@@ -525,17 +537,18 @@ def main_impl(argv=None) -> int:
                          f"{', …' if len(pairs) > 5 else ''}: a model is not in stage 5's backbone CSV); they appear in "
                          f"the results table only, not in the tables and figures by FLOPs balance._", ""]
     add_tables(report, args, single, duos, ensembles, names)
-    deltas = add_bootstrap(report, deltas, duos, single)
-    add_baseline_bootstrap(report, single_deltas, ensemble_deltas, single, ensembles)
+    deltas = add_bootstrap(report, deltas, duos, single, found)
+    add_baseline_bootstrap(report, single_deltas, ensemble_deltas, single, ensembles, found)
     add_figures(report, args, single, duos, large_models, ratio_inputs, deltas)
     if not large_models:
         report.skip("Figs. 3-7, 10 and the curves", f"no duo results of {dataset} in {results} (run stage 5)")
-    add_curves(report, args, duos, large_models)
+    add_curves(report, args, duos, large_models, calibration)
     add_cascades(report, cascade, single, duos)
     add_pareto(report, single, duos, ensembles, cascade)
     for draw, path in report.figures:
-        draw(path)
-    safe_io.write_text(out_path, "\n".join(report.lines) + "\n")
+        draw(lambda data, path=path: outputs.write_bytes(path, data, "figure"))
+    outputs.write_text(out_path, "\n".join(report.lines) + "\n", "report")
+    outputs.commit()
     console.show(figures.markdown_table(summary) if len(summary) else "no large model with duos")
     print(f"\nwrote {out_path} and {len(report.figures)} figure(s)"
           + (f"; skipped (see the report): {', '.join(report.skipped)}" if report.skipped else ""))

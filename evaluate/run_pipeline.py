@@ -26,8 +26,10 @@ import pandas as pd
 
 from utils.cli import console, slurm
 from utils.cli.config import DATASETS, Field, check_mapping, load_yaml, resolve_config_path
-from utils.cli.parsing import ArgumentParser, UserError, cpu_count, run_main
+from utils.cli.parsing import (ArgumentParser, UserError, bootstrap_resamples, cascade_steps, cpu_count, non_negative_float,
+                               non_negative_int, positive_float, positive_int, run_main)
 from utils.files import safe_io, step_stamps, tables
+from utils.files.generated import GeneratedFiles
 from utils.files.model_names import SOURCES, check_plain_name, checkpoint_dir, existing_path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -41,24 +43,53 @@ SCRIPTS = {"train": "train/hp_tune.py", "soup": "train/make_soup.py", "predict":
 
 
 _TEXT, _OPTIONAL_TEXT = Field((str,)), Field((str, type(None)))
-_COUNT, _OPTIONAL_COUNT, _RATE = Field((int,), 1), Field((int, type(None)), 1), Field((int, float), 1e-300)
+_S1, _S4, _S5, _S7, _S8 = (SCRIPTS[s] for s in ("predict", "evaluate", "evaluate_duo", "cascades", "deep_ensemble"))
+_HP, _IVON = SCRIPTS["train"], SCRIPTS["ivon"]
+# Each YAML key that becomes a stage's flag, and the flags it becomes: its value is checked with that flag's own
+# argparse type (utils/cli/parsing.py), so the YAML accepts exactly what the stages accept (tests/test_shared_checks.py
+# checks every entry against the stages' parsers).
+PASSED_ON = {
+    "image_size": [(_HP, "--image_size"), (_S1, "--image_size")], "source": [(_HP, "--source")],
+    **{f"train.{key}": [(_HP, f"--{key}")] for key in ("lp_samples", "num_samples", "epochs_lp", "epochs_ff",
+                                                          "batch_size", "subset")},
+    "train.sidekick_samples": [(_HP, "--num_samples")],
+    "deep_ensemble.sizes": [(_S8, "--sizes")], "deep_ensemble.subsets": [(_S8, "--subsets")],
+    **{f"ivon.{key}": [(_IVON, f"--{key}")] for key in ("epochs", "warmup_epochs", "train_samples", "test_samples",
+                                                         "learning_rate", "ess", "hess_init", "weight_decay",
+                                                         "batch_size", "repeats")},
+    "ivon.mc_samples": [(_IVON, "--test_samples")], "ivon.mc_batch_size": [(_IVON, "--batch_size")],
+    "bootstrap": [(_S4, "--bootstrap"), (_S5, "--bootstrap"), (_S8, "--bootstrap")],
+    "cascades.steps": [(_S7, "--steps")], "cascades.budgets": [(_S7, "--budgets")],
+}
+
+
+def _passed(kind: type | tuple, check, optional: bool = False, many: bool = False) -> Field:
+    """A key passed on to a stage flag whose argparse type is `check` (a list of them with `many`)."""
+    types = (kind if isinstance(kind, tuple) else (kind,)) + ((type(None),) if optional else ())
+    return Field((list,), items=types, check=check) if many else Field(types, check=check)
+
+
+_NUMBER = (int, float)
 # every key of a pipeline YAML; a misspelt or mistyped one is an error, never a silently ignored setting
 PIPELINE_SCHEMA = {
     "dataset": Field((str,), choices=DATASETS), "output_root": _TEXT, "data_dir": _OPTIONAL_TEXT, "ood_dir": _OPTIONAL_TEXT,
-    "image_size": _OPTIONAL_COUNT, "weights": _TEXT, "source": Field((str, type(None)), choices=SOURCES),
+    "image_size": _passed(int, positive_int, optional=True), "weights": _TEXT,
+    "source": Field((str, type(None)), choices=SOURCES),
     "large": _TEXT, "sidekicks": Field((list,), items=(str,)), "all_backbones": Field((bool,)),
     "duos_csv": _OPTIONAL_TEXT, "backbone_csv": _OPTIONAL_TEXT, "ensemble_seeds": Field((int,), 0),
-    "train": {key: _OPTIONAL_COUNT for key in ("lp_samples", "num_samples", "sidekick_samples", "epochs_lp",
-                                               "epochs_ff", "batch_size", "subset")},
-    "deep_ensemble": {"members": Field((str,), choices=("seeds", "trials")), "sizes": Field((list,), 1, items=(int,)),
-                      "subsets": _COUNT},
-    "ivon": {"model": _TEXT, "epochs": _COUNT, "warmup_epochs": Field((int,), 0), "train_samples": _COUNT,
-             "test_samples": _COUNT, "learning_rate": _RATE, "ess": _RATE, "hess_init": _RATE,
-             "weight_decay": Field((int, float), 0), "batch_size": _COUNT,
-             "mc_samples": Field((list,), 1, items=(int,)), "repeats": _COUNT, "mc_batch_size": _COUNT},
+    "train": {key: _passed(int, positive_int, optional=True) for key in (
+        "lp_samples", "num_samples", "sidekick_samples", "epochs_lp", "epochs_ff", "batch_size", "subset")},
+    "deep_ensemble": {"members": Field((str,), choices=("seeds", "trials")), "sizes": _passed(int, positive_int, many=True),
+                      "subsets": _passed(int, positive_int)},
+    "ivon": {"model": _TEXT, "epochs": _passed(int, positive_int), "warmup_epochs": _passed(int, non_negative_int),
+             "train_samples": _passed(int, positive_int), "test_samples": _passed(int, positive_int),
+             "learning_rate": _passed(_NUMBER, positive_float), "ess": _passed(_NUMBER, positive_float),
+             "hess_init": _passed(_NUMBER, positive_float), "weight_decay": _passed(_NUMBER, non_negative_float),
+             "batch_size": _passed(int, positive_int), "mc_samples": _passed(int, positive_int, many=True),
+             "repeats": _passed(int, positive_int), "mc_batch_size": _passed(int, positive_int)},
     "laplace": {"model": _TEXT},
-    "bootstrap": Field((int,), 0),
-    "cascades": {"steps": _COUNT, "budgets": Field((list,), 1e-300, items=(int, float))},
+    "bootstrap": _passed(int, bootstrap_resamples),
+    "cascades": {"steps": _passed(int, cascade_steps), "budgets": _passed(_NUMBER, positive_float, many=True)},
     "stages": Field((list,), items=(str,), choices=STAGES),
 }
 
@@ -70,6 +101,8 @@ def load_pipeline(path: str) -> tuple[dict, Path]:
     for key in ("dataset", "large"):
         if key not in config:
             raise UserError(f"{path}: missing key '{key}'")
+    if "output_root" in config and not config["output_root"].strip():
+        raise UserError(f"{path}: 'output_root' is empty; name the folder the run's outputs go to (e.g. runs/my_run)")
     for name in [config["large"], *config.get("sidekicks", []), (config.get("ivon") or {}).get("model", "x"),
                  (config.get("laplace") or {}).get("model", "x")]:
         check_plain_name(name, f"{path}: model name")
@@ -193,7 +226,7 @@ class Plan:
         return Path(self.config["duos_csv"]) if self.config.get("duos_csv") else self.root / "duos.csv"
 
 
-def write_duo_tables(plan: Plan, soups: bool) -> None:
+def write_duo_tables(plan: Plan, soups: bool, outputs: safe_io.Outputs, generated: GeneratedFiles) -> None:
     """The demo's duos.csv and backbones.csv, with GFLOPS counted at the run's resolution; with `soups`,
     the large model's greedy soup is paired with the same sidekicks (Fig. 7)."""
     if plan.config.get("duos_csv"):
@@ -211,8 +244,9 @@ def write_duo_tables(plan: Plan, soups: bool) -> None:
             extra = backbones.iloc[[0]].copy()
             extra["model_name"] = plan.large + suffix
             backbones = pd.concat([backbones, extra], ignore_index=True)
-    safe_io.write_csv(plan.root / "backbones.csv", backbones)
-    safe_io.write_csv(plan.duos_csv(), tables.duos_from_backbones(backbones, [plan.large], soups=soups))
+    generated.write(outputs, plan.root / "backbones.csv", safe_io.frame_as_csv(backbones).encode(), "backbone CSV")
+    duos = tables.duos_from_backbones(backbones, [plan.large], soups=soups)
+    generated.write(outputs, plan.duos_csv(), safe_io.frame_as_csv(duos).encode(), "duos CSV")
 
 
 def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
@@ -300,7 +334,7 @@ def command_line(script: str, argv: list) -> str:
     return "python " + " ".join(shlex.quote(str(a)) for a in [script, *argv])
 
 
-def write_slurm(plan: Plan, all_steps) -> list[Path]:
+def write_slurm(plan: Plan, all_steps, outputs: safe_io.Outputs, generated: GeneratedFiles) -> list[Path]:
     """The pipeline as slurm jobs (utils/cli/slurm.py): one array task per trained backbone (hp_tune with
     --resume and the job's CPUs, then its soups), then everything else on the backbones that finished."""
     folder = plan.root / "slurm"
@@ -320,7 +354,7 @@ def write_slurm(plan: Plan, all_steps) -> list[Path]:
     back = os.path.relpath(Path.cwd(), folder.resolve())      # where the run's relative paths start
     scripts = slurm.pipeline_scripts(tasks, after, back)
     for name, text in scripts.items():
-        safe_io.write_text(folder / name, text)
+        generated.write(outputs, folder / name, text.encode(), "slurm script")
     return [folder / name for name in scripts]
 
 
@@ -333,10 +367,15 @@ def main_impl(argv=None) -> int:
     # in pipeline order however they are listed: a step must never run on what a later stage is about to replace
     stages = [stage for stage in STAGES if stage in (args.stages or config.get("stages", list(STAGES)))]
     safe_io.make_folder(plan.root)
-    write_duo_tables(plan, soups="soup" in config.get("stages", STAGES))
+    # the run's own duos and backbones CSVs (and with --print_slurm its scripts) are written together, never over a
+    # file the pipeline did not write
+    outputs, generated = safe_io.Outputs([path]), GeneratedFiles(plan.root, "run_pipeline")
+    write_duo_tables(plan, "soup" in config.get("stages", STAGES), outputs, generated)
     all_steps = steps(plan, stages)
+    written = write_slurm(plan, all_steps, outputs, generated) if args.print_slurm else []
+    generated.queue_manifest(outputs)
+    outputs.commit()
     if args.print_slurm:
-        written = write_slurm(plan, all_steps)
         print(f"wrote {', '.join(map(str, written))}; submit with `bash {shlex.quote(str(written[-1]))}`")
         return 0
     started = time.time()

@@ -13,6 +13,7 @@ from torch import nn
 
 from load_models.TempScaleWrapper import _numpy
 from utils.maths import calibrate_temperature, duo_modes
+from utils.stages.calibration import checked_duo_weights, checked_temperature
 
 
 class DuoWrapper(nn.Module):
@@ -32,9 +33,9 @@ class DuoWrapper(nn.Module):
     def fit(self, val_logits_large, val_logits_small, val_labels, method: str = "exact") -> calibrate_temperature.DuoFit:
         """Fit both single-model temperatures (for `unweighted_ts`) and the duo weights on validation logits."""
         large, small, labels = _numpy(val_logits_large), _numpy(val_logits_small), _numpy(val_labels)
-        single_large = calibrate_temperature.fit_temperature(large, labels, method=method).temperature
-        single_small = calibrate_temperature.fit_temperature(small, labels, method=method).temperature
-        duo = calibrate_temperature.fit_duo_weights(large, small, labels, method=method)
+        single_large = checked_temperature(large, labels, "the large model's val logits", "large", method).temperature
+        single_small = checked_temperature(small, labels, "the sidekick's val logits", "sidekick", method).temperature
+        duo = checked_duo_weights(large, small, labels, "the duo's val logits", "the duo", method)
         self.temperatures = duo_modes.DuoTemperatures(single_large, single_small, duo.weight_large, duo.weight_small)
         return duo
 
@@ -56,12 +57,14 @@ class DuoWrapper(nn.Module):
 
     def combine(self, logits_large: torch.Tensor, logits_small: torch.Tensor) -> torch.Tensor:
         """The duo's logits z (softmax(z) = p): the scaled members' average, or with combine="probs" the log
-        of their probabilities' average."""
-        scale_large, scale_small = duo_modes.member_scales(self.mode, self.temperatures)
+        of their probability mixture (duo_modes.mixture: a member whose share is 0 is left out)."""
         if self.combine_with == "probs":
-            members = torch.stack([torch.log_softmax(scale_large * logits_large, dim=1),
-                                   torch.log_softmax(scale_small * logits_small, dim=1)])
-            return torch.logsumexp(members, dim=0) - math.log(2.0)
+            scales, shares = duo_modes.mixture(self.mode, self.temperatures)
+            members = torch.stack([torch.log_softmax(scale * logits, dim=1) + math.log(share)
+                                   for scale, share, logits in zip(scales, shares, (logits_large, logits_small))
+                                   if share > 0])
+            return torch.logsumexp(members, dim=0)
+        scale_large, scale_small = duo_modes.member_scales(self.mode, self.temperatures)
         return (scale_large * logits_large + scale_small * logits_small) / 2.0
 
     def forward(self, x) -> torch.Tensor:

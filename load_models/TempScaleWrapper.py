@@ -7,6 +7,7 @@ from torch import nn
 
 from utils.maths import calibrate_temperature
 from utils.maths import uncertainty_metrics as um
+from utils.stages.calibration import checked_temperature
 
 
 class TempScaleWrapper(nn.Module):
@@ -18,7 +19,7 @@ class TempScaleWrapper(nn.Module):
         self.register_buffer("temperature", torch.tensor(float(temperature), dtype=torch.float64))
 
     def fit(self, val_logits, val_labels, method: str = "exact") -> calibrate_temperature.TemperatureFit:
-        fit = calibrate_temperature.fit_temperature(_numpy(val_logits), _numpy(val_labels), method=method)
+        fit = checked_temperature(_numpy(val_logits), _numpy(val_labels), "the val logits", "the model", method)
         self.temperature.fill_(fit.temperature)
         return fit
 

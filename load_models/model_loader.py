@@ -247,15 +247,18 @@ def _to_rgb(image):
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def save_checkpoint(path: str | Path, model: nn.Module | dict, **meta) -> Path:
+def save_checkpoint(path: str | Path, model: nn.Module | dict, outputs: safe_io.Outputs | None = None, **meta) -> Path:
     """Atomically write {"state_dict", "model_name", "source", "num_classes", ...metadata} from a
-    model or its state_dict."""
+    model or its state_dict; with `outputs`, queue it there to be committed with the run's other files."""
     state = model.state_dict() if isinstance(model, nn.Module) else model
     record = {"state_dict": {k: v.detach().cpu() for k, v in state.items()},
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **meta}
     buffer = io.BytesIO()
     torch.save(record, buffer)
-    safe_io.write_bytes(path, buffer.getvalue())
+    if outputs is None:
+        safe_io.write_bytes(path, buffer.getvalue())
+    else:
+        outputs.write_bytes(path, buffer.getvalue(), "checkpoint")
     return Path(path)
 
 

@@ -43,11 +43,11 @@ CALTECH_FOLDERS = ["001.ak47", "002.american-flag", "003.backpack", "257.clutter
 CALTECH_PER_CLASS = 10
 
 
-def make_caltech256(root: Path) -> Path:
+def make_caltech256(root: Path, per_class: int = CALTECH_PER_CLASS) -> Path:
     """<root>/caltech256/256_ObjectCategories/<NNN.name>/<c+1:03d>_<k:04d>.jpg (c = sorted position)."""
     base = Path(root) / "caltech256" / "256_ObjectCategories"
     for c, folder in enumerate(sorted(CALTECH_FOLDERS)):
-        for k in range(1, CALTECH_PER_CLASS + 1):
+        for k in range(1, per_class + 1):
             _image(base / folder / f"{c + 1:03d}_{k:04d}.jpg", seed=100 * c + k, mode="L" if k == 3 else "RGB")
     return Path(root)
 

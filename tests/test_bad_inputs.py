@@ -486,7 +486,7 @@ def _(ws):
 def _(ws):
     return ws.duo(None, ws.cal_dir("cwbig", "full_name,temperature\nlarge,1\nsmall,1\n",
                                    "model_large,model_small,temperature_large,temperature_small,weight_large,weight_small\n"
-                                   "large,small,1e-308,1,1e308,0.5\n")), "beyond float64's range"
+                                   "large,small,5e-309,1,1e308,0.5\n")), "beyond float64's range"
 
 
 @case("table", "two rows for one duo")
@@ -522,7 +522,7 @@ def _(ws):
 @case("table", "existing temperature CSV is ragged")
 def _(ws):
     path = ws.cal / "temperature_duo.csv"
-    path.write_text(path.read_text() + "large,small,1,2,3,4,5,6,7,8,9\n")
+    path.write_text(path.read_text() + "large,small,1,2,3,4,5,6,7,8,9,10,11,12,13\n")
     return ws.pair(ws.small), "it was left as it is"
 
 
@@ -628,7 +628,9 @@ def _(ws):
 
 @case("table", "report without the large model's temperature")
 def _(ws):
-    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal_dir("c_nolarge", "full_name,temperature\nsmall,1\n",
+    lines = (ws.cal / "temperature_single_model.csv").read_text().splitlines(keepends=True)
+    without_large = "".join(line for line in lines if not line.startswith("large,"))     # small's own row is kept
+    return [S9, "--results_dir", ws.out, "--calibrated_dir", ws.cal_dir("c_nolarge", without_large,
                                                                          (ws.cal / "temperature_duo.csv").read_text()),
             "--predictions_dir", ws.preds], "no temperature for large"
 

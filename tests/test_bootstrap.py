@@ -143,7 +143,7 @@ def test_stage5_writes_intervals_that_agree_with_the_result_tables(tmp_path, sta
 def test_too_few_or_too_many_resamples_are_refused(tmp_path, stage, resamples):
     code, _, err = stage("evaluate/5_evaluate_duo_predictions.py", "--bootstrap", resamples, "--predictions_dir",
                          tmp_path)
-    assert code == 2 and "use 0 (off) or 100 to 100000" in err
+    assert code == 2 and "expected 0 (off) or a whole number from 100 to 100000" in err
 
 
 def test_stages_4_and_8_bootstrap_the_baselines_against_their_ts_backbone(tmp_path, stage):
@@ -244,7 +244,7 @@ def test_stage8_compares_an_ensemble_of_trials_with_a_base_outside_it(tmp_path, 
     write_set(foreign, tmp_path / "q")
     code, out, err = stage("evaluate/8_evaluate_deep_ensemble.py", *members, "--base", tmp_path / "q" / "ResNet50.npz",
                            "--bootstrap", 120)
-    assert code == 2 and "several datasets" in err
+    assert code == 2 and "records dataset" in err and "combine predictions of one dataset" in err
     assert not other.exists() or not list(other.glob("evaluation_deep_ensemble*"))
 
 

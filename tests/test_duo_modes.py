@@ -94,6 +94,7 @@ def test_duo_wrapper_accepts_a_pair_of_inputs_and_fits():
     large, small = torch.nn.Linear(4, 3), torch.nn.Linear(6, 3)
     x_large, x_small = torch.randn(200, 4), torch.randn(200, 6)
     labels = large(x_large).argmax(1)
+    labels[:40] = torch.randint(0, 3, (40,))      # not the large model's own predictions: val has an optimum
     duo = DuoWrapper(large, small)
     fit = duo.fit(large(x_large), small(x_small), labels)
     assert duo.temperatures.weight_large == fit.weight_large > 0
@@ -171,9 +172,12 @@ def test_probability_averaging_equals_a_hand_computed_case():
 
 def test_probability_averaging_uses_each_modes_member_scaling():
     out = duo_outputs(LARGE, SMALL, TEMPS, combine="probs")
-    scalings = {"unweighted": (1.0, 1.0), "unweighted_ts": (1 / 2.0, 1 / 0.5), "asymmetric": (2.0, 0.6)}
-    for mode, (a_l, a_s) in scalings.items():
-        expected = (softmax(a_l * LARGE, axis=1) + softmax(a_s * SMALL, axis=1)) / 2
+    # (scale, share) per member: the unweighted modes average their scaled members; the duo modes mix the members at
+    # the common sharpness c = w_l + w_s = 1.3 with shares w / c (TEMPS: w = (1.0, 0.3))
+    scalings = {"unweighted": ((1.0, 0.5), (1.0, 0.5)), "unweighted_ts": ((1 / 2.0, 0.5), (1 / 0.5, 0.5)),
+                "asymmetric": ((1.3, 1.0 / 1.3), (1.3, 0.3 / 1.3))}
+    for mode, ((a_l, pi_l), (a_s, pi_s)) in scalings.items():
+        expected = pi_l * softmax(a_l * LARGE, axis=1) + pi_s * softmax(a_s * SMALL, axis=1)
         assert np.allclose(softmax(out[mode].logits.materialise(), axis=1), expected, atol=1e-14), mode
         # gather (the label log-probability every metric uses) agrees with the block
         index = np.array([2, 0, 1])
@@ -184,3 +188,17 @@ def test_probability_averaging_uses_each_modes_member_scaling():
     assert np.allclose(torch.softmax(online, 1).numpy(), softmax(out["asymmetric"].logits.materialise(), axis=1))
     with pytest.raises(ValueError, match="combine"):
         DuoWrapper(None, None, combine="mean")
+
+
+def test_a_zero_weight_removes_its_member_from_the_probability_mixture():
+    # w_s = 0 ("revert to f_large"): the probability form is exactly the logit form, softmax(w_l l)
+    reverted = DuoTemperatures(2.0, 0.5, 0.8, 0.0)
+    for combine in ("logits", "probs"):
+        out = duo_outputs(LARGE, SMALL, reverted, modes=["asymmetric"], combine=combine)["asymmetric"]
+        assert np.allclose(softmax(out.logits.materialise(), axis=1), softmax(0.8 * LARGE, axis=1), atol=1e-14), combine
+    wrapper = DuoWrapper(None, None, mode="asymmetric", temperatures=reverted, combine="probs")
+    online = wrapper.combine(torch.from_numpy(LARGE), torch.from_numpy(SMALL))
+    assert np.allclose(torch.softmax(online, 1).numpy(), softmax(0.8 * LARGE, axis=1))
+    # both weights 0: uniform probabilities, as in the logit form
+    out = duo_outputs(LARGE, SMALL, DuoTemperatures(1, 1, 0.0, 0.0), modes=["asymmetric"], combine="probs")["asymmetric"]
+    assert np.allclose(softmax(out.logits.materialise(), axis=1), 1 / LARGE.shape[1])

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO, snapshot
 from tests.helpers import make_duo_logits, write_set
 from utils.cli.parsing import UserError
-from utils.files import tables
+from utils.files import safe_io, tables
 from utils.files.model_names import NameMap, canonical_name, check_plain_name, find_file, unique_by_case
 from utils.files.prediction_io import list_prediction_files, read_predictions, write_predictions
 
@@ -192,8 +192,10 @@ def test_a_duo_of_one_model_with_itself_is_refused(tmp_path, stage):
 def test_temperature_tables_match_names_in_any_case_and_reject_duplicates(tmp_path):
     path = tmp_path / "temperature_single_model.csv"
     path.write_text("full_name,temperature\nResNet18,1.5\n")
-    assert tables.read_single_temperatures(path)["resnet18"] == 1.5
-    tables.upsert_single_temperatures(tmp_path, [{"full_name": "resnet18", "temperature": 2.0}])
+    assert tables.read_single_temperatures(path)["resnet18"].value == 1.5
+    outputs = safe_io.Outputs()
+    tables.queue_single_temperatures(outputs, tmp_path, [{"full_name": "resnet18", "temperature": 2.0}])
+    outputs.commit()
     frame = pd.read_csv(path)
     assert list(frame.full_name) == ["resnet18"] and frame.temperature.item() == 2.0     # one row, replaced
     path.write_text("full_name,temperature\nResNet18,1.5\nresnet18,2.0\n")
@@ -272,7 +274,7 @@ def test_names_that_look_like_numbers_or_missing_values_stay_names(tmp_path, sta
         assert code == 0, err
     duo = pd.read_csv(cal / "temperature_duo.csv", dtype=str, keep_default_na=False)
     assert sorted(zip(duo.model_large, duo.model_small)) == [("18", "050"), ("18", "NA")]
-    expected = tables.read_duo_weights(cal / "temperature_duo.csv")[("18", "050")]
+    expected = tables.read_duo_weights(cal / "temperature_duo.csv")[("18", "050")].value
     from utils.stages.calibration import duo_weights_row
     refit = duo_weights_row(read_predictions(tmp_path / "p" / "18.npz"), read_predictions(tmp_path / "p" / "050.npz"))
     assert expected == pytest.approx((refit["weight_large"], refit["weight_small"]))

@@ -10,6 +10,7 @@ import torch
 from tests.helpers import make_duo_logits, write_set
 from train import tuning
 from utils.cli.parsing import UserError
+from utils.files import results, safe_io
 from utils.files.prediction_io import PredictionSet, Split
 from utils.maths import uncertainty_metrics as um
 from utils.report import figures, paper_tables
@@ -42,23 +43,25 @@ def test_check_scaled_logits_refuses_overflowing_weights():
         scoring.check_scaled_logits([1e200, 1.0], [1e150, 0.0], "calibrated/x")
 
 
-def test_write_results_refuses_a_nan_and_upserts(tmp_path):
+def test_queue_results_refuses_a_nan_and_upserts(tmp_path):
     row = {name: 0.5 for name in um.METRIC_COLUMNS}
     rows = [{**row, "model": "a", "wrapper": "w", "uncertainty_type": "u", "gflops": 1.0, "params": 1.0, "split": "test"}]
-    written = scoring.write_results(tmp_path, "single_model", "d", rows, scoring.SINGLE_RESULT_COLUMNS,
-                                    ["model", "wrapper", "uncertainty_type", "split"])
+
+    def write():
+        outputs = safe_io.Outputs()
+        written = results.queue_results(outputs, tmp_path, "single_model", "d", rows)
+        outputs.commit()
+        return written
+    written = write()
     assert written == [tmp_path / "evaluation_single_model_d.csv"]
     rows[0]["NLL"] = 0.25
-    scoring.write_results(tmp_path, "single_model", "d", rows, scoring.SINGLE_RESULT_COLUMNS,
-                          ["model", "wrapper", "uncertainty_type", "split"])
+    write()
     frame = pd.read_csv(written[0])
     assert len(frame) == 1 and frame.NLL.item() == 0.25 and list(frame.columns[:len(um.METRIC_COLUMNS)]) == \
         list(um.METRIC_COLUMNS)
     rows[0]["NLL"] = float("nan")
     with pytest.raises(UserError, match="NLL"):
-        scoring.write_results(tmp_path, "single_model", "d", rows, scoring.SINGLE_RESULT_COLUMNS,
-                              ["model", "wrapper", "uncertainty_type", "split"])
-    assert pd.read_csv(written[0]).NLL.item() == 0.25
+        write()
 
 
 def test_resolve_dataset(tmp_path, capsys):

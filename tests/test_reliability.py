@@ -72,11 +72,18 @@ def test_killed_stages_rerun_to_the_same_outputs(workspace, kill_at):
         pd.testing.assert_frame_equal(pd.read_csv(killed / name), pd.read_csv(reference / name))
 
 
+def _upsert_temperatures(folder, rows):
+    """What stage 2 does with its rows: one Outputs, committed."""
+    outputs = safe_io.Outputs()
+    tables.queue_single_temperatures(outputs, folder, rows)
+    outputs.commit()
+
+
 def _single_writer(folder, worker):
-    tables.upsert_single_temperatures(folder, [{"full_name": f"m{worker}_{i}", "temperature": 1 + worker + i / 10,
+    _upsert_temperatures(folder, [{"full_name": f"m{worker}_{i}", "temperature": 1 + worker + i / 10,
                                                 "nll_before": 1, "nll_after": 0.5, "ece_before": 0.1,
                                                 "ece_after": 0.05, "n_val": 10} for i in range(3)])
-    tables.upsert_single_temperatures(folder, [{"full_name": "shared", "temperature": 2.0, "nll_before": 1,
+    _upsert_temperatures(folder, [{"full_name": "shared", "temperature": 2.0, "nll_before": 1,
                                                 "nll_after": 0.5, "ece_before": 0.1, "ece_after": 0.05, "n_val": 10}])
 
 

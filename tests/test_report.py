@@ -16,7 +16,7 @@ from PIL import Image
 
 from utils.files import tables
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS
-from utils.report import figures
+from utils.files import results as results_schema
 from utils.report import paper_tables as pt
 
 DATASET = "imagenet"
@@ -92,7 +92,7 @@ def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     write_results(folder / "results")
     write_temperatures(folder / "calibrated")
-    single, duos, ensembles = (figures.read_results(folder / "results", kind)
+    single, duos, ensembles = (results_schema.read_results(folder / "results", kind)
                                for kind in ("single_model", "duo", "deep_ensemble"))
     return folder, single, duos, ensembles
 

@@ -43,11 +43,13 @@ def test_readme_command_lines(workdir):
     # CSV prediction files carry no metadata: results are named after the predictions folder
     assert "naming the results after the folder 'predictions'" in result.stderr
     single = pd.read_csv(root / "calibrated" / "temperature_single_model.csv")
-    assert list(single.columns) == ["full_name", "temperature", "nll_before", "nll_after", "ece_before", "ece_after", "n_val"]
+    assert list(single.columns) == ["full_name", "temperature", "nll_before", "nll_after", "ece_before", "ece_after", "n_val",
+                                    "dataset", "digest"]
     assert set(single.full_name) == {LARGE, SMALL} and (single.nll_after <= single.nll_before).all()
     duo_t = pd.read_csv(root / "calibrated" / "temperature_duo.csv")
     assert list(duo_t.columns) == ["model_large", "model_small", "temperature_large", "temperature_small",
-                                   "weight_large", "weight_small", "val_nll", "n_val"]
+                                   "weight_large", "weight_small", "val_nll", "n_val", "dataset", "digest_large",
+                                   "digest_small"]
     row = duo_t.iloc[0]
     assert row.temperature_large == pytest.approx(1 / (2 * row.weight_large))
 

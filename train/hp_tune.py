@@ -19,7 +19,7 @@ from load_models import model_loader
 from train import tuning
 from utils.cli import flags
 from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, cpu_count, non_negative_float,
-                               non_negative_int, parse_bool, positive_int, run_main, warn)
+                               non_negative_int, plain_name, parse_bool, positive_int, run_main, warn)
 from utils.files import safe_io, tables
 from utils.files.model_names import checkpoint_dir, checkpoint_path, output_path
 
@@ -33,11 +33,11 @@ def build_parser() -> ArgumentParser:
                             parents=[flags.dataset(), flags.raw_checkpoint(),
                                      flags.device(precision="auto"),
                                      flags.loader(batch_size=None)])
-    parser.add_argument("--model", "--model_name", required=True, help="backbone (backbones.csv spelling or timm name)")
+    parser.add_argument("--model", "--model_name", required=True, type=plain_name, help="backbone (backbones.csv spelling or timm name)")
     parser.add_argument("--num_samples", type=positive_int, help="FT trials (default: the YAML's search.num_samples, else 12)")
     parser.add_argument("--lp_samples", type=positive_int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
-    parser.add_argument("--save_name", help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
+    parser.add_argument("--save_name", type=plain_name, help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
     parser.add_argument("--weights", default="default", help="pretrained weights: default (staged) | none | FILE")
     add_backbone_csv(parser, "sources, tv_weights and the spelling of model names")
     parser.add_argument("--cpus_per_trial", type=positive_int, help="default 4 with a GPU, else 1")

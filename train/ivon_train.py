@@ -32,6 +32,7 @@ from train import engine
 from utils.cli import flags
 from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, non_negative_float, non_negative_int,
                                positive_float, positive_int, run_main)
+from utils.files import safe_io
 from utils.files.model_names import checkpoint_path, output_path
 from utils.files.prediction_io import SPLITS, PredictionSet, write_predictions
 
@@ -169,10 +170,12 @@ def main_impl(argv=None) -> int:
             predictive[split] = predict(model, loaders[split], device, mc_log_probs(model, optimizer, samples))
         suffix = "_ivon" if len(draws) == 1 else f"_ivon_mc{samples}_r{repeat}"
         outputs[suffix] = (predictive, "log_probs", {"test_samples": samples, "repeat": repeat})
+    files = safe_io.Outputs()                   # every predictive of this run, or none of them
     for suffix, (prediction_splits, kind, extra) in outputs.items():
         meta = {"dataset": args.dataset, "kind": kind, "source_checkpoint": str(ivon_path), **extra}
-        path = write_predictions(PredictionSet(f"{name}{suffix}", prediction_splits, meta),
-                                 output_path(args.predictions_dir, f"{name}{suffix}.npz"))
+        write_predictions(PredictionSet(f"{name}{suffix}", prediction_splits, meta),
+                          output_path(args.predictions_dir, f"{name}{suffix}.npz"), files)
+    for path in files.commit():
         print(f"wrote {path}")
     return 0
 

@@ -104,13 +104,14 @@ def main_impl(argv=None) -> int:
     uniform_score = evaluate(uniform)
     greedy, used, history = soups.greedy_soup(states(), evaluate)
     meta = {k: record.get(k) for k in ("model_name", "source", "tv_weights", "num_classes", "dataset", "image_size")}
-    model_loader.save_checkpoint(checkpoint_path(args.output_dir, args.dataset, "ff", f"{name}_uniform.pth"), uniform, **meta, stage="uniform_soup",
-                                 val_metric=uniform_score, selection_metric=metric)
-    model_loader.save_checkpoint(checkpoint_path(args.output_dir, args.dataset, "ff", f"{name}_greedy.pth"), greedy, **meta, stage="greedy_soup",
-                                 val_metric=max(history), selection_metric=metric)
+    outputs = safe_io.Outputs()                    # both soups and their record, or none of them
+    for soup, state, score in (("uniform", uniform, uniform_score), ("greedy", greedy, max(history))):
+        model_loader.save_checkpoint(checkpoint_path(args.output_dir, args.dataset, "ff", f"{name}_{soup}.pth"), state,
+                                     outputs, **meta, stage=f"{soup}_soup", val_metric=score, selection_metric=metric)
     rows = [{"soup": "uniform", "trial": t, "val_metric_soup": uniform_score} for t in trials["trial"]]
     rows += [{"soup": "greedy", "trial": trials["trial"].iloc[i], "val_metric_soup": max(history[: i + 1])} for i in used]
-    safe_io.write_csv(output_path(soup_dir, f"{name}_soups.csv"), pd.DataFrame(rows))
+    outputs.write_csv(output_path(soup_dir, f"{name}_soups.csv"), pd.DataFrame(rows), "soup record")
+    outputs.commit()
     best_single = float(trials["val_metric"].iloc[0])
     print(f"{name}: best trial val {metric} {best_single:.4f} (as recorded); uniform soup of {count}: "
           f"{uniform_score:.4f}; greedy soup of {len(used)} (trials {trials['trial'].iloc[used].tolist()}): "

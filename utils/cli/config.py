@@ -6,12 +6,13 @@ pipeline YAML (`evaluate/run_pipeline.py`) is checked by the same `check_mapping
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from utils.cli.parsing import UserError
+from utils.errors import UserError
 from utils.files import safe_io
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -35,12 +36,14 @@ def resolve_config_path(path: str | Path, flag: str) -> Path:
 @dataclass(frozen=True)
 class Field:
     """One YAML key: its allowed types, a lower bound for numbers, the type (and bound) of a list's
-    items, a fixed length for a list, and the allowed values."""
+    items, a fixed length for a list, the allowed values, and `check`: the argparse type of the flag the
+    value becomes (a key passed on to a stage accepts exactly what that stage's flag accepts)."""
     types: tuple
     minimum: float | None = None
     items: tuple | None = None
     length: int | None = None
     choices: tuple | None = None
+    check: object = None
 
 
 _NAME = lambda: (str, type(None))          # noqa: E731
@@ -86,6 +89,11 @@ def _check_value(value, spec: Field, name: str, path: Path) -> None:
             raise UserError(f"{path}: '{name}' must be a [low, high] pair with 0 < low <= high, got {value!r}")
         if spec.choices is not None and item is not None and item not in spec.choices:
             raise UserError(f"{path}: '{name}' must be one of {', '.join(map(str, spec.choices))}, got {item!r}")
+        if spec.check is not None and item is not None:
+            try:
+                spec.check(str(item))
+            except argparse.ArgumentTypeError as exc:
+                raise UserError(f"{path}: '{name}': {exc} (the flag it becomes refuses it)") from None
     if spec.length == 2 and value[0] > value[1]:
         raise UserError(f"{path}: '{name}' must be a [low, high] pair with low <= high, got {value!r}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from utils.cli.config import DATASETS, dataset_config
-from utils.cli.parsing import UserError, non_negative_int, positive_int
+from utils.cli.parsing import bootstrap_resamples, non_negative_int, plain_name, positive_int
 from utils.files import tables
 from utils.files.model_names import SOURCES
 
@@ -112,9 +112,9 @@ def raw_checkpoint() -> argparse.ArgumentParser:
 def trained_model(help_model: str = "the model hp_tune trained") -> argparse.ArgumentParser:
     """--model, --save_name and --output_dir: a model trained by hp_tune under its checkpoint root."""
     parser = _parent()
-    parser.add_argument("--model", "--model_name", required=True, help=help_model)
+    parser.add_argument("--model", "--model_name", required=True, type=plain_name, help=help_model)
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (hp_tune's --output_dir)")
-    parser.add_argument("--save_name", help="hp_tune's --save_name (default: --model)")
+    parser.add_argument("--save_name", type=plain_name, help="hp_tune's --save_name (default: --model)")
     return parser
 
 
@@ -142,15 +142,8 @@ def evaluation_folders(results: bool = True, calibrated_help: str = "folder of t
 def bootstrap(writes: str) -> argparse.ArgumentParser:
     """--bootstrap B and --bootstrap_seed of the evaluation stages; `writes` says what the intervals compare."""
     parser = _parent()
-    parser.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="B",
+    parser.add_argument("--bootstrap", type=bootstrap_resamples, default=0, metavar="B",
                         help=f"also write {writes}, with its 95%% paired bootstrap interval over B resamples of the "
                              f"test samples (default 0: off; else 100 to 100000, 1000 is usual)")
     parser.add_argument("--bootstrap_seed", type=non_negative_int, default=0, help="seed of the resamples (default 0)")
     return parser
-
-
-def check_bootstrap(args: argparse.Namespace) -> None:
-    from utils.maths.bootstrap import FEWEST_RESAMPLES, MOST_RESAMPLES
-    if args.bootstrap and not FEWEST_RESAMPLES <= args.bootstrap <= MOST_RESAMPLES:
-        raise UserError(f"--bootstrap: {args.bootstrap} resamples; use 0 (off) or {FEWEST_RESAMPLES} to {MOST_RESAMPLES} "
-                        f"(1000 is usual: fewer leave the 95% interval's tails a handful of draws)")

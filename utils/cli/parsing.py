@@ -11,12 +11,10 @@ import os
 import sys
 from typing import Callable, NoReturn, Sequence
 
+from utils.errors import UserError, warn  # noqa: F401  (re-exported: the scripts' one import for both)
+
 # Offline compute nodes: a pretrained lookup without this retries for ~47 s before failing.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-class UserError(Exception):
-    """Bad input or configuration; the message is shown to the user as one line."""
 
 
 class _HelpWithDefaults(argparse.HelpFormatter):
@@ -59,33 +57,52 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def _bounded(kind: type, low: float, text: str):
+def plain_name(text: str) -> str:
+    """argparse type of every flag that names a model (or a label that becomes part of a file name): a plain
+    name, as utils/files/model_names.check_plain_name defines it."""
+    from utils.files.model_names import check_plain_name
+    try:
+        return check_plain_name(text, "the name")
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("the name: ", "", 1)) from None
+
+
+plain_name.__name__ = "plain name"
+
+
+def _bounded(kind: type, low: float, text: str, high: float = float("inf"), allowed: tuple = ()):
     def parse(value: str):
         try:
             number = kind(value)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {text}, got {value!r}") from None
-        if not number >= low or (kind is float and number == float("inf")):
+        if number in allowed:
+            return number
+        if not low <= number <= high or (kind is float and number == float("inf")):
             raise argparse.ArgumentTypeError(f"expected {text}, got {value!r}")
         return number
     parse.__name__ = text            # argparse names the type in its messages
     return parse
 
 
-# argparse types for counts, sizes, seeds and rates: 0 or -1 is never silently replaced by a default
+# argparse types for counts, sizes, seeds and rates: 0 or -1 is never silently replaced by a default. The pipeline
+# YAML checks its values with these same functions (evaluate/run_pipeline.py), so it accepts what the stages accept.
 positive_int = _bounded(int, 1, "a whole number >= 1")
 non_negative_int = _bounded(int, 0, "a whole number >= 0")
 positive_float = _bounded(float, float.fromhex("0x1p-1074"), "a finite number > 0")
 non_negative_float = _bounded(float, 0.0, "a finite number >= 0")
+# stage 7 --steps: finer than any curve or table shows; each step is one pass over the test split
+MOST_CASCADE_STEPS = 1000
+cascade_steps = _bounded(int, 1, f"a whole number from 1 to {MOST_CASCADE_STEPS} (20 is usual)", MOST_CASCADE_STEPS)
+# --bootstrap B: 0 (off) or utils.maths.bootstrap's FEWEST_RESAMPLES..MOST_RESAMPLES (fewer leave a 95% interval's
+# tails a handful of draws; tests/test_shared_checks.py keeps the two in step)
+bootstrap_resamples = _bounded(int, 100, "0 (off) or a whole number from 100 to 100000 (1000 is usual)", 100_000,
+                               allowed=(0,))
 
 
 def cpu_count() -> int:
     """The CPUs this process may use (a slurm allocation's, not the node's)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def warn(message: str) -> None:
-    sys.stderr.write(f"warning: {message}\n")
 
 
 def run_main(main_impl: Callable[[Sequence[str] | None], int | None],

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from utils.cli.parsing import UserError
+from utils.errors import UserError
 
 # derived names: seeds, fine-tuning trials (soup/<model>/trial<i>.pth predicted), soups and the baselines' prediction files (canonically lowercase, but `_LA`)
 _SUFFIX_PATTERN = re.compile(r"(_s\d+|_trial\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", re.IGNORECASE)

@@ -8,6 +8,7 @@ sets are combined by sample id, never by row position (`align`).
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import re
 import zipfile
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.cli.parsing import UserError, warn
+from utils.errors import UserError, warn
 from utils.files import safe_io
-from utils.files.model_names import NameMap, existing_path, find_file, fold, unique_by_case
+from utils.files.model_names import NameMap, check_plain_name, existing_path, find_file, fold, unique_by_case
 
 SPLITS = ("val", "test", "ood_test")
 FEATURES_SUFFIX = ".features.npz"
@@ -35,12 +36,53 @@ class Split:
         return len(self.labels)
 
 
+DIGEST_LENGTH = 16        # hex characters of SHA-256 kept: 64 bits tell apart any two prediction sets a user makes
+
+
+def _split_digest(name: str, split: Split, kind: str) -> str:
+    """SHA-256 of one split (its name, the kind, logits as stored, labels, ids), rows in sample-id order so that the
+    same predictions in another row order have the same digest."""
+    hasher = hashlib.sha256()
+    ids = np.asarray(split.ids)
+    order = np.argsort(ids, kind="stable")
+    in_order = bool(np.all(order[1:] > order[:-1]))
+    logits = np.ascontiguousarray(split.logits if in_order else split.logits[order])
+    labels = split.labels if in_order else split.labels[order]
+    ids = ids if in_order else ids[order]
+    hasher.update(f"{name}|{kind}|{logits.dtype.str}|{logits.shape}|".encode())
+    hasher.update(memoryview(logits).cast("B"))
+    hasher.update(memoryview(np.ascontiguousarray(labels, dtype=np.int64)).cast("B"))
+    if ids.dtype.kind in "iu":
+        hasher.update(memoryview(np.ascontiguousarray(ids, dtype=np.int64)).cast("B"))
+    else:
+        hasher.update("\0".join(map(str, ids.tolist())).encode("utf-8"))
+    return hasher.hexdigest()[:DIGEST_LENGTH]
+
+
 @dataclass
 class PredictionSet:
     model: str
     splits: dict[str, Split]
     meta: dict = field(default_factory=dict)
     source: str = "<memory>"
+    _digests: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def split_digest(self, name: str) -> str:
+        """What one split of these predictions is, in 16 hex characters (SHA-256 of its logits as stored, labels and
+        ids, in sample-id order, and the kind). A temperature records the digest of the val split it was fitted on."""
+        if name not in self._digests:
+            self._digests[name] = _split_digest(name, self.split(name), self.meta.get("kind", "logits"))
+        return self._digests[name]
+
+    @property
+    def digest(self) -> str:
+        """What these predictions are, in 16 hex characters: a digest of every split's `split_digest`. Every result
+        row records the digests of the prediction sets it was computed from, so that a reader can tell whether two
+        files were computed from the same predictions."""
+        if "*" not in self._digests:
+            parts = "|".join(f"{name}:{self.split_digest(name)}" for name in sorted(self.splits))
+            self._digests["*"] = hashlib.sha256(parts.encode()).hexdigest()[:DIGEST_LENGTH]
+        return self._digests["*"]
 
     @property
     def num_classes(self) -> int:
@@ -208,8 +250,10 @@ def _read_npz(path: Path) -> PredictionSet:
         splits[name] = Split(data[f"logits_{name}"], data[f"labels_{name}"], data[f"ids_{name}"])
     model = _model_name_of(path)
     recorded = meta.get("model")
-    if meta.get("dataset") is not None and not isinstance(meta["dataset"], str):
-        raise UserError(f"{path}: meta.dataset must be a name, got {meta['dataset']!r}")
+    if meta.get("dataset") is not None:
+        if not isinstance(meta["dataset"], str):
+            raise UserError(f"{path}: meta.dataset must be a name, got {meta['dataset']!r}")
+        check_plain_name(meta["dataset"], f"{path}: meta.dataset")
     if recorded is not None and fold(recorded) != fold(model):
         warn(f"{path}: meta.model is '{recorded}' but the file is named '{model}'; the file name is the model's "
              f"name, so its rows are keyed '{model}'")
@@ -442,9 +486,12 @@ def check_output_folder(folder: str | Path, prediction_folders, flag: str) -> No
 
 # ----------------------------------------------------------------------------- writing
 
-def write_predictions(pset: PredictionSet, path: str | Path) -> Path:
-    """Write `pset` atomically as NPZ or CSV (chosen by the suffix of `path`)."""
+def write_predictions(pset: PredictionSet, path: str | Path, outputs: safe_io.Outputs | None = None) -> Path:
+    """Write `pset` atomically as NPZ or CSV (chosen by the suffix of `path`); with `outputs`, queue it there to be
+    committed with the run's other files."""
     path = Path(path)
+    commit = outputs is None
+    outputs = safe_io.Outputs() if outputs is None else outputs
     meta = {"dataset": pset.meta.get("dataset"), "model": pset.model, "num_classes": pset.num_classes,
             "kind": pset.meta.get("kind", "logits"), "source_checkpoint": pset.meta.get("source_checkpoint"),
             "created": pset.meta.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -456,7 +503,7 @@ def write_predictions(pset: PredictionSet, path: str | Path) -> Path:
             arrays[f"labels_{name}"] = np.asarray(split.labels, dtype=np.int64)
             ids = np.asarray(split.ids)
             arrays[f"ids_{name}"] = ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(str)
-        safe_io.write_npz(path, arrays)
+        outputs.write_npz(path, arrays, "prediction file")
     elif path.suffix == ".csv":
         frames = []
         for name, split in pset.splits.items():
@@ -466,9 +513,11 @@ def write_predictions(pset: PredictionSet, path: str | Path) -> Path:
             frame.insert(0, "sample_id", np.asarray(split.ids))
             frame.insert(0, "split", name)
             frames.append(frame)
-        safe_io.write_csv(path, pd.concat(frames, ignore_index=True))
+        outputs.write_csv(path, pd.concat(frames, ignore_index=True), "prediction file")
     else:
         raise UserError(f"{path}: prediction files must end in .npz or .csv")
+    if commit:
+        outputs.commit()
     return path
 
 
@@ -505,6 +554,21 @@ def align(reference: Split, other: Split, reference_source: str, other_source: s
         raise UserError(f"split '{split_name}': {reference_source} and {other_source} disagree on the label of "
                         f"{n_label_diff} samples with the same id")
     return aligned
+
+
+def check_same_dataset(reference: PredictionSet, other: PredictionSet) -> None:
+    """Two prediction sets combined (a duo, an ensemble, a baseline and its backbone) must come from one dataset:
+    an error naming both files when both record a dataset and they differ."""
+    if reference.dataset and other.dataset and reference.dataset != other.dataset:
+        raise UserError(f"{reference.source} records dataset '{reference.dataset}' but {other.source} records "
+                        f"'{other.dataset}'; combine predictions of one dataset (keep one predictions folder per dataset)")
+
+
+def aligned(reference: PredictionSet, other: PredictionSet, split: str, purpose: str = "") -> Split:
+    """`other`'s split in `reference`'s sample order, after checking that the two sets belong together: one
+    dataset, the same classes, the same sample ids (as sets) and labels."""
+    check_same_dataset(reference, other)
+    return align(reference.split(split, purpose), other.split(split, purpose), reference.source, other.source, split)
 
 
 def read_features(prediction_path: str | Path, reference: PredictionSet) -> dict[str, np.ndarray]:

@@ -1,9 +1,12 @@
-"""Safe file handling: checked reads, atomic writes and locked CSV upserts.
+"""Safe file handling: checked reads, atomic writes, locked CSV upserts and outputs that commit together.
 
 Every file a stage reads is opened through `readable`/`read_table`, so a missing, unreadable or
 malformed file is a one-line error naming it. Every file a stage writes goes through here, so a
 killed job never leaves a truncated file under its final name (its temporary file is swept by the
 next write to that folder) and concurrent array jobs that share a CSV never lose each other's rows.
+A stage that writes several files collects them in one `Outputs` and commits them together: every file
+is rendered to a temporary first and renamed only when all of them are, so an error at any point leaves
+every file as it was (see `Outputs`).
 """
 from __future__ import annotations
 
@@ -16,15 +19,16 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from utils.cli.parsing import UserError
+from utils.errors import UserError
 
-# `.<target>.<8 random chars>.tmp`, as `atomic_path` names them (mkstemp's alphabet)
-_TMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+# `.<target>.<8 random chars>.tmp` (or `.bak`, a replaced file kept until a commit ends), as `atomic_path` and
+# `Outputs` name them (mkstemp's alphabet)
+_TMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|bak)$")
 STALE_TMP_SECONDS = 3600        # no write of ours leaves a temporary file untouched this long
 
 
@@ -37,14 +41,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     make_folder(path.parent)
     sweep_stale_temporaries(path.parent)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except PermissionError:
-        raise UserError(f"{path.parent}: permission denied writing there; choose another output folder") from None
-    except OSError as exc:
-        raise UserError(f"{path.parent}: cannot write there ({exc.strerror}); choose another output folder") from None
+    fd, tmp = _new_temporary(path)
     os.close(fd)
-    tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -133,8 +131,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """One file, atomically (a stage that writes several collects them in `Outputs`)."""
+    replace_together({Path(path): bytes(data)})
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -149,9 +147,7 @@ def write_npz(path: str | os.PathLike, arrays: dict) -> None:
 
 
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False)
-    write_text(path, buffer.getvalue())
+    write_text(path, frame_as_csv(frame))
 
 
 @contextlib.contextmanager
@@ -219,17 +215,31 @@ class LockedTable:
                 return self.frame.iloc[position].to_dict()
         return None
 
-    def upsert(self, rows: pd.DataFrame, replace_groups: Sequence[str] | None = None) -> None:
+    def upsert(self, rows: pd.DataFrame, replace_groups: Sequence[str] | None = None,
+               drop_groups: pd.DataFrame | None = None) -> None:
         """Insert or replace `rows` by key; with `replace_groups` (a subset of the key columns), every existing
-        row of a group the new rows cover goes too (a rerun's curve replaces the whole earlier curve)."""
+        row of a group the new rows cover goes too (a rerun's curve replaces the whole earlier curve), and so does
+        every row of a group listed in `drop_groups` (a model rerun without the split this table holds)."""
         new_keys = set(self._keys(rows))
         keep = [key not in new_keys for key in self._keys(self.frame)]
         if replace_groups and len(self.frame):
-            new_groups = set(self._keys(rows, replace_groups))
-            keep = [k and group not in new_groups for k, group in zip(keep, self._keys(self.frame, replace_groups))]
+            gone = set(self._keys(rows, replace_groups))
+            if drop_groups is not None and len(drop_groups):
+                gone |= set(self._keys(drop_groups, replace_groups))
+            keep = [k and group not in gone for k, group in zip(keep, self._keys(self.frame, replace_groups))]
+        if len(rows) == 0 and all(keep):
+            return
         merged = pd.concat([self.frame[keep], rows], ignore_index=True) if len(self.frame) else rows.reset_index(drop=True)
         self.frame = merged[~pd.Series(self._keys(merged)).duplicated(keep="last").to_numpy()]
         self.changed = True
+
+    def ordered(self) -> pd.DataFrame:
+        """The table with the declared columns first, in their order, and any others after them."""
+        if self.columns is None:
+            return self.frame
+        columns = self.columns
+        return self.frame[[c for c in columns if c in self.frame.columns] + [c for c in self.frame.columns
+                                                                              if c not in columns]]
 
 
 def check_table(path: str | os.PathLike, key_columns: Sequence[str]) -> None:
@@ -250,10 +260,7 @@ def locked_table(path: str | os.PathLike, key_columns: Sequence[str], columns: S
         table = LockedTable(path, key_columns, columns, required)
         yield table
         if table.changed:
-            frame = table.frame
-            if columns is not None:
-                frame = frame[[c for c in columns if c in frame.columns] + [c for c in frame.columns if c not in columns]]
-            write_csv(path, frame)
+            write_csv(path, table.ordered())
 
 
 def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequence[str],
@@ -267,3 +274,212 @@ def upsert_csv(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequenc
     with locked_table(path, key_columns, columns, required) as table:
         table.upsert(rows, replace_groups)
     return table.frame
+
+
+# ----------------------------------------------------------------------------- outputs that commit together
+
+# The two file-system steps of a commit, indirect so that tests can make the k-th of either fail.
+_replace = os.replace
+
+
+def _new_temporary(path: Path) -> tuple[int, Path]:
+    """(open descriptor, path) of a new `.<name>.<8 chars>.tmp` beside `path`; a one-line error where none can be made."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except PermissionError:
+        raise UserError(f"{path.parent}: permission denied writing there; choose another output folder") from None
+    except OSError as exc:
+        raise UserError(f"{path.parent}: cannot write there ({exc.strerror}); choose another output folder") from None
+    return fd, Path(name)
+
+
+def _write_temporary(path: Path, data: bytes) -> Path:
+    """`data` in a new temporary file beside `path`, fsynced, with the permissions a plain open would give."""
+    fd, tmp = _new_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _backup(path: Path) -> Path:
+    """A hard link to the file at `path` (`.<name>.<8 chars>.bak`), so that a failed commit can put it back."""
+    while True:
+        backup = path.with_name(f".{path.name}.{os.urandom(6).hex()[:8]}.bak")
+        try:
+            os.link(path, backup)
+            return backup
+        except FileExistsError:
+            continue
+
+
+def replace_together(contents: dict[Path, bytes]) -> None:
+    """Write every `contents[path]` to a temporary beside `path`, then rename them all over their targets; when a
+    rename fails, the targets already replaced get their old files back (new ones are removed), so the folders
+    end as they began."""
+    temporaries: dict[Path, Path] = {}
+    replaced: list[tuple[Path, Path | None]] = []
+    try:
+        for path, data in contents.items():
+            make_folder(path.parent)
+            sweep_stale_temporaries(path.parent)
+            temporaries[path] = _write_temporary(path, data)
+        try:
+            for path, tmp in temporaries.items():
+                backup = _backup(path) if path.exists() else None
+                try:
+                    _replace(tmp, path)
+                except BaseException:
+                    if backup is not None:
+                        backup.unlink(missing_ok=True)
+                    raise
+                replaced.append((path, backup))
+        except BaseException:
+            for path, backup in reversed(replaced):
+                with contextlib.suppress(OSError):
+                    if backup is None:
+                        path.unlink()
+                    else:
+                        os.replace(backup, path)
+            replaced.clear()
+            raise
+    except PermissionError as exc:
+        raise UserError(f"{exc.filename or 'an output folder'}: permission denied writing there; choose another "
+                        f"output folder (nothing was changed)") from None
+    finally:
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
+        for _, backup in replaced:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+    for folder in {path.parent for path in contents}:
+        _fsync_dir(folder)
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            return candidate
+    return Path(".")
+
+
+class Outputs:
+    """Every file one run of a stage writes, committed together at its end.
+
+    A stage names its targets as soon as it knows them (`expect`: the folder can be made and written, the target
+    is no folder and no input of the run, an existing table it adds rows to can be read), queues each file's
+    content as it is computed (`write_*`, `upsert`) and calls `commit()` last. The commit locks every table it
+    upserts (in path order, so concurrent jobs cannot deadlock), merges the new rows under the locks, writes every
+    file to a temporary, and renames them only when all are written (`replace_together`). An error before or
+    during the commit leaves every target as it was; only the hidden lock files of the tables may be new."""
+
+    def __init__(self, inputs: Iterable[str | os.PathLike] = ()):
+        self._inputs: dict[Path, str] = {}
+        self._files: dict[Path, bytes] = {}
+        self._tables: dict[Path, dict] = {}
+        self.add_inputs(inputs)
+
+    def add_inputs(self, paths: Iterable[str | os.PathLike]) -> None:
+        """Files this run reads that no output may replace (prediction files, the duos CSV, ...)."""
+        for path in paths:
+            if path is not None:
+                self._inputs.setdefault(Path(path).resolve(), str(path))
+
+    def expect(self, path: str | os.PathLike, what: str = "output") -> Path:
+        """Check now, before any work, that `path` can be written (see the class); returns it."""
+        path = Path(path)
+        target = path.resolve()
+        if target in self._inputs:
+            raise UserError(f"{path}: the {what} would replace {self._inputs[target]}, which this run reads; choose "
+                            f"another output")
+        if path.is_dir():
+            raise UserError(f"{path}: is a folder, where the {what} file belongs; move it aside or choose another output")
+        existing = _nearest_existing(path.parent)
+        if not existing.is_dir():
+            raise UserError(f"{existing}: cannot create the output folder {path.parent}, a file of that name is in the "
+                            f"way; choose another folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            if existing != path.parent:
+                raise UserError(f"{path.parent}: permission denied creating this output folder; choose another folder")
+            raise UserError(f"{existing}: permission denied writing there; choose another output folder")
+        lock = path.parent / f".{path.name}.lock"
+        if lock.is_dir():
+            raise UserError(f"{lock}: is a folder; remove it (it is this stage's lock file)")
+        if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
+            raise UserError(f"{path}: permission denied replacing it; choose another output folder")
+        return path
+
+    def write_bytes(self, path: str | os.PathLike, data: bytes, what: str = "output") -> Path:
+        path = self.expect(path, what)
+        self._files[path] = bytes(data)
+        return path
+
+    def write_text(self, path: str | os.PathLike, text: str, what: str = "output") -> Path:
+        return self.write_bytes(path, text.encode("utf-8"), what)
+
+    def write_csv(self, path: str | os.PathLike, frame: pd.DataFrame, what: str = "output") -> Path:
+        return self.write_text(path, frame_as_csv(frame), what)
+
+    def write_npz(self, path: str | os.PathLike, arrays: dict, what: str = "output") -> Path:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return self.write_bytes(path, buffer.getvalue(), what)
+
+    def expect_table(self, path: str | os.PathLike, key_columns: Sequence[str], required: Sequence[str] = (),
+                     what: str = "table", validate: Callable[[pd.DataFrame, Path], object] | None = None) -> Path:
+        """`expect`, and an existing table at `path` must be one this stage can add rows to (readable, its key
+        columns and the `required` ones present, each key once, and whatever `validate(frame, path)` checks); else
+        it is named and left as it is."""
+        path = self.expect(path, what)
+        if path.exists():
+            table = LockedTable(path, key_columns, None, required)
+            if validate is not None:
+                validate(table.frame, path)
+        return path
+
+    def upsert(self, path: str | os.PathLike, rows: pd.DataFrame, key_columns: Sequence[str],
+               columns: Sequence[str] | None = None, required: Sequence[str] = (),
+               replace_groups: Sequence[str] | None = None, drop_groups: pd.DataFrame | None = None,
+               validate: Callable[[pd.DataFrame, Path], object] | None = None) -> Path:
+        """Queue `rows` for the table at `path` (see `LockedTable.upsert`); the table is read, checked with
+        `validate` and merged under its lock at commit time, so concurrent jobs' rows are kept."""
+        path = self.expect_table(path, key_columns, required, validate=validate)
+        entry = self._tables.setdefault(path, {"key_columns": list(key_columns), "columns": columns,
+                                               "required": list(required), "validate": validate, "operations": []})
+        entry["operations"].append((rows, replace_groups, drop_groups))
+        return path
+
+    @property
+    def targets(self) -> list[Path]:
+        return sorted({*self._files, *self._tables})
+
+    def commit(self) -> list[Path]:
+        """Write every queued file together (see the class); returns the paths written."""
+        for path in self.targets:
+            self.expect(path)
+        with contextlib.ExitStack() as locks:
+            for path in sorted(self._tables):
+                locks.enter_context(file_lock(path))
+            contents = dict(self._files)
+            for path, entry in self._tables.items():
+                table = LockedTable(path, entry["key_columns"], entry["columns"], entry["required"])
+                if entry["validate"] is not None and path.exists():
+                    entry["validate"](table.frame, path)
+                for rows, replace_groups, drop_groups in entry["operations"]:
+                    table.upsert(rows, replace_groups, drop_groups)
+                if table.changed:
+                    contents[path] = frame_as_csv(table.ordered()).encode("utf-8")
+            replace_together(contents)
+        return self.targets
+
+
+def frame_as_csv(frame: pd.DataFrame) -> str:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    return buffer.getvalue()

@@ -1,33 +1,37 @@
 """The CSV tables stages share: duo lists, backbone lists and fitted temperatures.
 
 Readers validate and accept the official code's column sets; writers upsert under a file lock so
-concurrent array jobs lose nothing (contract §3).
+concurrent array jobs lose nothing. A temperature row records what it was fitted on (the dataset and the
+digest of the predictions, `PredictionSet.digest`), so that a stage applying it can check it belongs to the
+predictions at hand (utils/stages/calibration.py).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from utils.cli.config import DEFAULT_BACKBONES, resolve_config_path
-from utils.cli.parsing import UserError, warn
+from utils.errors import UserError, warn
 from utils.files import safe_io
 from utils.files.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, canonical_name, check_plain_name
 from utils.maths.duo_modes import temperature_to_weight, weight_to_temperature
 
 SINGLE_TEMPERATURE_FILE = "temperature_single_model.csv"
 DUO_TEMPERATURE_FILE = "temperature_duo.csv"
-SINGLE_TEMPERATURE_COLUMNS = ["full_name", "temperature", "nll_before", "nll_after", "ece_before", "ece_after", "n_val"]
+SINGLE_TEMPERATURE_COLUMNS = ["full_name", "temperature", "nll_before", "nll_after", "ece_before", "ece_after", "n_val",
+                              "dataset", "digest"]
 DUO_TEMPERATURE_COLUMNS = ["model_large", "model_small", "temperature_large", "temperature_small",
-                           "weight_large", "weight_small", "val_nll", "n_val"]
+                           "weight_large", "weight_small", "val_nll", "n_val", "dataset", "digest_large", "digest_small"]
 DUO_COLUMNS = ["model_large", "model_small", "source_large", "source_small",
                "gflops_large", "gflops_small", "gflops_balance"]
 
 
 _NAME_COLUMNS = ("model_large", "model_small", "full_name", "model_name", "source_large", "source_small", "source",
-                 "tv_weights")
+                 "tv_weights", "dataset", "digest", "digest_large", "digest_small")
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
@@ -55,6 +59,7 @@ def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str], soups:
     §3.4), cheapest sidekick first; with `soups`, the same sidekicks again for each large model's greedy soup
     `<large>_greedy` (paper Fig. 7; a soup costs what its backbone costs)."""
     rows = []
+    backbones = backbone_costs(backbones)
     by_name = backbones.set_index("model_name")
     for large in large_models:
         if large not in by_name.index:
@@ -67,6 +72,23 @@ def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str], soups:
                              "source_small": small.source, "gflops_large": big["GFLOPS"],
                              "gflops_small": small.GFLOPS, "gflops_balance": round(small.GFLOPS / big["GFLOPS"], 5)})
     return pd.DataFrame(rows, columns=DUO_COLUMNS)
+
+
+def backbone_costs(backbones: pd.DataFrame) -> pd.DataFrame:
+    """The backbone rows with their GFLOPS as numbers (finite, > 0): the rows pairing by cost needs; a missing
+    column, a cell that is not such a number, or a name listed twice is an error naming the file and row."""
+    path = backbones.attrs.get("path", "the backbone CSV")
+    if "GFLOPS" not in backbones.columns:
+        raise UserError(f"{path}: no GFLOPS column; pairing by cost needs each backbone's GFLOPs (header "
+                        f"model_name,GFLOPS,...)")
+    costs = _numeric_column(backbones, "GFLOPS", path)
+    bad = ~((costs > 0) & np.isfinite(costs))
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise UserError(f"{path}: data row {row + 1} ({backbones['model_name'].iloc[row]}): GFLOPS must be a finite "
+                        f"number > 0, got {backbones['GFLOPS'].iloc[row]!r}")
+    _check_unique(path, backbones["model_name"].astype(str).tolist(), "backbone")
+    return backbones.assign(GFLOPS=costs.astype(float))
 
 
 def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -107,7 +129,15 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise UserError(f"{path}: {column} must be a finite number > 0 (or empty when unknown), got "
                             f"{float(values.iloc[row]):g} at data row {row + 1}")
-    frame["gflops_balance"] = frame["gflops_balance"].fillna(frame["gflops_small"] / frame["gflops_large"])
+    computed = frame["gflops_small"] / frame["gflops_large"]
+    # a balance given beside both costs must be their ratio (as make_duos.py writes it, rounded to 5 decimals)
+    contradicts = (frame["gflops_balance"].notna() & computed.notna()
+                   & ~np.isclose(frame["gflops_balance"], computed, rtol=1e-3, atol=1e-5))
+    if contradicts.any():
+        row = int(np.flatnonzero(contradicts.to_numpy())[0])
+        raise UserError(f"{path}: data row {row + 1}: gflops_balance {frame['gflops_balance'].iloc[row]:g} is not "
+                        f"gflops_small / gflops_large = {computed.iloc[row]:.5g}; correct or empty one of them")
+    frame["gflops_balance"] = frame["gflops_balance"].fillna(computed)
     folded = frame[["model_large", "model_small"]].apply(lambda column: column.str.casefold())
     same = np.flatnonzero((folded["model_large"] == folded["model_small"]).to_numpy())
     if len(same):
@@ -128,6 +158,12 @@ def read_backbones(path: str | Path | None = None, flag: str = "--backbone_csv")
     frame = _read_table(Path(path), "backbone CSV")
     if "model_name" not in frame.columns:
         raise UserError(f"{path}: backbone CSV lacks column 'model_name'")
+    empty = frame["model_name"].isna().to_numpy()
+    if empty.any():
+        raise UserError(f"{path}: data row {int(empty.argmax()) + 1} has no model_name")
+    for row, name in enumerate(frame["model_name"]):
+        check_plain_name(name, f"{path}: data row {row + 1}, model_name")
+    frame.attrs["path"] = str(path)
     return frame
 
 
@@ -177,8 +213,26 @@ def _check_unique(path: Path, keys: list, what: str) -> None:
         seen[key] = True
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A temperature (or a pair of duo weights) as a calibration table records it, with what it was fitted on:
+    the dataset and the digests of the predictions (None where the row does not say: the official layout, or
+    a file of an older version)."""
+    value: float | tuple[float, float]
+    dataset: str | None
+    digests: tuple[str | None, ...]
+    path: Path
+    row: int
+
+
+def _text_cells(frame: pd.DataFrame, column: str) -> list[str | None]:
+    if column not in frame.columns:
+        return [None] * len(frame)
+    return [None if pd.isna(v) else str(v) for v in frame[column]]
+
+
 def read_single_temperatures(path: str | Path) -> NameMap:
-    """model -> temperature from temperature_single_model.csv (empty when the file does not exist);
+    """model -> Recorded temperature from temperature_single_model.csv (empty when the file does not exist);
     model names match case-insensitively."""
     path = Path(path)
     if not path.exists():
@@ -192,12 +246,14 @@ def read_single_temperatures(path: str | Path) -> NameMap:
     _check_positive(path, frame["full_name"], temperatures, "temperature")
     names = frame["full_name"].astype(str).tolist()
     _check_unique(path, names, "model")
-    return NameMap(zip(names, temperatures.astype(float)))
+    return NameMap((name, Recorded(float(t), dataset, (digest,), path, row + 1)) for row, (name, t, dataset, digest) in
+                   enumerate(zip(names, temperatures, _text_cells(frame, "dataset"), _text_cells(frame, "digest"))))
 
 
 def read_duo_weights(path: str | Path) -> NameMap:
-    """(large, small) -> (w_large, w_small) from temperature_duo.csv (names match case-insensitively);
-    the official file's temperatures-only columns are converted with w = 1 / (2T)."""
+    """(large, small) -> Recorded (w_large, w_small) from temperature_duo.csv (names match case-insensitively);
+    the official file's temperatures-only columns are converted with w = 1 / (2T). Weights and temperatures
+    given together must agree (T = 1 / (2w))."""
     path = Path(path)
     if not path.exists():
         return NameMap()
@@ -216,7 +272,10 @@ def read_duo_weights(path: str | Path) -> NameMap:
     has_weights = {"weight_large", "weight_small"} <= set(frame.columns)
     w_large = _numeric_column(frame, "weight_large", path) if has_weights else None
     w_small = _numeric_column(frame, "weight_small", path) if has_weights else None
+    datasets = _text_cells(frame, "dataset")
+    digests = list(zip(_text_cells(frame, "digest_large"), _text_cells(frame, "digest_small")))
     for i, (large, small) in enumerate(zip(frame["model_large"].astype(str), frame["model_small"].astype(str))):
+        from_temperatures = (temperature_to_weight(float(t_large.iloc[i])), temperature_to_weight(float(t_small.iloc[i])))
         if has_weights and pd.notna(w_large.iloc[i]) and pd.notna(w_small.iloc[i]):
             pair = (float(w_large.iloc[i]), float(w_small.iloc[i]))
             if min(pair) < 0:
@@ -224,9 +283,14 @@ def read_duo_weights(path: str | Path) -> NameMap:
             if not all(map(math.isfinite, pair)):
                 raise UserError(f"{path}: duo weights of {large} + {small} must be finite, got {pair}; refit them "
                                 f"with evaluate/3_duo_temp_scale.py")
+            for side, weight, implied in zip(("large", "small"), pair, from_temperatures):
+                if not (weight == implied or math.isclose(weight, implied, rel_tol=1e-6)):
+                    raise UserError(f"{path}: data row {i + 1} ({large} + {small}): weight_{side} {weight:g} disagrees "
+                                    f"with temperature_{side} (T = 1/(2w) gives w = {implied:g}); rerun "
+                                    f"evaluate/3_duo_temp_scale.py to rewrite the row, or empty one of the two columns")
         else:
-            pair = (temperature_to_weight(float(t_large.iloc[i])), temperature_to_weight(float(t_small.iloc[i])))
-        weights[(large, small)] = pair
+            pair = from_temperatures
+        weights[(large, small)] = Recorded(pair, datasets[i], digests[i], path, i + 1)
     return weights
 
 
@@ -245,23 +309,25 @@ def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str
                         f"refit it with the temperature stage")
 
 
-def upsert_single_temperatures(folder: str | Path, rows: list[dict]) -> Path:
-    path = Path(folder) / SINGLE_TEMPERATURE_FILE
-    safe_io.upsert_csv(path, pd.DataFrame(rows, columns=SINGLE_TEMPERATURE_COLUMNS), ["full_name"],
-                       SINGLE_TEMPERATURE_COLUMNS, required=["temperature"])
-    return path
+def queue_single_temperatures(outputs: safe_io.Outputs, folder: str | Path, rows: list[dict]) -> Path:
+    """Queue stage-2 rows (one per model, replacing that model's row) for <folder>/temperature_single_model.csv."""
+    return outputs.upsert(Path(folder) / SINGLE_TEMPERATURE_FILE, pd.DataFrame(rows, columns=SINGLE_TEMPERATURE_COLUMNS),
+                          ["full_name"], SINGLE_TEMPERATURE_COLUMNS, required=["temperature"],
+                          validate=lambda frame, path: read_single_temperatures(path))
 
 
-def upsert_duo_temperatures(folder: str | Path, rows: list[dict]) -> Path:
-    path = Path(folder) / DUO_TEMPERATURE_FILE
-    safe_io.upsert_csv(path, pd.DataFrame(rows, columns=DUO_TEMPERATURE_COLUMNS), ["model_large", "model_small"],
-                       DUO_TEMPERATURE_COLUMNS, required=["temperature_large", "temperature_small"])
-    return path
+def queue_duo_temperatures(outputs: safe_io.Outputs, folder: str | Path, rows: list[dict]) -> Path:
+    """Queue stage-3 rows (one per pair, replacing that pair's row) for <folder>/temperature_duo.csv."""
+    return outputs.upsert(Path(folder) / DUO_TEMPERATURE_FILE, pd.DataFrame(rows, columns=DUO_TEMPERATURE_COLUMNS),
+                          ["model_large", "model_small"], DUO_TEMPERATURE_COLUMNS,
+                          required=["temperature_large", "temperature_small"],
+                          validate=lambda frame, path: read_duo_weights(path))
 
 
 def duo_temperature_row(large: str, small: str, weight_large: float, weight_small: float, val_nll: float,
-                        n_val: int) -> dict:
+                        n_val: int, dataset: str | None = None, digests: tuple = (None, None)) -> dict:
     return {"model_large": large, "model_small": small,
             "temperature_large": weight_to_temperature(weight_large),
             "temperature_small": weight_to_temperature(weight_small),
-            "weight_large": weight_large, "weight_small": weight_small, "val_nll": val_nll, "n_val": n_val}
+            "weight_large": weight_large, "weight_small": weight_small, "val_nll": val_nll, "n_val": n_val,
+            "dataset": dataset, "digest_large": digests[0], "digest_small": digests[1]}

@@ -16,10 +16,14 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from utils.errors import UserError
 from utils.maths import uncertainty_metrics as um
 
 SAC_LEVELS = tuple(range(90, 100))
 FEWEST_RESAMPLES, MOST_RESAMPLES = 100, 100_000   # fewer leave a 95% interval's tails a handful of draws
+# Fewer test samples than this and the resamples take too few distinct values for a 95% percentile interval to
+# mean anything (with 1 sample every resample is the same: a zero-width interval); such a split is refused.
+FEWEST_SAMPLES = 20
 CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per float64 array
 # An interval that excludes 0 only by rounding (a duo whose fit reverted to f_large differs from the TS large
 # model by ~1e-9 in NLL) is no finding: significance needs a bound beyond this, in the metric's own units.
@@ -27,8 +31,17 @@ NEGLIGIBLE = 1e-9
 
 
 def excludes_zero(low, high):
-    """Whether a [low, high] interval (scalars or arrays) lies clear of 0 by more than NEGLIGIBLE."""
-    return (np.asarray(low) > NEGLIGIBLE) | (np.asarray(high) < -NEGLIGIBLE)
+    """Whether a [low, high] interval (scalars or arrays) lies clear of 0 by more than NEGLIGIBLE; an interval of
+    zero width (every resample gave the same difference: a degenerate split) never does."""
+    low, high = np.asarray(low), np.asarray(high)
+    return ((low > NEGLIGIBLE) | (high < -NEGLIGIBLE)) & (high > low)
+
+
+def check_samples(n: int, where: str) -> None:
+    """A split of `n` samples can be bootstrapped (FEWEST_SAMPLES or more); else an error naming `where`."""
+    if n < FEWEST_SAMPLES:
+        raise UserError(f"{where}: {n} sample(s), too few for a paired bootstrap (it needs {FEWEST_SAMPLES} or more: "
+                        f"fewer give intervals that mean nothing); evaluate without --bootstrap, or on a larger split")
 
 
 @dataclass
@@ -206,6 +219,7 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
     several = isinstance(terms, list)
     members = terms if several else [terms]
     n = len(members[0].correct)
+    check_samples(n, "the paired bootstrap")
     rng = np.random.default_rng(seed)
     chunk = max(1, CHUNK_ENTRIES // n)
     parts = [[] for _ in members]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from utils.cli.parsing import UserError
+from utils.errors import UserError
 from utils.maths.duo_modes import temperature_to_weight, weight_to_temperature
 from utils.maths.uncertainty_metrics import map_row_blocks
 

@@ -15,10 +15,13 @@ Every mode also reports `entropy` = H(p) and `kl_disagreement` = its softmax-res
 + 0.1 * KL(p_s || p_l), with p_l, p_s the members' probabilities under the mode's own scaling
 (1 for unweighted, 1/T^single for unweighted_ts, 1/T^duo = 2w for the duo modes).
 
-`combine="probs"` averages the members' probabilities under those same scalings instead of their
-logits: p = (softmax(a_l l) + softmax(a_s s)) / 2 (the usual ensemble average for unweighted and
-unweighted_ts; for the duo modes each member at its duo temperature, whose weights stage 3 fitted for
-the logit average). The prediction and uncertainty rules of the table are unchanged.
+`combine="probs"` averages the members' probabilities instead of their logits. For unweighted and
+unweighted_ts it is the usual ensemble average of the scaled members, p = (softmax(a_l l) + softmax(a_s s)) / 2.
+For the duo modes the fitted weights keep their meaning as a mixture: writing them as a sharpness c = w_l + w_s
+and shares pi = w / c (so that z_duo = c (pi_l l + pi_s s) is the logit form), the probability form is
+p = pi_l softmax(c l) + pi_s softmax(c s). A weight of 0 removes its member (w_s = 0 gives softmax(w_l l),
+exactly the logit form), and w = (0.5, 0.5) gives the plain average. The prediction and uncertainty rules of
+the table are unchanged; the kl_disagreement term keeps the logit form's member scalings.
 """
 from __future__ import annotations
 
@@ -73,12 +76,25 @@ def member_scales(mode: str, temps: DuoTemperatures) -> tuple[float, float]:
     return 2.0 * temps.weight_large, 2.0 * temps.weight_small
 
 
+def mixture(mode: str, temps: DuoTemperatures) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The probability form of a mode (combine="probs"): (each member's logit scale, each member's share of the
+    average). The duo modes: the common sharpness c = w_l + w_s and the shares w / c (see the module's docstring);
+    both weights 0 give uniform p."""
+    if _COMBINATION[mode] != "duo":
+        return member_scales(mode, temps), (0.5, 0.5)
+    total = temps.weight_large + temps.weight_small
+    if total == 0:
+        return (0.0, 0.0), (0.5, 0.5)
+    return (total, total), (temps.weight_large / total, temps.weight_small / total)
+
+
 def combined_logits(logits_large, logits_small, mode: str, temps: DuoTemperatures,
                     combine: str = "logits") -> um.WeightedLogits | um.ProbabilityMixture:
-    """z with p = softmax(z): the scaled members' logit average, or the log of their probability average."""
-    scale_large, scale_small = member_scales(mode, temps)
+    """z with p = softmax(z): the scaled members' logit average, or the log of their probability mixture."""
     if combine == "probs":
-        return um.ProbabilityMixture([logits_large, logits_small], [scale_large, scale_small])
+        scales, shares = mixture(mode, temps)
+        return um.ProbabilityMixture([logits_large, logits_small], scales, shares)
+    scale_large, scale_small = member_scales(mode, temps)
     if combine != "logits":
         raise ValueError(f"unknown combine '{combine}'; choose from {', '.join(COMBINE)}")
     return um.WeightedLogits([logits_large, logits_small], [scale_large / 2.0, scale_small / 2.0])

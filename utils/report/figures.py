@@ -21,119 +21,17 @@ SERIES_COLORS = {label: color for color, label in MODE_STYLE.values()}
 FIGURE_METRICS = ("Acc", "F1", "NLL", "ECE", "CP_AUROC", "AURC", "SAC@98")     # Figs. 3-6 and more
 
 
-def save_figure(fig, path: Path, dpi: int) -> None:
-    """PNG written atomically (a killed report never leaves a half-written figure)."""
+def save_figure(fig, path, dpi: int) -> None:
+    """The figure as PNG bytes, handed to `path` when it is a callable (the report queues them with its other
+    outputs), else written atomically to that file."""
+    import io
     from utils.files import safe_io
-    with safe_io.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-
-
-RESULT_KEYS = {"single_model": ["model", "wrapper", "uncertainty_type", "split"],
-               "duo": ["model_large", "model_small", "mode", "uncertainty_type", "split"],
-               "deep_ensemble": ["model", "m", "subset", "uncertainty_type", "split"],
-               "duo_delta": ["model_large", "model_small", "mode", "uncertainty_type", "split", "metric"],
-               "cascade": ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "split"],
-               "single_model_delta": ["model", "wrapper", "uncertainty_type", "split", "metric"],
-               "deep_ensemble_delta": ["model", "m", "uncertainty_type", "split", "metric"]}
-NAME_COLUMNS = ("model", "model_large", "model_small", "base")
-NUMBER_COLUMNS = {"single_model": ["gflops"], "duo": ["gflops_large", "gflops_small", "gflops_balance"],
-                  "deep_ensemble": ["m"], "duo_delta": ["gflops_balance", "delta", "ci_low", "ci_high", "B", "seed"],
-                  "cascade": ["target", "tau", "deferred", "gflops_large", "gflops_small", "gflops_expected"],
-                  "single_model_delta": ["delta", "ci_low", "ci_high", "B", "seed"],
-                  "deep_ensemble_delta": ["m", "subsets", "delta", "ci_low", "ci_high", "B", "seed"]}
-# --combine probs writes the same tables under kinds <kind>_probs
-for _kind in ("duo", "deep_ensemble", "duo_delta", "deep_ensemble_delta"):
-    _probs = _kind.replace("_delta", "_probs_delta") if _kind.endswith("_delta") else f"{_kind}_probs"
-    RESULT_KEYS[_probs], NUMBER_COLUMNS[_probs] = RESULT_KEYS[_kind], NUMBER_COLUMNS[_kind]
-
-
-def read_results(results_dir: Path, kind: str) -> pd.DataFrame:
-    """All splits of evaluation_<kind>_<dataset>[_ood].csv in a folder, with a 'dataset' column. A file
-    that cannot be read, lacks a column the report uses, has a row without its key, a key twice, a model
-    name that is not a plain name or a number column that holds text is an error naming file, row and
-    column (an empty cell, or nan, is a missing value)."""
-    from utils.cli.parsing import UserError
-    from utils.files import safe_io
-    from utils.files.model_names import check_plain_name
-    from utils.maths.uncertainty_metrics import METRIC_COLUMNS
-    frames = []
-    # evaluation_duo_* also matches the files of the kinds duo_delta, duo_probs, ...: those are not this kind's
-    others = [other[len(kind) + 1:] + "_" for other in RESULT_KEYS if other.startswith(f"{kind}_")]
-    for path in sorted(Path(results_dir).glob(f"evaluation_{kind}_*.csv")):
-        dataset = path.stem[len(f"evaluation_{kind}_"):].removesuffix("_ood")
-        if any(dataset.startswith(prefix) for prefix in others):
-            continue
-        keys = RESULT_KEYS[kind]
-        frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""], dtype=str)
-        numbers = NUMBER_COLUMNS[kind] + ([] if kind.endswith("_delta") else list(METRIC_COLUMNS))
-        missing = [c for c in dict.fromkeys([*keys, *numbers]) if c not in frame.columns]
-        if missing:
-            raise UserError(f"{path}: lacks column(s) {missing}; rerun the stage that writes it")
-        blank = frame[keys].isna().any(axis=1).to_numpy()
-        if blank.any():
-            raise UserError(f"{path}: data row {int(blank.argmax()) + 1} has an empty {', '.join(keys)} cell; rerun "
-                            f"the stage that writes it")
-        for column in numbers:
-            text = frame[column]
-            values = pd.to_numeric(text.where(text.str.casefold() != "nan"), errors="coerce")
-            bad = (values.isna() & text.notna() & (text.str.casefold() != "nan")).to_numpy()
-            if bad.any():
-                row = int(bad.argmax())
-                raise UserError(f"{path}: data row {row + 1}, column {column}: {text.iloc[row]!r} is not a number; "
-                                f"rerun the stage that writes it")
-            frame[column] = values.astype(float)
-        if not kind.endswith("_delta"):
-            _check_ranges(frame, path, kind)
-        if kind.endswith("_delta"):
-            unset = frame[["B", "seed"]].isna().any(axis=1).to_numpy()
-            swapped = (frame["ci_low"] > frame["ci_high"]).to_numpy()
-            for bad, what in ((unset, "an empty B or seed cell"), (swapped, "ci_low above ci_high")):
-                if bad.any():
-                    raise UserError(f"{path}: data row {int(bad.argmax()) + 1} has {what}; rerun the stage that wrote it "
-                                    f"with --bootstrap")
-        if kind.startswith("deep_ensemble"):
-            if not (np.isfinite(frame["m"]) & (frame["m"] >= 1) & (frame["m"] % 1 == 0)).all():
-                raise UserError(f"{path}: column m must hold whole ensemble sizes >= 1; rerun stage 8")
-            frame["m"] = frame["m"].astype(int)
-        twice = frame.duplicated(keys).to_numpy()
-        if twice.any():
-            row = int(twice.argmax())
-            key = ", ".join(f"{k}={frame[k].iloc[row]}" for k in keys)
-            raise UserError(f"{path}: data row {row + 1} repeats the key ({key}) of an earlier "
-                            f"row; remove one (the stages never write a key twice)")
-        for column in (c for c in NAME_COLUMNS if c in frame.columns):
-            for name in frame[column].unique():
-                check_plain_name(name, f"{path}: {column}")
-        frame["dataset"] = dataset
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def _check_ranges(frame: pd.DataFrame, path: Path, kind: str) -> None:
-    """Metrics are fractions (NLL: >= 0), a cascade's order and selection are the stage's words, its deferred share
-    a fraction: a hand-edited 7 for 0.7 is an error, never a 700 % in a table or on a Pareto front."""
-    from utils.cli.parsing import UserError
-    from utils.maths.cascades import ORDERS
-    from utils.maths.uncertainty_metrics import METRIC_COLUMNS
-    slack = 1e-9                                  # E-AURC = AURC - oracle may round a hair below 0
-    checks = [(m, -slack, 1 + slack) for m in METRIC_COLUMNS if m != "NLL"] + [("NLL", 0.0, np.inf)]
-    if kind == "cascade":
-        checks.append(("deferred", 0.0, 1.0))
-    for column, low, high in checks:
-        values = frame[column].astype(float)
-        bad = (values < low) | (values > high)
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UserError(f"{path}: data row {row + 1}, column {column}: {values.iloc[row]:g} is outside "
-                            f"[{low if low >= 0 else 0:g}, {high:g}] (metrics are fractions, not percent); rerun the "
-                            f"stage that writes it")
-    if kind == "cascade":
-        for column, allowed in (("order", ORDERS), ("selection", ("sweep", "val_budget"))):
-            bad = ~frame[column].isin(allowed)
-            if bad.any():
-                row = int(np.flatnonzero(bad.to_numpy())[0])
-                raise UserError(f"{path}: data row {row + 1}, column {column}: {frame[column].iloc[row]!r} is not one "
-                                f"of {', '.join(allowed)}; rerun stage 7")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    if callable(path):
+        path(buffer.getvalue())
+    else:
+        safe_io.write_bytes(path, buffer.getvalue())
 
 
 def radar_figure(polygons: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,

@@ -1,6 +1,6 @@
 """The paper's tables (1-4) and the numbers behind its figures (1, 10), from result rows alone.
 
-Every function takes the result frames of one dataset (as `figures.read_results` returns them) and
+Every function takes the result frames of one dataset (as `utils.files.results.read_results` returns them) and
 returns plain frames; `9_make_report.py` writes them with their captions. Each spread is the sample
 standard deviation (ddof = SPREAD_DDOF) over what the caption names: checkpoints, subsets, duos or
 repeated sampling.
@@ -16,7 +16,7 @@ import pandas as pd
 from utils.files.model_names import SOUP_SUFFIXES
 from utils.maths.bootstrap import excludes_zero
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS
-from utils.stages.scoring import DUO_RESULT_COLUMNS, SPREAD_DDOF
+from utils.stages.scoring import SPREAD_DDOF
 
 # The paper's units: Acc, F1, ECE, AUROC and SAC in %; NLL and AURC x100; Brier x10^4 (it is the mean
 # over all N*K entries, so x10^4 brings it to the paper's magnitudes).
@@ -73,8 +73,6 @@ def single_rows(single: pd.DataFrame, models, split: str | None, wrapper: str = 
 def asymmetric_duos(duos: pd.DataFrame, split: str | None = None, soups: bool = False) -> pd.DataFrame:
     """The paper's method: asymmetric mode, softmax-response uncertainty, with a known FLOPs cost; duos
     whose large model is a soup only with `soups` (they are Fig. 7's, not the pooled tables')."""
-    if duos.empty:                        # no duo results at all: an empty table with the duo columns
-        return pd.DataFrame(columns=[*METRIC_COLUMNS, *DUO_RESULT_COLUMNS])
     chosen = duos[(duos["mode"] == "asymmetric") & (duos["uncertainty_type"] == "softmax_response")]
     if not soups:
         chosen = chosen[~chosen["model_large"].str.endswith(SOUP_SUFFIXES)]
@@ -292,12 +290,14 @@ def radar_summary(values: pd.DataFrame, metrics=RADAR_METRICS) -> tuple[np.ndarr
 
 def temperature_ratios(weights: dict, singles: dict, balances: pd.Series) -> pd.DataFrame:
     """Fig. 10's quantity per duo: (T_l^single / T_l^duo) / (T_s^single / T_s^duo), with T^duo = 1 / (2 w),
-    i.e. (w_l T_l^single) / (w_s T_s^single); duos that reverted to the large model (w_s = 0) have none."""
+    i.e. (w_l T_l^single) / (w_s T_s^single); duos that reverted to the large model (w_s = 0) have none.
+    `weights` and `singles` as utils/files/tables reads them (values recorded with their provenance)."""
     rows = []
-    for (large, small), (w_large, w_small) in weights.items():
+    for (large, small), recorded in weights.items():
+        w_large, w_small = recorded.value
         if (large, small) not in balances.index or large not in singles or small not in singles:
             continue
-        ratio = math.inf if w_small == 0 else (w_large * singles[large]) / (w_small * singles[small])
+        ratio = (math.inf if w_small == 0 else (w_large * singles[large].value) / (w_small * singles[small].value))
         rows.append({"model_large": large, "model_small": small, "gflops_balance": float(balances.loc[(large, small)]),
                      "ratio": ratio})
     return pd.DataFrame(rows, columns=["model_large", "model_small", "gflops_balance", "ratio"])

@@ -6,34 +6,17 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 
-from utils.cli.parsing import UserError, warn
-from utils.files import safe_io
-from utils.files.model_names import check_plain_name
-from utils.files.prediction_io import PredictionSet, list_prediction_files, normalise_predictions_dir, read_predictions
+from utils.errors import UserError, warn
+from utils.files.prediction_io import (PredictionSet, aligned, list_prediction_files, normalise_predictions_dir,
+                                       read_predictions)
+from utils.files.results import EVAL_SPLITS, check_dataset_name
 from utils.maths import uncertainty_metrics as um
 
-EVAL_SPLITS = ("test", "ood_test")
 SINGLE_UNCERTAINTY_TYPES = ("softmax_response", "entropy")
-SINGLE_RESULT_COLUMNS = ["model", "wrapper", "uncertainty_type", "gflops", "params", "split"]
-DUO_RESULT_COLUMNS = ["model_large", "model_small", "mode", "uncertainty_type", "gflops_large", "gflops_small",
-               "gflops_balance", "split"]
-ALWAYS_DEFINED = ("Acc", "Brier", "NLL", "ECE")      # CP_AUROC alone may be NaN (all or no prediction correct)
 # Every spread this project reports (stage 8's std rows, the report's ± and its shaded bands) is the sample
 # standard deviation (ddof = 1) over subsets, seeds or duos; one value has none.
 SPREAD_DDOF = 1
-ENSEMBLE_RESULT_COLUMNS = ["model", "m", "subset", "members", "uncertainty_type", "split"]
-# stage 5 --bootstrap: each duo x mode x uncertainty type x metric against the temperature-scaled large model
-DELTA_VALUE_COLUMNS = ["delta", "ci_low", "ci_high", "significant", "B", "seed"]
-DELTA_RESULT_COLUMNS = DUO_RESULT_COLUMNS + ["metric"]
-# stage 7: one row per duo x order x uncertainty type x threshold (a sweep point or a val-fitted budget)
-# stage 4 --bootstrap: each baseline (soup, IVON, Laplace) raw and TS against its temperature-scaled backbone
-SINGLE_DELTA_RESULT_COLUMNS = ["model", "base", "wrapper", "uncertainty_type", "split", "metric"]
-# stage 8 --bootstrap: DE(m), the mean over its subsets, against the temperature-scaled base model
-ENSEMBLE_DELTA_RESULT_COLUMNS = ["model", "m", "base", "subsets", "uncertainty_type", "split", "metric"]
-CASCADE_RESULT_COLUMNS = ["model_large", "model_small", "order", "uncertainty_type", "selection", "target", "tau",
-                          "deferred", "gflops_large", "gflops_small", "gflops_expected", "split"]
 
 
 _LARGEST_LOGIT = 1e300       # beyond this, softmax's differences of logits overflow float64
@@ -81,49 +64,6 @@ def single_model_metrics(logits, labels: np.ndarray, uncertainty_types: Iterable
                                   uncertainties, stats)
 
 
-def results_path(output_dir: str | Path, kind: str, dataset: str, split: str) -> Path:
-    return Path(output_dir) / f"evaluation_{kind}_{dataset}{'_ood' if split == 'ood_test' else ''}.csv"
-
-
-def write_results(output_dir: str | Path, kind: str, dataset: str, rows: list[dict],
-                  descriptive_columns: list[str], key_columns: list[str],
-                  value_columns=um.METRIC_COLUMNS, always_defined=ALWAYS_DEFINED,
-                  replace_groups: list[str] | None = None) -> list[Path]:
-    """Upsert rows into one results file per split (test and ood_test), value (metric) columns first
-    (`replace_groups`: see safe_io.upsert_csv)."""
-    frame = pd.DataFrame(rows)
-    columns = list(value_columns) + descriptive_columns
-    if len(frame):
-        defined = frame[list(always_defined)].to_numpy(dtype=np.float64)
-        if not np.isfinite(defined).all():          # the last guard: a NaN never reaches a results table
-            row = frame.iloc[int(np.flatnonzero(~np.isfinite(defined).all(axis=1))[0])]
-            raise UserError(f"non-finite {', '.join(always_defined)} for {row[key_columns].tolist()}; nothing was "
-                            f"written to {output_dir}: check the prediction files and temperatures")
-    written = []
-    for split in EVAL_SPLITS:
-        part = frame[frame["split"] == split] if len(frame) else frame
-        if part.empty:
-            continue
-        path = results_path(output_dir, kind, dataset, split)
-        safe_io.upsert_csv(path, part[columns], key_columns, columns, replace_groups=replace_groups)
-        written.append(path)
-    return written
-
-
-# evaluation_<kind>_<dataset>: a dataset named probs_x or delta_x would share its files with another kind's
-# (evaluation_duo_probs_x.csv is kind duo_probs of x and kind duo of probs_x)
-RESERVED_DATASET_PREFIXES = ("probs_", "delta_")
-
-
-def check_dataset_name(name: str, what: str) -> str:
-    """A dataset name that can be part of result file names: plain, and not starting with a reserved prefix."""
-    check_plain_name(name, what)
-    if name.casefold().startswith(RESERVED_DATASET_PREFIXES):
-        raise UserError(f"{what}: '{name}' starts with {' or '.join(RESERVED_DATASET_PREFIXES)}, which result file names "
-                        f"use for --combine probs and --bootstrap files; pass --dataset with another name")
-    return name
-
-
 def resolve_dataset(flag: str | None, recorded: Iterable[str | None], predictions_dir: str | Path) -> str:
     """The dataset name for result file names: --dataset, else the one the prediction files record,
     else (CSV files carry no metadata) the predictions folder's name."""
@@ -163,7 +103,6 @@ class PredictionCache:
 def paired_splits(large: PredictionSet, small: PredictionSet):
     """(split, large's data, small's data aligned to it by id) for each evaluation split both files hold; a split
     the sidekick lacks is skipped with a warning."""
-    from utils.files.prediction_io import align
     large.split("test", "to evaluate the duo")
     for split in EVAL_SPLITS:
         if split not in large.splits:
@@ -171,8 +110,7 @@ def paired_splits(large: PredictionSet, small: PredictionSet):
         if split not in small.splits:
             warn(f"{large.model} + {small.model}: {small.source} has no '{split}' split; skipped it")
             continue
-        data_large = large.splits[split]
-        yield split, data_large, align(data_large, small.splits[split], large.source, small.source, split)
+        yield split, large.splits[split], aligned(large, small, split)
 
 
 def find_duo_files(duos, predictions_dir: str, strict: bool) -> tuple[list, list[str]]:
@@ -244,12 +182,13 @@ def delta_rows(base: dict, other: dict, resamples: int, seed: int, descriptive: 
     return rows
 
 
-def baseline_delta_rows(files, temperatures, uncertainty_types, resamples: int, seed: int) -> list[dict]:
+def baseline_delta_rows(files, calibration, uncertainty_types, resamples: int, seed: int) -> list[dict]:
     """Rows of evaluation_single_model_delta: every baseline file among `files` (name -> path; a soup, IVON or
     Laplace predictive of a backbone that is among them too), raw and temperature-scaled, minus its
-    temperature-scaled backbone, on the samples both predicted (aligned by id)."""
+    temperature-scaled backbone, on the samples both predicted (aligned by id). `calibration`: the stage's
+    utils/stages/calibration.Calibration."""
     from utils.files.model_names import baseline_backbone
-    from utils.files.prediction_io import align
+    from utils.maths import bootstrap
     derived: dict[str, list[str]] = {}
     for name in files:
         backbone = baseline_backbone(name)
@@ -258,7 +197,11 @@ def baseline_delta_rows(files, temperatures, uncertainty_types, resamples: int, 
     rows = []
     for backbone, names in sorted(derived.items()):
         base_set = read_predictions(files[backbone])
-        baselines = {split: resampled_baseline(scaled_terms(data.logits, data.labels, temperatures[backbone],
+        base_temperature = calibration.temperature(base_set)
+        for split, data in base_set.splits.items():
+            if split in EVAL_SPLITS:
+                bootstrap.check_samples(len(data), f"{base_set.source}: split '{split}'")
+        baselines = {split: resampled_baseline(scaled_terms(data.logits, data.labels, base_temperature,
                                                             uncertainty_types), resamples, seed)
                      for split, data in base_set.splits.items() if split in EVAL_SPLITS}
         for name in sorted(names):
@@ -266,10 +209,12 @@ def baseline_delta_rows(files, temperatures, uncertainty_types, resamples: int, 
             for split, base in baselines.items():
                 if split not in other.splits:
                     continue
-                data = align(base_set.splits[split], other.splits[split], base_set.source, other.source, split)
-                for wrapper, temperature in (("None", 1.0), ("TempScaleWrapper", temperatures[name])):
+                data = aligned(base_set, other, split)
+                for wrapper, temperature in (("None", 1.0), ("TempScaleWrapper", calibration.temperature(other))):
                     terms = scaled_terms(data.logits, data.labels, temperature, uncertainty_types)
                     rows += delta_rows(base, terms, resamples, seed,
-                                       {"model": name, "base": backbone, "wrapper": wrapper, "split": split})
+                                       {"model": name, "base": backbone, "wrapper": wrapper, "split": split,
+                                        "digest": other.digest, "digest_base": base_set.digest,
+                                        "temperature": temperature, "temperature_base": base_temperature})
             print(f"{name}: paired bootstrap against the temperature-scaled {backbone} (B={resamples})")
     return rows
