@@ -176,9 +176,8 @@ def resolve_dataset_flag(args) -> str:
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.name_prefix and (check_plain_name(args.name_prefix, "--name_prefix").startswith(".")):
-        raise UserError(f"--name_prefix: {args.name_prefix!r} would make hidden files, which no stage reads; start it "
-                        f"with a letter or digit")
+    if args.name_prefix:
+        check_plain_name(args.name_prefix, "--name_prefix")
     args.dataset = resolve_dataset_flag(args)
     args = flags.with_dataset_config(args, keep_unset=("image_size",))
     data_dir, ood_dir = args.data_dir, args.ood_dir

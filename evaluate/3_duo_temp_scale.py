@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from utils.cli.parsing import ArgumentParser, UserError, run_main
+from utils.cli.parsing import ArgumentParser, add_backbone_csv, UserError, run_main
 from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, resolve_prediction_path
 from utils.maths import calibrate_temperature
@@ -22,6 +22,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--large_model_pred", metavar="FILE", help="prediction file of the large model")
     parser.add_argument("--small_model_pred", metavar="FILE", help="prediction file of the sidekick")
+    add_backbone_csv(parser, "fills the gflops a duos CSV lacks (a given gflops_balance must agree with them)")
     parser.add_argument("--config", "--duo_csv_path", metavar="CSV", help="fit every (model_large, model_small) row")
     parser.add_argument("--predictions_dir", "--prediction_dir_path", default="./predictions", metavar="DIR",
                         help="with --config: folder of prediction files (default ./predictions)")
@@ -45,7 +46,7 @@ def main_impl(argv=None) -> int:
             raise UserError("--large_model_pred and --small_model_pred go together")
         jobs = [(resolve_prediction_path(args.large_model_pred), resolve_prediction_path(args.small_model_pred))]
     else:
-        found, skipped = find_duo_files(tables.read_duos(args.config), args.predictions_dir, args.strict)
+        found, skipped = find_duo_files(tables.read_duos(args.config, tables.read_backbones(args.backbone_csv)), args.predictions_dir, args.strict)
         jobs = [(large, small) for _, large, small in found]
         if not jobs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")

@@ -20,7 +20,7 @@ import torch
 
 from load_models import dynamic_duo
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, non_negative_int, positive_int, run_main
+from utils.cli.parsing import ArgumentParser, add_backbone_csv, UserError, non_negative_int, positive_int, run_main
 from utils.files import safe_io, tables
 from utils.files.prediction_io import aligned, check_output_folder, read_features, resolve_prediction_path
 from utils.files.results import EVAL_SPLITS, queue_results
@@ -34,6 +34,7 @@ def build_parser() -> ArgumentParser:
         flags.result_dataset()])
     parser.add_argument("--large_model_pred", metavar="FILE", help="prediction file of the large model")
     parser.add_argument("--small_model_pred", metavar="FILE", help="prediction file of the sidekick")
+    add_backbone_csv(parser, "fills the gflops a duos CSV lacks (a given gflops_balance must agree with them)")
     parser.add_argument("--config", "--duo_csv_path", metavar="CSV", help="every (model_large, model_small) row")
     parser.add_argument("--mode", choices=dynamic_duo.MODES, default="concat", help="which features feed each temperature")
     parser.add_argument("--optimizer", choices=dynamic_duo.OPTIMIZERS, default="lbfgs",
@@ -48,7 +49,7 @@ def main_impl(argv=None) -> int:
     if bool(args.large_model_pred and args.small_model_pred) == bool(args.config):
         raise UserError("give --large_model_pred and --small_model_pred, or --config DUOS_CSV")
     if args.config:
-        found, _ = find_duo_files(tables.read_duos(args.config), args.predictions_dir, strict=False)
+        found, _ = find_duo_files(tables.read_duos(args.config, tables.read_backbones(args.backbone_csv)), args.predictions_dir, strict=False)
         pairs = [(large, small, duo) for duo, large, small in found]
         if not pairs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")

@@ -232,6 +232,7 @@ def main_impl(argv=None) -> int:
     dataset = resolve_dataset(args.dataset, [m.dataset for m in members] + [base_set and base_set.dataset],
                               args.predictions_dir)
     digest = hashlib.sha256("|".join(m.digest for m in members).encode()).hexdigest()[:DIGEST_LENGTH]
+    member_digests = "|".join(f"{m.model}:{m.digest}" for m in members)
 
     resampled: dict = {}            # (m, split, uncertainty type) -> [(point, resampled metrics) of each subset]
     rows = []
@@ -251,7 +252,8 @@ def main_impl(argv=None) -> int:
                 for uncertainty, metrics in single_model_metrics(pooled, splits[split][0].labels,
                                                                  args.uncertainty_types, kept).items():
                     rows.append({**metrics, "model": name, "m": size, "subset": str(number), "members": label,
-                                 "uncertainty_type": uncertainty, "split": split, "digest": digest})
+                                 "uncertainty_type": uncertainty, "split": split, "digest": digest,
+                                 "member_digests": member_digests})
                 if args.bootstrap:
                     terms = scaled_terms(mean, splits[split][0].labels, temperature, args.uncertainty_types)
                     for kind, found in resampled_baseline(terms, args.bootstrap, args.bootstrap_seed).items():
@@ -265,7 +267,8 @@ def main_impl(argv=None) -> int:
             statistics.append(("std", group[METRIC_COLUMNS].std(ddof=SPREAD_DDOF)))
         for statistic, values in statistics:
             summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
-                              "uncertainty_type": uncertainty, "split": split, "digest": digest})
+                              "uncertainty_type": uncertainty, "split": split, "digest": digest,
+                                 "member_digests": member_digests})
     kind = "deep_ensemble" if args.combine == "logits" else f"deep_ensemble_{args.combine}"
     written = queue_results(outputs, args.output_dir, kind, dataset, rows + summaries)
     deltas = ensemble_deltas(resampled, base_name, base, base_set, splits, name, digest, args) if resampled else []

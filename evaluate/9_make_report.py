@@ -356,14 +356,18 @@ def add_figures(report: Report, args, single, duos, large_models, ratio_inputs, 
                   "fig10_temperature_ratio", lambda path: figures.temperature_ratio_figure(points, path))
 
 
-def curves_for(predictions_dir, calibration: Calibration, large: str, small: str | None):
-    """Risk-coverage and reliability data of the TS large model and its asymmetric duo."""
+def curves_for(predictions_dir, calibration: Calibration, large: str, small: str | None, found):
+    """Risk-coverage and reliability data of the TS large model and its asymmetric duo, from the prediction files
+    the result rows were computed from (`found`: their facts)."""
     large_path = find_prediction_file(predictions_dir, large)
     if large_path is None:
         return None
     large_set = read_predictions(large_path)
     small_path = find_prediction_file(predictions_dir, small) if small else None
     small_set = read_predictions(small_path) if small_path else None
+    for pset in (large_set, small_set):
+        if pset is not None:
+            results_schema.check_predictions_against(found, pset, "the report's curves")
     curves = {}
     for split in SPLITS:
         if split not in large_set.splits:
@@ -389,7 +393,7 @@ def curves_for(predictions_dir, calibration: Calibration, large: str, small: str
     return curves
 
 
-def add_curves(report: Report, args, duos, large_models, calibration: Calibration) -> None:
+def add_curves(report: Report, args, duos, large_models, calibration: Calibration, found) -> None:
     if not args.predictions_dir:
         report.skip("Risk-coverage and reliability curves", "no --predictions_dir")
         return
@@ -397,7 +401,7 @@ def add_curves(report: Report, args, duos, large_models, calibration: Calibratio
         test_duos = duos[(duos["model_large"] == large) & (duos["mode"] == "asymmetric")
                          & (duos["uncertainty_type"] == "softmax_response") & (duos["split"] == "test")] if len(duos) else duos
         best = test_duos.sort_values("NLL")["model_small"].iloc[0] if len(test_duos) else None
-        curves = curves_for(args.predictions_dir, calibration, large, best)
+        curves = curves_for(args.predictions_dir, calibration, large, best, found)
         if not curves:
             report.skip(f"Curves ({large})", f"no prediction file of {large} in {args.predictions_dir}")
             continue
@@ -542,7 +546,7 @@ def main_impl(argv=None) -> int:
     add_figures(report, args, single, duos, large_models, ratio_inputs, deltas)
     if not large_models:
         report.skip("Figs. 3-7, 10 and the curves", f"no duo results of {dataset} in {results} (run stage 5)")
-    add_curves(report, args, duos, large_models, calibration)
+    add_curves(report, args, duos, large_models, calibration, found)
     add_cascades(report, cascade, single, duos)
     add_pareto(report, single, duos, ensembles, cascade)
     for draw, path in report.figures:

@@ -361,6 +361,8 @@ def write_slurm(plan: Plan, all_steps, outputs: safe_io.Outputs, generated: Gene
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     config, path = load_pipeline(args.config)
+    if args.output_root is not None and not args.output_root.strip():
+        raise UserError("--output_root: empty; name the folder the run's outputs go to (e.g. runs/my_run)")
     # a smoke run never lands in the real run's folder, whose finished steps it would then stand in for
     root = args.output_root or config.get("output_root", "runs/pipeline") + ("_tiny" if args.tiny else "")
     plan = Plan(config, Path(root), args.tiny)

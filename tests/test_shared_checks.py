@@ -255,6 +255,23 @@ def test_a_flops_balance_that_contradicts_the_costs_is_refused(tmp_path, stage, 
     assert code == 2 and "gflops_balance 0.5 is not gflops_small / gflops_large = 0.1" in err, err
 
 
+@pytest.mark.parametrize("script", [S3, S5, S7, "evaluate/3dy_duo_temp_scale.py"])
+def test_a_flops_balance_that_contradicts_the_looked_up_costs_is_refused(tmp_path, stage, script):
+    # empty gflops are filled from configs/backbones.csv (ConvNeXt_Tiny / ConvNeXt_Base is about 0.29)
+    for pset in make_duo_logits(num_classes=4, models=("ConvNeXt_Base", "ConvNeXt_Tiny")).values():
+        write_set(pset, tmp_path / "predictions")
+    duos = tmp_path / "duos.csv"
+    duos.write_text("model_large,model_small,gflops_balance\nConvNeXt_Base,ConvNeXt_Tiny,0.9\n")
+    code, _, err = stage(script, "--config", duos, "--predictions_dir", tmp_path / "predictions", "--output_dir",
+                         tmp_path / "out")
+    assert code == 2 and "gflops_balance 0.9 is not gflops_small / gflops_large" in err, err
+
+
+def test_an_empty_output_root_flag_is_refused(tmp_path, stage):
+    code, _, err = stage(PIPE, "--config", "configs/pipeline_mnist5k.yaml", "--print_slurm", "--output_root", "")
+    assert code == 2 and "--output_root: empty" in err, err
+
+
 @pytest.mark.parametrize("script", [S5, S7, S9])
 def test_duo_weights_that_contradict_their_temperatures_are_refused(tmp_path, stage, script):
     for pset in make_duo_logits(num_classes=4).values():

@@ -89,7 +89,7 @@ def test_name_prefix_names_the_trials_of_a_search(caltech, stage):
     assert sorted(p.name for p in (root / "preds").iterdir()) == ["resnet10t_trial0.npz", "resnet10t_trial1.npz"]
     assert read_predictions(root / "preds" / "resnet10t_trial1.npz").model == "resnet10t_trial1"
     for prefix, message in (("../x", "--name_prefix: '../x' is not a plain name"), ("a/", "is not a plain name"),
-                            (".x", "would make hidden files")):
+                            (".x", "a hidden file no stage reads")):
         code, out, err = stage(S1, "--model_dir", trials, "--name_prefix", prefix, *common(root))
         assert code == 2 and message in err, err
     code, out, err = stage(S1, "--dataset", "imagenet", "--model", "resnet18", "--name_prefix", "x_")

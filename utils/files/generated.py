@@ -54,9 +54,9 @@ class GeneratedFiles:
         if path.is_file():
             present = _sha256(path.read_bytes())
             if present != _sha256(data) and self.listed.get(key) != present:
-                why = "was edited since it wrote it" if key in self.listed else "did not write it"
-                raise UserError(f"{path}: exists and {self.owner} {why}; it is left as it is: move it aside (or point "
-                                f"the configuration at it, e.g. duos_csv:), then rerun")
+                why = f"was edited since {self.owner} wrote it" if key in self.listed else f"{self.owner} did not write it"
+                raise UserError(f"{path}: exists and {why}; it is left as it is: move it aside (or point the "
+                                f"configuration at it, e.g. duos_csv:), then rerun")
         outputs.write_bytes(path, data, what)
         self.queued[key] = _sha256(data)
 

@@ -37,12 +37,13 @@ def baseline_backbone(name: str) -> str | None:
 
 
 def check_plain_name(name: str, what: str) -> str:
-    """`name` unchanged if it can safely be a file name: no separators, no '..', not empty."""
+    """`name` unchanged if it can safely be a file name: no separators, not empty, no leading dot (a hidden file,
+    which no stage lists, and '..'), no control characters or surrounding spaces."""
     text = str(name)
-    if (not text.strip() or text in (".", "..") or any(c in text for c in "/\\") or text != text.strip()
+    if (not text.strip() or text.startswith(".") or any(c in text for c in "/\\") or text != text.strip()
             or any(ord(c) < 32 or ord(c) == 127 for c in text)):
-        raise UserError(f"{what}: {text!r} is not a plain name (no path separators, no '..', no control characters, "
-                        f"no leading or trailing spaces); it becomes part of a file name")
+        raise UserError(f"{what}: {text!r} is not a plain name (no path separators, no leading '.': a hidden file no "
+                        f"stage reads, or '..'; no control characters, no leading or trailing spaces); it becomes part of a file name")
     return text
 
 

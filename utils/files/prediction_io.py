@@ -215,7 +215,10 @@ def read_predictions(path: str | Path) -> PredictionSet:
 
 
 def _model_name_of(path: Path) -> str:
-    return path.name[: -len(path.suffix)] if path.suffix else path.name
+    """The model a prediction file holds: its name without the suffix, which must be a plain name (it keys every
+    table row the model gets)."""
+    name = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return check_plain_name(name, f"{path}: the model name (the file's name without {path.suffix or 'a suffix'})")
 
 
 def _npz_problem(exc: Exception) -> str:

@@ -69,8 +69,8 @@ _KINDS = [
     Kind("dynamic_duo", (*_PAIR, "mode", "uncertainty_type", "split"), (*_DUO, "digest_large", "digest_small"),
          ("gflops_large", "gflops_small", "gflops_balance"), (*_PAIR, "mode"), digests=_PAIR_DIGESTS, stage=_S3DY),
     Kind("deep_ensemble", ("model", "m", "subset", "uncertainty_type", "split"),
-         ("model", "m", "subset", "members", "uncertainty_type", "split", "digest"), ("m",), ("model", "m"),
-         stage=_S8),
+         ("model", "m", "subset", "members", "uncertainty_type", "split", "digest", "member_digests"), ("m",),
+         ("model", "m"), stage=_S8),
     Kind("cascade", (*_PAIR, "order", "uncertainty_type", "selection", "target", "split"),
          (*_PAIR, "order", "uncertainty_type", "selection", "target", "tau", "deferred", "gflops_large",
           "gflops_small", "gflops_expected", "split", *_SCALES, "temperature_large", "temperature_small"),
@@ -252,7 +252,7 @@ def check_rows(frame: pd.DataFrame, path: Path, spec: Kind) -> pd.DataFrame:
     return frame
 
 
-_PROVENANCE = {"digest", "digest_large", "digest_small", "digest_base", "temperature", "temperature_base",
+_PROVENANCE = {"digest", "member_digests", "digest_large", "digest_small", "digest_base", "temperature", "temperature_base",
                "temperature_large", "temperature_small", "scale_large", "scale_small"}
 
 
@@ -317,6 +317,12 @@ def facts(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
         if digest_column in rows.columns:
             add("predictions", names(name_column), [(None if pd.isna(d) else str(d),) for d in rows[digest_column]])
     base = spec.name.replace("_probs", "")
+    if base == "deep_ensemble" and "member_digests" in rows.columns:     # "name:digest|name:digest" of the pool
+        for i, cell in enumerate(rows["member_digests"]):
+            if isinstance(cell, str) and cell:
+                for entry in cell.split("|"):
+                    name, _, digest = entry.rpartition(":")
+                    records.append(("predictions", name.casefold(), (digest,), *where[i]))
     if base in ("single_model", "single_model_delta") and "temperature" in rows.columns:
         add("temperature", names("model"), floats("temperature"), (rows["wrapper"] == "TempScaleWrapper").to_numpy())
     if base in ("single_model_delta", "deep_ensemble_delta") and "temperature_base" in rows.columns:
@@ -372,12 +378,14 @@ def check_agreement(found: pd.DataFrame, stages: dict[str, str]) -> None:
     predictions or temperatures of one model must never be combined. The error names both files and the
     stage to rerun for the older one (`stages`: file -> the script that writes it)."""
     for first, other in _conflicts(found):
-        older = min((first, other), key=lambda f: Path(f["source"]).stat().st_mtime if Path(f["source"]).exists() else 0)
+        older, newer = sorted((first, other), key=lambda f: Path(f["source"]).stat().st_mtime
+                              if Path(f["source"]).exists() else 0)
         subject = " + ".join(first["subject"]) if isinstance(first["subject"], tuple) else first["subject"]
+        fixes = [f"{stages.get(f['source'], 'the stage that wrote it')} for {f['source']}" for f in (older, newer)]
         raise UserError(f"{first['source']} (data row {first['row']}) and {other['source']} (data row {other['row']}) "
                         f"were computed from different {first['about']} of {subject} ({_shown(first['about'], first['value'])} "
-                        f"vs {_shown(other['about'], other['value'])}); rerun {stages.get(older['source'], 'the stage that wrote it')} "
-                        f"for {older['source']} so that both come from the same inputs")
+                        f"vs {_shown(other['about'], other['value'])}); rerun {fixes[0]} (the older), or {fixes[1]} if it is "
+                        f"the one from other inputs (another dataset's files?), so that both come from the same inputs")
 
 
 def agreeing(frame: pd.DataFrame, kind: str, reference: pd.DataFrame) -> np.ndarray:
@@ -399,3 +407,14 @@ def agreeing(frame: pd.DataFrame, kind: str, reference: pd.DataFrame) -> np.ndar
 
 def stage_of(kind: str) -> str:
     return KINDS[kind].stage
+
+
+def check_predictions_against(found: pd.DataFrame, pset, what: str) -> None:
+    """The prediction set a reader draws from directly (the report's curves) must be the one the result rows were
+    computed from (`found`: their facts): an error naming the file and a results file when its digest differs."""
+    stated = found[(found["about"] == "predictions") & (found["subject"] == pset.model.casefold())]
+    for value, source in zip(stated["value"], stated["source"]):
+        if value[0] != pset.digest:
+            raise UserError(f"{pset.source}: {what} would be drawn from predictions (digest {pset.digest}) other than "
+                            f"those {source} was computed from (digest {value[0]}); point --predictions_dir at the files "
+                            f"the results came from, or rerun the stages that wrote the results")

@@ -86,8 +86,8 @@ def backbone_costs(backbones: pd.DataFrame) -> pd.DataFrame:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise UserError(f"{path}: data row {row + 1} ({backbones['model_name'].iloc[row]}): GFLOPS must be a finite "
-                        f"number > 0, got {backbones['GFLOPS'].iloc[row]!r}")
-    _check_unique(path, backbones["model_name"].astype(str).tolist(), "backbone")
+                        f"number > 0, got {float(costs.iloc[row]):g}")
+    _check_unique(path, backbones["model_name"].astype(str).tolist(), "backbone", "names in any case are one model")
     return backbones.assign(GFLOPS=costs.astype(float))
 
 
@@ -201,15 +201,14 @@ def backbone_text(backbones: pd.DataFrame | None, model: str, column: str) -> st
 
 # ----------------------------------------------------------------------------- temperatures
 
-def _check_unique(path: Path, keys: list, what: str) -> None:
+def _check_unique(path: Path, keys: list, what: str, advice: str = "rerun the stage that fits it to rewrite the row") -> None:
     """One row per model (or pair), names compared case-insensitively: a duplicate would make the
     last row win silently."""
     seen = NameMap()
     for key in keys:
         if key in seen:
             shown = " + ".join(key) if isinstance(key, tuple) else key
-            raise UserError(f"{path}: two rows for {what} {shown}; keep one (rerun the stage that fits it to "
-                            f"rewrite the row)")
+            raise UserError(f"{path}: two rows for {what} {shown}; keep one ({advice})")
         seen[key] = True
 
 
@@ -286,8 +285,9 @@ def read_duo_weights(path: str | Path) -> NameMap:
             for side, weight, implied in zip(("large", "small"), pair, from_temperatures):
                 if not (weight == implied or math.isclose(weight, implied, rel_tol=1e-6)):
                     raise UserError(f"{path}: data row {i + 1} ({large} + {small}): weight_{side} {weight:g} disagrees "
-                                    f"with temperature_{side} (T = 1/(2w) gives w = {implied:g}); rerun "
-                                    f"evaluate/3_duo_temp_scale.py to rewrite the row, or empty one of the two columns")
+                                    f"with temperature_{side} (T = 1/(2w) gives w = {implied:g}); it was left as it is: "
+                                    f"delete the row (then rerun evaluate/3_duo_temp_scale.py) or empty one of the two "
+                                    f"columns")
         else:
             pair = from_temperatures
         weights[(large, small)] = Recorded(pair, datasets[i], digests[i], path, i + 1)
@@ -309,11 +309,26 @@ def _check_positive(path: Path, names: pd.Series, values: pd.Series, column: str
                         f"refit it with the temperature stage")
 
 
+def _one_dataset(rows: list[dict], read):
+    """A temperature table's check before new rows join it: it reads (`read`), and it holds one dataset's fits — a
+    row fitted on another dataset than the new ones is an error (one --calibrated_dir per dataset), never replaced."""
+    new = {row.get("dataset") for row in rows} - {None}
+
+    def validate(frame: pd.DataFrame, path: Path) -> None:
+        recorded = read(path)
+        other = sorted({r.dataset for r in recorded.values() if r.dataset} - new) if new else []
+        if other:
+            raise UserError(f"{path}: holds temperatures fitted on dataset {', '.join(map(repr, other))}, and these are "
+                            f"fitted on {', '.join(map(repr, sorted(new)))}; it was left as it is: keep one "
+                            f"--calibrated_dir per dataset")
+    return validate
+
+
 def queue_single_temperatures(outputs: safe_io.Outputs, folder: str | Path, rows: list[dict]) -> Path:
     """Queue stage-2 rows (one per model, replacing that model's row) for <folder>/temperature_single_model.csv."""
     return outputs.upsert(Path(folder) / SINGLE_TEMPERATURE_FILE, pd.DataFrame(rows, columns=SINGLE_TEMPERATURE_COLUMNS),
                           ["full_name"], SINGLE_TEMPERATURE_COLUMNS, required=["temperature"],
-                          validate=lambda frame, path: read_single_temperatures(path))
+                          validate=_one_dataset(rows, read_single_temperatures))
 
 
 def queue_duo_temperatures(outputs: safe_io.Outputs, folder: str | Path, rows: list[dict]) -> Path:
@@ -321,7 +336,7 @@ def queue_duo_temperatures(outputs: safe_io.Outputs, folder: str | Path, rows: l
     return outputs.upsert(Path(folder) / DUO_TEMPERATURE_FILE, pd.DataFrame(rows, columns=DUO_TEMPERATURE_COLUMNS),
                           ["model_large", "model_small"], DUO_TEMPERATURE_COLUMNS,
                           required=["temperature_large", "temperature_small"],
-                          validate=lambda frame, path: read_duo_weights(path))
+                          validate=_one_dataset(rows, read_duo_weights))
 
 
 def duo_temperature_row(large: str, small: str, weight_large: float, weight_small: float, val_nll: float,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from shlex import quote
 
 import numpy as np
 import pandas as pd
@@ -138,6 +139,12 @@ class Calibration:
         return (f"run `python evaluate/3_duo_temp_scale.py --config {self.config or 'DUOS_CSV'} --predictions_dir "
                 f"{self.predictions_dir or './predictions'} --output_dir {self.folder}` or pass --fit_missing")
 
+    def _files_flag(self, pset: PredictionSet) -> str:
+        """Stage 2's flag naming `pset`'s file (the official layout, one file per split: its folder and --models)."""
+        if Path(pset.source).is_file():
+            return f"--predictions {quote(pset.source)}"
+        return f"--predictions_dir {quote(str(self.predictions_dir or './predictions'))} --models {quote(pset.model)}"
+
     def require(self, singles=(), pairs=(), what: str = "") -> None:
         """Fail now when a temperature of `singles` or the weights of a pair of `pairs` are not recorded (unless
         --fit_missing)."""
@@ -187,7 +194,7 @@ class Calibration:
             self.singles[pset.model] = recorded
         else:
             self._check(recorded, (pset,), f"the temperature of {pset.model}",
-                        f"python evaluate/2_temp_scale.py --predictions {pset.source} --output_dir {self.folder}")
+                        f"python evaluate/2_temp_scale.py {self._files_flag(pset)} --output_dir {quote(str(self.folder))}")
         return float(recorded.value)
 
     def weights(self, large: PredictionSet, small: PredictionSet) -> tuple[float, float]:
@@ -203,9 +210,13 @@ class Calibration:
                                        (row["digest_large"], row["digest_small"]), self.duo_path, 0)
             self.duos[(large.model, small.model)] = recorded
         else:
+            if all(Path(p.source).is_file() for p in (large, small)):
+                files = f"--large_model_pred {quote(large.source)} --small_model_pred {quote(small.source)}"
+            else:                                   # the official layout: one file per split
+                files = (f"--config {quote(str(self.config or 'DUOS_CSV'))} --predictions_dir "
+                         f"{quote(str(self.predictions_dir or './predictions'))}")
             self._check(recorded, (large, small), f"the duo weights of {large.model} + {small.model}",
-                        f"python evaluate/3_duo_temp_scale.py --large_model_pred {large.source} --small_model_pred "
-                        f"{small.source} --output_dir {self.folder}")
+                        f"python evaluate/3_duo_temp_scale.py {files} --output_dir {quote(str(self.folder))}")
         return recorded.value
 
     def pair(self, large: PredictionSet, small: PredictionSet, singles: tuple[PredictionSet, ...] = (),

@@ -66,19 +66,20 @@ def single_model_metrics(logits, labels: np.ndarray, uncertainty_types: Iterable
 
 def resolve_dataset(flag: str | None, recorded: Iterable[str | None], predictions_dir: str | Path) -> str:
     """The dataset name for result file names: --dataset, else the one the prediction files record,
-    else (CSV files carry no metadata) the predictions folder's name."""
+    else (CSV files carry no metadata) the predictions folder's name. Files that record several datasets are
+    refused, --dataset or not: one results file holds one dataset."""
+    names = {name for name in recorded if name}
+    if len(names) > 1:
+        raise UserError(f"the prediction files come from several datasets {sorted(names)}; one results file holds one "
+                        f"dataset: keep one predictions folder per dataset (or pass --models)")
     if flag:
         return check_dataset_name(flag, "--dataset")
-    names = {name for name in recorded if name}
-    if len(names) == 1:
+    if names:
         return check_dataset_name(names.pop(), "the dataset recorded in the prediction files")
-    if not names:
-        fallback = normalise_predictions_dir(predictions_dir).resolve().name
-        warn(f"the prediction files do not record their dataset; naming the results after the folder "
-             f"'{fallback}' (pass --dataset NAME to choose)")
-        return check_dataset_name(fallback, "the predictions folder's name")
-    raise UserError(f"--dataset: prediction files come from several datasets {sorted(names)}; pass --dataset NAME "
-                    f"or separate the folders")
+    fallback = normalise_predictions_dir(predictions_dir).resolve().name
+    warn(f"the prediction files do not record their dataset; naming the results after the folder "
+         f"'{fallback}' (pass --dataset NAME to choose)")
+    return check_dataset_name(fallback, "the predictions folder's name")
 
 
 class PredictionCache:
