@@ -141,6 +141,11 @@ def predict_model(job: dict, data, args, image_size_default, device) -> tuple[Pr
     transforms = model_loader.get_transforms(job["arch"], source, tv_weights, image_size)
     loaders = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=[s for s in SPLITS if data.splits.get(s)],
                            pin_memory=device.type == "cuda")
+    # the model's cost per image at the size it sees (the first batch's), recorded for every later stage (stages 4,
+    # 5, 7 and the report take it when neither a duos CSV nor the backbone CSV gives one)
+    first = next(loader for loader in loaders.values() if loader is not None)
+    input_size = int(first.dataset[0][0].shape[-1])
+    gflops = model_loader.count_gflops(model, input_size)
     model = prepare_model(model, device, channels_last=args.channels_last)
     splits, features = {}, {}
     for split, loader in loaders.items():
@@ -153,7 +158,8 @@ def predict_model(job: dict, data, args, image_size_default, device) -> tuple[Pr
             out = predict(model, loader, device, **options)
         splits[split] = out
         print(f"{job['name']}: {split} {len(out.labels)} samples, acc {np.mean(out.logits.argmax(1) == out.labels):.4f}")
-    return PredictionSet(job["name"], splits, {"dataset": args.dataset, "kind": "logits"}), (features or None)
+    meta = {"dataset": args.dataset, "kind": "logits", "gflops": gflops, "image_size": input_size}
+    return PredictionSet(job["name"], splits, meta), (features or None)
 
 
 def resolve_dataset_flag(args) -> str:

@@ -7,20 +7,17 @@ Writes `evaluation_single_model_<dataset>.csv` (test) and `evaluation_single_mod
 """
 from __future__ import annotations
 
-import math
 import sys
 
-import numpy as np
 
 from utils.cli import flags
 from utils.cli.parsing import ArgumentParser, add_backbone_csv, run_main, warn, plain_name
 from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, read_predictions, select_prediction_files
 from utils.files.results import EVAL_SPLITS, queue_results
-from utils.maths.uncertainty_metrics import WeightedLogits
 from utils.stages.calibration import Calibration
 from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, baseline_delta_rows, check_scaled_logits,
-                                  largest_magnitude, resolve_dataset, single_model_metrics)
+                                  largest_magnitude, resolve_dataset, single_rows)
 
 
 def build_parser() -> ArgumentParser:
@@ -30,7 +27,11 @@ def build_parser() -> ArgumentParser:
         flags.bootstrap("evaluation_single_model_delta_<dataset>[_ood].csv: every metric of each baseline (a soup, "
                         "IVON or Laplace file, <backbone>_greedy/_uniform/_ivon*/_LA), raw and temperature-scaled, "
                         "minus its temperature-scaled backbone's")])
-    add_backbone_csv(parser, "for the gflops/params columns")
+    add_backbone_csv(parser, "for the gflops/params columns (model_name,GFLOPS[,Params]; after --config's costs, "
+                     "before those stage 1 measured)")
+    parser.add_argument("--config", "--duo_csv_path", metavar="CSV",
+                        help="a duos CSV whose gflops_large/gflops_small give the models' costs first (as stages 5 and 7 "
+                             "take them)")
     parser.add_argument("--models", nargs="+", type=plain_name, metavar="NAME", help="only these models")
     parser.add_argument("--uncertainty_types", nargs="+", default=list(SINGLE_UNCERTAINTY_TYPES),
                         choices=SINGLE_UNCERTAINTY_TYPES, help="default: both")
@@ -45,6 +46,7 @@ def main_impl(argv=None) -> int:
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
     backbones = tables.read_backbones(args.backbone_csv)
+    costs = tables.duo_costs(tables.read_duos(args.config, backbones) if args.config else None)
     calibration = Calibration(args.calibrated_dir, args.fit_missing, args.predictions_dir)
     calibration.require(list(files))
     outputs = safe_io.Outputs(files.values())
@@ -57,21 +59,13 @@ def main_impl(argv=None) -> int:
         temperature = calibration.temperature(pset)
         pset.split("test", "to evaluate the model")
         splits = [s for s in EVAL_SPLITS if s in pset.splits]
-        descriptive = {"model": name, "gflops": tables.backbone_value(backbones, name, "GFLOPS"),
+        descriptive = {"model": name, "gflops": tables.cost_of(name, costs, backbones, pset.meta),
                        "params": tables.backbone_value(backbones, name, "Params"), "digest": pset.digest}
         for split in splits:
             data = pset.splits[split]
             check_scaled_logits([largest_magnitude(data.logits)], [1.0 / temperature],
                                 f"{calibration.single_path}: {name}")
-            # T = inf (uniform beat the model on val): probabilities are uniform, predictions stay its own
-            kept = np.argmax(data.logits, axis=1) if math.isinf(temperature) else None
-            for wrapper, logits, predictions, used in (
-                    ("None", data.logits, None, 1.0),
-                    ("TempScaleWrapper", WeightedLogits([data.logits], [1.0 / temperature]), kept, temperature)):
-                for uncertainty, metrics in single_model_metrics(logits, data.labels, args.uncertainty_types,
-                                                                 predictions).items():
-                    rows.append({**metrics, **descriptive, "wrapper": wrapper, "uncertainty_type": uncertainty,
-                                 "split": split, "temperature": used})
+            rows += [{**row, **descriptive, "split": split} for row in single_rows(data, temperature, args.uncertainty_types)]
         print(f"{name}: evaluated {', '.join(splits)}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
     deltas = (baseline_delta_rows(files, calibration, args.uncertainty_types, args.bootstrap, args.bootstrap_seed)

@@ -16,13 +16,11 @@ from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_m
 from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder
 from utils.files.results import queue_results
-from utils.maths.bootstrap import check_samples
-from utils.maths.duo_modes import COMBINE, MODES, duo_outputs, member_scales
+from utils.maths.duo_modes import COMBINE, MODES, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 from utils.stages.calibration import Calibration
-from utils.stages.scoring import (PredictionCache, check_scaled_logits, delta_rows, find_duo_files, largest_magnitude,
-                                  metrics_by_uncertainty, mode_terms, paired_splits, resampled_baseline,
-                                  resolve_dataset, scaled_terms)
+from utils.stages.scoring import (PredictionCache, bootstrap_baseline, check_scaled_logits, duo_rows, find_duo_files,
+                                  largest_magnitude, pair_costs, paired_splits, resolve_dataset)
 
 _NEEDS_SINGLE = {"unweighted_ts"}
 _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
@@ -77,6 +75,7 @@ def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     backbones = tables.read_backbones(args.backbone_csv)
     duos = tables.read_duos(args.config, backbones)
+    costs = tables.duo_costs(duos)
     calibration = Calibration(args.calibrated_dir, args.fit_missing, args.predictions_dir, args.config)
     jobs, skipped = find_duo_files(duos, args.predictions_dir, args.strict)
     for flag in ("--output_dir", "--calibrated_dir"):
@@ -96,31 +95,22 @@ def main_impl(argv=None) -> int:
             else ()
         temps = calibration.pair(large, small, single_of, duo=bool(_NEEDS_DUO & set(args.modes)))
         descriptive = {"model_large": large.model, "model_small": small.model,
-                       "gflops_large": duo.gflops_large, "gflops_small": duo.gflops_small,
-                       "gflops_balance": duo.gflops_balance, "digest_large": large.digest, "digest_small": small.digest}
+                       **pair_costs(duo, large, small, costs, backbones),
+                       "digest_large": large.digest, "digest_small": small.digest}
         for split, data_large, data_small in paired_splits(large, small):
             magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
             for scales in {member_scales(mode, temps) for mode in args.modes}:
                 check_scaled_logits(magnitudes, [scale / 2 for scale in scales],
                                     f"{args.calibrated_dir}: {large.model} + {small.model}")
-            normalizers = large_normalizers.setdefault((large.source, split), {})
-            outputs_by_mode = duo_outputs(data_large.logits, data_small.logits, temps, args.modes,
-                                          args.uncertainty_types, normalizers, args.combine)
             if args.bootstrap and (large.source, split) not in baselines:
-                check_samples(len(data_large), f"{large.source}: split '{split}'")
-                baselines[(large.source, split)] = resampled_baseline(
-                    scaled_terms(data_large.logits, data_large.labels, temps.single_large, args.uncertainty_types),
-                    args.bootstrap, args.bootstrap_seed)
-            base = baselines.get((large.source, split))
-            for mode, out in outputs_by_mode.items():
-                scale_large, scale_small = member_scales(mode, temps)
-                used = {**descriptive, "mode": mode, "split": split, "scale_large": scale_large, "scale_small": scale_small}
-                scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
-                for uncertainty, metrics in scored.items():
-                    rows.append({**metrics, **used, "uncertainty_type": uncertainty})
-                if base is not None:
-                    deltas += delta_rows(base, mode_terms(out, data_large.labels), args.bootstrap, args.bootstrap_seed,
-                                         {**used, "temperature": temps.single_large})
+                baselines[(large.source, split)] = bootstrap_baseline(
+                    data_large, temps.single_large, args.uncertainty_types, args.bootstrap, args.bootstrap_seed,
+                    f"{large.source}: split '{split}'")
+            found, intervals = duo_rows(data_large, data_small, temps, args.modes, args.uncertainty_types, args.combine,
+                                        large_normalizers.setdefault((large.source, split), {}),
+                                        baselines.get((large.source, split)), args.bootstrap, args.bootstrap_seed)
+            rows += [{**row, **descriptive, "split": split} for row in found]
+            deltas += [{**row, **descriptive, "split": split} for row in intervals]
         print(f"{large.model} + {small.model}: evaluated {len(args.modes)} mode(s)")
 
     if not rows:

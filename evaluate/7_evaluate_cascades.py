@@ -29,6 +29,7 @@ from utils.maths import cascades
 from utils.maths.duo_modes import duo_outputs, member_scales
 from utils.stages.calibration import Calibration
 from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, PredictionCache, check_scaled_logits, find_duo_files,
+                                  pair_costs,
                                   largest_magnitude, mode_terms, paired_splits, resolve_dataset, scaled_terms)
 
 
@@ -56,14 +57,22 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def check_inputs(jobs, calibration: Calibration, args) -> None:
-    """Fail before any work on a duo without GFLOPs or (unless --fit_missing) without its temperatures."""
+def check_inputs(jobs, calibration: Calibration) -> None:
+    """Fail before any work on a duo without its temperatures (unless --fit_missing)."""
     for duo, _, _ in jobs:
         pair = (duo.model_large, duo.model_small)
-        if not (math.isfinite(duo.gflops_large) and math.isfinite(duo.gflops_small)):
-            raise UserError(f"{args.config}: {' + '.join(pair)} has no GFLOPs: a cascade's cost needs them; fill "
-                            f"gflops_large and gflops_small, or give --backbone_csv with both models")
         calibration.require(pair, [pair], what=" + ".join(pair))
+
+
+def pair_gflops(duo, large, small, costs, backbones, args) -> dict:
+    """{"large", "small"}: the members' GFLOPs (scoring.pair_costs: duos CSV, backbone CSV, stage 1's measurement); a
+    cascade's cost needs both."""
+    found = pair_costs(duo, large, small, costs, backbones)
+    if not (math.isfinite(found["gflops_large"]) and math.isfinite(found["gflops_small"])):
+        raise UserError(f"{args.config}: {large.model} + {small.model} has no GFLOPs: a cascade's cost needs them; fill "
+                        f"gflops_large and gflops_small, give --backbone_csv with both models (model_name,GFLOPS), or "
+                        f"predict them with stage 1, which records their cost")
+    return {"large": float(found["gflops_large"]), "small": float(found["gflops_small"])}
 
 
 def budget_thresholds(large, small, temps, gflops: dict, args) -> dict:
@@ -80,10 +89,16 @@ def budget_thresholds(large, small, temps, gflops: dict, args) -> dict:
         for kind in kinds:
             taus[(order, kind)] = []
             for budget in args.budgets:
+                full = (gflops["large"] + gflops["small"]) / gflops["large"]
                 if budget * gflops["large"] < gflops[first] and kind == kinds[0]:
                     warn(f"--budgets {budget:g}: {large.model} + {small.model} {order}: below the first model's own "
                          f"cost ({gflops[first] / gflops['large']:.3g}x {large.model}'s GFLOPs), so the cascade "
                          f"defers nothing and costs that")
+                elif budget >= full and kind == kinds[0]:
+                    warn(f"--budgets {budget:g}: {large.model} + {small.model} {order}: at or above the whole duo's cost "
+                         f"({full:.4g}x {large.model}'s GFLOPs; FLOPs balance {gflops['small'] / gflops['large']:.3g}), "
+                         f"so the cascade defers every input and is the duo; for {order} budgets between "
+                         f"{gflops[first] / gflops['large']:.4g} and {full:.4g} make sense")
                 fraction = cascades.budget_fraction(budget, gflops["large"], gflops[first], gflops[second])
                 tau = cascades.threshold_for_fraction(val[first][kind].uncertainty, fraction)
                 taus[(order, kind)].append(("val_budget", budget, tau))
@@ -101,12 +116,14 @@ def split_terms(logits_large, logits_small, labels, temps, kinds) -> dict:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.budgets = list(dict.fromkeys(args.budgets or []))         # 1.1 twice is one budget
-    duos = tables.read_duos(args.config, tables.read_backbones(args.backbone_csv))
+    backbones = tables.read_backbones(args.backbone_csv)
+    duos = tables.read_duos(args.config, backbones)
+    costs = tables.duo_costs(duos)
     calibration = Calibration(args.calibrated_dir, args.fit_missing, args.predictions_dir, args.config)
     jobs, _ = find_duo_files(duos, args.predictions_dir, args.strict)
     for flag in ("--output_dir", "--calibrated_dir"):
         check_output_folder(getattr(args, flag[2:]), [args.predictions_dir], flag)
-    check_inputs(jobs, calibration, args)
+    check_inputs(jobs, calibration)
     outputs = safe_io.Outputs([p for _, large, small in jobs for p in (large, small)])
     calibration.expect(outputs)
 
@@ -116,7 +133,7 @@ def main_impl(argv=None) -> int:
         large, small = cache.get(large_path), cache.get(small_path)
         dataset_names += [large.dataset, small.dataset]
         temps = calibration.pair(large, small, (large, small))
-        gflops = {"large": float(duo.gflops_large), "small": float(duo.gflops_small)}
+        gflops = pair_gflops(duo, large, small, costs, backbones, args)
         taus = budget_thresholds(large, small, temps, gflops, args) if args.budgets else {}
         scale_large, scale_small = member_scales("asymmetric", temps)
         descriptive = {"model_large": large.model, "model_small": small.model, "gflops_large": gflops["large"],

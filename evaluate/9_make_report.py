@@ -469,6 +469,15 @@ def add_pareto(report: Report, single, duos, ensembles, cascade) -> None:
                          figures.markdown_table(pareto.front_table(frame)), ""]
 
 
+def filled_duo_costs(frame: pd.DataFrame, costs: dict) -> dict:
+    """gflops_large, gflops_small and gflops_balance of duo rows, with the members' costs that other results files
+    state where these rows have none (stage 5 run without a cost that stage 4 had)."""
+    large = frame["gflops_large"].astype(float).fillna(frame["model_large"].str.casefold().map(costs))
+    small = frame["gflops_small"].astype(float).fillna(frame["model_small"].str.casefold().map(costs))
+    return {"gflops_large": large, "gflops_small": small,
+            "gflops_balance": frame["gflops_balance"].astype(float).fillna(small / large)}
+
+
 def select_dataset(args, single, large_names) -> str:
     """--dataset, else the one dataset of the results (of the --large models when given)."""
     datasets = set(single.loc[single["model"].isin(large_names), "dataset"]) if large_names else set(single["dataset"])
@@ -525,6 +534,11 @@ def main_impl(argv=None) -> int:
                    str(calibration.duo_path): "evaluate/3_duo_temp_scale.py"})
     results_schema.check_agreement(found, stages)
     single, duos, ensembles, deltas, cascade, single_deltas, ensemble_deltas = (read[kind] for kind in kinds)
+    # a model's cost, wherever a results file states it (a duos CSV's costs reach stage 5's rows even where stage 4
+    # had none): the single models of Fig. 2 and the Pareto front get it too
+    costs = results_schema.known_costs(found)
+    single = single.assign(gflops=single["gflops"].fillna(single["model"].str.casefold().map(costs)))
+    duos, deltas = (frame.assign(**filled_duo_costs(frame, costs)) for frame in (duos, deltas))
     outputs = safe_io.Outputs()
     outputs.expect(out_path, "report")
 

@@ -304,7 +304,8 @@ def steps(plan: Plan, stages) -> list[tuple[str, str, list, Path | None]]:
                                         "--output_dir", plan.calibrated], None))
         elif stage == "evaluate":
             out.append((stage, script, ["--predictions_dir", plan.predictions, "--output_dir", plan.results,
-                                        "--calibrated_dir", plan.calibrated, *plan.backbone_args(), *resamples], None))
+                                        "--calibrated_dir", plan.calibrated, "--config", plan.duos_csv(),
+                                        *plan.backbone_args(), *resamples], None))
         elif stage == "evaluate_duo":
             out.append((stage, script, ["--config", plan.duos_csv(), "--predictions_dir", plan.predictions,
                                         "--output_dir", plan.results, "--calibrated_dir", plan.calibrated,

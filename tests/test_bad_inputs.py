@@ -378,7 +378,7 @@ def _(ws):
 @case("prediction file", "ids differ as sets")
 def _(ws):
     return ws.pair(ws.variant("ids", _split_edit("val", ids=lambda s: np.r_[["zzz"], s.ids[1:]]))), \
-        "1 only in the first, 1 only in the second"
+        "1 only in the second, e.g. 'zzz' (text)"
 
 
 @case("prediction file", "labels disagree")

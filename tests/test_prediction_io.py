@@ -73,12 +73,19 @@ def test_align_errors(sets):
     base = sets["large"].splits["test"]
     other = sets["small"].splits["test"]
     changed = Split(other.logits, other.labels, np.array([*other.ids[:-2], "x", "y"]))
-    with pytest.raises(UserError, match="2 only in the first, 2 only in the second"):
+    with pytest.raises(UserError, match=r"2 only in the first, e\.g\. 'img_test_00048\.jpg' \(text\), "
+                                        r"'img_test_00049\.jpg' \(text\), 2 only in the second, e\.g\. 'x' \(text\)"):
         align(base, changed, "large.npz", "small.npz", "test")
+    # ids that differ only by zero-padding: the examples show both spellings and their types
+    numbered = Split(base.logits, base.labels, np.arange(len(base.ids)))
+    padded = Split(other.logits, other.labels, np.array([f"{i:04d}" for i in range(len(other.ids))]))
+    with pytest.raises(UserError, match=r"e\.g\. 0 \(whole number\).*e\.g\. '0000' \(text\)"):
+        align(numbered, padded, "large.npz", "small.npz", "test")
     with pytest.raises(UserError, match="5 classes but small.npz has 6"):
         align(base, Split(np.zeros((50, 6), np.float32), other.labels, other.ids), "large.npz", "small.npz", "test")
     relabelled = Split(other.logits, (other.labels + 1) % 5, other.ids)
-    with pytest.raises(UserError, match="disagree on the label of 50 samples"):
+    with pytest.raises(UserError, match=r"disagree on the label of 50 sample\(s\) with the same id \(e\.g\. id "
+                                        r"'img_test_00000\.jpg': label \d in the first, \d in the second\)"):
         align(base, relabelled, "large.npz", "small.npz", "test")
 
 

@@ -91,16 +91,6 @@ def test_temperatures_of_predictions_made_again_are_refused(two_datasets, stage,
     assert code == 2 and expected in err, err
 
 
-def test_a_prediction_file_in_another_row_order_is_the_same_predictions(two_datasets, stage):
-    from tests.helpers import permuted
-    path = two_datasets / "alpha" / "large.npz"
-    original = read_predictions(path)
-    write_set(permuted(original), two_datasets / "alpha")
-    assert read_predictions(path).digest == original.digest
-    script, *args = applying_entry_points(two_datasets, two_datasets / "alpha")["stage 4"]
-    assert stage(script, *args)[0] == 0
-
-
 @pytest.mark.parametrize("script", [S3, S5, S7, S8])
 def test_two_prediction_files_of_different_datasets_are_never_combined(two_datasets, stage, script):
     mixed = two_datasets / "mixed"
@@ -222,69 +212,17 @@ def test_result_rows_record_their_inputs(two_datasets):
     assert np.allclose(cascade.temperature_large, temperatures.loc["large", "temperature"])
 
 
-def test_the_digest_ignores_row_order_but_not_content():
+def test_the_digest_follows_content_and_row_order():
+    # row order is part of a split: the ranking metrics break ties in uncertainty by sample order
     pset = make_duo_logits()["large"]
     reordered = PredictionSet("large", {k: Split(v.logits[::-1], v.labels[::-1], v.ids[::-1])
                                         for k, v in pset.splits.items()}, dict(pset.meta))
-    assert reordered.digest == pset.digest and reordered.split_digest("val") == pset.split_digest("val")
+    assert reordered.digest != pset.digest
     changed = PredictionSet("large", dict(pset.splits), dict(pset.meta))
     test = pset.splits["test"]
     changed.splits["test"] = Split(test.logits + np.float32(1e-3), test.labels, test.ids)
     assert changed.digest != pset.digest and changed.split_digest("val") == pset.split_digest("val")
     assert PredictionSet("large", dict(pset.splits), {**pset.meta, "kind": "log_probs"}).digest != pset.digest
-
-
-def test_stale_deep_ensemble_rows_are_refused(two_datasets, stage):
-    preds, cal, out = two_datasets / "alpha", two_datasets / "calibrated", two_datasets / "results"
-    assert stage(S8, "--members", preds / "large.npz", preds / "small.npz", "--sizes", "2", "--name", "large",
-                 "--output_dir", out)[0] == 0
-    write_set(repredicted(preds / "small.npz", 13), preds)
-    common = ["--predictions_dir", preds, "--calibrated_dir", cal, "--output_dir", out]
-    for script, args in ((S2, ["--predictions_dir", preds, "--output_dir", cal]),
-                         (S3, ["--config", two_datasets / "duos.csv", "--predictions_dir", preds, "--output_dir", cal]),
-                         (S4, common), (S5, ["--config", two_datasets / "duos.csv", *common]),
-                         (S7, ["--config", two_datasets / "duos.csv", *common])):
-        assert stage(script, *args)[0] == 0
-    code, _, err = stage(S9, "--results_dir", out, "--calibrated_dir", cal)
-    assert code == 2 and "evaluation_deep_ensemble_alpha" in err and "different predictions of small" in err, err
-    assert "evaluate/8_evaluate_deep_ensemble.py" in err
-
-
-def test_files_of_several_datasets_are_never_one_results_file(two_datasets, stage):
-    mixed = two_datasets / "mixed4"
-    mixed.mkdir()
-    os.link(two_datasets / "alpha" / "large.npz", mixed / "large.npz")
-    os.link(two_datasets / "beta" / "small.npz", mixed / "small.npz")
-    for flags in ([], ["--dataset", "alpha"]):
-        code, _, err = stage(S4, "--predictions_dir", mixed, "--calibrated_dir", two_datasets / "c4", "--output_dir",
-                             two_datasets / "r4", "--fit_missing", *flags)
-        assert code == 2 and "several datasets ['alpha', 'beta']" in err, err
-    assert not (two_datasets / "r4").exists() and not (two_datasets / "c4").exists()
-
-
-def test_a_temperature_table_holds_one_datasets_fits(two_datasets, stage):
-    before = snapshot(two_datasets / "calibrated")
-    code, _, err = stage(S2, "--predictions_dir", two_datasets / "beta", "--output_dir", two_datasets / "calibrated")
-    assert code == 2 and "holds temperatures fitted on dataset 'alpha'" in err and "one --calibrated_dir per" in err
-    assert snapshot(two_datasets / "calibrated") == before
-
-
-def test_the_reports_curves_come_from_the_predictions_of_its_tables(two_datasets, stage):
-    preds = two_datasets / "alpha"
-    large = read_predictions(preds / "large.npz")
-    test = large.splits["test"]
-    large.splits["test"] = Split(test.logits * 0.5, test.labels, test.ids)     # val (and so T) unchanged
-    write_set(large, preds)
-    code, _, err = stage(S9, "--results_dir", two_datasets / "results", "--calibrated_dir", two_datasets / "calibrated",
-                         "--predictions_dir", preds)
-    assert code == 2 and "the report's curves would be drawn from predictions" in err, err
-
-
-def test_a_file_name_that_is_no_plain_model_name_is_refused(tmp_path, stage):
-    pset = make_duo_logits()["large"]
-    for bad in ("Big ", " Big", ".Big"):
-        folder = tmp_path / f"f{len(bad)}{bad.strip()}{bad.index('B')}"
-        write_set(PredictionSet(bad, pset.splits, dict(pset.meta)), folder)
-        code, _, err = stage(S2, "--predictions", folder / f"{bad}.npz", "--output_dir", tmp_path / "cal")
-        assert code == 2 and "is not a plain name" in err, (bad, err)
-    assert not (tmp_path / "cal").exists()
+    copy = PredictionSet("large", {k: Split(v.logits.copy(), v.labels.copy(), v.ids.copy())
+                                   for k, v in pset.splits.items()}, dict(pset.meta))
+    assert copy.digest == pset.digest

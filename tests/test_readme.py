@@ -156,3 +156,26 @@ def test_readme_reproduction_runs_as_written(tmp_path):
     deltas = pd.read_csv(work / "results" / "evaluation_deep_ensemble_delta_caltech256.csv")
     assert set(deltas.base[deltas.model == "ResNet50_trials"]) == {"ResNet50"}
     assert "left out 1 features file" in stdout
+
+
+API_MARK = "<!-- run by tests/test_readme.py with val_*/test_* arrays"
+
+
+def test_readme_numpy_api_block_runs_as_written(tmp_path):
+    """The README's numpy-API block, run from a folder outside the repository on two models' probabilities."""
+    section = (REPO / "README.md").read_text().split("## Bring your own logits", 1)[1].split("\n## ", 1)[0]
+    [body] = [body for lang, body, above in fenced_blocks(section) if lang == "python" and above.startswith(API_MARK)]
+    prelude = ("import numpy as np\nfrom scipy.special import softmax\nfrom tests.helpers import make_duo_logits\n"
+               "sets = make_duo_logits(num_classes=5)\n"
+               "p = {m: {s: softmax(d.logits, axis=1) for s, d in sets[m].splits.items()} for m in sets}\n"
+               "val_large, val_small, test_large, test_small = p['large']['val'], p['small']['val'], "
+               "p['large']['test'], p['small']['test']\n"
+               "val_labels, test_labels = sets['large'].splits['val'].labels, sets['large'].splits['test'].labels\n")
+    check = ("\nassert out['probs'].shape == test_large.shape and len(results) and len(gains)\n"
+             "print(gains[(gains['mode'] == 'asymmetric') & (gains['metric'] == 'NLL')].iloc[0].to_dict())\n")
+    script = tmp_path / "own.py"
+    script.write_text(prelude + body + check)
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert "'delta'" in result.stdout and "'ci_low'" in result.stdout

@@ -270,7 +270,8 @@ def test_report_on_hand_edited_results_says_what_it_leaves_out(results, stage, t
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     frame.loc[0, "NLL"] = "nan"                                            # a hand-written missing value
     unknown = (frame["model_large"] == "EfficientNet_V2_L") & (frame["model_small"] == "ResNet18")
-    frame.loc[unknown, ["gflops_small", "gflops_balance"]] = ""           # a sidekick outside the backbone CSV
+    frame.loc[unknown, ["gflops_small", "gflops_balance"]] = ""           # a sidekick no file gives a cost for
+    frame.loc[unknown, "model_small"] = "ResNet18_custom"
     frame.to_csv(path, index=False)
     shutil.copy(folder / f"evaluation_single_model_{DATASET}.csv", folder / "evaluation_single_model_other.csv")
     code, out, err = stage("evaluate/9_make_report.py", "--results_dir", folder, "--dataset", DATASET,
@@ -278,8 +279,8 @@ def test_report_on_hand_edited_results_says_what_it_leaves_out(results, stage, t
     assert code == 0, err
     report = (folder / f"REPORT_{DATASET}.md").read_text()             # --dataset names the default report
     assert not re.search(r"\bnan\b", report, re.IGNORECASE)
-    assert "1 duo(s) have no known FLOPs cost (EfficientNet_V2_L + ResNet18" in report
-    assert "| EfficientNet_V2_L + ResNet18 [asymmetric] | test | unknown |" in report
+    assert "1 duo(s) have no known FLOPs cost (EfficientNet_V2_L + ResNet18_custom" in report
+    assert "| EfficientNet_V2_L + ResNet18_custom [asymmetric] | test | unknown |" in report
     assert "none of ConvNeXt_Base's duos has a FLOPs balance in (0.5, 0.9): the row is missing" in report
     # AD[7,8) keeps only duo 8 now that duo 10's cost is unknown
     assert "| AD[7,8) | [28,32) | 1 | 88.00 |" in report

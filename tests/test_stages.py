@@ -86,7 +86,8 @@ def test_permuted_rows_give_identical_results(workdir, stage):
         assert stage(S2, "--predictions_dir", root / folder, "--output_dir", cal)[0] == 0
         assert stage(S5, "--config", root / "duos.csv", "--predictions_dir", root / folder, "--output_dir", out,
                      "--calibrated_dir", cal, "--dataset", "d")[0] == 0
-        results[folder] = pd.read_csv(out / "evaluation_duo_d.csv")
+        # the sidekick's rows are in another order: its digest differs, the duo's numbers do not
+        results[folder] = pd.read_csv(out / "evaluation_duo_d.csv").drop(columns="digest_small")
     pd.testing.assert_frame_equal(results["predictions"], results["aligned"])
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 
 from utils.errors import UserError, warn
 from utils.files import safe_io
+from utils.maths.uncertainty_metrics import log_normalizer
 from utils.files.model_names import NameMap, check_plain_name, existing_path, find_file, fold, unique_by_case
 
 SPLITS = ("val", "test", "ood_test")
@@ -40,15 +41,12 @@ DIGEST_LENGTH = 16        # hex characters of SHA-256 kept: 64 bits tell apart a
 
 
 def _split_digest(name: str, split: Split, kind: str) -> str:
-    """SHA-256 of one split (its name, the kind, logits as stored, labels, ids), rows in sample-id order so that the
-    same predictions in another row order have the same digest."""
+    """SHA-256 of one split (its name, the kind, logits as stored, labels, ids), rows in their order: the order is
+    part of what a split is, since the ranking metrics break ties in uncertainty by sample order."""
     hasher = hashlib.sha256()
     ids = np.asarray(split.ids)
-    order = np.argsort(ids, kind="stable")
-    in_order = bool(np.all(order[1:] > order[:-1]))
-    logits = np.ascontiguousarray(split.logits if in_order else split.logits[order])
-    labels = split.labels if in_order else split.labels[order]
-    ids = ids if in_order else ids[order]
+    logits = np.ascontiguousarray(split.logits)
+    labels = split.labels
     hasher.update(f"{name}|{kind}|{logits.dtype.str}|{logits.shape}|".encode())
     hasher.update(memoryview(logits).cast("B"))
     hasher.update(memoryview(np.ascontiguousarray(labels, dtype=np.int64)).cast("B"))
@@ -69,7 +67,7 @@ class PredictionSet:
 
     def split_digest(self, name: str) -> str:
         """What one split of these predictions is, in 16 hex characters (SHA-256 of its logits as stored, labels and
-        ids, in sample-id order, and the kind). A temperature records the digest of the val split it was fitted on."""
+        ids, in row order, and the kind). A temperature records the digest of the val split it was fitted on."""
         if name not in self._digests:
             self._digests[name] = _split_digest(name, self.split(name), self.meta.get("kind", "logits"))
         return self._digests[name]
@@ -138,7 +136,68 @@ def _sample_ids(values, source: str, name: str, num_rows: int) -> np.ndarray:
     return ids
 
 
-def _validate_split(split: Split, source: str, name: str) -> Split:
+# What a prediction file's arrays hold (meta "kind" of an NPZ, a `kind` column of a CSV or of the official layout's
+# raw CSVs, kind= of the numpy API): logits (default), log_probs (log p: softmax(log p) = p, used as given), or
+# probs (p, converted on reading to log max(p, PROBABILITY_FLOOR); softmax renormalises rows whose sum drifted).
+# Rows count as probabilities when every entry lies in [0, 1] and every row sums to 1, within SUM_TOLERANCE (wide
+# enough for probabilities rounded to two decimals; no logits look like that), as percentages when the same holds
+# for 100, as log-probabilities when their exponentials sum to 1 within it.
+KINDS = ("logits", "log_probs", "probs")
+PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)     # ~1.2e-38, log -87.3: a probability rounded to 0 in float32
+SUM_TOLERANCE = 0.1
+_DECLARE = ('declare what they are: "kind": "probs" in an NPZ\'s meta, a `kind` column holding probs in a CSV, '
+            'kind="probs" in utils/api')
+
+
+def _rows_sum_to(values: np.ndarray, total: float) -> bool:
+    """Every entry in [0, total] and every row summing to `total`, both within SUM_TOLERANCE (relative)."""
+    if not (values.min() >= 0 and values.max() <= total * (1 + SUM_TOLERANCE)):
+        return False
+    return bool(np.all(np.abs(values.sum(axis=1, dtype=np.float64) / total - 1) <= SUM_TOLERANCE))
+
+
+def _is_probabilities(values: np.ndarray) -> bool:
+    return _rows_sum_to(values, 1.0)
+
+
+def as_logits(values: np.ndarray, kind: str, source: str, name: str) -> np.ndarray:
+    """The split's array as the stages use it (logits, or log-probabilities that serve as logits), after checking
+    it is what `kind` declares: probabilities declared as logits (the usual `predict_proba` mistake) are refused,
+    never used as logits."""
+    if kind not in KINDS:
+        raise UserError(f"{source}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind == "probs":
+        if not _is_probabilities(values):
+            worst = int(np.argmax(np.abs(values.sum(axis=1, dtype=np.float64) - 1) + (values.min(axis=1) < 0)))
+            percent = " (percentages? divide them by 100)" if _rows_sum_to(values, 100.0) else ""
+            raise UserError(f"{source}: split '{name}' is declared kind 'probs' but row {worst + 1} is no probability "
+                            f"vector (entries outside [0, 1], or it sums to {float(values[worst].sum()):.6g}, not 1 "
+                            f"within {SUM_TOLERANCE:g}){percent}; export the model's probabilities")
+        return np.log(np.maximum(values, PROBABILITY_FLOOR)).astype(values.dtype, copy=False)
+    if kind == "log_probs":
+        norms = log_normalizer(values)
+        worst = int(np.argmax(np.abs(norms)))
+        if abs(np.expm1(norms[worst])) > SUM_TOLERANCE:
+            raise UserError(f"{source}: split '{name}' is declared kind 'log_probs' but row {worst + 1}'s probabilities "
+                            f"sum to {float(np.exp(norms[worst])):.6g}, not 1; export log-probabilities, or declare "
+                            f"what the array holds")
+        return values
+    if _is_probabilities(values):
+        raise UserError(f"{source}: split '{name}' holds probabilities (every entry in [0, 1], every row summing to 1 "
+                        f"within {SUM_TOLERANCE:g}), but they are declared as logits, which would give wrong numbers; "
+                        f"{_DECLARE}")
+    if _rows_sum_to(values, 100.0):
+        raise UserError(f"{source}: split '{name}' holds percentages (every row summing to 100), but they are "
+                        f"declared as logits; divide them by 100 and {_DECLARE}")
+    return values
+
+
+def validated_split(split: Split, source: str, name: str, kind: str = "logits") -> Split:
+    """One split checked as every reader checks it (see `_validate_split`), its array converted from `kind`."""
+    return _validate_split(split, source, name, kind)
+
+
+def _validate_split(split: Split, source: str, name: str, kind: str = "logits") -> Split:
     logits = _number_array(split.logits, source, name, "logits")
     if logits.ndim != 2:
         raise UserError(f"{source}: split '{name}' logits must be 2-D [N, K], got shape {logits.shape}")
@@ -153,6 +212,7 @@ def _validate_split(split: Split, source: str, name: str) -> Split:
     bad_rows = int((~np.isfinite(logits)).any(axis=1).sum())
     if bad_rows:
         raise UserError(f"{source}: split '{name}' has NaN or inf logits in {bad_rows} of {len(logits)} rows")
+    logits = as_logits(logits, kind, source, name)
     labels = _number_array(split.labels, source, name, "labels")
     if labels.shape != (logits.shape[0],):
         raise UserError(f"{source}: split '{name}' has labels of shape {labels.shape} for {logits.shape[0]} logit rows")
@@ -175,10 +235,17 @@ def _validate_split(split: Split, source: str, name: str) -> Split:
 
 
 def _validate(pset: PredictionSet) -> PredictionSet:
+    """Every split checked; probabilities converted to log-probabilities (the set then holds kind log_probs and
+    records what the file held as `stored_kind`)."""
     if not pset.splits:
         raise UserError(f"{pset.source}: no splits found (expected any of {', '.join(SPLITS)})")
+    kind = pset.meta.get("kind", "logits")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise UserError(f"{pset.source}: kind {kind!r} is not one of {', '.join(KINDS)}")
     for name in list(pset.splits):
-        pset.splits[name] = _validate_split(pset.splits[name], pset.source, name)
+        pset.splits[name] = _validate_split(pset.splits[name], pset.source, name, kind)
+    if kind == "probs":
+        pset.meta.update(kind="log_probs", stored_kind="probs")
     widths = {name: s.logits.shape[1] for name, s in pset.splits.items()}
     if len(set(widths.values())) > 1:
         raise UserError(f"{pset.source}: splits have different numbers of classes {widths}")
@@ -270,7 +337,8 @@ def _read_csv(path: Path) -> PredictionSet:
     missing = [c for c in ("split", "sample_id", "label") if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: CSV lacks column(s) {missing}; expected header split,sample_id,label,0,1,...")
-    class_columns = [c for c in frame.columns if c not in ("split", "sample_id", "label")]
+    meta = _csv_kind(frame, path)
+    class_columns = [c for c in frame.columns if c not in ("split", "sample_id", "label", "kind")]
     if [str(c) for c in class_columns] != [str(k) for k in range(len(class_columns))]:
         raise UserError(f"{path}: class columns must be 0..K-1 in order after split,sample_id,label")
     logits = _numeric_block(frame[class_columns], path)
@@ -283,7 +351,18 @@ def _read_csv(path: Path) -> PredictionSet:
             raise UserError(f"{path}: unknown split '{name}' (expected one of {', '.join(SPLITS)})")
         rows = (frame["split"] == name).to_numpy()
         splits[name] = Split(logits[rows], labels[rows], _csv_ids(frame.loc[rows, "sample_id"].to_numpy()))
-    return PredictionSet(model=_model_name_of(path), splits=splits, meta={}, source=str(path))
+    return PredictionSet(model=_model_name_of(path), splits=splits, meta=meta, source=str(path))
+
+
+def _csv_kind(frame: pd.DataFrame, path: Path) -> dict:
+    """A CSV's declared kind: its optional `kind` column, one value for every row ({} when absent: logits)."""
+    if "kind" not in frame.columns:
+        return {}
+    values = set(frame["kind"].astype(str))
+    if len(values) != 1 or next(iter(values)) not in KINDS:
+        raise UserError(f"{path}: the kind column must hold one of {', '.join(KINDS)} on every row, got "
+                        f"{sorted(values)[:3]}")
+    return {"kind": values.pop()}
 
 
 _CANONICAL_INTEGER = re.compile(r"-?(0|[1-9][0-9]{0,17})")      # fits int64
@@ -366,7 +445,7 @@ def read_official_ensemble(path: str | Path) -> Split:
 
 def read_official(root: Path, model: str) -> PredictionSet:
     root = Path(root)
-    splits = {}
+    splits, kinds = {}, set()
     for name in SPLITS:
         raw = find_file(root / name / "raw", f"{model}.csv")
         if raw is None:
@@ -375,12 +454,15 @@ def read_official(root: Path, model: str) -> PredictionSet:
         source = str(raw)
         frame = safe_io.read_table(raw, "prediction file")
         frame = frame.loc[:, [not str(c).startswith("Unnamed") for c in frame.columns]]
-        logits = _numeric_block(frame, raw)
+        kinds.add(_csv_kind(frame, raw).get("kind", "logits"))
+        logits = _numeric_block(frame.drop(columns=["kind"], errors="ignore"), raw)
         labels = _official_labels(root / name, len(logits), source)
         splits[name] = Split(logits, labels, np.arange(len(logits), dtype=np.int64))
     if not splits:
         raise UserError(f"{root}: no '{model}.csv' under any of {', '.join(s + '/raw' for s in SPLITS)}")
-    meta = {"dataset": root.name, "model": model, "kind": "logits"}
+    if len(kinds) > 1:
+        raise UserError(f"{root}: the splits of {model} declare different kinds {sorted(kinds)}; give each the same")
+    meta = {"dataset": root.name, "model": model, "kind": kinds.pop()}
     return _validate(PredictionSet(model=model, splits=splits, meta=meta, source=f"{root}/*/raw/{model}.csv"))
 
 
@@ -498,7 +580,7 @@ def write_predictions(pset: PredictionSet, path: str | Path, outputs: safe_io.Ou
     meta = {"dataset": pset.meta.get("dataset"), "model": pset.model, "num_classes": pset.num_classes,
             "kind": pset.meta.get("kind", "logits"), "source_checkpoint": pset.meta.get("source_checkpoint"),
             "created": pset.meta.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    meta.update({k: v for k, v in pset.meta.items() if k not in meta})
+    meta.update({k: v for k, v in pset.meta.items() if k not in meta and k != "stored_kind"})
     if path.suffix == ".npz":
         arrays = {"meta": np.array(json.dumps(meta))}
         for name, split in pset.splits.items():
@@ -512,6 +594,8 @@ def write_predictions(pset: PredictionSet, path: str | Path, outputs: safe_io.Ou
         for name, split in pset.splits.items():
             frame = pd.DataFrame(np.asarray(split.logits, dtype=np.float32),
                                  columns=[str(k) for k in range(split.logits.shape[1])])
+            if meta["kind"] != "logits":                   # a CSV declares its kind in a column
+                frame.insert(0, "kind", meta["kind"])
             frame.insert(0, "label", np.asarray(split.labels, dtype=np.int64))
             frame.insert(0, "sample_id", np.asarray(split.ids))
             frame.insert(0, "split", name)
@@ -530,6 +614,7 @@ def positions_of(reference_ids: np.ndarray, other_ids: np.ndarray, reference_sou
                  split_name: str) -> np.ndarray | None:
     """Row positions in `other_ids` of each reference id (None when already in the same order);
     an error naming both sources when the ids differ as sets."""
+    original_reference, original_other = reference_ids, other_ids
     if reference_ids.dtype.kind != other_ids.dtype.kind:
         reference_ids, other_ids = reference_ids.astype(str), other_ids.astype(str)
     if len(reference_ids) == len(other_ids) and np.array_equal(reference_ids, other_ids):
@@ -538,10 +623,22 @@ def positions_of(reference_ids: np.ndarray, other_ids: np.ndarray, reference_sou
     n_missing = int((positions < 0).sum())
     n_extra = len(other_ids) - (len(reference_ids) - n_missing)
     if n_missing or n_extra:
+        only_first = reference_ids[positions < 0]
+        only_second = np.setdiff1d(other_ids, reference_ids)
         raise UserError(f"split '{split_name}': sample ids of {reference_source} and {other_source} differ "
-                        f"({n_missing} only in the first, {n_extra} only in the second); predict both "
-                        f"models on the same data")
+                        f"({n_missing} only in the first{_examples(only_first, original_reference)}, {n_extra} only in "
+                        f"the second{_examples(only_second, original_other)}); predict both models on the same data "
+                        f"(ids are compared as written: 45 and 0045 differ)")
     return positions
+
+
+def _examples(ids: np.ndarray, original: np.ndarray) -> str:
+    """', e.g. '45' (text), ...' for an error message: a few ids as written, with their type."""
+    if not len(ids):
+        return ""
+    if original.dtype.kind in "iu":
+        return ", e.g. " + ", ".join(f"{v} (whole number)" for v in ids[:3].tolist())
+    return ", e.g. " + ", ".join(f"{v!r} (text)" for v in ids[:3].tolist())
 
 
 def align(reference: Split, other: Split, reference_source: str, other_source: str, split_name: str) -> Split:
@@ -552,10 +649,12 @@ def align(reference: Split, other: Split, reference_source: str, other_source: s
     positions = positions_of(reference.ids, other.ids, reference_source, other_source, split_name)
     aligned = other if positions is None else Split(other.logits[positions], other.labels[positions],
                                                     other.ids[positions])
-    n_label_diff = int((aligned.labels != reference.labels).sum())
-    if n_label_diff:
+    differ = np.flatnonzero(aligned.labels != reference.labels)
+    if len(differ):
+        first = differ[0]
         raise UserError(f"split '{split_name}': {reference_source} and {other_source} disagree on the label of "
-                        f"{n_label_diff} samples with the same id")
+                        f"{len(differ)} sample(s) with the same id (e.g. id {reference.ids[first].item()!r}: label "
+                        f"{int(reference.labels[first])} in the first, {int(aligned.labels[first])} in the second)")
     return aligned
 
 

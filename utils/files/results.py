@@ -317,6 +317,9 @@ def facts(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
         if digest_column in rows.columns:
             add("predictions", names(name_column), [(None if pd.isna(d) else str(d),) for d in rows[digest_column]])
     base = spec.name.replace("_probs", "")
+    for name_column, cost_column in (("model", "gflops"), ("model_large", "gflops_large"), ("model_small", "gflops_small")):
+        if base in ("single_model", "duo", "cascade") and cost_column in rows.columns:
+            add("GFLOPs", names(name_column), floats(cost_column))
     if base == "deep_ensemble" and "member_digests" in rows.columns:     # "name:digest|name:digest" of the pool
         for i, cell in enumerate(rows["member_digests"]):
             if isinstance(cell, str) and cell:
@@ -370,6 +373,8 @@ def _conflicts(found: pd.DataFrame):
 def _shown(about: str, value: tuple) -> str:
     if about.endswith("predictions"):
         return f"digest {value[0]}"
+    if about == "GFLOPs":          # a cost is no input: say where the stages take it from
+        return f"{value[0]:.6g}"
     return ", ".join(f"{v:.6g}" for v in value)
 
 
@@ -385,7 +390,10 @@ def check_agreement(found: pd.DataFrame, stages: dict[str, str]) -> None:
         raise UserError(f"{first['source']} (data row {first['row']}) and {other['source']} (data row {other['row']}) "
                         f"were computed from different {first['about']} of {subject} ({_shown(first['about'], first['value'])} "
                         f"vs {_shown(other['about'], other['value'])}); rerun {fixes[0]} (the older), or {fixes[1]} if it is "
-                        f"the one from other inputs (another dataset's files?), so that both come from the same inputs")
+                        f"the one from other inputs (another dataset's files?), so that both come from the same inputs"
+                        + ("; a model's cost comes from the duos CSV (--config), else the backbone CSV (--backbone_csv), "
+                           "else stage 1's measurement: give stages 4, 5 and 7 the same ones"
+                           if first["about"] == "GFLOPs" else ""))
 
 
 def agreeing(frame: pd.DataFrame, kind: str, reference: pd.DataFrame) -> np.ndarray:
@@ -407,6 +415,13 @@ def agreeing(frame: pd.DataFrame, kind: str, reference: pd.DataFrame) -> np.ndar
 
 def stage_of(kind: str) -> str:
     return KINDS[kind].stage
+
+
+def known_costs(found: pd.DataFrame) -> dict[str, float]:
+    """folded model name -> its GFLOPs per image, as any results file states it (`check_agreement` has made sure
+    they agree)."""
+    costs = found[found["about"] == "GFLOPs"]
+    return {subject: value[0] for subject, value in zip(costs["subject"], costs["value"])}
 
 
 def check_predictions_against(found: pd.DataFrame, pset, what: str) -> None:

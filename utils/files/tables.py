@@ -143,6 +143,15 @@ def read_duos(path: str | Path, backbones: pd.DataFrame | None = None) -> pd.Dat
     if len(same):
         raise UserError(f"{path}: data row {same[0] + 1} pairs {frame['model_large'].iloc[same[0]]} with itself; "
                         f"a duo needs two different models")
+    first_cost: dict = {}                  # one cost per model, whichever column and row gives it
+    for row, duo in enumerate(frame.itertuples(index=False)):
+        for name, cost in ((duo.model_large, duo.gflops_large), (duo.model_small, duo.gflops_small)):
+            if not math.isfinite(cost):
+                continue
+            seen = first_cost.setdefault(name.casefold(), (cost, row))
+            if not math.isclose(seen[0], cost, rel_tol=1e-9):
+                raise UserError(f"{path}: {name} costs {seen[0]:g} GFLOPs at data row {seen[1] + 1} but {cost:g} at data "
+                                f"row {row + 1}; a model has one cost")
     inverted = frame[frame["gflops_balance"] > 1]
     if len(inverted):
         pairs = [f"{a} + {b}" for a, b in zip(inverted["model_large"], inverted["model_small"])]
@@ -185,6 +194,33 @@ def _backbone_cell(backbones: pd.DataFrame | None, model: str, column: str):
     if match is None:
         return None
     return backbones.loc[backbones["model_name"].astype(str) == match[0], column].iloc[0]
+
+
+def duo_costs(duos: pd.DataFrame | None) -> NameMap:
+    """model -> GFLOPs per image as a duos CSV (read by `read_duos`) gives them: its own columns, or the backbone
+    CSV's where they were empty."""
+    costs = NameMap()
+    if duos is not None:
+        for duo in duos.itertuples(index=False):
+            for name, cost in ((duo.model_large, duo.gflops_large), (duo.model_small, duo.gflops_small)):
+                if math.isfinite(cost):
+                    costs[name] = float(cost)
+    return costs
+
+
+def cost_of(name: str, costs: NameMap, backbones: pd.DataFrame | None, meta: dict | None = None) -> float:
+    """A model's GFLOPs per image, from one order of sources every stage follows: the duos CSV (`costs`, see
+    `duo_costs`), else the backbone CSV's GFLOPS, else what stage 1 measured (the prediction file's meta "gflops"),
+    else NaN (unknown: the report names such models)."""
+    if name in costs:
+        return costs[name]
+    value = backbone_value(backbones, name, "GFLOPS")
+    if math.isfinite(value):
+        return value
+    measured = (meta or {}).get("gflops")
+    if isinstance(measured, (int, float)) and not isinstance(measured, bool) and math.isfinite(measured) and measured > 0:
+        return float(measured)
+    return math.nan
 
 
 def backbone_value(backbones: pd.DataFrame | None, model: str, column: str) -> float:

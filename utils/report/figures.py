@@ -18,6 +18,7 @@ MODE_STYLE = {"asymmetric": ("tab:red", "Duo: Ours (asymmetric)"), "uqonly": ("t
               "unweighted": ("tab:gray", "Duo: unweighted"), "unweighted_ts": ("tab:olive", "Duo: unweighted (TS, code)"),
               "asymmetric_code": ("tab:purple", "Duo: asymmetric (code's uncertainty)")}
 SERIES_COLORS = {label: color for color, label in MODE_STYLE.values()}
+OURS = MODE_STYLE["asymmetric"][1]
 FIGURE_METRICS = ("Acc", "F1", "NLL", "ECE", "CP_AUROC", "AURC", "SAC@98")     # Figs. 3-6 and more
 
 
@@ -70,17 +71,22 @@ def metric_vs_balance_figure(series: dict[str, pd.DataFrame], baselines: dict[st
     for i, split in enumerate(splits):
         for j, metric in enumerate(metrics):
             ax, plotted = axes[i, j], False
-            for k, (label, frame) in enumerate(series.items()):
+            # the paper's method last and on top: coinciding modes (uqonly, asymmetric_code) must not hide it
+            ordered = sorted(enumerate(series.items()), key=lambda item: item[1][0] == OURS)
+            for k, (label, frame) in ordered:
                 color = SERIES_COLORS.get(label) or f"C{k}"
+                ours = label == OURS
                 part = frame[(frame["split"] == split)].copy()
                 part = part[np.isfinite(part[metric].astype(float))].sort_values("gflops_balance")
                 if len(part):             # e.g. CP_AUROC is undefined when no prediction is correct
                     x = part["gflops_balance"].astype(float)
                     y = part[metric].astype(float) * paper_tables.PAPER_SCALE.get(metric, 1)
-                    ax.plot(x, y, marker="o", ms=3, color=color, label=label, lw=1)
+                    ax.plot(x, y, marker="o", ms=5 if ours else 3, color=color, label=label, lw=1.6 if ours else 1,
+                            zorder=4 if ours else 2)
                     if f"sig:{metric}" in part:       # hollow: the bootstrap interval of the gain includes 0
                         hollow = (part[f"sig:{metric}"] == False).to_numpy()  # noqa: E712 (NaN: no interval)
-                        ax.scatter(x[hollow], y[hollow], s=14, facecolors="white", edgecolors=color, zorder=3)
+                        ax.scatter(x[hollow], y[hollow], s=14, facecolors="white", edgecolors=color,
+                                   zorder=5 if ours else 3)
                     plotted = True
             for k, (label, rows) in enumerate(baselines.items()):
                 row = rows[rows["split"] == split]

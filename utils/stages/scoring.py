@@ -64,6 +64,59 @@ def single_model_metrics(logits, labels: np.ndarray, uncertainty_types: Iterable
                                   uncertainties, stats)
 
 
+def single_rows(data, temperature: float, uncertainty_types: Iterable[str] = SINGLE_UNCERTAINTY_TYPES) -> list[dict]:
+    """Stage 4's rows of one model on one split (a Split): raw and temperature-scaled, each uncertainty type (metrics
+    plus wrapper, uncertainty_type and the temperature applied)."""
+    import math
+    # T = inf (uniform beat the model on val): probabilities are uniform, predictions stay its own
+    kept = np.argmax(data.logits, axis=1) if math.isinf(temperature) else None
+    rows = []
+    for wrapper, logits, predictions, used in (
+            ("None", data.logits, None, 1.0),
+            ("TempScaleWrapper", um.WeightedLogits([data.logits], [1.0 / temperature]), kept, temperature)):
+        for uncertainty, metrics in single_model_metrics(logits, data.labels, uncertainty_types, predictions).items():
+            rows.append({**metrics, "wrapper": wrapper, "uncertainty_type": uncertainty, "temperature": used})
+    return rows
+
+
+def bootstrap_baseline(data, temperature: float, uncertainty_types, resamples: int, seed: int, where: str) -> dict:
+    """The temperature-scaled model's point and resampled metrics on one split (a Split), the baseline every
+    paired interval of a duo is taken against; the split must be large enough for a bootstrap."""
+    from utils.maths import bootstrap
+    bootstrap.check_samples(len(data), where)
+    return resampled_baseline(scaled_terms(data.logits, data.labels, temperature, uncertainty_types), resamples, seed)
+
+
+def duo_rows(data_large, data_small, temps, modes, uncertainty_types, combine: str = "logits",
+             normalizers: dict | None = None, base: dict | None = None, resamples: int = 0,
+             seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Stage 5's rows of one duo on one split (row-aligned Splits), each mode and uncertainty type (metrics plus mode,
+    uncertainty_type and the member scalings used), and with a `bootstrap_baseline` `base` the paired intervals
+    against it (plus the baseline's temperature)."""
+    from utils.maths.duo_modes import duo_outputs, member_scales
+    outputs = duo_outputs(data_large.logits, data_small.logits, temps, modes, uncertainty_types, normalizers, combine)
+    rows, deltas = [], []
+    for mode, out in outputs.items():
+        scale_large, scale_small = member_scales(mode, temps)
+        used = {"mode": mode, "scale_large": scale_large, "scale_small": scale_small}
+        scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
+        rows += [{**metrics, **used, "uncertainty_type": uncertainty} for uncertainty, metrics in scored.items()]
+        if base is not None:
+            deltas += delta_rows(base, mode_terms(out, data_large.labels), resamples, seed,
+                                 {**used, "temperature": temps.single_large})
+    return rows, deltas
+
+
+def pair_costs(duo, large: PredictionSet, small: PredictionSet, costs, backbones) -> dict:
+    """A duo row's gflops_large, gflops_small and gflops_balance: each member's cost as `tables.cost_of` finds it
+    (the duos CSV, the backbone CSV, what stage 1 measured), the balance as the duos CSV gives it, else their ratio."""
+    from utils.files import tables
+    large_cost = tables.cost_of(large.model, costs, backbones, large.meta)
+    small_cost = tables.cost_of(small.model, costs, backbones, small.meta)
+    balance = duo.gflops_balance if np.isfinite(duo.gflops_balance) else small_cost / large_cost
+    return {"gflops_large": large_cost, "gflops_small": small_cost, "gflops_balance": balance}
+
+
 def resolve_dataset(flag: str | None, recorded: Iterable[str | None], predictions_dir: str | Path) -> str:
     """The dataset name for result file names: --dataset, else the one the prediction files record,
     else (CSV files carry no metadata) the predictions folder's name. Files that record several datasets are
@@ -189,7 +242,6 @@ def baseline_delta_rows(files, calibration, uncertainty_types, resamples: int, s
     temperature-scaled backbone, on the samples both predicted (aligned by id). `calibration`: the stage's
     utils/stages/calibration.Calibration."""
     from utils.files.model_names import baseline_backbone
-    from utils.maths import bootstrap
     derived: dict[str, list[str]] = {}
     for name in files:
         backbone = baseline_backbone(name)
@@ -199,11 +251,8 @@ def baseline_delta_rows(files, calibration, uncertainty_types, resamples: int, s
     for backbone, names in sorted(derived.items()):
         base_set = read_predictions(files[backbone])
         base_temperature = calibration.temperature(base_set)
-        for split, data in base_set.splits.items():
-            if split in EVAL_SPLITS:
-                bootstrap.check_samples(len(data), f"{base_set.source}: split '{split}'")
-        baselines = {split: resampled_baseline(scaled_terms(data.logits, data.labels, base_temperature,
-                                                            uncertainty_types), resamples, seed)
+        baselines = {split: bootstrap_baseline(data, base_temperature, uncertainty_types, resamples, seed,
+                                               f"{base_set.source}: split '{split}'")
                      for split, data in base_set.splits.items() if split in EVAL_SPLITS}
         for name in sorted(names):
             other = read_predictions(files[name])
