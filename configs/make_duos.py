@@ -1,6 +1,6 @@
 """Regenerate configs/duos.csv and configs/duos_rn50.csv from configs/backbones.csv.
 
-A duo pairs a large model with every backbone of strictly fewer GFLOPs (paper-notes §3.4).
+A duo pairs a large model with every backbone of strictly fewer GFLOPs (docs/files.md, "Adding a pair").
 Rows added by hand to a duos CSV (pairs this rule would not produce) are kept.
 
     python configs/make_duos.py [--backbone_csv configs/backbones.csv] [--soups --output_dir my_configs]

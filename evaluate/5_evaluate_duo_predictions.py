@@ -2,7 +2,7 @@
 
 Writes `evaluation_duo_<dataset>.csv` (test) and `evaluation_duo_<dataset>_ood.csv` (ood_test) under
 --output_dir (`evaluation_duo_probs_...` with `--combine probs`). Modes and uncertainty types are defined
-in `utils/maths/duo_modes.py` (contract §5).
+in `utils/maths/duo_modes.py` (docs/methods.md, "Duo modes").
 
     python evaluate/5_evaluate_duo_predictions.py --config configs/duos.csv \
         --predictions_dir ./predictions --output_dir ./results [--modes unweighted uqonly asymmetric]

@@ -1,4 +1,4 @@
-"""Datasets as splits of (image, label, sample id), with the paper's splits (paper-notes §2).
+"""Datasets as splits of (image, label, sample id), with the paper's splits (docs/reproduction.md, "Datasets").
 
 | name       | train          | val               | test               | ood_test              | classes |
 | iwildcam   | WILDS train    | WILDS id_val      | WILDS id_test      | WILDS test (OOD)      | 182     |

@@ -1,4 +1,4 @@
-"""Every script's --help describes every flag (the contract), and --help exits 0."""
+"""Every script's --help describes every flag (docs/robustness.md), and --help exits 0."""
 import importlib
 
 import pytest

@@ -1,4 +1,4 @@
-"""One model identity everywhere (contract §2): names in any case, backbones.csv spelling for files a
+"""One model identity everywhere (docs/files.md, "Model names"): names in any case, backbones.csv spelling for files a
 stage creates, the file name over meta.model, configs from any working folder."""
 import os
 import shutil

@@ -1,5 +1,5 @@
-"""The official code's command lines (paper-notes §8.2) parse, with the official meaning, and the
-flags the README lists as not accepted are indeed refused."""
+"""The official code's command lines (docs/official-code.md) parse, with the official meaning, and the
+flags docs/official-code.md lists as not accepted are indeed refused."""
 import importlib
 
 import numpy as np
@@ -36,7 +36,7 @@ OFFICIAL = {
     "evaluate/3dy_duo_temp_scale.py": "--dataset_name caltech256 --duo_csv_path configs/duos.csv --num_epochs 8 "
                                       "--optimizer adam --mode concat",
 }
-# what the README says is not accepted, and why (each must really be refused)
+# what docs/official-code.md says is not accepted, and why (each must really be refused)
 NOT_ACCEPTED = {
     "train/download_imagenet_models.py": "--model_save_dir checkpoints/imagenet",
     "evaluate/3dy_duo_temp_scale.py": "--features_dir y-prediction/caltech256",

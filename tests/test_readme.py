@@ -1,10 +1,11 @@
-"""The README's reproduction section runs as written, in order, from a working folder outside the
-repository, on tiny iWildCam and Caltech-256 trees in the real layouts.
+"""The documented commands run as written: docs/reproduction.md in order, from a working folder outside the
+repository, on tiny iWildCam and Caltech-256 trees in the real layouts; the README's numpy-API block; and the
+README's quickstart commands parse with their scripts' own parsers.
 
-The commands are read from README.md itself, so the README and the code cannot drift: every fenced
-bash block of "## Full reproduction on real data" runs, except blocks marked as needing the internet;
-the only changes are the ones the README tells a user to make (the script's full path when running
-outside the repository, and the README's own quick-run flags).
+The commands are read from the documents themselves, so the documents and the code cannot drift: every fenced
+bash block of docs/reproduction.md runs, except blocks marked as needing the internet; the only changes are the
+ones the page tells a user to make (the script's full path when running outside the repository, and the page's
+own quick-run flags).
 """
 import os
 import re
@@ -21,7 +22,7 @@ from tests.conftest import REPO
 from utils.maths.duo_modes import MODES
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 
-SECTION = "## Full reproduction on real data"
+REPRODUCTION = REPO / "docs" / "reproduction.md"
 SKIP_MARK = "<!-- not run by the tests:"
 QUICK_MARK = "<!-- quick-run flags:"
 COMMAND = re.compile(r"\bpython (\S+\.py)\b")
@@ -38,12 +39,6 @@ def fenced_blocks(text: str) -> list[tuple[str, str, str]]:
         else:
             i += 1
     return blocks
-
-
-def reproduction_section(readme: str) -> str:
-    start = readme.index(SECTION)
-    end = readme.find("\n## ", start + len(SECTION))
-    return readme[start:end if end >= 0 else None]
 
 
 def quick_flags(blocks) -> dict[str, str]:
@@ -69,7 +64,7 @@ def as_run_elsewhere(body: str, flags: dict[str, str]) -> str:
 
 def readme_scripts(readme: str) -> tuple[list[str], list[str]]:
     """A bash script per runnable block of the section, and the blocks marked as not run."""
-    blocks = fenced_blocks(reproduction_section(readme))
+    blocks = fenced_blocks(readme)
     flags = quick_flags(blocks)
     skipped = [body for lang, body, above in blocks if lang == "bash" and above.startswith(SKIP_MARK)]
     runnable = [body for lang, body, above in blocks if lang == "bash" and not above.startswith(SKIP_MARK)]
@@ -77,7 +72,7 @@ def readme_scripts(readme: str) -> tuple[list[str], list[str]]:
 
 
 def test_readme_script_extraction():
-    scripts, skipped = readme_scripts((REPO / "README.md").read_text())
+    scripts, skipped = readme_scripts(REPRODUCTION.read_text())
     # only the weight-staging blocks are exempt (they download; the second also needs ImageNet); the rest runs
     assert len(skipped) == 2 and all("download_imagenet_models.py" in block for block in skipped)
     assert len(scripts) == 2 and "--dataset iwildcam" in scripts[0] and "--dataset caltech256" in scripts[1]
@@ -96,7 +91,7 @@ def test_readme_reproduction_runs_as_written(tmp_path):
     work = tmp_path / "work"                     # a researcher's own folder, outside the repository
     fixtures.make_iwildcam(work / "data")
     fixtures.make_caltech256(work / "data", per_class=35)    # a test split of 21: enough for the paired bootstrap
-    scripts, _ = readme_scripts((REPO / "README.md").read_text())
+    scripts, _ = readme_scripts(REPRODUCTION.read_text())
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1"}
     before = repository_outputs()
@@ -106,9 +101,9 @@ def test_readme_reproduction_runs_as_written(tmp_path):
                              stderr=subprocess.PIPE, text=True) for script in scripts]
     outputs = [job.communicate(timeout=1500) for job in jobs]
     for job, (out, err) in zip(jobs, outputs):
-        assert job.returncode == 0, f"README command failed:\n{err[-6000:]}"
+        assert job.returncode == 0, f"a command of docs/reproduction.md failed:\n{err[-6000:]}"
     stdout = "".join(out for out, _ in outputs)
-    assert repository_outputs() == before, "a README command wrote into the repository instead of the working folder"
+    assert repository_outputs() == before, "a documented command wrote into the repository instead of the working folder"
 
     # one identity per model, spelt as configs/backbones.csv, whatever case the commands used
     predictions = work / "predictions"
@@ -163,7 +158,7 @@ API_MARK = "<!-- run by tests/test_readme.py with val_*/test_* arrays"
 
 def test_readme_numpy_api_block_runs_as_written(tmp_path):
     """The README's numpy-API block, run from a folder outside the repository on two models' probabilities."""
-    section = (REPO / "README.md").read_text().split("## Bring your own logits", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "README.md").read_text()
     [body] = [body for lang, body, above in fenced_blocks(section) if lang == "python" and above.startswith(API_MARK)]
     prelude = ("import numpy as np\nfrom scipy.special import softmax\nfrom tests.helpers import make_duo_logits\n"
                "sets = make_duo_logits(num_classes=5)\n"
@@ -179,3 +174,17 @@ def test_readme_numpy_api_block_runs_as_written(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     assert "'delta'" in result.stdout and "'ci_low'" in result.stdout
+
+
+def test_readme_quickstart_commands_parse_with_their_scripts():
+    """The README's stage sequence (run in full, with data, by the reproduction test): each command's flags exist and
+    their values parse."""
+    import importlib
+    readme = (REPO / "README.md").read_text()
+    [body] = [body for lang, body, _ in fenced_blocks(readme.split("## The stages", 1)[1].split("\n## ", 1)[0])
+              if lang == "bash"]
+    commands = [line.partition(" # ")[0].split() for line in body.splitlines() if line.startswith("python ")]
+    assert len(commands) == 8
+    for _, script, *args in commands:
+        parser = importlib.import_module(script[:-3].replace("/", ".")).build_parser()
+        parser.parse_args(args)                         # an unknown flag or a bad value exits 2

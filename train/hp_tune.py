@@ -1,10 +1,10 @@
 """Train one backbone with the paper's recipe: a Ray Tune search over linear probing (LP), then over
-fine-tuning (FT) initialised from the best LP checkpoint (paper A.2, paper-notes §4.2-4.3).
+fine-tuning (FT) initialised from the best LP checkpoint (paper App. A.2; docs/reproduction.md, "Notes").
 
     python train/hp_tune.py --model convnext_base --dataset iwildcam --num_samples 12 --output_dir ./checkpoints
 
 Outputs under <output_dir>/<dataset>/: lp/<name>.pth, ff/<name>.pth, optimal_hyperparams_{lp,ff}.csv,
-soup/<name>/trial<i>.pth with soup/<name>_trials.csv, and the README's <output_dir>/<name>_best.pth.
+soup/<name>/trial<i>.pth with soup/<name>_trials.csv, and <output_dir>/<name>_best.pth (docs/reproduction.md).
 A better existing record is never overwritten. Join a Ray cluster with --ray_address auto.
 """
 from __future__ import annotations

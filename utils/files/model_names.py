@@ -1,4 +1,4 @@
-"""Model identity (contract §2): a model's name is the stem of its prediction file.
+"""Model identity (docs/files.md, "Model names"): a model's name is the stem of its prediction file.
 
 Names are compared case-insensitively everywhere: a duos CSV row `ResNet18` finds `resnet18.npz`, a
 temperature row written as `convnext_base` serves `ConvNeXt_Base`. Files a stage creates are spelt as

@@ -1,4 +1,4 @@
-"""Prediction files: one model's logits, labels and sample ids per split (contract §2).
+"""Prediction files: one model's logits, labels and sample ids per split (docs/files.md).
 
 Formats read: the project's NPZ and CSV, and the official code's `y-prediction/<dataset>/` tree.
 Every read validates the data (finite logits, labels in range, unique ids, non-empty splits) and

@@ -203,7 +203,7 @@ class LockedTable:
             self.frame = pd.DataFrame(columns=list(columns or key_columns))
 
     def _keys(self, frame: pd.DataFrame, columns: Sequence[str] | None = None) -> list[tuple]:
-        # model names are one identity in any case (contract §2): `resnet18` and `ResNet18` are one row
+        # model names are one identity in any case (docs/files.md, "Model names"): `resnet18` and `ResNet18` are one row
         return [tuple(str(v).strip().casefold() for v in key)
                 for key in frame[list(columns or self.key_columns)].astype(str).itertuples(index=False, name=None)]
 

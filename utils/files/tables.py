@@ -55,8 +55,8 @@ def _numeric_column(frame: pd.DataFrame, column: str, path: Path) -> pd.Series:
 # ----------------------------------------------------------------------------- duo and backbone lists
 
 def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str], soups: bool = False) -> pd.DataFrame:
-    """Duos CSV rows pairing each large model with every backbone of strictly fewer GFLOPs (paper-notes
-    §3.4), cheapest sidekick first; with `soups`, the same sidekicks again for each large model's greedy soup
+    """Duos CSV rows pairing each large model with every backbone of strictly fewer GFLOPs (docs/files.md,
+    "Adding a pair"), cheapest sidekick first; with `soups`, the same sidekicks again for each large model's greedy soup
     `<large>_greedy` (paper Fig. 7; a soup costs what its backbone costs)."""
     rows = []
     backbones = backbone_costs(backbones)

@@ -1,4 +1,4 @@
-"""What each duo mode means (contract §5): member logits + temperatures -> p, prediction, uncertainty.
+"""What each duo mode means (docs/methods.md, "Duo modes"): member logits + temperatures -> p, prediction, uncertainty.
 
 The single definition used online by `DuoWrapper` and offline by stage 5. With large logits l,
 small logits s, stage-2 temperatures T^single and stage-3 duo weights w (z_duo = w_l l + w_s s):

@@ -1,4 +1,4 @@
-"""Uncertainty measures and evaluation metrics (contract §6), vectorised, float64, O(N log N).
+"""Uncertainty measures and evaluation metrics (docs/methods.md, "Metrics"), vectorised, float64, O(N log N).
 
 The heavy part, softmax statistics over an [N, K] logit matrix, is one pass per row block in
 float64 (`softmax_stats`); every metric and uncertainty measure is then a cheap function of
@@ -295,7 +295,7 @@ def kl_divergence(logits_p, logits_q, log_normalizer_q: np.ndarray | None = None
 
 
 def kl_disagreement(base_uncertainty: np.ndarray, kl_small_large: np.ndarray, weight: float = KL_WEIGHT) -> np.ndarray:
-    """The README's 'confidence + inter-model disagreement': u + weight * KL(p_small || p_large)."""
+    """The official README's 'confidence + inter-model disagreement': u + weight * KL(p_small || p_large)."""
     return base_uncertainty + weight * kl_small_large
 
 
@@ -409,7 +409,7 @@ def calibration_metrics(logits, labels: np.ndarray, stats: SoftmaxStats | None =
 
 def compute_metrics(logits, labels: np.ndarray, predictions: np.ndarray | None = None,
                     uncertainty: np.ndarray | None = None, stats: SoftmaxStats | None = None) -> dict[str, float]:
-    """Every metric column for one scored prediction set, in contract order.
+    """Every metric column for one scored prediction set, in the results files' column order.
 
     `predictions` default to argmax p; `uncertainty` defaults to the softmax response 1 - max p.
     """

@@ -54,7 +54,7 @@ def metric_cells(rows: pd.DataFrame, metrics) -> dict[str, str]:
 
 
 def relative_improvement(value: float, base: float, metric: str) -> float:
-    """Improvement toward the perfect score, in percent (paper-notes §5)."""
+    """Improvement toward the perfect score, in percent (the paper's Fig. 1; docs/reproduction.md)."""
     if metric in HIGHER_BETTER:
         return 100.0 * (value - base) / (1.0 - base) if base != 1 else math.nan
     return -100.0 * (value - base) / base if base != 0 else math.nan
