@@ -15,6 +15,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -m "" --durations=10
 
 demo: setup

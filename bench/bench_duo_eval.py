@@ -29,7 +29,7 @@ TARGET_RATIO = 7.0       # stage 5 against the official script on the same files
 def write_models(folder: Path) -> None:
     rng = np.random.default_rng(0)
     labels = {s: rng.integers(0, NUM_CLASSES, n) for s, n in SIZES.items()}
-    for i, model in enumerate(LARGE + SMALL):
+    for model in LARGE + SMALL:
         quality = 3.0 if model in LARGE else 1.5
         splits = {}
         for s, n in SIZES.items():

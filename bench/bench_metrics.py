@@ -65,8 +65,8 @@ def main() -> None:
         logits = (rng.normal(size=(n, k)) * 3).astype(np.float32)
         labels = np.where(rng.random(n) < 0.8, logits.argmax(1), rng.integers(0, k, n))
         compute_metrics(logits, labels)                                  # warm-up
-        ours = best_time(lambda: compute_metrics(logits, labels), args.repeats)
-        theirs = best_time(lambda: sklearn_style(logits, labels), max(1, args.repeats // 2))
+        ours = best_time(lambda logits=logits, labels=labels: compute_metrics(logits, labels), args.repeats)
+        theirs = best_time(lambda logits=logits, labels=labels: sklearn_style(logits, labels), max(1, args.repeats // 2))
         a, b = compute_metrics(logits, labels), sklearn_style(logits, labels)
         worst = max(abs(a[key] - b[key]) for key in b)
         print(f"{name:20s} {ours:9.3f} {theirs:18.3f} {theirs / ours:8.1f}x {OFFICIAL_S[name]:13.1f} "

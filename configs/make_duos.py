@@ -15,6 +15,7 @@ import pandas as pd
 from utils.cli.parsing import ArgumentParser, run_main
 from utils.files import safe_io, tables
 from utils.files.tables import DUO_COLUMNS, duos_from_backbones
+from utils.paths import resolve_config_path
 
 HERE = Path(__file__).resolve().parent
 PAPER_LARGE = ["ConvNeXt_Base", "Swin_V2_B", "tf_efficientnetv2_l.in21k_ft_in1k",
@@ -47,7 +48,7 @@ def build_parser() -> ArgumentParser:
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     backbones = tables.read_backbones(args.backbone_csv)
-    outputs = safe_io.Outputs([tables.resolve_config_path(args.backbone_csv, "--backbone_csv")])
+    outputs = safe_io.Outputs([resolve_config_path(args.backbone_csv, "--backbone_csv")])
     counts = {}
     for name, large in (("duos.csv", PAPER_LARGE), ("duos_rn50.csv", RN50_LARGE)):
         path = Path(args.output_dir) / name

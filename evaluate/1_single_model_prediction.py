@@ -23,7 +23,7 @@ from load_models import model_loader
 from load_models.inference import predict, predict_with_features, prepare_model, resolve_device
 from utils.cli import flags
 from utils.cli.config import DATASETS
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_int, run_main, warn, plain_name
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, plain_name, positive_int, run_main, warn
 from utils.files import safe_io, tables
 from utils.files.model_names import check_plain_name, checkpoint_dir, existing_path, unique_by_case
 from utils.files.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, read_predictions, write_predictions

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from utils.cli.parsing import ArgumentParser, run_main, plain_name
+from utils.cli.parsing import ArgumentParser, plain_name, run_main
 from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, prediction_paths, read_predictions, select_prediction_files
 from utils.maths import calibrate_temperature

@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from utils.cli.parsing import ArgumentParser, add_backbone_csv, UserError, run_main
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, run_main
 from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, resolve_prediction_path
 from utils.maths import calibrate_temperature
 from utils.stages.calibration import duo_weights_row
-from utils.stages.scoring import PredictionCache, find_duo_files
+from utils.stages.inputs import PredictionCache, find_duo_files
 
 
 def build_parser() -> ArgumentParser:
@@ -46,7 +46,8 @@ def main_impl(argv=None) -> int:
             raise UserError("--large_model_pred and --small_model_pred go together")
         jobs = [(resolve_prediction_path(args.large_model_pred), resolve_prediction_path(args.small_model_pred))]
     else:
-        found, skipped = find_duo_files(tables.read_duos(args.config, tables.read_backbones(args.backbone_csv)), args.predictions_dir, args.strict)
+        duos = tables.read_duos(args.config, tables.read_backbones(args.backbone_csv))
+        found, skipped = find_duo_files(duos, args.predictions_dir, args.strict)
         jobs = [(large, small) for _, large, small in found]
         if not jobs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")

@@ -20,12 +20,13 @@ import torch
 
 from load_models import dynamic_duo
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, add_backbone_csv, UserError, non_negative_int, positive_int, run_main
+from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main
 from utils.files import safe_io, tables
 from utils.files.prediction_io import aligned, check_output_folder, read_features, resolve_prediction_path
 from utils.files.results import EVAL_SPLITS, queue_results
 from utils.stages.calibration import checked_duo_weights
-from utils.stages.scoring import PredictionCache, find_duo_files, resolve_dataset, single_model_metrics
+from utils.stages.inputs import PredictionCache, find_duo_files, resolve_dataset
+from utils.stages.scoring import single_model_metrics
 
 
 def build_parser() -> ArgumentParser:
@@ -49,7 +50,8 @@ def main_impl(argv=None) -> int:
     if bool(args.large_model_pred and args.small_model_pred) == bool(args.config):
         raise UserError("give --large_model_pred and --small_model_pred, or --config DUOS_CSV")
     if args.config:
-        found, _ = find_duo_files(tables.read_duos(args.config, tables.read_backbones(args.backbone_csv)), args.predictions_dir, strict=False)
+        duos = tables.read_duos(args.config, tables.read_backbones(args.backbone_csv))
+        found, _ = find_duo_files(duos, args.predictions_dir, strict=False)
         pairs = [(large, small, duo) for duo, large, small in found]
         if not pairs:
             raise UserError(f"--config: none of the duos in {args.config} has prediction files in {args.predictions_dir}")

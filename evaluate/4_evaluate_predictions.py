@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import sys
 
-
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, add_backbone_csv, run_main, warn, plain_name
+from utils.cli.parsing import ArgumentParser, add_backbone_csv, plain_name, run_main, warn
 from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, read_predictions, select_prediction_files
 from utils.files.results import EVAL_SPLITS, queue_results
 from utils.stages.calibration import Calibration
-from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, baseline_delta_rows, check_scaled_logits,
-                                  largest_magnitude, resolve_dataset, single_rows)
+from utils.stages.inputs import resolve_dataset
+from utils.stages.intervals import baseline_delta_rows
+from utils.stages.scoring import SINGLE_UNCERTAINTY_TYPES, check_scaled_logits, largest_magnitude, single_rows
 
 
 def build_parser() -> ArgumentParser:

@@ -19,8 +19,9 @@ from utils.files.results import queue_results
 from utils.maths.duo_modes import COMBINE, MODES, member_scales
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 from utils.stages.calibration import Calibration
-from utils.stages.scoring import (PredictionCache, bootstrap_baseline, check_scaled_logits, duo_rows, find_duo_files,
-                                  largest_magnitude, pair_costs, paired_splits, resolve_dataset)
+from utils.stages.inputs import PredictionCache, find_duo_files, pair_costs, paired_splits, resolve_dataset
+from utils.stages.intervals import bootstrap_baseline
+from utils.stages.scoring import check_scaled_logits, duo_rows, largest_magnitude
 
 _NEEDS_SINGLE = {"unweighted_ts"}
 _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}

@@ -32,10 +32,23 @@ from load_data.dataloaders import make_loaders
 from load_data.datasets import load_dataset
 from load_models import model_loader
 from load_models.inference import predict, resolve_device
-from load_models.laplace_tools import (PairLoader, feature_loaders, laplace_log_probs, predictive_chunk,
-                                       use_fast_kron_predictive)
+from load_models.laplace_tools import (
+    PairLoader,
+    feature_loaders,
+    laplace_log_probs,
+    predictive_chunk,
+    use_fast_kron_predictive,
+)
 from utils.cli import flags
-from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, positive_float, positive_int, run_main, plain_name
+from utils.cli.parsing import (
+    ArgumentParser,
+    UserError,
+    add_backbone_csv,
+    plain_name,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.files import tables
 from utils.files.model_names import existing_path, output_path
 from utils.files.prediction_io import SPLITS, PredictionSet, write_predictions

@@ -20,17 +20,24 @@ import math
 import sys
 
 from utils.cli import flags
-from utils.cli.parsing import (MOST_CASCADE_STEPS, ArgumentParser, UserError, add_backbone_csv, cascade_steps,
-                               positive_float, run_main, warn)
+from utils.cli.parsing import (
+    MOST_CASCADE_STEPS,
+    ArgumentParser,
+    UserError,
+    add_backbone_csv,
+    cascade_steps,
+    positive_float,
+    run_main,
+)
 from utils.files import safe_io, tables
-from utils.files.prediction_io import aligned, check_output_folder
+from utils.files.prediction_io import check_output_folder
 from utils.files.results import queue_results
 from utils.maths import cascades
-from utils.maths.duo_modes import duo_outputs, member_scales
+from utils.maths.duo_modes import member_scales
 from utils.stages.calibration import Calibration
-from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, PredictionCache, check_scaled_logits, find_duo_files,
-                                  pair_costs,
-                                  largest_magnitude, mode_terms, paired_splits, resolve_dataset, scaled_terms)
+from utils.stages.cascade_points import CascadePlan, budget_thresholds, cascade_rows, split_terms
+from utils.stages.inputs import PredictionCache, find_duo_files, pair_costs, paired_splits, resolve_dataset
+from utils.stages.scoring import SINGLE_UNCERTAINTY_TYPES, check_scaled_logits, largest_magnitude
 
 
 def build_parser() -> ArgumentParser:
@@ -75,44 +82,6 @@ def pair_gflops(duo, large, small, costs, backbones, args) -> dict:
     return {"large": float(found["gflops_large"]), "small": float(found["gflops_small"])}
 
 
-def budget_thresholds(large, small, temps, gflops: dict, args) -> dict:
-    """(order, uncertainty type) -> [("val_budget", B, tau)]: for each --budgets B, the tau that defers on the val
-    split the share of inputs an expected cost of B x gflops_large pays for."""
-    val_large = large.split("val", "to fit the cascade thresholds of --budgets")
-    val_small = aligned(large, small, "val", "to fit the cascade thresholds of --budgets")
-    kinds = args.uncertainty_types
-    val = {"large": scaled_terms(val_large.logits, val_large.labels, temps.single_large, kinds),
-           "small": scaled_terms(val_small.logits, val_large.labels, temps.single_small, kinds)}
-    taus = {}
-    for order in args.orders:
-        first, second = ("large", "small") if order == "large_first" else ("small", "large")
-        for kind in kinds:
-            taus[(order, kind)] = []
-            for budget in args.budgets:
-                full = (gflops["large"] + gflops["small"]) / gflops["large"]
-                if budget * gflops["large"] < gflops[first] and kind == kinds[0]:
-                    warn(f"--budgets {budget:g}: {large.model} + {small.model} {order}: below the first model's own "
-                         f"cost ({gflops[first] / gflops['large']:.3g}x {large.model}'s GFLOPs), so the cascade "
-                         f"defers nothing and costs that")
-                elif budget >= full and kind == kinds[0]:
-                    warn(f"--budgets {budget:g}: {large.model} + {small.model} {order}: at or above the whole duo's cost "
-                         f"({full:.4g}x {large.model}'s GFLOPs; FLOPs balance {gflops['small'] / gflops['large']:.3g}), "
-                         f"so the cascade defers every input and is the duo; for {order} budgets between "
-                         f"{gflops[first] / gflops['large']:.4g} and {full:.4g} make sense")
-                fraction = cascades.budget_fraction(budget, gflops["large"], gflops[first], gflops[second])
-                tau = cascades.threshold_for_fraction(val[first][kind].uncertainty, fraction)
-                taus[(order, kind)].append(("val_budget", budget, tau))
-    return taus
-
-
-def split_terms(logits_large, logits_small, labels, temps, kinds) -> dict:
-    """{"large"|"small"|"duo": {uncertainty type: SampleTerms}} of one split."""
-    duo = duo_outputs(logits_large, logits_small, temps, ["asymmetric"], kinds)["asymmetric"]
-    return {"large": scaled_terms(logits_large, labels, temps.single_large, kinds),
-            "small": scaled_terms(logits_small, labels, temps.single_small, kinds),
-            "duo": mode_terms(duo, labels)}
-
-
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.budgets = list(dict.fromkeys(args.budgets or []))         # 1.1 twice is one budget
@@ -128,13 +97,14 @@ def main_impl(argv=None) -> int:
     calibration.expect(outputs)
 
     cache = PredictionCache()
+    plan = CascadePlan(args.orders, args.uncertainty_types, args.steps, args.budgets)
     rows, dataset_names = [], []
     for duo, large_path, small_path in jobs:
         large, small = cache.get(large_path), cache.get(small_path)
         dataset_names += [large.dataset, small.dataset]
         temps = calibration.pair(large, small, (large, small))
         gflops = pair_gflops(duo, large, small, costs, backbones, args)
-        taus = budget_thresholds(large, small, temps, gflops, args) if args.budgets else {}
+        taus = budget_thresholds(large, small, temps, gflops, plan)
         scale_large, scale_small = member_scales("asymmetric", temps)
         descriptive = {"model_large": large.model, "model_small": small.model, "gflops_large": gflops["large"],
                        "gflops_small": gflops["small"], "digest_large": large.digest, "digest_small": small.digest,
@@ -142,22 +112,11 @@ def main_impl(argv=None) -> int:
                        "temperature_large": temps.single_large, "temperature_small": temps.single_small}
         for split, data_large, data_small in paired_splits(large, small):
             magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
-            duo_weights = [scale / 2 for scale in member_scales("asymmetric", temps)]
-            for weights_used in ([1 / temps.single_large, 0.0], [0.0, 1 / temps.single_small], duo_weights):
+            for weights_used in ([1 / temps.single_large, 0.0], [0.0, 1 / temps.single_small],
+                                 [scale_large / 2, scale_small / 2]):
                 check_scaled_logits(magnitudes, weights_used, f"{args.calibrated_dir}: {large.model} + {small.model}")
-            kinds = args.uncertainty_types
-            terms = split_terms(data_large.logits, data_small.logits, data_large.labels, temps, kinds)
-            for order in args.orders:
-                first = "large" if order == "large_first" else "small"
-                for kind in kinds:
-                    sweep = [("sweep", fraction, tau) for fraction, tau in
-                             cascades.sweep_thresholds(terms[first][kind].uncertainty, args.steps)]
-                    for selection, target, tau in sweep + taus.get((order, kind), []):
-                        metrics, deferred = cascades.cascade_point(terms[first][kind], terms["duo"][kind], tau)
-                        cost = cascades.expected_gflops(order, gflops["large"], gflops["small"], deferred)
-                        rows.append({**metrics, **descriptive, "order": order, "uncertainty_type": kind,
-                                     "selection": selection, "target": target, "tau": tau, "deferred": deferred,
-                                     "gflops_expected": cost, "split": split})
+            terms = split_terms(data_large.logits, data_small.logits, data_large.labels, temps, args.uncertainty_types)
+            rows += [{**row, **descriptive, "split": split} for row in cascade_rows(terms, taus, gflops, plan)]
         print(f"{large.model} + {small.model}: {len(args.orders)} cascade order(s) evaluated")
 
     if not rows:

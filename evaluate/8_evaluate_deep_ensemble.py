@@ -24,32 +24,37 @@ header; labels from ../point_prediction.csv), raw (no temperature), one row each
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
-import math
 import os
-import re
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from utils.cli import flags
-from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, non_negative_int, positive_int, run_main,
-                               plain_name, warn)
+from utils.cli.parsing import (
+    ArgumentParser,
+    UserError,
+    add_backbone_csv,
+    non_negative_int,
+    plain_name,
+    positive_int,
+    run_main,
+    warn,
+)
 from utils.files import safe_io, tables
-from utils.files.model_names import NameMap, check_plain_name, unique_by_case
-from utils.files.prediction_io import (DIGEST_LENGTH, aligned, check_output_folder, find_prediction_file, prediction_paths,
-                                       read_official_ensemble, read_predictions)
+from utils.files.model_names import check_plain_name, unique_by_case
+from utils.files.prediction_io import (
+    aligned,
+    check_output_folder,
+    find_prediction_file,
+    prediction_paths,
+    read_predictions,
+)
 from utils.files.results import EVAL_SPLITS, check_dataset_name, queue_results
 from utils.maths import calibrate_temperature
 from utils.maths.bootstrap import check_samples
 from utils.maths.duo_modes import COMBINE
-from utils.maths.uncertainty_metrics import METRIC_COLUMNS, ProbabilityMixture, WeightedLogits
-from utils.stages.calibration import checked_temperature
-from utils.stages.scoring import (SINGLE_UNCERTAINTY_TYPES, SPREAD_DDOF, delta_rows, resampled_baseline,
-                                  resolve_dataset, scaled_terms, single_model_metrics)
+from utils.maths.uncertainty_metrics import SINGLE_UNCERTAINTY_TYPES
+from utils.stages.ensembles import Ensemble, default_name, member_splits, official_ensemble_rows
+from utils.stages.inputs import resolve_dataset
 
 
 def build_parser() -> ArgumentParser:
@@ -86,61 +91,6 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def pooled_logits(members: list, combine: str) -> np.ndarray:
-    """The members' mean logits, or (combine="probs") the log of their mean probabilities."""
-    if combine == "probs":
-        return ProbabilityMixture(members, [1.0] * len(members)).materialise()
-    return WeightedLogits(members, [1.0 / len(members)] * len(members)).materialise()
-
-
-def base_model(members: list, splits: dict, name: str, args) -> tuple[str, dict, object]:
-    """(name, {split: predictions aligned with the members'}, its PredictionSet) of the model DE(m) is compared
-    with; read and checked before anything is written."""
-    if args.base:
-        path = prediction_paths([resolve_member(args.base, args.predictions_dir, "--base")], "--base")[0]
-        base = read_predictions(path)
-        return base.model, {split: aligned(members[0], base, split, "like the members") for split in splits}, base
-    position = next((i for i, m in enumerate(members) if m.model.casefold() == name.casefold()), None)
-    if position is None:
-        position = 0
-        warn(f"--bootstrap: no member is named {name}; the intervals compare DE(m) with the first member, "
-             f"{members[0].model} (name the base model with --base, or its member with --name)")
-    return members[position].model, {split: found[position] for split, found in splits.items()}, members[position]
-
-
-def ensemble_deltas(resampled: dict, base_name: str, base: dict, base_set, splits: dict, name: str, digest: str,
-                    args) -> list[dict]:
-    """DE(m) - the temperature-scaled base model: the mean over subsets of each resample's metrics against the
-    base's on the same resamples (every subset and the base share them: same samples, B and seed)."""
-    val = base["val"]
-    base_temperature = checked_temperature(val.logits, val.labels, base_set.source, base_name, args.method).temperature
-    baselines = {split: resampled_baseline(scaled_terms(base[split].logits, splits[split][0].labels,
-                                                        base_temperature, args.uncertainty_types),
-                                           args.bootstrap, args.bootstrap_seed)
-                 for split in EVAL_SPLITS if split in splits}
-    rows = []
-    for (size, split, kind), found in resampled.items():
-        point = {m: float(np.mean([f[0][m] for f in found])) for m in METRIC_COLUMNS}
-        draws = {m: np.mean([f[1][m] for f in found], axis=0) for m in METRIC_COLUMNS}
-        rows += delta_rows(baselines[split], {kind: (point, draws)}, args.bootstrap, args.bootstrap_seed,
-                           {"model": name, "m": size, "base": base_name, "subsets": len(found), "split": split,
-                            "digest": digest, "digest_base": base_set.digest, "temperature_base": base_temperature})
-    print(f"paired bootstrap of DE(m) against the temperature-scaled {base_name} (B={args.bootstrap})")
-    return rows
-
-
-def draw_subsets(num_members: int, size: int, count: int, seed: int) -> list[tuple[int, ...]]:
-    """`count` distinct sorted index subsets of `size` (all of them when fewer exist), reproducibly."""
-    total = math.comb(num_members, size)
-    if total <= count:
-        return list(itertools.combinations(range(num_members), size))
-    rng = np.random.default_rng([seed, num_members, size])
-    chosen: dict[tuple[int, ...], None] = {}
-    while len(chosen) < count:
-        chosen.setdefault(tuple(sorted(rng.choice(num_members, size, replace=False).tolist())), None)
-    return list(chosen)
-
-
 def resolve_member(entry: str, predictions_dir: str, flag: str = "--members") -> str:
     """A member given as a file (kept as given; --members and --base only) or as a model name in --predictions_dir
     (any case)."""
@@ -152,62 +102,52 @@ def resolve_member(entry: str, predictions_dir: str, flag: str = "--members") ->
     return str(found)
 
 
-def official_ensembles(args) -> list[dict]:
-    """Rows for the official code's pre-averaged ensembles `<model>_<m>.csv` (the top-m fine-tuning
-    trials' mean logits), evaluated raw as the official script did; <model> must be a backbone row."""
-    folder = Path(args.predictions_dir)
-    if not folder.is_dir():
-        raise UserError(f"--prediction_dir: {folder} not found")
-    known = NameMap((name, True) for name in tables.backbone_names(tables.read_backbones(args.backbone_csv)))
-    # the folder is y-prediction/<dataset>/<split>/deep_ensemble (the official script called every split "test")
-    split = folder.resolve().parent.name if folder.resolve().parent.name in EVAL_SPLITS else "test"
-    rows, seen = [], NameMap()
-    for path in sorted(folder.glob("*.csv")):
-        base, _, m = path.stem.rpartition("_")
-        if not re.fullmatch(r"[0-9]+", m) or int(m) < 1 or base not in known:
-            print(f"{path.name}: not <backbone>_<m>.csv, skipped (m >= 1)")
-            continue
-        key = (base, str(int(m)))
-        if key in seen:                  # one result row per (model, m): a second file would silently win
-            raise UserError(f"--prediction_dir: {seen[key].name} and {path.name} are both the m={int(m)} ensemble of "
-                            f"{known.spelling(base)}; keep one")
-        seen[key] = path
-        data = read_official_ensemble(path)
-        for uncertainty, metrics in single_model_metrics(data.logits, data.labels, args.uncertainty_types).items():
-            rows.append({**metrics, "model": known.spelling(base), "m": int(m), "subset": "top", "members": path.name,
-                         "uncertainty_type": uncertainty, "split": split})
-        print(f"{path.name}: evaluated ({split}, m={m}, raw logits)")
-    if not rows:
-        raise UserError(f"--prediction_dir: no <backbone>_<m>.csv ensembles in {folder}; give --members FILE ... "
-                        f"to build deep ensembles from prediction files")
-    return rows
+def members_of(args) -> tuple[list[str], str]:
+    """The members as given (--members, or --members_csv's model_name column) and the flag that named them."""
+    if not args.members_csv:
+        return args.members or [], "--members"
+    if args.members:
+        raise UserError("--members_csv: give the members either as --members or as --members_csv, not both")
+    names = tables.backbone_names(tables.read_backbones(args.members_csv, "--members_csv"))
+    if not names:
+        raise UserError(f"--members_csv: {args.members_csv} names no model in its model_name column")
+    return names, f"--members_csv {args.members_csv}"
+
+
+def official_main(args) -> int:
+    """The official command line: the pre-averaged <model>_<m>.csv ensembles of --prediction_dir, evaluated raw."""
+    if args.combine != "logits":
+        raise UserError("--combine probs: the official ensemble files hold logits averaged already; give the "
+                        "members' prediction files with --members or --members_csv")
+    dataset = check_dataset_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
+    rows = official_ensemble_rows(Path(args.predictions_dir), args.backbone_csv, args.uncertainty_types)
+    outputs = safe_io.Outputs()
+    written = queue_results(outputs, args.output_dir, "deep_ensemble", dataset, rows, {r["split"] for r in rows})
+    outputs.commit()
+    print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
+    return 0
+
+
+def base_model(ensemble: Ensemble, args):
+    """The PredictionSet DE(m) is compared with: --base, else the member named as the ensemble, else the first."""
+    if args.base:
+        return read_predictions(prediction_paths([resolve_member(args.base, args.predictions_dir, "--base")],
+                                                 "--base")[0])
+    named = [m for m in ensemble.members if m.model.casefold() == ensemble.name.casefold()]
+    if not named:
+        warn(f"--bootstrap: no member is named {ensemble.name}; the intervals compare DE(m) with the first member, "
+             f"{ensemble.members[0].model} (name the base model with --base, or its member with --name)")
+    return (named or ensemble.members)[0]
 
 
 def main_impl(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.base and not args.bootstrap:
         raise UserError("--base: it names the model the bootstrap compares DE(m) with; add --bootstrap B")
-    if args.members_csv:
-        if args.members:
-            raise UserError("--members_csv: give the members either as --members or as --members_csv, not both")
-        args.members = tables.backbone_names(tables.read_backbones(args.members_csv, "--members_csv"))
-        flag = f"--members_csv {args.members_csv}"
-        if not args.members:
-            raise UserError(f"--members_csv: {args.members_csv} names no model in its model_name column")
-    else:
-        flag = "--members"
-    if not args.members:
-        if args.combine != "logits":
-            raise UserError("--combine probs: the official ensemble files hold logits averaged already; give the "
-                            "members' prediction files with --members or --members_csv")
-        dataset = check_dataset_name(args.dataset or Path(args.predictions_dir).resolve().parent.parent.name, "--dataset")
-        rows = official_ensembles(args)
-        outputs = safe_io.Outputs()
-        written = queue_results(outputs, args.output_dir, "deep_ensemble", dataset, rows, {r["split"] for r in rows})
-        outputs.commit()
-        print(f"wrote {len(rows)} row(s) to {', '.join(map(str, written))}")
-        return 0
-    paths = prediction_paths([resolve_member(entry, args.predictions_dir, flag) for entry in args.members], flag)
+    entries, flag = members_of(args)
+    if not entries:
+        return official_main(args)
+    paths = prediction_paths([resolve_member(entry, args.predictions_dir, flag) for entry in entries], flag)
     check_output_folder(args.output_dir, {Path(p).parent for p in paths}, "--output_dir")
     outputs = safe_io.Outputs(paths)
     members = [read_predictions(path) for path in paths]
@@ -215,63 +155,21 @@ def main_impl(argv=None) -> int:
     bad_sizes = [m for m in args.sizes if not 1 <= m <= len(members)]
     if bad_sizes:
         raise UserError(f"--sizes: {bad_sizes} not in [1, {len(members)}] (the number of --members)")
-    reference = members[0]
-    splits = {}
-    for split in ("val",) + EVAL_SPLITS:
-        if split not in reference.splits:
-            if split in ("val", "test"):
-                reference.split(split, "to fit and evaluate the ensemble")
-            continue
-        splits[split] = [reference.splits[split]] + [aligned(reference, m, split, "like the first member")
-                                                     for m in members[1:]]
-    shared = len(os.path.commonprefix([m.model.casefold() for m in members]))
-    name = args.name or members[0].model[:shared].rstrip("_-.") or "deep_ensemble"
-    base_name, base, base_set = base_model(members, splits, name, args) if args.bootstrap else (None, None, None)
-    for split in (s for s in EVAL_SPLITS if s in splits and args.bootstrap):
-        check_samples(len(splits[split][0]), f"{reference.source}: split '{split}'")
-    dataset = resolve_dataset(args.dataset, [m.dataset for m in members] + [base_set and base_set.dataset],
-                              args.predictions_dir)
-    digest = hashlib.sha256("|".join(m.digest for m in members).encode()).hexdigest()[:DIGEST_LENGTH]
-    member_digests = "|".join(f"{m.model}:{m.digest}" for m in members)
+    ensemble = Ensemble(args.name or default_name(members), members, member_splits(members), args.combine, args.method)
+    base = base_model(ensemble, args) if args.bootstrap else None
+    for split in (s for s in EVAL_SPLITS if s in ensemble.splits and args.bootstrap):
+        check_samples(len(ensemble.splits[split][0]), f"{members[0].source}: split '{split}'")
+    for split in ensemble.splits if base is not None else ():        # the base is checked before any work
+        aligned(members[0], base, split, "like the members")
+    dataset = resolve_dataset(args.dataset, [m.dataset for m in members] + [base and base.dataset], args.predictions_dir)
 
-    resampled: dict = {}            # (m, split, uncertainty type) -> [(point, resampled metrics) of each subset]
-    rows = []
-    for size in args.sizes:
-        subsets = draw_subsets(len(members), size, args.subsets, args.seed)
-        for number, subset in enumerate(subsets):
-            val_mean = pooled_logits([splits["val"][i].logits for i in subset], args.combine)
-            label = "+".join(members[i].model for i in subset)
-            temperature = checked_temperature(val_mean, splits["val"][0].labels, f"{flag}: the ensemble {label}",
-                                              f"{name} ({label})", args.method).temperature
-            for split in EVAL_SPLITS:
-                if split not in splits:
-                    continue
-                mean = pooled_logits([splits[split][i].logits for i in subset], args.combine)
-                pooled = WeightedLogits([mean], [1.0 / temperature])
-                kept = mean.argmax(1) if math.isinf(temperature) else None   # T = inf: uniform p, the mean's argmax
-                for uncertainty, metrics in single_model_metrics(pooled, splits[split][0].labels,
-                                                                 args.uncertainty_types, kept).items():
-                    rows.append({**metrics, "model": name, "m": size, "subset": str(number), "members": label,
-                                 "uncertainty_type": uncertainty, "split": split, "digest": digest,
-                                 "member_digests": member_digests})
-                if args.bootstrap:
-                    terms = scaled_terms(mean, splits[split][0].labels, temperature, args.uncertainty_types)
-                    for kind, found in resampled_baseline(terms, args.bootstrap, args.bootstrap_seed).items():
-                        resampled.setdefault((size, split, kind), []).append(found)
-        print(f"m={size}: {len(subsets)} subset(s) evaluated")
-    frame = pd.DataFrame(rows)
-    summaries = []
-    for (size, uncertainty, split), group in frame.groupby(["m", "uncertainty_type", "split"], sort=False):
-        statistics = [("mean", group[METRIC_COLUMNS].mean())]
-        if len(group) > 1:                 # the spread of one subset is undefined: no row rather than a NaN one
-            statistics.append(("std", group[METRIC_COLUMNS].std(ddof=SPREAD_DDOF)))
-        for statistic, values in statistics:
-            summaries.append({**values.to_dict(), "model": name, "m": size, "subset": statistic, "members": "",
-                              "uncertainty_type": uncertainty, "split": split, "digest": digest,
-                                 "member_digests": member_digests})
+    rows, resampled = ensemble.rows(args.sizes, args.subsets, args.seed, args.uncertainty_types, args.bootstrap,
+                                    args.bootstrap_seed, flag)
+    summaries = ensemble.summaries(rows)
     kind = "deep_ensemble" if args.combine == "logits" else f"deep_ensemble_{args.combine}"
     written = queue_results(outputs, args.output_dir, kind, dataset, rows + summaries)
-    deltas = ensemble_deltas(resampled, base_name, base, base_set, splits, name, digest, args) if resampled else []
+    deltas = ensemble.deltas(resampled, base, args.uncertainty_types, args.bootstrap, args.bootstrap_seed) \
+        if resampled else []
     written_deltas = queue_results(outputs, args.output_dir, f"{kind}_delta", dataset, deltas) if deltas else []
     outputs.commit()
     print(f"wrote {len(rows) + len(summaries)} row(s) to {', '.join(map(str, written))}")

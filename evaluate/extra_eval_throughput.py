@@ -106,7 +106,7 @@ def largest_batch(member: Member, timer: Timer, start: int) -> tuple[int, float]
         try:
             x = member.batch(batch)
             with torch.inference_mode():
-                return batch, timer(lambda: member.forward(x))
+                return batch, timer(lambda x=x: member.forward(x))
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()
             batch //= 2
@@ -144,9 +144,9 @@ def duo_rows(large: Member, small: Member, batch: int, timer: Timer, use_graphs:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 s = small.forward(x_small)
-            l = large.forward(x_large)
+            big = large.forward(x_large)
             torch.cuda.current_stream().wait_stream(side)
-            return (l + s) / 2
+            return (big + s) / 2
         methods["cuda_graph"] = (graph(alone), graph(sequential))
         methods["cuda_graph_2streams"] = (methods["cuda_graph"][0], graph(two_streams))
     rows = []

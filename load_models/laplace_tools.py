@@ -85,8 +85,8 @@ def kron_last_layer_covariance(precision, phi: torch.Tensor) -> torch.Tensor:
             w = (phi.to(q2.dtype) @ q2) ** 2 @ inverse.T                   # [B, C]
             part = torch.einsum("ci,bi,ki->bck", q1, w, q1)
         else:
-            (l,), (q,) = values, vectors
-            part = ((q / (l + delta)) @ q.T).unsqueeze(0)
+            (eigenvalues,), (q,) = values, vectors
+            part = ((q / (eigenvalues + delta)) @ q.T).unsqueeze(0)
         covariance = part if covariance is None else covariance + part
     return covariance
 

@@ -81,3 +81,46 @@ def test_evaluate_imports_train_only_in_training_stages():
     users = {str(path.relative_to(REPO)) for path in package_files("evaluate") if any(
         name.split(".")[0] == "train" for name in imports_of(path))}
     assert users == set()
+
+
+# utils' layers, each importing only itself and the layers listed for it: the base layer (errors, paths) below
+# everything; maths (numbers only) below files (what is on disk); stages (what the stages compute) above both; the
+# report, the pipeline, the command-line helpers and the numpy API on top
+LAYERS = {"errors": set(), "paths": {"errors"}, "maths": {"errors"}, "files": {"errors", "paths", "maths"},
+          "stages": {"errors", "paths", "maths", "files"}, "report": {"errors", "paths", "maths", "files", "stages"},
+          "cli": {"errors", "paths", "maths", "files"}, "pipeline": {"errors", "paths", "maths", "files", "cli"},
+          "api": {"errors", "maths", "files", "stages"}}
+
+
+def layer_of(path) -> str:
+    parts = path.relative_to(REPO / "utils").parts
+    return parts[0].removesuffix(".py")
+
+
+def test_each_layer_of_utils_imports_only_the_layers_below_it():
+    wrong = set()
+    for path in package_files(NUMPY_LIBRARY):
+        if path.name == "__init__.py":
+            continue
+        layer = layer_of(path)
+        assert layer in LAYERS, f"{path}: a module outside the declared layers"
+        for name in imports_of(path):
+            if name.startswith("utils."):
+                target = name.split(".")[1]
+                if target != layer and target not in LAYERS[layer]:
+                    wrong.add(f"{path.relative_to(REPO)} ({layer}): {name}")
+    assert not wrong, sorted(wrong)
+
+
+def test_the_base_layer_imports_nothing_of_the_project_but_itself():
+    for module in ("errors", "paths"):
+        names = {n for n in imports_of(REPO / "utils" / f"{module}.py") if n.startswith(("utils", "load_", "train",
+                                                                                            "evaluate"))}
+        assert names <= {"utils.errors"}, (module, names)
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "evaluate").glob("[0-9]*.py"))
+                         + ["evaluate/run_pipeline.py"])
+def test_stage_scripts_are_wiring(path):
+    """A stage script parses, calls the library and writes: at most about 200 lines."""
+    assert len((REPO / path).read_text().splitlines()) <= 230, path

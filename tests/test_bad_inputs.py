@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from load_models import model_loader
-from tests import fixtures
+from tests import dataset_trees
 from tests.conftest import snapshot
 from tests.helpers import make_duo_logits, write_set
 
@@ -438,7 +438,8 @@ def _(ws):
 
 @case("table", "non-positive temperature")
 def _(ws):
-    return ws.evaluate(None, ws.cal_dir("c0", "full_name,temperature\nlarge,-1\nsmall,1\n")), "temperature must be > 0, got -1 for large"
+    return ws.evaluate(None, ws.cal_dir("c0", "full_name,temperature\nlarge,-1\nsmall,1\n")), \
+        "temperature must be > 0, got -1 for large"
 
 
 @case("table", "tiny temperature overflows the logits")
@@ -1257,8 +1258,8 @@ def good_workspace(tmp_path_factory):
     four = model_loader.get_model_with_head("resnet10t", 4, source="timm", weights="none")
     model_loader.save_checkpoint(shared / "ck" / "resnet10t_4.pth", four, model_name="resnet10t", source="timm",
                                  num_classes=4, image_size=16)
-    fixtures.make_caltech256(shared / "data")
-    fixtures.make_imagenet(shared / "imagenet_data")
+    dataset_trees.make_caltech256(shared / "data")
+    dataset_trees.make_imagenet(shared / "imagenet_data")
     from load_data.datasets import load_dataset  # the split files a first use caches beside the data
     load_dataset("caltech256", shared / "data")
     load_dataset("imagenet", shared / "imagenet_data" / "imagenet", ood_root=shared / "imagenet_data" / "imagenetv2")
@@ -1285,6 +1286,6 @@ def test_bad_input(good_workspace, stage, name, tmp_path, monkeypatch):
     assert code == 2, (code, stdout, err)
     lines = err.strip().splitlines()
     assert "Traceback" not in err, err
-    assert lines and lines[-1].startswith("error: ") and all(l.startswith("warning: ") for l in lines[:-1]), err
+    assert lines and lines[-1].startswith("error: ") and all(line.startswith("warning: ") for line in lines[:-1]), err
     assert expected in lines[-1], lines[-1]
     assert snapshot(tmp_path, shared) == before

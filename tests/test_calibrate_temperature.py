@@ -80,9 +80,20 @@ def test_duo_not_worse_than_its_members_or_unweighted():
     assert fit.nll <= ct.nll_at([large, small], labels, [0.5, 0.5])
 
 
-def test_fit_is_deterministic():
+def test_fit_does_not_depend_on_random_state_or_sample_order():
+    """The fit uses no random numbers (the same answer whatever the global RNGs hold) and sums over samples (the
+    same answer, to rounding, for the samples in another order)."""
+    import torch
     large, small, labels = synthetic(seed=4)
-    assert ct.fit_duo_weights(large, small, labels) == ct.fit_duo_weights(large, small, labels)
+    np.random.seed(0), torch.manual_seed(0)
+    first = ct.fit_duo_weights(large, small, labels)
+    np.random.seed(1), torch.manual_seed(1), np.random.random(1000), torch.rand(1000)
+    assert ct.fit_duo_weights(large, small, labels) == first
+    order = np.random.default_rng(7).permutation(len(labels))
+    shuffled = ct.fit_duo_weights(large[order], small[order], labels[order])
+    assert shuffled.weight_large == pytest.approx(first.weight_large, rel=1e-5)
+    assert shuffled.weight_small == pytest.approx(first.weight_small, rel=1e-5, abs=1e-9)
+    assert shuffled.nll == pytest.approx(first.nll, rel=1e-9)
 
 
 def test_temperature_weight_conversion():

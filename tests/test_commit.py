@@ -110,10 +110,10 @@ def test_a_failure_at_any_write_leaves_every_file_as_it_was(workspace, tmp_path,
 
 
 def test_stage1_commits_a_models_prediction_and_features_files_together(tmp_path, stage, monkeypatch):
-    from load_models import model_loader
-    from tests import fixtures
     from load_data.datasets import load_dataset
-    fixtures.make_caltech256(tmp_path / "data")
+    from load_models import model_loader
+    from tests import dataset_trees
+    dataset_trees.make_caltech256(tmp_path / "data")
     load_dataset("caltech256", tmp_path / "data")             # the split file a first use saves beside the data
     model = model_loader.get_model_with_head("resnet10t", 4, source="timm", weights="none")
     model_loader.save_checkpoint(tmp_path / "ck" / "resnet10t.pth", model, model_name="resnet10t", source="timm",

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from load_data.dataloaders import get_dataloaders
 from load_models import model_loader
-from tests import fixtures
+from tests import dataset_trees
 from tests.conftest import REPO
 from utils.cli.parsing import UserError
 
@@ -26,31 +26,31 @@ def sizes(loaders):
 
 
 def test_iwildcam_layout(tmp_path):
-    fixtures.make_iwildcam(tmp_path)
+    dataset_trees.make_iwildcam(tmp_path)
     loaders, data = get_dataloaders("iwildcam", tmp_path, batch_size=4, transforms=TINY)
-    s = fixtures.IWILDCAM_SPLITS
+    s = dataset_trees.IWILDCAM_SPLITS
     assert sizes(loaders) == {"train": s["train"], "val": s["id_val"], "test": s["id_test"], "ood_test": s["test"]}
-    assert data.num_classes == fixtures.IWILDCAM_CLASSES
+    assert data.num_classes == dataset_trees.IWILDCAM_CLASSES
     x, y, ids = next(iter(loaders["val"]))
     assert x.shape == (3, 3, 16, 16)
     first_id_val = s["train"] + s["val"] + s["test"]            # metadata rows are in split order
     assert list(ids) == [f"img{first_id_val + i:04d}.jpg" for i in range(3)]
-    assert y.tolist() == [(first_id_val + i) % fixtures.IWILDCAM_CLASSES for i in range(3)]
+    assert y.tolist() == [(first_id_val + i) % dataset_trees.IWILDCAM_CLASSES for i in range(3)]
 
 
 def test_caltech256_layout_and_saved_split(tmp_path):
-    fixtures.make_caltech256(tmp_path)
+    dataset_trees.make_caltech256(tmp_path)
     loaders, data = get_dataloaders("caltech256", tmp_path, batch_size=8, transforms=TINY)
-    n = len(fixtures.CALTECH_FOLDERS) * fixtures.CALTECH_PER_CLASS
+    n = len(dataset_trees.CALTECH_FOLDERS) * dataset_trees.CALTECH_PER_CLASS
     assert sizes(loaders) == {"train": 28, "val": 6, "test": 6, "ood_test": None} and 28 + 6 + 6 == n
     assert data.num_classes == 4
     split_file = tmp_path / "caltech256" / "split_seed42_70_15_15.json"
     stored = json.loads(split_file.read_text())
     assert sorted(sum(stored["splits"], [])) == list(range(n))
     ids = [i for batch in loaders["test"] for i in batch[2]]
-    labels = [int(l) for batch in loaders["test"] for l in batch[1]]
+    labels = [int(label) for batch in loaders["test"] for label in batch[1]]
     for sample_id, label in zip(ids, labels):                    # id = "<folder>/<file>", label = folder position
-        assert sample_id.split("/")[0] == sorted(fixtures.CALTECH_FOLDERS)[label]
+        assert sample_id.split("/")[0] == sorted(dataset_trees.CALTECH_FOLDERS)[label]
     # the saved split is reused, not redrawn: edit it and the loader follows the file
     stored["splits"][1], stored["splits"][2] = stored["splits"][2], stored["splits"][1]
     split_file.write_text(json.dumps(stored))
@@ -60,15 +60,15 @@ def test_caltech256_layout_and_saved_split(tmp_path):
 
 def test_caltech_split_is_stable_across_runs(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    fixtures.make_caltech256(a)
-    fixtures.make_caltech256(b)
+    dataset_trees.make_caltech256(a)
+    dataset_trees.make_caltech256(b)
     first, _ = get_dataloaders("caltech256", a, batch_size=8, transforms=TINY)
     second, _ = get_dataloaders("caltech256", b, batch_size=8, transforms=TINY)
     assert first["test"].dataset.split.ids == second["test"].dataset.split.ids
 
 
 def test_each_split_gets_its_own_transform(tmp_path):
-    fixtures.make_caltech256(tmp_path)
+    dataset_trees.make_caltech256(tmp_path)
     marker = torchvision.transforms.Compose([TINY, torchvision.transforms.Lambda(lambda t: t * 0 + 7)])
     loaders, _ = get_dataloaders("caltech256", tmp_path, batch_size=4, transforms={"train": marker, "eval": TINY})
     assert float(next(iter(loaders["train"]))[0].max()) == 7.0
@@ -76,12 +76,12 @@ def test_each_split_gets_its_own_transform(tmp_path):
 
 
 def test_imagenet_and_v2_layout(tmp_path):
-    root, v2 = fixtures.make_imagenet(tmp_path)
+    root, v2 = dataset_trees.make_imagenet(tmp_path)
     loaders, data = get_dataloaders("imagenet", root, batch_size=8, transforms=TINY, ood_root=v2)
-    total = len(fixtures.IMAGENET_CLASSES) * fixtures.IMAGENET_PER_CLASS
+    total = len(dataset_trees.IMAGENET_CLASSES) * dataset_trees.IMAGENET_PER_CLASS
     assert sizes(loaders) == {"train": None, "val": 3, "test": total - 3,
-                              "ood_test": len(fixtures.IMAGENET_CLASSES) * fixtures.V2_PER_CLASS}
-    ood_labels = [int(l) for batch in loaders["ood_test"] for l in batch[1]]
+                              "ood_test": len(dataset_trees.IMAGENET_CLASSES) * dataset_trees.V2_PER_CLASS}
+    ood_labels = [int(label) for batch in loaders["ood_test"] for label in batch[1]]
     ood_ids = [i for batch in loaders["ood_test"] for i in batch[2]]
     assert ood_labels == [int(i.split("/")[0]) for i in ood_ids]
 
@@ -111,7 +111,7 @@ def test_missing_dataset_errors_name_the_layout(tmp_path, name, setup, message):
 
 
 def test_malformed_iwildcam_metadata(tmp_path):
-    fixtures.make_iwildcam(tmp_path)
+    dataset_trees.make_iwildcam(tmp_path)
     meta = tmp_path / "iwildcam_v2.0" / "metadata.csv"
     frame = pd.read_csv(meta, index_col=0)
     frame.loc[0, "y"] = 17                                         # labels no longer cover 0..max

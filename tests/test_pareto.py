@@ -58,7 +58,7 @@ def results_with_cascades(tmp_path_factory):
 
 def test_candidates_cost_every_option(results_with_cascades):
     folder = results_with_cascades
-    read = {kind: results_schema.read_results(folder, kind) for kind in ("single_model", "duo", "deep_ensemble", "cascade")}
+    read = {table: results_schema.read_results(folder, table) for table in ("single_model", "duo", "deep_ensemble", "cascade")}
     points = pareto.candidates(read["single_model"], read["duo"], read["deep_ensemble"], read["cascade"], "test")
     cost = dict(zip(points["label"], points["gflops"]))
     family = dict(zip(points["label"], points["family"]))

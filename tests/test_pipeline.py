@@ -31,7 +31,9 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     assert "pipeline finished" in out and "| resnet10t (temp-scaled) | test |" in out
     # with a core to spare, the sidekick's search ran in its own process (side by side with any other); its
     # trial lines reach the screen either way
-    side_by_side = pipeline.Plan(pipeline.load_pipeline(str(args[1]))[0], root, True).side_by_side() > 1
+    from utils.pipeline.plan import Plan
+    from utils.pipeline.schema import load_pipeline
+    side_by_side = Plan(load_pipeline(str(args[1]))[0], root, True).side_by_side() > 1
     assert ("hp_tune regnetx_002 ... (side by side)" in out) == side_by_side
     assert "    regnetx_002 FF trial 00000: lr" in out
     predictions = root / "predictions"
@@ -84,8 +86,8 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
 def test_imagenet_pipeline_runs_locally_without_training(tmp_path):
     """configs/pipeline_imagenet.yaml on a tiny ImageNet val + V2 tree: pretrained-head models (random
     init here, two small backbones) predict val/test/ood_test, then calibration, duos and the report."""
-    from tests import fixtures
-    data, v2 = fixtures.make_imagenet(tmp_path / "data")
+    from tests import dataset_trees
+    data, v2 = dataset_trees.make_imagenet(tmp_path / "data")
     (tmp_path / "bb.csv").write_text("model_name,source,tv_weights,GFLOPS,Params\n"
                                      "MNASNet1_0,torchvision,IMAGENET1K_V1,0.31,4.4\n"
                                      "ShuffleNet_V2_X0_5,torchvision,IMAGENET1K_V1,0.04,1.4\n")
@@ -103,7 +105,7 @@ def test_imagenet_pipeline_runs_locally_without_training(tmp_path):
     assert "hp_tune.py" not in out and "6_laplace.py" not in out
     steps = [line for line in out.splitlines() if line.startswith("[")]
     assert len(steps) == 2 * 7 and steps[0].startswith("[ 1/7 predict") and "1_single_model_prediction" in steps[0]
-    assert "wrote" in steps[-3] and "evaluation_cascade_imagenet" in steps[-3]           # stage 7's end line
+    assert "wrote" in steps[-3] and "cascade point(s)" in steps[-3]           # stage 7's end line
     assert "| MNASNet1_0 (temp-scaled) | test |" in out and "pipeline finished" in out
     assert "evaluated test" not in out and not result.stderr.strip()     # the stages' own lines stay in the logs
     logs = sorted((tmp_path / "run" / "logs").glob("*.log"))
@@ -142,11 +144,14 @@ def test_side_by_side_steps_run_at_once_and_a_failure_names_its_log(tmp_path, ca
     one's `show` lines reach the screen, and a failing one stops the pipeline naming its log."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.yaml").write_text("dataset: mnist5k\nlarge: resnet18\nstages: [report]\n")
-    good = ("[ 1/2 train]", tmp_path / "logs" / "01_good.log", "evaluate/run_pipeline.py",
-            ["--config", "p.yaml", "--print_slurm", "--output_root", "run"])
-    bad = ("[ 2/2 train]", tmp_path / "logs" / "02_bad.log", "evaluate/run_pipeline.py", ["--config", "missing.yaml"])
+    from utils.pipeline.plan import Step
+    from utils.pipeline.runner import run_side_by_side
+    script = "evaluate/run_pipeline.py"
+    good = ("[ 1/2 train]", tmp_path / "logs" / "01_good.log",
+            Step("train", ["--config", "p.yaml", "--print_slurm", "--output_root", "run"], script=script))
+    bad = ("[ 2/2 train]", tmp_path / "logs" / "02_bad.log", Step("train", ["--config", "missing.yaml"], script=script))
     with pytest.raises(pipeline.UserError, match=r"stage 'run_pipeline' failed \(exit 2\) \(its full output: .*02_bad.log\)"):
-        pipeline.run_side_by_side([good, bad], 2, verbose=False)
+        run_side_by_side([good, bad], 2, verbose=False)
     out, err = capsys.readouterr()
     assert "[ 1/2 train] run_pipeline ... (side by side)" in out and "[ 2/2 train] run_pipeline ... (side by side)" in out
     assert "[ 1/2 train] wrote run/slurm/" in out                              # the good one's end line
@@ -158,7 +163,18 @@ def test_side_by_side_steps_run_at_once_and_a_failure_names_its_log(tmp_path, ca
     (tmp_path / "utils" / "__init__.py").write_text("raise SystemExit('not the project')\n")
     third = ("[ 3/3 train]", tmp_path / "logs" / "03_third.log", *good[2:])
     with pytest.raises(pipeline.UserError, match=r"02_bad.log\).*\(1 other search\(es\) not started\)"):
-        pipeline.run_side_by_side([bad, third], 1, verbose=False)
+        run_side_by_side([bad, third], 1, verbose=False)
     assert not (tmp_path / "logs" / "03_third.log").exists()
-    pipeline.run_side_by_side([third], 1, verbose=False)
+    run_side_by_side([third], 1, verbose=False)
     assert "[ 3/3 train] wrote run/slurm/" in capsys.readouterr().out
+
+
+def test_a_model_that_cannot_run_at_the_image_size_is_one_error_line(tmp_path):
+    config = yaml.safe_load((REPO / "configs" / "pipeline_mnist5k.yaml").read_text())
+    config.update(sidekicks=["vit_tiny_patch16_224"])                   # built for 224 px; the demo runs at 28
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("evaluate/run_pipeline.py", "--config", "p.yaml", "--output_root", "runs/x", "--print_slurm",
+                     cwd=tmp_path)
+    assert result.returncode != 0 and result.stderr.startswith("error: --config: vit_tiny_patch16_224: ")
+    assert "28 px" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]          # nothing written

@@ -3,8 +3,14 @@ import pytest
 
 from tests.helpers import make_duo_logits, permuted, write_official, write_set
 from utils.cli.parsing import UserError
-from utils.files.prediction_io import (Split, align, find_prediction_file, list_prediction_files,
-                                       normalise_predictions_dir, read_predictions)
+from utils.files.prediction_io import (
+    Split,
+    align,
+    find_prediction_file,
+    list_prediction_files,
+    normalise_predictions_dir,
+    read_predictions,
+)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests import fixtures
+from tests import dataset_trees
 from tests.conftest import REPO
 from utils.maths.duo_modes import MODES
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
@@ -89,8 +89,8 @@ def repository_outputs() -> set[str]:
 @pytest.mark.slow
 def test_readme_reproduction_runs_as_written(tmp_path):
     work = tmp_path / "work"                     # a researcher's own folder, outside the repository
-    fixtures.make_iwildcam(work / "data")
-    fixtures.make_caltech256(work / "data", per_class=35)    # a test split of 21: enough for the paired bootstrap
+    dataset_trees.make_iwildcam(work / "data")
+    dataset_trees.make_caltech256(work / "data", per_class=35)    # a test split of 21: enough for the paired bootstrap
     scripts, _ = readme_scripts(REPRODUCTION.read_text())
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "HF_HUB_OFFLINE": "1"}
@@ -100,7 +100,7 @@ def test_readme_reproduction_runs_as_written(tmp_path):
     jobs = [subprocess.Popen(["bash", "-c", script], cwd=work, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for script in scripts]
     outputs = [job.communicate(timeout=1500) for job in jobs]
-    for job, (out, err) in zip(jobs, outputs):
+    for job, (_, err) in zip(jobs, outputs):
         assert job.returncode == 0, f"a command of docs/reproduction.md failed:\n{err[-6000:]}"
     stdout = "".join(out for out, _ in outputs)
     assert repository_outputs() == before, "a documented command wrote into the repository instead of the working folder"

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from utils.files import results as results_schema
 from utils.files import tables
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS
-from utils.files import results as results_schema
 from utils.report import paper_tables as pt
 
 DATASET = "imagenet"
@@ -71,10 +71,10 @@ def write_results(folder):
             ensembles.append({**metrics(acc - shift if acc else acc), "model": "ResNet50", "m": m, "subset": subset,
                               "members": members, "uncertainty_type": "softmax_response", "split": split})
     folder.mkdir(parents=True, exist_ok=True)
-    for kind, rows in (("single_model", single), ("duo", duos), ("deep_ensemble", ensembles)):
+    for table, rows in (("single_model", single), ("duo", duos), ("deep_ensemble", ensembles)):
         frame = pd.DataFrame(rows)
         for split, suffix in (("test", ""), ("ood_test", "_ood")):
-            frame[frame["split"] == split].to_csv(folder / f"evaluation_{kind}_{DATASET}{suffix}.csv", index=False)
+            frame[frame["split"] == split].to_csv(folder / f"evaluation_{table}_{DATASET}{suffix}.csv", index=False)
 
 
 def write_temperatures(folder):
@@ -92,8 +92,8 @@ def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("report")
     write_results(folder / "results")
     write_temperatures(folder / "calibrated")
-    single, duos, ensembles = (results_schema.read_results(folder / "results", kind)
-                               for kind in ("single_model", "duo", "deep_ensemble"))
+    single, duos, ensembles = (results_schema.read_results(folder / "results", table)
+                               for table in ("single_model", "duo", "deep_ensemble"))
     return folder, single, duos, ensembles
 
 

@@ -159,7 +159,7 @@ PROBES = ["0", "1", "2", "50", "99", "100", "1000", "100000", "100001", "1001", 
 
 
 def test_the_pipeline_checks_each_key_with_the_flag_it_becomes():
-    from evaluate.run_pipeline import PASSED_ON, PIPELINE_SCHEMA
+    from utils.pipeline.schema import PASSED_ON, PIPELINE_SCHEMA
     for key, targets in PASSED_ON.items():
         section, _, name = key.rpartition(".")
         field = PIPELINE_SCHEMA[section][name] if section else PIPELINE_SCHEMA[name]

@@ -5,7 +5,7 @@ import torch
 
 from load_data.dataloaders import get_dataloaders
 from load_models import model_loader
-from tests import fixtures
+from tests import dataset_trees
 from utils.files.prediction_io import read_predictions
 
 S1 = "evaluate/1_single_model_prediction.py"
@@ -13,7 +13,7 @@ S1 = "evaluate/1_single_model_prediction.py"
 
 @pytest.fixture
 def caltech(tmp_path):
-    fixtures.make_caltech256(tmp_path / "data")
+    dataset_trees.make_caltech256(tmp_path / "data")
     model = model_loader.get_model_with_head("resnet10t", 4, source="timm", weights="none")
     ckpt = model_loader.save_checkpoint(tmp_path / "ff" / "resnet10t.pth", model, model_name="resnet10t",
                                         source="timm", num_classes=4, dataset="caltech256", image_size=16)
@@ -97,7 +97,7 @@ def test_name_prefix_names_the_trials_of_a_search(caltech, stage):
 
 
 def test_imagenet_pretrained_heads(tmp_path, stage):
-    root, v2 = fixtures.make_imagenet(tmp_path)
+    root, v2 = dataset_trees.make_imagenet(tmp_path)
     csv = tmp_path / "bb.csv"
     csv.write_text("model_name,source,tv_weights,GFLOPS\nShuffleNet_V2_X0_5,torchvision,IMAGENET1K_V1,0.04\n")
     code, _, err = stage(S1, "--all_models", "--dataset", "imagenet", "--data_dir", root, "--ood_dir", v2,

@@ -75,7 +75,7 @@ def test_code_digest_changes_with_the_sources(tmp_path):
 
 
 def test_a_config_found_in_the_repository_is_stamped_where_the_stages_read_it(tmp_path, monkeypatch):
-    from utils.cli.config import REPO_ROOT
+    from utils.paths import REPO_ROOT
     monkeypatch.chdir(tmp_path)                   # a working folder without configs/: the stages read the repository's
     paths = step_stamps.step_paths(["--config", "configs/duos.csv", "--output_dir", "results"])
     assert paths == [str(REPO_ROOT / "configs" / "duos.csv"), "results"]

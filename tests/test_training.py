@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from load_models import dynamic_duo, laplace_tools, model_loader
-from tests import fixtures
+from tests import dataset_trees
 from tests.conftest import REPO, snapshot
 from train import soups, tuning
 from utils.files.prediction_io import read_predictions
@@ -35,7 +35,7 @@ def failing_trials(indices: set):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, ray_session):
     root = tmp_path_factory.mktemp("train")
-    fixtures.make_caltech256(root / "data")
+    dataset_trees.make_caltech256(root / "data")
     args = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", root / "data", "--output_dir",
             root / "ck", "--lp_samples", 2, "--num_samples", 3, "--epochs_lp", 1, "--epochs_ff", 2,
             "--channels_last", "--accumulate", 2]
@@ -252,7 +252,7 @@ def test_dynamic_duo_script(trained, stage):
 
 @pytest.mark.slow
 def test_one_trial_hp_tune_is_reproducible(tmp_path, ray_session):
-    fixtures.make_caltech256(tmp_path / "data")
+    dataset_trees.make_caltech256(tmp_path / "data")
     records = []
     for run in ("a", "b"):
         args = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", tmp_path / "data", "--output_dir",
@@ -267,7 +267,7 @@ def test_one_trial_hp_tune_is_reproducible(tmp_path, ray_session):
 
 @pytest.mark.slow
 def test_resume_restores_the_search(tmp_path, ray_session, capsys, monkeypatch):
-    fixtures.make_caltech256(tmp_path / "data")
+    dataset_trees.make_caltech256(tmp_path / "data")
     base = ["--model", "resnet10t", "--source", "timm", *COMMON, "--data_dir", tmp_path / "data", "--output_dir",
             tmp_path / "ck", "--lp_samples", 1, "--num_samples", 2, "--epochs_lp", 1, "--epochs_ff", 1]
     monkeypatch.setattr(tuning, "trial", failing_trials({1}))

@@ -23,7 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone_csv", help="models to stage (model_name, source, tv_weights columns; default: "
                         "the repository's configs/backbones.csv)")
-    parser.add_argument("--models", nargs="+", type=plain_name, metavar="NAME", help="only these rows of the CSV (a torchvision or timm "
+    parser.add_argument("--models", nargs="+", type=plain_name, metavar="NAME",
+                        help="only these rows of the CSV (a torchvision or timm "
                         "name that is not in it is staged as well, e.g. resnet50.a1_in1k)")
     parser.add_argument("--check", action="store_true", help="offline: verify every model's weights are staged and load")
     parser.add_argument("--save_checkpoints", metavar="DIR", help="also save ImageNet-head checkpoints <DIR>/<model>.pth "

@@ -30,8 +30,16 @@ from load_models import model_loader
 from load_models.inference import predict, resolve_device
 from train import engine
 from utils.cli import flags
-from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, non_negative_float, non_negative_int,
-                               positive_float, positive_int, run_main)
+from utils.cli.parsing import (
+    ArgumentParser,
+    UserError,
+    add_backbone_csv,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_main,
+)
 from utils.files import safe_io
 from utils.files.model_names import checkpoint_path, output_path
 from utils.files.prediction_io import SPLITS, PredictionSet, write_predictions

@@ -21,7 +21,9 @@ from utils.cli import console
 from utils.cli.parsing import UserError
 from utils.files.model_names import output_path
 
-LP, FT = "lp", "ff"
+# the two searches, named as their checkpoint folders (utils/files/model_names.CHECKPOINT_STAGES): the linear probe,
+# and the full fine-tuning, whose folder the official code calls "ff" (the paper's "FT")
+LINEAR_PROBE, FINE_TUNE = "lp", "ff"
 _STATE_FILE = "state.pt"
 
 
@@ -39,7 +41,7 @@ def _loaders(setup: dict, transforms):
 def build_model(setup: dict, num_classes: int, stage: str):
     """LP: pretrained backbone (setup['weights']), frozen, new head. FT: the LP checkpoint, unfrozen."""
     from load_models import model_loader
-    if stage == LP:
+    if stage == LINEAR_PROBE:
         return model_loader.get_model_with_head(setup["model"], num_classes, source=setup["source"],
                                                 tv_weights=setup.get("tv_weights"), freeze=True, weights=setup["weights"])
     model, _ = model_loader.load_model_from_checkpoint(setup["lp_checkpoint"], setup["model"], setup["source"],
@@ -65,14 +67,14 @@ def trial(config: dict) -> None:
     loaders, data = _loaders(setup, transforms)
     device = inference.resolve_device(setup.get("device", "auto"))
     raw = build_model(setup, data.num_classes, stage)
-    if stage == FT:
+    if stage == FINE_TUNE:
         for parameter in raw.parameters():
             parameter.requires_grad = True
     channels_last = bool(setup.get("channels_last"))
     model = inference.prepare_model(raw, device, channels_last, bool(setup.get("compile")))   # raw keeps plain keys
     optimizer = engine.make_optimizer(model, config["lr"], config.get("weight_decay", 0.0))
     epochs = setup["epochs"]
-    scheduler = engine.make_scheduler(optimizer, epochs, setup["warmup_epochs"]) if stage == FT else None
+    scheduler = engine.make_scheduler(optimizer, epochs, setup["warmup_epochs"]) if stage == FINE_TUNE else None
     start_epoch, best_metric, best_state = 0, -math.inf, None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -177,7 +179,7 @@ def run_search(stage: str, setup: dict, param_space: dict, num_samples: int, sto
     from ray.tune.search import BasicVariantGenerator
 
     epochs = setup["epochs"]
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=epochs if stage == LP else
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=epochs if stage == LINEAR_PROBE else
                               max(1, min(grace_period, epochs)))
     name = f"{setup['save_name']}_{stage}"
     trainable = tune.with_resources(trial, resources)
@@ -225,6 +227,19 @@ def default_resources(cpus: int | None, gpus: float | None) -> dict:
     return {"cpu": cpus or (4 if has_gpu else 1), "gpu": gpus if gpus is not None else (1 if has_gpu else 0)}
 
 
+def check_resources_fit(resources: dict) -> None:
+    """A trial asking for more CPUs or GPUs than the whole Ray cluster has never starts: Ray waits for them
+    forever. Say so at once (e.g. a slurm job's SLURM_CPUS_PER_TASK above the cores the job can use)."""
+    import ray
+    available = ray.cluster_resources()
+    for key, flag in (("cpu", "--cpus_per_trial"), ("gpu", "--gpus_per_trial")):
+        have = available.get(key.upper(), 0.0)
+        if resources[key] > have:
+            raise UserError(f"{flag} {resources[key]:g}: the Ray cluster has {have:g} {key.upper()}(s) in all, so no "
+                            f"trial could ever start; pass {flag} {have:g} or fewer (or join a larger cluster with "
+                            f"--ray_address)")
+
+
 # ----------------------------------------------------------------------------- joining a cluster
 
 _TOKEN_FILE = Path.home() / ".ray" / "auth_token"
@@ -258,7 +273,9 @@ def connect(address: str | None, num_cpus: int) -> None:
     without authentication). A head that does not answer is an error within seconds, not minutes."""
     import ray
     if address is None:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # "local": always a Ray of its own. Without it, ray.init() joins whatever cluster /tmp/ray/ray_current_cluster
+        # names (a `ray start` of another job on this node, or a dead one whose file stayed) and then fails.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
         return
     token = auth_token_source()
     if "RAY_AUTH_MODE" not in os.environ and token is not None:

@@ -20,10 +20,10 @@ import pandas as pd
 
 from utils.errors import UserError
 from utils.files.prediction_io import KINDS, PredictionSet, Split, aligned, validated_split
-from utils.files.results import KINDS as RESULT_KINDS
+from utils.files.results import TABLES
 from utils.maths.duo_modes import COMBINE, MODES, DuoTemperatures, duo_outputs
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
-from utils.stages import scoring
+from utils.stages import intervals, scoring
 from utils.stages.calibration import duo_weights_row, single_temperature_row
 
 
@@ -112,7 +112,7 @@ class Duo:
             rows.append({**row, "model": "duo"})
         frame = pd.DataFrame(rows)
         return frame.assign(split=split)[["model", "wrapper", "mode", "uncertainty_type", "split",
-                                          *RESULT_KINDS["single_model"].values]]
+                                          *TABLES["single_model"].values]]
 
     def compare(self, large, small, labels, ids=None, modes=MODES, uncertainty_types=UNCERTAINTY_TYPES,
                 combine: str = "logits", resamples: int = 1000, seed: int = 0, split: str = "test") -> pd.DataFrame:
@@ -120,7 +120,7 @@ class Duo:
         model's, with its 95% interval over `resamples` resamples of the samples."""
         data_large, data_small = self._pair(large, small, labels, ids, split)
         modes, uncertainty_types = _listed(modes, "modes"), _listed(uncertainty_types, "uncertainty_types")
-        base = scoring.bootstrap_baseline(data_large, self.temperatures.single_large, uncertainty_types, resamples, seed,
+        base = intervals.bootstrap_baseline(data_large, self.temperatures.single_large, uncertainty_types, resamples, seed,
                                           "the large model's array")
         deltas = scoring.duo_rows(data_large, data_small, self.temperatures, modes, uncertainty_types, combine,
                                   base=base, resamples=resamples, seed=seed)[1]

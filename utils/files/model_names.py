@@ -15,15 +15,30 @@ from typing import Iterable
 
 from utils.errors import UserError
 
-# derived names: seeds, fine-tuning trials (soup/<model>/trial<i>.pth predicted), soups and the baselines' prediction files (canonically lowercase, but `_LA`)
-_SUFFIX_PATTERN = re.compile(r"(_s\d+|_trial\d+|_greedy|_uniform|_ivon_det|_ivon|_la)$", re.IGNORECASE)
-# the derived models that cost what their backbone costs per image (so they share its GFLOPs); the
-# IVON Monte-Carlo predictive (_ivon) and Laplace (_LA) cost more, and have no backbones.csv figure
 SOURCES = ("torchvision", "timm")     # where a backbone's architecture and weights come from
+
+# Every derived model name is <backbone><suffix> (spelt lowercase, but `_LA`): (suffix pattern, what it is, whether
+# it costs what its backbone costs per image, whether the report sets it against its temperature-scaled backbone)
+DERIVED = (
+    (r"_s\d+", "another seed of the backbone (hp_tune --save_name)", True, False),
+    (r"_trial\d+", "one fine-tuning trial (soup/<model>/trial<i>.pth)", True, False),
+    (r"_greedy", "the greedy soup", True, True),
+    (r"_uniform", "the uniform soup", True, True),
+    (r"_ivon_det", "IVON's mean weights", True, True),
+    (r"_ivon_mc\d+_r\d+", "one repeat of IVON's Monte-Carlo predictive", False, True),
+    (r"_ivon", "IVON's Monte-Carlo predictive", False, True),
+    (r"_la", "the last-layer Laplace predictive", False, True),
+)
+
+
+def _suffixes(rows) -> re.Pattern:
+    return re.compile("(?:" + "|".join(pattern for pattern, *_ in rows) + ")$", re.IGNORECASE)
+
+
+DERIVED_SUFFIXES = _suffixes(DERIVED)
+SAME_COST_SUFFIXES = _suffixes(row for row in DERIVED if row[2])
+BASELINE_SUFFIXES = _suffixes(row for row in DERIVED if row[3])
 SOUP_SUFFIXES = ("_greedy", "_uniform")          # make_soup.py's <arch>_greedy, <arch>_uniform
-SAME_COST_SUFFIXES = re.compile(r"(_s\d+|_trial\d+|_greedy|_uniform|_ivon_det)$", re.IGNORECASE)
-# the baselines the report sets against their temperature-scaled backbone: soups, IVON's predictives, Laplace
-BASELINE_SUFFIXES = re.compile(r"(_greedy|_uniform|_ivon_det|_ivon_mc\d+_r\d+|_ivon|_la)$", re.IGNORECASE)
 
 
 def fold(name) -> str:
@@ -43,12 +58,13 @@ def check_plain_name(name: str, what: str) -> str:
     if (not text.strip() or text.startswith(".") or any(c in text for c in "/\\") or text != text.strip()
             or any(ord(c) < 32 or ord(c) == 127 for c in text)):
         raise UserError(f"{what}: {text!r} is not a plain name (no path separators, no leading '.': a hidden file no "
-                        f"stage reads, or '..'; no control characters, no leading or trailing spaces); it becomes part of a file name")
+                        f"stage reads, or '..'; no control characters, no leading or trailing spaces); it becomes part "
+                        f"of a file name")
     return text
 
 
 def backbone_row(name: str, backbone_names: Iterable[str] | None,
-                 suffixes: re.Pattern = _SUFFIX_PATTERN) -> tuple[str, str] | None:
+                 suffixes: re.Pattern = DERIVED_SUFFIXES) -> tuple[str, str] | None:
     """(the backbones.csv row spelling, the derived suffixes in canonical spelling) when `name`, or
     its base before derived suffixes, matches a row case-insensitively; else None."""
     rows: dict[str, str] = {}
@@ -61,7 +77,7 @@ def backbone_row(name: str, backbone_names: Iterable[str] | None,
         match = suffixes.search(base)
         if match is None or match.start() == 0:
             return None
-        suffix = match.group(1)
+        suffix = match.group(0)
         found.append("_LA" if suffix.lower() == "_la" else suffix.lower())
         base = base[: match.start()]
 

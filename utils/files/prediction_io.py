@@ -20,8 +20,8 @@ import pandas as pd
 
 from utils.errors import UserError, warn
 from utils.files import safe_io
-from utils.maths.uncertainty_metrics import log_normalizer
 from utils.files.model_names import NameMap, check_plain_name, existing_path, find_file, fold, unique_by_case
+from utils.maths.uncertainty_metrics import log_normalizer
 
 SPLITS = ("val", "test", "ood_test")
 FEATURES_SUFFIX = ".features.npz"

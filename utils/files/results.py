@@ -1,7 +1,7 @@
-"""The results files: one schema per kind, the one writer and the one reader.
+"""The results files: one schema per results table, the one writer and the one reader.
 
-`evaluation_<kind>_<dataset>.csv` holds a kind's test rows and `evaluation_<kind>_<dataset>_ood.csv` its
-ood_test rows. Each kind declares its key (unique within a file), its columns, which columns are numbers,
+`evaluation_<table>_<dataset>.csv` holds a table's test rows and `evaluation_<table>_<dataset>_ood.csv` its
+ood_test rows. Each table declares its key (unique within a file), its columns, which columns are numbers,
 its group (a rerun replaces every row of a group it writes, in both split files, so a model re-predicted
 without ood_test loses its old ood rows) and its provenance: the prediction digests and the temperatures its
 rows were computed from, which the report compares across files (`facts`).
@@ -27,8 +27,8 @@ DUO_MODE_NAMES = ("uqonly", "asymmetric", "asymmetric_code")     # the modes tha
 
 
 @dataclass(frozen=True)
-class Kind:
-    """One kind of results file."""
+class ResultTable:
+    """One results table (its test and ood files)."""
     name: str
     keys: tuple[str, ...]             # unique within one file
     descriptive: tuple[str, ...]      # after the value columns, in this order
@@ -59,48 +59,48 @@ _S4, _S5 = "evaluate/4_evaluate_predictions.py", "evaluate/5_evaluate_duo_predic
 _S7, _S8, _S3DY = ("evaluate/7_evaluate_cascades.py", "evaluate/8_evaluate_deep_ensemble.py",
                    "evaluate/3dy_duo_temp_scale.py")
 
-_KINDS = [
-    Kind("single_model", ("model", "wrapper", "uncertainty_type", "split"),
+_TABLES = [
+    ResultTable("single_model", ("model", "wrapper", "uncertainty_type", "split"),
          ("model", "wrapper", "uncertainty_type", "gflops", "params", "split", "digest", "temperature"),
          ("gflops", "params", "temperature"), ("model",), digests={"model": "digest"}, stage=_S4),
-    Kind("duo", (*_PAIR, "mode", "uncertainty_type", "split"), (*_DUO, *_SCALES),
+    ResultTable("duo", (*_PAIR, "mode", "uncertainty_type", "split"), (*_DUO, *_SCALES),
          ("gflops_large", "gflops_small", "gflops_balance", "scale_large", "scale_small"), _PAIR,
          digests=_PAIR_DIGESTS, stage=_S5),
-    Kind("dynamic_duo", (*_PAIR, "mode", "uncertainty_type", "split"), (*_DUO, "digest_large", "digest_small"),
+    ResultTable("dynamic_duo", (*_PAIR, "mode", "uncertainty_type", "split"), (*_DUO, "digest_large", "digest_small"),
          ("gflops_large", "gflops_small", "gflops_balance"), (*_PAIR, "mode"), digests=_PAIR_DIGESTS, stage=_S3DY),
-    Kind("deep_ensemble", ("model", "m", "subset", "uncertainty_type", "split"),
+    ResultTable("deep_ensemble", ("model", "m", "subset", "uncertainty_type", "split"),
          ("model", "m", "subset", "members", "uncertainty_type", "split", "digest", "member_digests"), ("m",),
          ("model", "m"), stage=_S8),
-    Kind("cascade", (*_PAIR, "order", "uncertainty_type", "selection", "target", "split"),
+    ResultTable("cascade", (*_PAIR, "order", "uncertainty_type", "selection", "target", "split"),
          (*_PAIR, "order", "uncertainty_type", "selection", "target", "tau", "deferred", "gflops_large",
           "gflops_small", "gflops_expected", "split", *_SCALES, "temperature_large", "temperature_small"),
          ("target", "tau", "deferred", "gflops_large", "gflops_small", "gflops_expected", "scale_large", "scale_small",
           "temperature_large", "temperature_small"), _PAIR, digests=_PAIR_DIGESTS, stage=_S7),
-    Kind("duo_delta", (*_PAIR, "mode", "uncertainty_type", "split", "metric"),
+    ResultTable("duo_delta", (*_PAIR, "mode", "uncertainty_type", "split", "metric"),
          (*_DUO, "metric", *_SCALES, "temperature"), ("gflops_large", "gflops_small", "gflops_balance", "B", "seed",
                                                      "scale_large", "scale_small", "temperature"),
          _PAIR, DELTA_VALUE_COLUMNS, _PAIR_DIGESTS, _S5),
-    Kind("single_model_delta", ("model", "wrapper", "uncertainty_type", "split", "metric"),
+    ResultTable("single_model_delta", ("model", "wrapper", "uncertainty_type", "split", "metric"),
          ("model", "base", "wrapper", "uncertainty_type", "split", "metric", "digest", "digest_base", "temperature",
           "temperature_base"), ("B", "seed", "temperature", "temperature_base"), ("model",), DELTA_VALUE_COLUMNS,
          {"model": "digest", "base": "digest_base"}, _S4),
-    Kind("deep_ensemble_delta", ("model", "m", "uncertainty_type", "split", "metric"),
+    ResultTable("deep_ensemble_delta", ("model", "m", "uncertainty_type", "split", "metric"),
          ("model", "m", "base", "subsets", "uncertainty_type", "split", "metric", "digest", "digest_base",
           "temperature_base"), ("m", "subsets", "B", "seed", "temperature_base"), ("model", "m"), DELTA_VALUE_COLUMNS,
          {"base": "digest_base"}, _S8),
 ]
-KINDS: dict[str, Kind] = {kind.name: kind for kind in _KINDS}
-# --combine probs writes the same tables under kinds duo_probs, duo_probs_delta, deep_ensemble_probs, ...
+TABLES: dict[str, ResultTable] = {table.name: table for table in _TABLES}
+# --combine probs writes the same tables under the names duo_probs, duo_probs_delta, deep_ensemble_probs, ...
 for _base in ("duo", "deep_ensemble", "duo_delta", "deep_ensemble_delta"):
     _name = _base.replace("_delta", "_probs_delta") if _base.endswith("_delta") else f"{_base}_probs"
-    KINDS[_name] = Kind(_name, **{k: v for k, v in KINDS[_base].__dict__.items() if k != "name"})
+    TABLES[_name] = ResultTable(_name, **{k: v for k, v in TABLES[_base].__dict__.items() if k != "name"})
 NAME_COLUMNS = ("model", "model_large", "model_small", "base")
 
 
 # ----------------------------------------------------------------------------- names
 
-# evaluation_<kind>_<dataset>[_ood]: a dataset named probs_x or delta_x would share its files with another kind's
-# (evaluation_duo_probs_x.csv is kind duo_probs of x and kind duo of probs_x), one named x_ood its test file with
+# evaluation_<table>_<dataset>[_ood]: a dataset named probs_x or delta_x would share its files with another table's
+# (evaluation_duo_probs_x.csv is table duo_probs of x and table duo of probs_x), one named x_ood its test file with
 # the ood file of x
 RESERVED_DATASET_PREFIXES = ("probs_", "delta_")
 
@@ -111,14 +111,16 @@ def check_dataset_name(name: str, what: str) -> str:
     check_plain_name(name, what)
     folded = name.casefold()
     if folded.startswith(RESERVED_DATASET_PREFIXES) or folded.endswith(OOD_SUFFIX):
-        raise UserError(f"{what}: '{name}' {'ends in ' + OOD_SUFFIX if folded.endswith(OOD_SUFFIX) else 'starts with ' + ' or '.join(RESERVED_DATASET_PREFIXES)}"
+        clash = (f"ends in {OOD_SUFFIX}" if folded.endswith(OOD_SUFFIX)
+                 else f"starts with {' or '.join(RESERVED_DATASET_PREFIXES)}")
+        raise UserError(f"{what}: '{name}' {clash}"
                         f", which result file names use (for ood_test, --combine probs and --bootstrap files); pass "
                         f"--dataset with another name")
     return name
 
 
-def results_path(output_dir: str | Path, kind: str, dataset: str, split: str) -> Path:
-    return Path(output_dir) / f"evaluation_{kind}_{dataset}{OOD_SUFFIX if split == 'ood_test' else ''}.csv"
+def results_path(output_dir: str | Path, table: str, dataset: str, split: str) -> Path:
+    return Path(output_dir) / f"evaluation_{table}_{dataset}{OOD_SUFFIX if split == 'ood_test' else ''}.csv"
 
 
 def _file_split(path: Path) -> str:
@@ -127,13 +129,13 @@ def _file_split(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- writing
 
-def queue_results(outputs: safe_io.Outputs, output_dir: str | Path, kind: str, dataset: str,
+def queue_results(outputs: safe_io.Outputs, output_dir: str | Path, table: str, dataset: str,
                   rows: list[dict], splits=EVAL_SPLITS) -> list[Path]:
-    """Queue `rows` for the kind's test and ood files in `outputs`: each group (a model, a pair, ...) written
+    """Queue `rows` for the table's test and ood files in `outputs`: each group (a model, a pair, ...) written
     replaces all of that group's rows in the files of `splits` (the splits this run speaks for: both, unless it
     evaluates one split by design), so a split the rerun no longer has loses its old rows. A row with a
     non-finite Acc, Brier, NLL or ECE is an error (nothing is queued)."""
-    spec = KINDS[kind]
+    spec = TABLES[table]
     check_dataset_name(dataset, "the dataset of the result files")
     frame = pd.DataFrame(rows, columns=spec.columns)
     if len(frame) and spec.always_defined:
@@ -145,7 +147,7 @@ def queue_results(outputs: safe_io.Outputs, output_dir: str | Path, kind: str, d
     groups = frame[list(spec.group)].drop_duplicates()
     queued = []
     for split in splits:
-        path = results_path(output_dir, kind, dataset, split)
+        path = results_path(output_dir, table, dataset, split)
         part = frame[frame["split"] == split]
         covered = part[list(spec.group)].drop_duplicates()
         absent = groups.merge(covered, how="left", indicator=True)
@@ -159,35 +161,35 @@ def queue_results(outputs: safe_io.Outputs, output_dir: str | Path, kind: str, d
 
 # ----------------------------------------------------------------------------- reading
 
-def empty(kind: str) -> pd.DataFrame:
-    """A kind's frame with no rows but every column (and `dataset`, `source`), typed as read_results types them."""
-    spec = KINDS[kind]
+def empty(table: str) -> pd.DataFrame:
+    """A table's frame with no rows but every column (and `dataset`, `source`), typed as read_results types them."""
+    spec = TABLES[table]
     frame = pd.DataFrame({c: pd.Series(dtype=float if c in (*spec.values, *spec.numbers) and c != "significant"
                                        else object) for c in spec.columns})
     return frame.assign(dataset=pd.Series(dtype=object), source=pd.Series(dtype=object), row=pd.Series(dtype=int))
 
 
-def read_results(results_dir: str | Path, kind: str) -> pd.DataFrame:
-    """Every split of evaluation_<kind>_<dataset>[_ood].csv in a folder, checked (`check_rows`), with the columns
+def read_results(results_dir: str | Path, table: str) -> pd.DataFrame:
+    """Every split of evaluation_<table>_<dataset>[_ood].csv in a folder, checked (`check_rows`), with the columns
     `dataset` (from the file name), `source` (the file) and `row` (its data row); a frame with every column and no
     rows when there is none."""
-    spec = KINDS[kind]
+    spec = TABLES[table]
     frames = []
-    # evaluation_duo_* also matches the files of the kinds duo_delta, duo_probs, ...: those are not this kind's
-    others = [other[len(kind) + 1:] + "_" for other in KINDS if other.startswith(f"{kind}_")]
-    for path in sorted(Path(results_dir).glob(f"evaluation_{kind}_*.csv")):
-        dataset = path.stem[len(f"evaluation_{kind}_"):].removesuffix(OOD_SUFFIX)
+    # evaluation_duo_* also matches the files of the tables duo_delta, duo_probs, ...: those are not this table's
+    others = [other[len(table) + 1:] + "_" for other in TABLES if other.startswith(f"{table}_")]
+    for path in sorted(Path(results_dir).glob(f"evaluation_{table}_*.csv")):
+        dataset = path.stem[len(f"evaluation_{table}_"):].removesuffix(OOD_SUFFIX)
         if any(dataset.startswith(prefix) for prefix in others):
             continue
         frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""], dtype=str)
         frame = check_rows(frame, path, spec)
         frames.append(frame.assign(dataset=dataset, source=str(path), row=np.arange(1, len(frame) + 1)))
     if not frames:
-        return empty(kind)
+        return empty(table)
     return pd.concat(frames, ignore_index=True)
 
 
-def check_rows(frame: pd.DataFrame, path: Path, spec: Kind) -> pd.DataFrame:
+def check_rows(frame: pd.DataFrame, path: Path, spec: ResultTable) -> pd.DataFrame:
     """The rows of one results file as the report and the writers rely on them: every key and number column
     present (provenance columns of older files may be absent: unknown), no empty key, numbers that are numbers
     and in range, each key once, plain model names, and every row's split the one its file name says. Returns
@@ -256,7 +258,7 @@ _PROVENANCE = {"digest", "member_digests", "digest_large", "digest_small", "dige
                "temperature_large", "temperature_small", "scale_large", "scale_small"}
 
 
-def _check_ranges(frame: pd.DataFrame, path: Path, spec: Kind) -> None:
+def _check_ranges(frame: pd.DataFrame, path: Path, spec: ResultTable) -> None:
     """Metrics are fractions (NLL: >= 0), a cascade's order and selection are the stage's words, its deferred share
     a fraction: a hand-edited 7 for 0.7 is an error, never a 700 % in a table or on a Pareto front."""
     from utils.maths.cascades import ORDERS
@@ -286,12 +288,12 @@ def _check_ranges(frame: pd.DataFrame, path: Path, spec: Kind) -> None:
 _TOLERANCE = 1e-9       # relative: a temperature written to CSV and read back, or 1 / (1 / T)
 
 
-def facts(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
-    """What the rows of one kind say about their inputs, one fact per row and input: the digest of a model's
+def facts(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """What the rows of one table say about their inputs, one fact per row and input: the digest of a model's
     predictions (`predictions`), a model's single temperature (`temperature`) and a pair's duo weights
     (`duo weights`). Columns: about, subject (folded name or pair), value (a tuple), source, row. Unknown
     (empty) provenance cells state nothing."""
-    spec = KINDS[kind]
+    spec = TABLES[table]
     records = []
     columns = ["about", "subject", "value", "source", "row", "position"]
     if frame.empty:
@@ -396,10 +398,10 @@ def check_agreement(found: pd.DataFrame, stages: dict[str, str]) -> None:
                            if first["about"] == "GFLOPs" else ""))
 
 
-def agreeing(frame: pd.DataFrame, kind: str, reference: pd.DataFrame) -> np.ndarray:
+def agreeing(frame: pd.DataFrame, table: str, reference: pd.DataFrame) -> np.ndarray:
     """Which rows of `frame` state nothing that disagrees with the `reference` facts (for the bootstrap files, whose
     stale rows are left out rather than refused)."""
-    mine = facts(frame, kind)
+    mine = facts(frame, table)
     if mine.empty or reference.empty:
         return np.ones(len(frame), dtype=bool)
     known = {}
@@ -413,8 +415,8 @@ def agreeing(frame: pd.DataFrame, kind: str, reference: pd.DataFrame) -> np.ndar
     return ~stale
 
 
-def stage_of(kind: str) -> str:
-    return KINDS[kind].stage
+def stage_of(table: str) -> str:
+    return TABLES[table].stage
 
 
 def known_costs(found: pd.DataFrame) -> dict[str, float]:

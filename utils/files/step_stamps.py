@@ -5,8 +5,9 @@ A step's files are the folders and files its path flags name (predictions, calib
 results, the duos and backbones CSVs, the checkpoints it predicts), fingerprinted by content (files
 over 64 MiB, i.e. checkpoints, by size and modification time); hidden files (locks, temporaries) do not
 count; the repository's configs count as code. Datasets (--data_dir) are not fingerprinted: after
-changing the data, rerun with `--refresh` (stage 1 itself reuses a complete prediction file). Stamps are recorded only when a run completes, for every step it ran or reused, so a failed or
-interrupted run leaves the last complete run's stamps, which then no longer match.
+changing the data, rerun with `--refresh` (stage 1 itself reuses a complete prediction file). Stamps are
+recorded only when a run completes, for every step it ran or reused, so a failed or interrupted run leaves the
+last complete run's stamps, which then no longer match.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def fingerprint(paths: Iterable[str | os.PathLike]) -> str:
 def step_paths(argv: list) -> list[str]:
     """The files and folders a step reads or writes: the values of its path flags, each where the stage
     finds it (a config such as `configs/duos.csv` missing from the working folder is the repository's)."""
-    from utils.cli.config import REPO_ROOT
+    from utils.paths import REPO_ROOT
     argv = [str(a) for a in argv]
     paths = [argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag in PATH_FLAGS]
     return [str(REPO_ROOT / p) if not Path(p).exists() and not Path(p).is_absolute() and (REPO_ROOT / p).exists()

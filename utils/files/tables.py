@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from utils.cli.config import DEFAULT_BACKBONES, resolve_config_path
 from utils.errors import UserError, warn
 from utils.files import safe_io
 from utils.files.model_names import SAME_COST_SUFFIXES, NameMap, backbone_row, canonical_name, check_plain_name
 from utils.maths.duo_modes import temperature_to_weight, weight_to_temperature
+from utils.paths import DEFAULT_BACKBONES, resolve_config_path
 
 SINGLE_TEMPERATURE_FILE = "temperature_single_model.csv"
 DUO_TEMPERATURE_FILE = "temperature_duo.csv"

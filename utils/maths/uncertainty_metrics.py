@@ -26,6 +26,10 @@ import numpy as np
 METRIC_COLUMNS = (["Acc", "F1", "Brier", "NLL", "ECE", "CP_AUROC", "AURC", "E-AURC"]
                   + [f"SAC@{t}" for t in range(90, 100)] + ["AUGRC", "F1_present"])
 UNCERTAINTY_TYPES = ("softmax_response", "entropy", "kl_disagreement")
+SINGLE_UNCERTAINTY_TYPES = ("softmax_response", "entropy")     # kl_disagreement needs two members
+# Every spread this project reports (stage 8's std rows, the report's ± and its shaded bands) is the sample
+# standard deviation (ddof = 1) over subsets, seeds or duos; one value has none.
+SPREAD_DDOF = 1
 KL_WEIGHT = 0.1
 ECE_BINS = 15
 _BLOCK_ELEMENTS = 131072  # float64 entries per row block (1 MiB): stays in L2 cache, measured fastest

@@ -26,6 +26,7 @@ def save_figure(fig, path, dpi: int) -> None:
     """The figure as PNG bytes, handed to `path` when it is a callable (the report queues them with its other
     outputs), else written atomically to that file."""
     import io
+
     from utils.files import safe_io
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=dpi, format="png")

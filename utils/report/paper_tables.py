@@ -15,8 +15,7 @@ import pandas as pd
 
 from utils.files.model_names import SOUP_SUFFIXES
 from utils.maths.bootstrap import excludes_zero
-from utils.maths.uncertainty_metrics import METRIC_COLUMNS
-from utils.stages.scoring import SPREAD_DDOF
+from utils.maths.uncertainty_metrics import METRIC_COLUMNS, SPREAD_DDOF
 
 # The paper's units: Acc, F1, ECE, AUROC and SAC in %; NLL and AURC x100; Brier x10^4 (it is the mean
 # over all N*K entries, so x10^4 brings it to the paper's magnitudes).
@@ -160,7 +159,7 @@ def table1(single, duos, ensembles, base: str, split: str, sidekicks=None) -> pd
     for small, balance in order.items():
         group = chosen[chosen["model_small"] == small]
         rows.append(_row(f"[AD] {base}+{small}", group, TABLE12_METRICS, **{"Balance (%)": f"{100 * balance:.0f}"}))
-    for m, row in sorted(_ensemble_rows(ensembles, base, split, lambda m: {"Balance (%)": f"{100 * (m - 1)}"}).items()):
+    for _, row in sorted(_ensemble_rows(ensembles, base, split, lambda m: {"Balance (%)": f"{100 * (m - 1)}"}).items()):
         rows.append(row)
     return pd.DataFrame(rows)
 

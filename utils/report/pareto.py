@@ -41,7 +41,7 @@ def candidates(single: pd.DataFrame, duos: pd.DataFrame, ensembles: pd.DataFrame
                split: str) -> pd.DataFrame:
     """One row per predictor of `split`: label, family, gflops and every metric column. Points whose cost is
     unknown are left out (`unknown_cost` counts them in `frame.attrs`)."""
-    metrics = [m for m in paper_tables.PAPER_SCALE if m in single.columns] if len(single) else []
+    metrics = [m for m in paper_tables.PAPER_SCALE if m in single.columns]
     rows, unknown = [], 0
 
     def add(label: str, family: str, gflops: float, values) -> None:

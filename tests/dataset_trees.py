@@ -1,4 +1,5 @@
-"""Tiny datasets in the real on-disk layouts (WILDS iWildCam v2.0, Caltech256, ImageNet val + V2)."""
+"""Tiny datasets in the real on-disk layouts (WILDS iWildCam v2.0, Caltech256, ImageNet val + V2), built by the tests
+in temporary folders."""
 from __future__ import annotations
 
 from pathlib import Path
