@@ -304,7 +304,8 @@ def load_model_from_checkpoint(path: str | Path, model_name: str | None = None, 
     name = record.get("model_name") or model_name or raw_name
     if not name:
         raise UserError(f"{path}: a raw state_dict does not say its architecture; pass --model NAME (and --source)")
-    if model_name and record.get("model_name") and architecture_of(model_name).lower() != architecture_of(record["model_name"]).lower():
+    recorded = record.get("model_name")
+    if model_name and recorded and architecture_of(model_name).lower() != architecture_of(recorded).lower():
         raise UserError(f"{path}: checkpoint is for {record['model_name']}, not {model_name}")
     source = record.get("source") or source or guess_source(name)
     model = get_model_with_head(name, 1000, source=source, weights="none")
@@ -341,6 +342,10 @@ def count_gflops(model: nn.Module, image_size: int) -> float:
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device))
+    except (AssertionError, RuntimeError, ValueError) as exc:       # e.g. a ViT built for 224 px given 28 px
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{type(model).__name__} cannot run on {image_size} px images ({reason}): choose a model that "
+                        f"accepts this image_size, or another image_size") from None
     finally:
         model.train(was_training)
     return counter.get_total_flops() / 2 / 1e9

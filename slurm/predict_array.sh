@@ -5,6 +5,7 @@
 #SBATCH --mem=32G
 #SBATCH --time=4:00:00
 #SBATCH --output=logs/%x_%A_%a.out
+#SBATCH --open-mode=append
 # Stage 1 for one trained checkpoint per array index (every *.pth of checkpoints/<dataset>/ff, sorted). A
 # complete prediction file from the same checkpoint is reused, so a resubmitted array redoes only what is
 # missing or stale.

@@ -5,6 +5,7 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --time=24:00:00
 #SBATCH --output=logs/%x_%j.out
+#SBATCH --open-mode=append
 # A Ray cluster across the nodes of one slurm allocation; hp_tune joins it and Ray spreads the trials
 # over every GPU of every node. Trial results go to --output_dir (default ./checkpoints), which must be on
 # the filesystem every node shares.
@@ -29,9 +30,12 @@ port=${RAY_PORT:-6379}
 address="${head_node}:${port}"
 cpus="${SLURM_CPUS_PER_TASK:-1}"
 
-stop_ray() {            # the Ray processes this job started end with it, whatever way it ends
+# The Ray processes this job started end with it, whatever way it ends, and only those: `ray start --block` stops
+# the processes it started when it is signalled (srun forwards the signal to its task on each node), whereas
+# `ray stop` would also kill every other Ray of this user on the node (another job's, a notebook's).
+stop_ray() {
   for pid in "${starters[@]:-}"; do kill "$pid" 2>/dev/null || true; done
-  srun --overlap --nodes="${#nodes[@]}" --ntasks="${#nodes[@]}" "$RAY" stop --force >/dev/null 2>&1 || true
+  for pid in "${starters[@]:-}"; do wait "$pid" 2>/dev/null || true; done
 }
 starters=()
 trap stop_ray EXIT

@@ -5,10 +5,12 @@
 #SBATCH --mem=48G
 #SBATCH --time=24:00:00
 #SBATCH --output=logs/%x_%A_%a.out
+#SBATCH --open-mode=append
 # One backbone of configs/backbones.csv per array index (row 1 = index 1): the LP -> FT search of
 # train/hp_tune.py with --resume (a requeued or time-limited task continues its search), then its soups.
 #   bash slurm/train_array.sh caltech256 [hp_tune flags]     # creates logs/, submits one task per backbone
 #   sbatch --array=1-40 slurm/train_array.sh caltech256       # the same, when logs/ exists
+#   BACKBONE_CSV=my_backbones.csv bash slurm/train_array.sh caltech256   # your own list of backbones
 # Run from the repository (or set DUOS_REPO); tasks share checkpoints/<dataset>/*.csv safely.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-.}"
@@ -17,12 +19,13 @@ REPO=${DUOS_REPO:-$(pwd)}
 PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
 CPUS="${SLURM_CPUS_PER_TASK:-1}"
 DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}
+BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
   mkdir -p logs
-  exec sbatch --array=1-$("$PY" -c "from utils.files import tables; print(len(tables.backbone_names(tables.read_backbones())))") "$0" "$@"
+  exec sbatch --array=1-$("$PY" -c "import sys; from utils.files import tables; print(len(tables.backbone_names(tables.read_backbones(sys.argv[1]))))" "$BACKBONES") "$0" "$@"
 fi
 shift
-MODEL=$("$PY" -c "import sys; from utils.files import tables; print(tables.backbone_names(tables.read_backbones())[int(sys.argv[1]) - 1])" "$SLURM_ARRAY_TASK_ID")
+MODEL=$("$PY" -c "import sys; from utils.files import tables; print(tables.backbone_names(tables.read_backbones(sys.argv[1]))[int(sys.argv[2]) - 1])" "$BACKBONES" "$SLURM_ARRAY_TASK_ID")
 echo "task ${SLURM_ARRAY_TASK_ID}: ${MODEL} on ${DATASET}"
-"$PY" "$REPO/train/hp_tune.py" --model "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints --cpus_per_trial "$CPUS" --gpus_per_trial 1 --resume "$@"
-"$PY" "$REPO/train/make_soup.py" --model "$MODEL" --dataset "$DATASET" --output_dir ./checkpoints --num_workers "$CPUS"
+"$PY" "$REPO/train/hp_tune.py" --model "$MODEL" --backbone_csv "$BACKBONES" --dataset "$DATASET" --output_dir ./checkpoints --cpus_per_trial "$CPUS" --gpus_per_trial 1 --resume "$@"
+"$PY" "$REPO/train/make_soup.py" --model "$MODEL" --backbone_csv "$BACKBONES" --dataset "$DATASET" --output_dir ./checkpoints --num_workers "$CPUS"

@@ -54,6 +54,6 @@ def ray_session():
     """One local Ray instance for the whole test session (each start costs ~5 s and ~1.4 GB)."""
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -18,8 +18,19 @@ import pandas as pd
 from load_models import model_loader
 from train import tuning
 from utils.cli import flags
-from utils.cli.parsing import (ArgumentParser, UserError, add_backbone_csv, cpu_count, non_negative_float,
-                               non_negative_int, plain_name, parse_bool, positive_int, run_main, warn)
+from utils.cli.parsing import (
+    ArgumentParser,
+    UserError,
+    add_backbone_csv,
+    cpu_count,
+    non_negative_float,
+    non_negative_int,
+    parse_bool,
+    plain_name,
+    positive_int,
+    run_main,
+    warn,
+)
 from utils.files import safe_io, tables
 from utils.files.model_names import checkpoint_dir, checkpoint_path, output_path
 
@@ -33,11 +44,13 @@ def build_parser() -> ArgumentParser:
                             parents=[flags.dataset(), flags.raw_checkpoint(),
                                      flags.device(precision="auto"),
                                      flags.loader(batch_size=None)])
-    parser.add_argument("--model", "--model_name", required=True, type=plain_name, help="backbone (backbones.csv spelling or timm name)")
+    parser.add_argument("--model", "--model_name", required=True, type=plain_name,
+                        help="backbone (backbones.csv spelling or timm name)")
     parser.add_argument("--num_samples", type=positive_int, help="FT trials (default: the YAML's search.num_samples, else 12)")
     parser.add_argument("--lp_samples", type=positive_int, help="LP trials (default: the YAML's search.lp_samples, else 4)")
     parser.add_argument("--output_dir", default="./checkpoints", help="checkpoint root (default ./checkpoints)")
-    parser.add_argument("--save_name", type=plain_name, help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
+    parser.add_argument("--save_name", type=plain_name,
+                        help="name of the outputs (default: --model); e.g. ResNet50_s1 for a 2nd seed")
     parser.add_argument("--weights", default="default", help="pretrained weights: default (staged) | none | FILE")
     add_backbone_csv(parser, "sources, tv_weights and the spelling of model names")
     parser.add_argument("--cpus_per_trial", type=positive_int, help="default 4 with a GPU, else 1")
@@ -51,7 +64,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--epochs_lp", type=positive_int, help="override the YAML's training.num_epochs_lp")
     parser.add_argument("--epochs_ff", type=positive_int, help="override the YAML's training.num_epochs_ff")
     parser.add_argument("--subset", type=positive_int, help="train on the first N training images (quick runs)")
-    parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the YAML's data.image_size, else the weights' "
+    parser.add_argument("--image_size", type=positive_int,
+                        help="resize inputs to this size (default: the YAML's data.image_size, else the weights' "
                         "own preprocessing)")
     parser.add_argument("--report_every", type=positive_int, default=1,
                         help="validate every N epochs and at the last (3 reproduces the official cadence)")
@@ -185,6 +199,7 @@ def main_impl(argv=None) -> int:
     if not ray.is_initialized():
         tuning.connect(args.ray_address, cpu_count())
     resources = tuning.default_resources(args.cpus_per_trial, args.gpus_per_trial)
+    tuning.check_resources_fit(resources)
     setup["threads"] = resources["cpu"]
     name = setup["save_name"]
     lp_path = checkpoint_path(args.output_dir, args.dataset, "lp", f"{name}.pth")

@@ -101,7 +101,12 @@ bootstrap_resamples = _bounded(int, 100, "0 (off) or a whole number from 100 to 
 
 
 def cpu_count() -> int:
-    """The CPUs this process may use (a slurm allocation's, not the node's)."""
+    """The CPUs this process may use. In a slurm job, the job's allocation (SLURM_CPUS_PER_TASK): a cluster that
+    does not bind jobs to their cores shows every core of the node, and one that binds them shows the same number;
+    elsewhere, the cores this process is bound to."""
+    allocated = os.environ.get("SLURM_CPUS_PER_TASK", "") if os.environ.get("SLURM_JOB_ID") else ""
+    if allocated.isdigit() and int(allocated) > 0:
+        return int(allocated)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
