@@ -71,7 +71,7 @@ def test_the_interval_covers_a_known_difference_about_95_percent_of_the_time():
         u = rng.random(n)
         wrong = (labels + 1) % k
 
-        def predictor(threshold):
+        def predictor(threshold, u=u, labels=labels, wrong=wrong, rng=rng):
             chosen = np.where(u < threshold, labels, wrong)
             logits = rng.normal(size=(n, k)) * 0.1
             logits[np.arange(n), chosen] += 2.0
@@ -259,3 +259,35 @@ def test_an_interval_clear_of_zero_only_by_rounding_is_no_finding():
     assert not pt.delta_cell(rows.loc["NLL"], "NLL").endswith("*")
     rows = pd.DataFrame({"metric": ["NLL"], "delta": [-0.02], "ci_low": [-0.03], "ci_high": [-0.01]}).set_index("metric")
     assert pt.nll_verdict(rows) == "lower (significant)" and pt.delta_cell(rows.loc["NLL"], "NLL").endswith("*")
+
+
+def duo_like_predictors(n: int, k: int, seed: int) -> list:
+    """A baseline and predictors as a duo's modes give them: shared predictions with other uncertainties (uqonly,
+    the uncertainty types of one mode), heavy ties, one identical to the baseline, and a degenerate one that is
+    always right (CP_AUROC undefined in every resample)."""
+    logits, labels, uncertainty = synthetic(n=n, k=k, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    other = logits + rng.normal(size=logits.shape)
+    base = bootstrap.sample_terms(logits, labels)
+    perfect = np.eye(k)[labels] * 5.0
+    return [base, bootstrap.sample_terms(other, labels),
+            bootstrap.sample_terms(other, labels, uncertainty=uncertainty),                 # ties in the ranking
+            bootstrap.sample_terms(logits, labels, other.argmax(1), np.round(uncertainty, 1)),
+            bootstrap.sample_terms(logits, labels), base, bootstrap.sample_terms(perfect, labels)]
+
+
+@pytest.mark.parametrize("n, k, seed", [(20, 2, 0), (331, 5, 1), (3000, 12, 2)])
+def test_shared_resampling_equals_each_predictor_on_its_own(n, k, seed):
+    """The shared implementation (one count matrix, deduplicated passes, the compiled ranking pass) gives every
+    predictor the metrics the plain one gives it on the same draws, to 1e-12: published intervals stay valid."""
+    predictors = duo_like_predictors(n, k, seed)
+    shared = bootstrap.resampled_metrics(predictors, 200, seed)
+    plain = bootstrap.reference_resampled_metrics(predictors, 200, seed)
+    for got, expected in zip(shared, plain):
+        for metric in um.METRIC_COLUMNS:
+            assert np.array_equal(np.isnan(got[metric]), np.isnan(expected[metric])), metric
+            np.testing.assert_allclose(got[metric], expected[metric], rtol=0, atol=1e-12, equal_nan=True,
+                                       err_msg=metric)
+    assert np.isnan(shared[-1]["CP_AUROC"]).all() and (shared[-1]["Acc"] == 1).all()
+    single = bootstrap.resampled_metrics(predictors[1], 200, seed)          # one predictor alone: the same draws
+    assert all(np.array_equal(single[m], shared[1][m], equal_nan=True) for m in um.METRIC_COLUMNS)

@@ -10,6 +10,7 @@ order, as there). Both predictors get the same count matrix: the interval is pai
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,19 +121,25 @@ def _macro_f1(tp: np.ndarray, true_count: np.ndarray, pred_count: np.ndarray, pr
 
 def weighted_metrics(terms: SampleTerms, counts: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric column (METRIC_COLUMNS) for each column of `counts` (N, R): the metric of the test set
-    that holds sample i counts[i, r] times. (Samples along axis 0: numpy accumulates fastest that way.)"""
+    that holds sample i counts[i, r] times. (Samples along axis 0: numpy accumulates fastest that way.) The
+    reference computation: `resampled_metrics` gets the same numbers sharing its work across predictors."""
     counts = np.asarray(counts, dtype=np.float64)
     n = counts.sum(axis=0)
     out = {"Acc": terms.correct @ counts / n, "NLL": terms.nll @ counts / n, "Brier": terms.brier @ counts / n}
-    tp, true, pred = (np.asarray(matrix @ counts) for matrix in (terms.hit_class, terms.true_class, terms.predicted_class))
-    out["F1"] = _macro_f1(tp, true, pred, present_only=False)
-    out["F1_present"] = _macro_f1(tp, true, pred, present_only=True)
+    out.update(_class_and_bin_metrics(terms, counts, n, np.asarray(terms.true_class @ counts)))
+    out.update(_weighted_selective(terms, counts, n))
+    return {name: out[name] for name in um.METRIC_COLUMNS}
+
+
+def _class_and_bin_metrics(terms: SampleTerms, counts: np.ndarray, n: np.ndarray, true: np.ndarray) -> dict:
+    """F1, F1_present and ECE of each column of `counts` (`true`: the per-class counts of the labels)."""
+    tp, pred = (np.asarray(matrix @ counts) for matrix in (terms.hit_class, terms.predicted_class))
+    out = {"F1": _macro_f1(tp, true, pred, present_only=False), "F1_present": _macro_f1(tp, true, pred, present_only=True)}
     inside = np.flatnonzero(terms.ece_bin >= 0)
     gap = sparse.csr_matrix(((terms.confidence - terms.calibration_correct)[inside], (terms.ece_bin[inside], inside)),
                             shape=(um.ECE_BINS, len(terms.ece_bin)))
     out["ECE"] = np.abs(np.asarray(gap @ counts)).sum(axis=0) / n
-    out.update(_weighted_selective(terms, counts, n))
-    return {name: out[name] for name in um.METRIC_COLUMNS}
+    return out
 
 
 def _weighted_selective(terms: SampleTerms, counts: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
@@ -210,24 +217,131 @@ def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndar
     return np.bincount(flat, minlength=n * resamples).reshape(n, resamples).astype(np.float64)
 
 
+def draw_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, n) counts, the smallest integer type that holds them: row r holds how often each of the n
+    samples was drawn in resample r. The same draws as `resample_counts` called chunk by chunk with one generator
+    (the layout `weighted_metrics` wants is the transpose), so every result of earlier versions stays valid."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CHUNK_ENTRIES // n)
+    parts = []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        draws = rng.integers(0, n, size=(size, n))
+        draws += (np.arange(size) * n)[:, None]
+        parts.append(np.bincount(draws.ravel(), minlength=n * size).reshape(size, n))
+    counts = np.concatenate(parts)
+    return counts.astype(np.uint8 if counts.max() <= np.iinfo(np.uint8).max else np.int32)
+
+
+_DRAWN: dict[tuple[int, int, int], np.ndarray] = {}      # the last few (n, resamples, seed): a stage's duos share them
+
+
+def shared_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    key = (n, resamples, seed)
+    if key not in _DRAWN:
+        while len(_DRAWN) >= 2:
+            _DRAWN.pop(next(iter(_DRAWN)))
+        _DRAWN[key] = draw_counts(n, resamples, seed)
+    return _DRAWN[key]
+
+
+def _content_key(*arrays: np.ndarray) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).view(np.uint8))
+    return digest.digest()
+
+
 def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, seed: int):
     """Every metric on `resamples` resamples of the test samples, for one predictor (a dict) or several
     scored on the same samples (a list of dicts, each resample shared by all). The same (n, resamples, seed)
-    always draws the same resamples, so results of separate calls pair up too."""
+    always draws the same resamples, so results of separate calls pair up too.
+
+    The predictors share their work: one count matrix (kept for the next call with the same draws), one matrix
+    product for the additive metrics of every distinct prediction, one ranking pass per distinct (uncertainty,
+    errors) pair, compiled and spread over the cores (utils/maths/bootstrap_kernels.py). The numbers are
+    `weighted_metrics`' on the same counts."""
     if not FEWEST_RESAMPLES <= resamples <= MOST_RESAMPLES:
         raise ValueError(f"{resamples} resamples: use {FEWEST_RESAMPLES} to {MOST_RESAMPLES} (1000 is usual)")
     several = isinstance(terms, list)
     members = terms if several else [terms]
     n = len(members[0].correct)
     check_samples(n, "the paired bootstrap")
-    rng = np.random.default_rng(seed)
+    counts = shared_counts(n, resamples, seed)
+    scored = {}            # content key -> that predictor's part of the metrics
+    additive = {}
+    for member in members:
+        key = _content_key(member.predictions, member.nll, member.brier, member.confidence, member.calibration_correct)
+        additive.setdefault(key, member)
+    sums = _additive_resampled(list(additive.values()), counts)
+    for key, values in zip(additive, sums):
+        scored[key] = values
+    ranked = {}
+    for member in members:
+        ranked.setdefault(_content_key(member.uncertainty, member.correct), member)
+    selective = {key: _selective_resampled(member, counts) for key, member in ranked.items()}
+    out = []
+    for member in members:
+        found = {**scored[_content_key(member.predictions, member.nll, member.brier, member.confidence,
+                                       member.calibration_correct)],
+                 **selective[_content_key(member.uncertainty, member.correct)]}
+        out.append({m: found[m] for m in um.METRIC_COLUMNS})
+    return out if several else out[0]
+
+
+def _additive_resampled(members: list[SampleTerms], counts: np.ndarray) -> list[dict]:
+    """Acc, NLL, Brier (one matrix product for all members), F1 and ECE of each member, chunk by chunk."""
+    resamples, n = counts.shape
     chunk = max(1, CHUNK_ENTRIES // n)
-    parts = [[] for _ in members]
+    stacked = np.stack([v for m in members for v in (m.correct.astype(np.float64), m.nll, m.brier)])
+    parts: list[list[dict]] = [[] for _ in members]
     for start in range(0, resamples, chunk):
-        counts = resample_counts(n, min(chunk, resamples - start), rng)
-        for part, member in zip(parts, members):
-            part.append(weighted_metrics(member, counts))
-    out = [{m: np.concatenate([p[m] for p in part]) for m in um.METRIC_COLUMNS} for part in parts]
+        block = np.ascontiguousarray(counts[start:start + chunk].T, dtype=np.float64)   # (n, chunk), C order:
+        # scipy's sparse products would copy an F-ordered one for every product
+        total = block.sum(axis=0)
+        products = stacked @ block / total
+        true = np.asarray(members[0].true_class @ block)
+        for i, member in enumerate(members):
+            found = {"Acc": products[3 * i], "NLL": products[3 * i + 1], "Brier": products[3 * i + 2]}
+            found.update(_class_and_bin_metrics(member, block, total, true))
+            parts[i].append(found)
+    return [{m: np.concatenate([p[m] for p in part]) for m in part[0]} for part in parts]
+
+
+def _selective_resampled(terms: SampleTerms, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """`_weighted_selective` of every resample at once, from the compiled ranking pass."""
+    from utils.maths.bootstrap_kernels import selective_sums
+    resamples, n = counts.shape
+    err = (~terms.correct[terms.order]).astype(np.float64)
+    run_start = np.zeros(n, dtype=np.bool_)
+    run_start[terms.tie_starts] = True
+    harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
+    n_errors, s1, s2, a1, a2, loss, best = selective_sums(counts, terms.order, err, run_start, harmonic,
+                                                          np.asarray(SAC_LEVELS, dtype=np.float64))
+    total = float(n)
+    n_correct = total - n_errors
+    aurc = (s1 - s2 + n_errors) / total
+    oracle = (n_errors - n_correct * (harmonic[n] - harmonic[n_correct.astype(np.int64)])) / total
+    pairs = n_correct * n_errors
+    out = {"AURC": aurc, "E-AURC": aurc - oracle, "AUGRC": (a1 + (a2 + n_errors) / 2) / total ** 2,
+           "CP_AUROC": np.divide(pairs - loss, pairs, out=np.full(resamples, np.nan), where=pairs > 0)}
+    out.update({f"SAC@{t}": best[level] / total for level, t in enumerate(SAC_LEVELS)})
+    return out
+
+
+def reference_resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, seed: int):
+    """`resampled_metrics` the plain way: each predictor on its own, `weighted_metrics` chunk by chunk (what the
+    project did before the shared version; kept to check it and to time it against, bench/bench_bootstrap.py)."""
+    several = isinstance(terms, list)
+    members = terms if several else [terms]
+    n = len(members[0].correct)
+    out = []
+    for member in members:
+        rng = np.random.default_rng(seed)
+        chunk = max(1, CHUNK_ENTRIES // n)
+        part = [weighted_metrics(member, resample_counts(n, min(chunk, resamples - start), rng))
+                for start in range(0, resamples, chunk)]
+        out.append({m: np.concatenate([p[m] for p in part]) for m in um.METRIC_COLUMNS})
     return out if several else out[0]
 
 
