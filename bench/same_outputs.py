@@ -1,15 +1,16 @@
 """Do two versions of the project give the same outputs? Runs the demo and docs/reproduction.md's command sequence
 with one checkout, then compares two such runs file by file.
 
-    python bench/same_outputs.py run --repo /path/to/checkout --out /tmp/before    # ~15 min on 2 cores
+    python bench/same_outputs.py run --repo /path/to/checkout --out /tmp/before    # ~25 min on 2 cores
     python bench/same_outputs.py run --repo . --out /tmp/after
     python bench/same_outputs.py compare /tmp/before /tmp/after
 
-CSV, Markdown and YAML files must be byte-identical but for what records when they were made: Ray's trial folder
-names in the soup trial lists (`trial_<run id>_..._<date>`) and, in an NPZ's meta, the `created` time stamp and the
-digest of the checkpoint it was predicted from (a `.pth` records its creation time, so its digest changes with
-every training although the weights do not); NPZ arrays must be identical. Checkpoints, figures, logs, step stamps
-and Ray's folders are left out: the CSVs, reports and prediction files computed from them are compared instead.
+CSV, Markdown and YAML files must be byte-identical but for what records when and where they were made: Ray's
+trial folder names in the soup trial lists (`trial_<run id>_..._<date>`), the run's own folder where a path
+records it, and, in an NPZ's meta, the `created` time stamp and the digest of the checkpoint it was predicted
+from (a `.pth` records its creation time, so its digest changes with every training although the weights do
+not); NPZ arrays must be identical. Checkpoints, figures, logs, step stamps and Ray's folders are left out: the
+CSVs, reports and prediction files computed from them are compared instead.
 """
 from __future__ import annotations
 
@@ -54,16 +55,17 @@ def compared_files(root: Path) -> set[str]:
             and not p.name.endswith(SKIPPED_SUFFIXES)}
 
 
-def same_npz(a: Path, b: Path) -> bool:
+def same_npz(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
     with np.load(a) as left, np.load(b) as right:
         if sorted(left.files) != sorted(right.files):
             return False
         for key in left.files:
             if key == "meta":
                 meta_a, meta_b = json.loads(str(left[key])), json.loads(str(right[key]))
-                for meta in (meta_a, meta_b):
+                for meta, root in ((meta_a, root_a), (meta_b, root_b)):
                     meta.pop("created", None)
-                    meta["source_checkpoint"] = str(meta.get("source_checkpoint", "")).split("#sha256:")[0]
+                    checkpoint = str(meta.get("source_checkpoint", "")).split("#sha256:")[0]
+                    meta["source_checkpoint"] = normalised(checkpoint.encode(), root).decode()
                 if meta_a != meta_b:
                     return False
             elif not np.array_equal(left[key], right[key]):
@@ -74,15 +76,20 @@ def same_npz(a: Path, b: Path) -> bool:
 RAY_TRIAL = re.compile(rb"trial_[0-9a-f]+_(\d+)_[^\"]*?_\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}")
 
 
-def same_text(a: Path, b: Path) -> bool:
-    return RAY_TRIAL.sub(rb"trial_\1", a.read_bytes()) == RAY_TRIAL.sub(rb"trial_\1", b.read_bytes())
+def normalised(data: bytes, root: Path) -> bytes:
+    """Ray's run ids and the run's own folder (an absolute --output_root is recorded in paths) made neutral."""
+    return RAY_TRIAL.sub(rb"trial_\1", data).replace(str(root.resolve()).encode(), b"<run>")
+
+
+def same_text(a: Path, b: Path, root_a: Path, root_b: Path) -> bool:
+    return normalised(a.read_bytes(), root_a) == normalised(b.read_bytes(), root_b)
 
 
 def compare(a: Path, b: Path) -> int:
     files_a, files_b = compared_files(a), compared_files(b)
     differ = sorted(name for name in files_a & files_b
-                    if not (same_npz(a / name, b / name) if name.endswith(".npz")
-                            else same_text(a / name, b / name)))
+                    if not (same_npz(a / name, b / name, a, b) if name.endswith(".npz")
+                            else same_text(a / name, b / name, a, b)))
     print(f"{len(files_a & files_b)} file(s) in both; {len(files_a - files_b)} only in {a}; "
           f"{len(files_b - files_a)} only in {b}; {len(differ)} differ")
     for name in sorted(files_a ^ files_b)[:20]:
