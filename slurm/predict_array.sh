@@ -18,8 +18,12 @@ PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
 CPUS="${SLURM_CPUS_PER_TASK:-1}"
 DATASET=${1:?usage: bash slurm/predict_array.sh DATASET}
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
+  tasks=$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)
+  if ! [ "$tasks" -gt 0 ] 2>/dev/null; then
+    echo "error: no checkpoints (checkpoints/<dataset>/ff/*.pth) to submit (found ${tasks:-none}); see the lines above" >&2; exit 2
+  fi
   mkdir -p logs
-  exec sbatch --array=1-$(find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" | wc -l) "$0" "$@"
+  exec sbatch --array=1-"$tasks" "$0" "$@"
 fi
 CHECKPOINT=$(find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" | sort | sed -n "${SLURM_ARRAY_TASK_ID}p")
 "$PY" "$REPO/evaluate/1_single_model_prediction.py" --model_path "$CHECKPOINT" --dataset "$DATASET" --output_dir "./predictions/$DATASET" --features --num_workers "$CPUS"

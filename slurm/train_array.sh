@@ -21,11 +21,15 @@ CPUS="${SLURM_CPUS_PER_TASK:-1}"
 DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}
 BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
+  tasks=$("$PY" -m utils.cli.slurm backbones "$BACKBONES")
+  if ! [ "$tasks" -gt 0 ] 2>/dev/null; then
+    echo "error: no backbones (BACKBONE_CSV, default configs/backbones.csv) to submit (found ${tasks:-none}); see the lines above" >&2; exit 2
+  fi
   mkdir -p logs
-  exec sbatch --array=1-$("$PY" -c "import sys; from utils.files import tables; print(len(tables.backbone_names(tables.read_backbones(sys.argv[1]))))" "$BACKBONES") "$0" "$@"
+  exec sbatch --array=1-"$tasks" "$0" "$@"
 fi
 shift
-MODEL=$("$PY" -c "import sys; from utils.files import tables; print(tables.backbone_names(tables.read_backbones(sys.argv[1]))[int(sys.argv[2]) - 1])" "$BACKBONES" "$SLURM_ARRAY_TASK_ID")
+MODEL=$("$PY" -m utils.cli.slurm backbones "$BACKBONES" "$SLURM_ARRAY_TASK_ID")
 echo "task ${SLURM_ARRAY_TASK_ID}: ${MODEL} on ${DATASET}"
 "$PY" "$REPO/train/hp_tune.py" --model "$MODEL" --backbone_csv "$BACKBONES" --dataset "$DATASET" --output_dir ./checkpoints --cpus_per_trial "$CPUS" --gpus_per_trial 1 --resume "$@"
 "$PY" "$REPO/train/make_soup.py" --model "$MODEL" --backbone_csv "$BACKBONES" --dataset "$DATASET" --output_dir ./checkpoints --num_workers "$CPUS"

@@ -67,8 +67,15 @@ def test_train_array_requeue_and_predict_array(cluster, tmp_path):
     work = tmp_path / "my work"                       # the user's folder, with a space, outside the repository
     work.mkdir()
     (work / "backbones.csv").write_text("model_name,source,GFLOPS\nresnet10t,timm,0.02\nregnetx_002,timm,0.007\n")
-    job = submit(cluster, REPO / "slurm" / "train_array.sh", "mnist5k", *TINY_HP, "--num_samples", 3,
-                 cwd=work, BACKBONE_CSV="backbones.csv")
+    # the header's second form, `sbatch --array=...` with logs/ made: the command line's --cpus-per-task (2, this
+    # machine's cores) overrides the script's 8, as on a cluster
+    (work / "logs").mkdir()
+    submitted = subprocess.run(["sbatch", "--array=1-2", "--cpus-per-task=2", str(REPO / "slurm" / "train_array.sh"),
+                                "mnist5k", *TINY_HP, "--num_samples", "3"], cwd=work, capture_output=True, text=True,
+                               env={**cluster.env, "DUOS_PYTHON": sys.executable, "DUOS_REPO": str(REPO),
+                                    "BACKBONE_CSV": "backbones.csv"}, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1)
     first_log = f"duo-train_{job}_1.out"
     deadline = time.monotonic() + 300
     while "FF trial 00000:" not in log_of(work, first_log):
@@ -106,7 +113,8 @@ def test_generated_pipeline_runs_under_slurm_and_names_a_failed_backbone(cluster
     array, then (afterany) the evaluation on the backbones that finished, to a report; the backbone that failed
     is named, and the evaluation job fails at its end to say something did."""
     config = yaml.safe_load((REPO / "configs" / "pipeline_mnist5k.yaml").read_text())
-    config.update(sidekicks=["regnetx_002", "mobilenetv3_small_050"], bootstrap=0, slurm={"gpus": 0},   # no GPU here
+    config.pop("corruptions", None)
+    config.update(sidekicks=["regnetx_002", "mobilenetv3_small_050"], bootstrap=0, slurm={"gpus": 0, "cpus": 2},   # this machine
                   stages=["train", "soup", "predict", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
                           "report"])
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
@@ -210,3 +218,19 @@ def test_ray_cluster_fails_when_nodes_never_join(tmp_path):
     started = [c["argv"] for c in calls if c["tool"] == "srun"]
     assert len(started) == 3 and all(argv[-1] == "--block" for argv in started)         # the head and two workers
     assert not any("stop" in c["argv"] for c in calls)              # never `ray stop`: it kills other jobs' Ray too
+
+
+def test_a_script_with_nothing_to_submit_is_one_error_and_submits_nothing(tmp_path):
+    """A missing BACKBONE_CSV, or no checkpoints: one error line, and sbatch is never called (a stub sbatch that
+    records its calls stands in: no cluster is needed to show it is not reached)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\necho called >> {tmp_path / 'sbatch_calls'}\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DUOS_REPO": str(REPO), "DUOS_PYTHON": sys.executable}
+    for script, extra in (("train_array.sh", {"BACKBONE_CSV": "missing.csv"}), ("predict_array.sh", {})):
+        result = subprocess.run(["bash", str(REPO / "slurm" / script), "mnist5k"], cwd=tmp_path, capture_output=True,
+                                text=True, env={**env, **extra}, timeout=120)
+        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "sbatch_calls").exists() and not (tmp_path / "logs").exists()

@@ -47,11 +47,16 @@ def prelude(repo: str = "$(pwd)") -> str:
             'CPUS="${SLURM_CPUS_PER_TASK:-1}"\n')
 
 
-def self_submit(array_size: str) -> str:
-    """`bash script.sh ARGS` outside a job: create logs/ and submit this script with sbatch."""
+def self_submit(array_size: str, what: str) -> str:
+    """`bash script.sh ARGS` outside a job: count the array's tasks (a failing count, or none, is an error before
+    anything is submitted), create logs/ and submit this script with sbatch."""
     return ('if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script\n'
+            f"  tasks={array_size}\n"
+            '  if ! [ "$tasks" -gt 0 ] 2>/dev/null; then\n'
+            f'    echo "error: no {what} to submit (found ${{tasks:-none}}); see the lines above" >&2; exit 2\n'
+            "  fi\n"
             "  mkdir -p logs\n"
-            f'  exec sbatch --array=1-{array_size} "$0" "$@"\n'
+            '  exec sbatch --array=1-"$tasks" "$0" "$@"\n'
             "fi\n")
 
 
@@ -63,11 +68,8 @@ def command(script: str, args: list) -> str:
 
 # ----------------------------------------------------------------------------- the shipped scripts
 
-_BACKBONE_OF_TASK = ('"$PY" -c "import sys; from utils.files import tables; '
-                     'print(tables.backbone_names(tables.read_backbones(sys.argv[1]))[int(sys.argv[2]) - 1])" '
-                     '"$BACKBONES" "$SLURM_ARRAY_TASK_ID"')
-_BACKBONE_COUNT = ('$("$PY" -c "import sys; from utils.files import tables; '
-                   'print(len(tables.backbone_names(tables.read_backbones(sys.argv[1]))))" "$BACKBONES")')
+_BACKBONE_OF_TASK = '"$PY" -m utils.cli.slurm backbones "$BACKBONES" "$SLURM_ARRAY_TASK_ID"'
+_BACKBONE_COUNT = '$("$PY" -m utils.cli.slurm backbones "$BACKBONES")'
 
 
 def shipped_train_array() -> str:
@@ -80,7 +82,7 @@ train/hp_tune.py with --resume (a requeued or time-limited task continues its se
 Run from the repository (or set DUOS_REPO); tasks share checkpoints/<dataset>/*.csv safely.""")
             + prelude() + 'DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}\n'
             + 'BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder\n'
-            + self_submit(_BACKBONE_COUNT) + "shift\n"
+            + self_submit(_BACKBONE_COUNT, "backbones (BACKBONE_CSV, default configs/backbones.csv)") + "shift\n"
             + f"MODEL=$({_BACKBONE_OF_TASK})\n"
             + 'echo "task ${SLURM_ARRAY_TASK_ID}: ${MODEL} on ${DATASET}"\n'
             + command("train/hp_tune.py", ["--model"]) + ' "$MODEL" --backbone_csv "$BACKBONES" --dataset "$DATASET" '
@@ -97,7 +99,8 @@ missing or stale.
   bash slurm/predict_array.sh caltech256      # creates logs/, submits one task per checkpoint""")
             + prelude()
             + 'DATASET=${1:?usage: bash slurm/predict_array.sh DATASET}\n'
-            + self_submit('$(find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" | wc -l)')
+            + self_submit('$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)',
+                          'checkpoints (checkpoints/<dataset>/ff/*.pth)')
             + 'CHECKPOINT=$(find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" | sort | sed -n "${SLURM_ARRAY_TASK_ID}p")\n'
             + command("evaluate/1_single_model_prediction.py", ["--model_path"]) + ' "$CHECKPOINT" --dataset "$DATASET" '
             + '--output_dir "./predictions/$DATASET" --features --num_workers "$CPUS"\n')
@@ -228,6 +231,27 @@ run; the job fails at the end if any step failed.""", resources)
     return scripts
 
 
+def backbones_main(argv: list[str]) -> int:
+    """`python -m utils.cli.slurm backbones CSV [N]`: how many backbones CSV lists, or the N-th's name (1-based);
+    what train_array.sh asks, with a one-line error for a missing or malformed CSV."""
+    from utils.cli.parsing import UserError, run_main
+    from utils.files import tables
+
+    def main_impl(args) -> int:
+        names = tables.backbone_names(tables.read_backbones(args[0]))
+        if len(args) == 1:
+            print(len(names))
+        elif not args[1].isdigit() or not 1 <= int(args[1]) <= len(names):
+            raise UserError(f"{args[0]}: no backbone number {args[1]} (it lists {len(names)})")
+        else:
+            print(names[int(args[1]) - 1])
+        return 0
+    return run_main(main_impl, argv)
+
+
 if __name__ == "__main__":
+    import sys
+    if sys.argv[1:2] == ["backbones"] and len(sys.argv) in (3, 4):
+        sys.exit(backbones_main(sys.argv[2:]))
     for path in write_shipped():
         print(f"wrote {path}")
