@@ -11,22 +11,29 @@ A complete output from the same checkpoint is reused unless --overwrite; a parti
 """
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from load_data.corruptions import CORRUPTIONS, SEVERITIES, add_corrupted_splits
 from load_data.dataloaders import make_loaders
 from load_data.datasets import load_dataset
 from load_models import model_loader
 from load_models.inference import predict, predict_with_features, prepare_model, resolve_device
+from load_models.prediction_jobs import file_digest, is_complete, list_jobs
 from utils.cli import flags
 from utils.cli.config import DATASETS
 from utils.cli.parsing import ArgumentParser, UserError, add_backbone_csv, plain_name, positive_int, run_main, warn
 from utils.files import safe_io, tables
-from utils.files.model_names import check_plain_name, checkpoint_dir, existing_path, unique_by_case
-from utils.files.prediction_io import FEATURES_SUFFIX, SPLITS, PredictionSet, read_predictions, write_predictions
+from utils.files.model_names import check_plain_name, existing_path
+from utils.files.prediction_io import (
+    FEATURES_SUFFIX,
+    PredictionSet,
+    is_split_name,
+    split_order,
+    write_predictions,
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -60,72 +67,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--image_size", type=positive_int, help="resize inputs to this size (default: the checkpoint's, else "
                         "the weights' own preprocessing)")
     parser.add_argument("--overwrite", action="store_true", help="recompute even if a complete file exists")
+    parser.add_argument("--corruptions", nargs="+", metavar="NAME", choices=(*CORRUPTIONS, "all"),
+                        help="also predict the test split under these corruptions (after ImageNet-C; `all`: "
+                             f"{', '.join(CORRUPTIONS)}), applied on the fly: split c_<name>_<severity>")
+    parser.add_argument("--severities", nargs="+", type=int, choices=SEVERITIES, default=list(SEVERITIES),
+                        metavar="S", help="corruption severities, 1-5 (default all)")
+    parser.add_argument("--corruption_seed", type=int, default=0, help="seed of the random corruptions (default 0)")
     return parser
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def list_jobs(args, backbones) -> list[dict]:
-    """(name, checkpoint or None) for every model to predict."""
-    def job(name: str, checkpoint: Path | None) -> dict:
-        name = tables.model_identity(name, "model name", backbones)
-        # the output is named after the file (e.g. ResNet50_s1, ConvNeXt_Base_greedy); the architecture
-        # comes from the checkpoint's metadata, else --model, else the name itself
-        recorded = model_loader.read_checkpoint(checkpoint).get("model_name") if checkpoint else None
-        if recorded and args.model and model_loader.architecture_of(args.model).lower() != recorded.lower():
-            raise UserError(f"{checkpoint}: checkpoint is for {recorded}, not {args.model}")
-        arch = model_loader.architecture_of(recorded or args.model or name)
-        source = args.source or tables.backbone_text(backbones, arch, "source") or model_loader.guess_source(arch)
-        tv_weights = args.tv_weights or tables.backbone_text(backbones, arch, "tv_weights")
-        return {"name": name, "arch": arch, "checkpoint": checkpoint, "source": source, "tv_weights": tv_weights}
-
-    if args.model_path:
-        path = existing_path(args.model_path)
-        if not path.exists():
-            raise UserError(f"--model_path: {path} not found")
-        return [job(args.name_prefix + path.stem.removesuffix("_best"), path)]
-    pretrained_only = UserError("--name_prefix: it names the predictions of checkpoints (--model_path, --model_dir); "
-                                "pretrained models keep their own names")
-    if not args.all_models and not args.model_dir:       # the official form gives only --model_dir_path
-        if args.dataset == "imagenet" and args.model:
-            if args.name_prefix:
-                raise pretrained_only
-            return [job(args.model, None)]
-        raise UserError("give --model_path FILE, or --all_models (with --model_dir), or for ImageNet --model NAME")
-    default_dir = (Path("checkpoints") / "imagenet" if args.dataset == "imagenet"      # download_imagenet_models.py
-                   else checkpoint_dir("checkpoints", args.dataset, "ff"))
-    folder = Path(args.model_dir or default_dir)
-    checkpoints = sorted(folder.glob("*.pth")) if folder.is_dir() else []
-    if args.mode == "soup":
-        checkpoints = [p for p in checkpoints if p.stem.lower().endswith(model_loader.SOUP_SUFFIXES)]
-        if not checkpoints:
-            raise UserError(f"--mode soup: no *_greedy.pth or *_uniform.pth in {folder}; run train/make_soup.py first")
-    if checkpoints:
-        unique_by_case([path.stem for path in checkpoints], f"--model_dir {folder}")
-        return [job(args.name_prefix + path.stem, path) for path in checkpoints]
-    if args.dataset == "imagenet":
-        if args.name_prefix:
-            raise pretrained_only
-        return [job(str(name), None) for name in backbones["model_name"]]
-    raise UserError(f"--model_dir: no *.pth checkpoints in {folder}")
-
-
-def is_complete(path: Path, features_path: Path, source_id: str, splits: list[str], want_features: bool) -> bool:
-    if not path.exists() or (want_features and not features_path.exists()):
-        return False
-    try:
-        existing = read_predictions(path)
-    except UserError:
-        return False          # partial or corrupt: redo
-    if path.suffix == ".npz" and existing.meta.get("source_checkpoint") != source_id:
-        return False          # written from another checkpoint
-    return sorted(existing.splits) == sorted(splits)
 
 
 def predict_model(job: dict, data, args, image_size_default, device) -> tuple[PredictionSet, dict | None]:
@@ -139,7 +87,8 @@ def predict_model(job: dict, data, args, image_size_default, device) -> tuple[Pr
                                                  keep_imagenet_head=True, weights=args.weights)
         image_size, source, tv_weights = args.image_size or image_size_default, job["source"], job["tv_weights"]
     transforms = model_loader.get_transforms(job["arch"], source, tv_weights, image_size)
-    loaders = make_loaders(data, args.batch_size, args.num_workers, transforms, splits=[s for s in SPLITS if data.splits.get(s)],
+    loaders = make_loaders(data, args.batch_size, args.num_workers, transforms,
+                           splits=split_order([s for s in data.splits if is_split_name(s) and data.splits[s] is not None]),
                            pin_memory=device.type == "cuda")
     # the model's cost per image at the size it sees (the first batch's), recorded for every later stage (stages 4,
     # 5, 7 and the report take it when neither a duos CSV nor the backbone CSV gives one)
@@ -194,7 +143,12 @@ def main_impl(argv=None) -> int:
     jobs = list_jobs(args, backbones)
     device = resolve_device(args.device)
     data = load_dataset(args.dataset, data_dir, ood_root=ood_dir, split_dir=args.split_dir)
-    splits = [s for s in SPLITS if data.splits.get(s) is not None]
+    if not args.corruptions and argv_has(argv, "--severities", "--corruption_seed"):
+        raise UserError("--severities / --corruption_seed: they choose the corruption sweep; give --corruptions too")
+    if args.corruptions:
+        names = list(CORRUPTIONS) if "all" in args.corruptions else list(dict.fromkeys(args.corruptions))
+        add_corrupted_splits(data, names, sorted(set(args.severities)), args.corruption_seed)
+    splits = split_order([s for s in data.splits if is_split_name(s) and data.splits[s] is not None])
     output_dir = Path(args.output_dir)
     for job in jobs:                            # every target can be written: check them all before predicting one
         safe_io.Outputs().expect(output_dir / f"{job['name']}.{args.format}", "prediction file")
@@ -218,6 +172,11 @@ def main_impl(argv=None) -> int:
         done += 1
     print(f"{done} model(s) predicted, {len(jobs) - done} reused")
     return 0
+
+
+def argv_has(argv, *flags: str) -> bool:
+    given = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    return any(a == f or a.startswith(f + "=") for a in given for f in flags)
 
 
 def main(argv=None) -> int:

@@ -13,11 +13,12 @@ from utils.cli import flags
 from utils.cli.parsing import ArgumentParser, add_backbone_csv, plain_name, run_main, warn
 from utils.files import safe_io, tables
 from utils.files.prediction_io import check_output_folder, read_predictions, select_prediction_files
-from utils.files.results import EVAL_SPLITS, queue_results
+from utils.files.results import eval_splits, queue_results
 from utils.stages.calibration import Calibration
 from utils.stages.inputs import resolve_dataset
 from utils.stages.intervals import baseline_delta_rows
 from utils.stages.scoring import SINGLE_UNCERTAINTY_TYPES, check_scaled_logits, largest_magnitude, single_rows
+from utils.stages.shift import detection_rows, single_uncertainties
 
 
 def build_parser() -> ArgumentParser:
@@ -52,13 +53,13 @@ def main_impl(argv=None) -> int:
     outputs = safe_io.Outputs(files.values())
     calibration.expect(outputs)
 
-    rows, dataset_names = [], []
+    rows, dataset_names, detection = [], [], []
     for name, path in files.items():            # one model in memory at a time
         pset = read_predictions(path)
         dataset_names.append(pset.dataset)
         temperature = calibration.temperature(pset)
         pset.split("test", "to evaluate the model")
-        splits = [s for s in EVAL_SPLITS if s in pset.splits]
+        splits = eval_splits(pset.splits)
         descriptive = {"model": name, "gflops": tables.cost_of(name, costs, backbones, pset.meta),
                        "params": tables.backbone_value(backbones, name, "Params"), "digest": pset.digest}
         for split in splits:
@@ -66,12 +67,17 @@ def main_impl(argv=None) -> int:
             check_scaled_logits([largest_magnitude(data.logits)], [1.0 / temperature],
                                 f"{calibration.single_path}: {name}")
             rows += [{**row, **descriptive, "split": split} for row in single_rows(data, temperature, args.uncertainty_types)]
+        found = single_uncertainties({s: pset.splits[s] for s in splits}, temperature, args.uncertainty_types)
+        detection += [{**row, "model": name, "digest": pset.digest,
+                       "temperature": temperature if row["wrapper"] != "None" else 1.0}
+                      for row in detection_rows(found, ("wrapper", "uncertainty_type"))]
         print(f"{name}: evaluated {', '.join(splits)}")
     dataset = resolve_dataset(args.dataset, dataset_names, args.predictions_dir)
     deltas = (baseline_delta_rows(files, calibration, args.uncertainty_types, args.bootstrap, args.bootstrap_seed)
               if args.bootstrap else [])
     calibration.queue(outputs)
     written = queue_results(outputs, args.output_dir, "single_model", dataset, rows)
+    written += queue_results(outputs, args.output_dir, "shift_detection", dataset, detection)
     if deltas:
         written_deltas = queue_results(outputs, args.output_dir, "single_model_delta", dataset, deltas)
     outputs.commit()

@@ -22,6 +22,7 @@ from utils.stages.calibration import Calibration
 from utils.stages.inputs import PredictionCache, find_duo_files, pair_costs, paired_splits, resolve_dataset
 from utils.stages.intervals import bootstrap_baseline
 from utils.stages.scoring import check_scaled_logits, duo_rows, largest_magnitude
+from utils.stages.shift import base_uncertainties, detection_deltas, detection_rows
 
 _NEEDS_SINGLE = {"unweighted_ts"}
 _NEEDS_DUO = {"uqonly", "asymmetric", "asymmetric_code"}
@@ -88,7 +89,7 @@ def main_impl(argv=None) -> int:
     cache = PredictionCache()
     large_normalizers: dict = {}        # (large file, split) -> {scale: its logits' row normalizers}
     baselines: dict = {}                # (large file, split) -> the TS large model's bootstrap metrics
-    rows, deltas, dataset_names = [], [], []
+    rows, deltas, dataset_names, detection, detection_delta = [], [], [], [], []
     for duo, large_path, small_path in in_reading_order(jobs):
         large, small = cache.get(large_path), cache.get(small_path)
         dataset_names += [large.dataset, small.dataset]
@@ -98,6 +99,7 @@ def main_impl(argv=None) -> int:
         descriptive = {"model_large": large.model, "model_small": small.model,
                        **pair_costs(duo, large, small, costs, backbones),
                        "digest_large": large.digest, "digest_small": small.digest}
+        per_split, large_splits = {}, {}
         for split, data_large, data_small in paired_splits(large, small):
             magnitudes = (largest_magnitude(data_large.logits), largest_magnitude(data_small.logits))
             for scales in {member_scales(mode, temps) for mode in args.modes}:
@@ -109,9 +111,19 @@ def main_impl(argv=None) -> int:
                     f"{large.source}: split '{split}'")
             found, intervals = duo_rows(data_large, data_small, temps, args.modes, args.uncertainty_types, args.combine,
                                         large_normalizers.setdefault((large.source, split), {}),
-                                        baselines.get((large.source, split)), args.bootstrap, args.bootstrap_seed)
+                                        baselines.get((large.source, split)), args.bootstrap, args.bootstrap_seed,
+                                        per_split.setdefault(split, {}))
+            large_splits[split] = data_large
             rows += [{**row, **descriptive, "split": split} for row in found]
             deltas += [{**row, **descriptive, "split": split} for row in intervals]
+        scales = {mode: dict(zip(("scale_large", "scale_small"), member_scales(mode, temps))) for mode in args.modes}
+        for row in detection_rows(per_split, ("mode", "uncertainty_type")):
+            detection.append({**row, **descriptive, **scales[row["mode"]]})
+        if args.bootstrap and len(per_split) > 1:
+            base = base_uncertainties(large_splits, temps.single_large, args.uncertainty_types)
+            detection_deltas_rows = detection_deltas(per_split, base, args.bootstrap, args.bootstrap_seed)
+            detection_delta += [{**row, **descriptive, **scales[row["mode"]], "temperature": temps.single_large}
+                                for row in detection_deltas_rows]
         print(f"{large.model} + {small.model}: evaluated {len(args.modes)} mode(s)")
 
     if not rows:
@@ -121,6 +133,10 @@ def main_impl(argv=None) -> int:
     kind = "duo" if args.combine == "logits" else f"duo_{args.combine}"
     written = queue_results(outputs, args.output_dir, kind, dataset, rows)
     written_deltas = queue_results(outputs, args.output_dir, f"{kind}_delta", dataset, deltas) if deltas else []
+    if args.combine == "logits":
+        written += queue_results(outputs, args.output_dir, "duo_shift_detection", dataset, detection)
+        written_deltas += queue_results(outputs, args.output_dir, "duo_shift_detection_delta", dataset,
+                                        detection_delta) if detection_delta else []
     outputs.commit()
     print(f"wrote {len(rows)} row(s) for {len(jobs)} duo(s) to {', '.join(map(str, written))}")
     if deltas:

@@ -47,9 +47,11 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     assert any(np.array_equal(large, t) for t in trials) and not np.array_equal(*trials)
     ensemble = pd.read_csv(root / "results" / "evaluation_deep_ensemble_mnist5k.csv", dtype={"subset": str})
     assert set(ensemble["members"]) >= {"resnet10t_trial0+resnet10t_trial1"}
+    sweep = {f"c_{name}_{severity}" for name in ("gaussian_noise", "impulse_noise", "contrast") for severity in (1, 3, 5)}
     for path in predictions.glob("*.npz"):
         pset = read_predictions(path)
-        assert set(pset.splits) == {"val", "test", "ood_test"} and pset.num_classes == 10
+        swept = path.stem in ("resnet10t", "resnet10t_greedy", "resnet10t_uniform", "regnetx_002")   # stage 1's first step
+        assert set(pset.splits) == {"val", "test", "ood_test"} | (sweep if swept else set()) and pset.num_classes == 10
     for name in ("temperature_single_model.csv", "temperature_duo.csv"):
         assert len(pd.read_csv(root / "calibrated" / name)) > 0
     results = root / "results"
@@ -66,6 +68,9 @@ def test_demo_pipeline_tiny(tmp_path, ray_session, capsys):
     for title in ("Table 1", "Table 2", "Table 3: duos vs IVON (resnet10t)", "Table 4: duos vs Laplace (resnet10t)"):
         assert f"## {title}" in report, title
     assert "| IVON (2 samples) | 2 |" in report and "skipped" not in report       # every table and figure
+    for heading in ("Under corruption: the duo's gain against severity (beyond the paper): resnet10t",
+                    "Corruption errors, relative to the TS large model (mCE-style): resnet10t", "Shift detection: resnet10t"):
+        assert f"## {heading}" in report, heading
     deltas = pd.read_csv(results / "evaluation_duo_delta_mnist5k.csv")            # the demo's bootstrap
     assert set(deltas["B"]) == {200} and "| resnet10t + regnetx_002 |" in report.split("## Paired bootstrap")[1]
     for name in ("fig1_radar", "fig2_single_models", "fig3-6_resnet10t", "fig7_resnet10t_greedy",
@@ -178,3 +183,12 @@ def test_a_model_that_cannot_run_at_the_image_size_is_one_error_line(tmp_path):
     assert result.returncode != 0 and result.stderr.startswith("error: --config: vit_tiny_patch16_224: ")
     assert "28 px" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]          # nothing written
+
+
+def test_a_misspelt_corruption_is_refused_before_any_training(tmp_path):
+    config = yaml.safe_load((REPO / "configs" / "pipeline_mnist5k.yaml").read_text())
+    config["corruptions"] = {"names": ["gaussian_noise", "fog"], "severities": [1, 3]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("evaluate/run_pipeline.py", "--config", "p.yaml", "--output_root", "runs/x", cwd=tmp_path)
+    assert result.returncode != 0 and result.stderr.startswith("error: ") and "fog" in result.stderr
+    assert not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]

@@ -120,3 +120,24 @@ def test_dataset_is_inferred_from_the_checkpoint_or_folder(caltech, stage, monke
     code, out, err = stage(S1, "--all_models", "--data_dir", root / "data", "--num_workers", 0)
     assert code == 0, err
     assert (root / "predictions" / "resnet10t.npz").exists()
+
+
+def test_corruption_sweep_predicts_each_corrupted_test_split(caltech, stage):
+    """--corruptions adds one split per corruption x severity: the test images, corrupted as they are read, the
+    same for the same seed; the clean splits are unchanged."""
+    root, model, ckpt = caltech
+    args = ["--model_path", ckpt, *common(root), "--corruptions", "contrast", "gaussian_noise", "--severities", 1, 4]
+    code, out, err = stage(S1, *args)
+    assert code == 0, err
+    pset = read_predictions(root / "preds" / "resnet10t.npz")
+    assert list(pset.splits) == ["val", "test", "c_contrast_1", "c_contrast_4", "c_gaussian_noise_1",
+                                 "c_gaussian_noise_4"]
+    test = pset.splits["test"]
+    for split in list(pset.splits)[2:]:
+        assert pset.splits[split].ids.tolist() == test.ids.tolist()
+        assert not np.allclose(pset.splits[split].logits, test.logits)
+    first = pset.splits["c_gaussian_noise_4"].logits
+    assert stage(S1, *args, "--overwrite")[0] == 0
+    assert np.array_equal(read_predictions(root / "preds" / "resnet10t.npz").splits["c_gaussian_noise_4"].logits, first)
+    code, _, err = stage(S1, *args[:-6], "--corruptions", "fog")
+    assert code == 2 and "fog" in err

@@ -24,6 +24,20 @@ from utils.files.model_names import NameMap, check_plain_name, existing_path, fi
 from utils.maths.uncertainty_metrics import log_normalizer
 
 SPLITS = ("val", "test", "ood_test")
+# the test images under a corruption at a severity (stage 1's --corruptions, load_data/corruptions.py):
+# c_<corruption>_<1-5>
+CORRUPTION_NAMES = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "brightness", "contrast",
+                    "pixelate", "jpeg_compression")
+CORRUPTION_SPLIT = re.compile(rf"c_({'|'.join(CORRUPTION_NAMES)})_[1-5]")
+
+
+def is_split_name(name: str) -> bool:
+    return name in SPLITS or CORRUPTION_SPLIT.fullmatch(name) is not None
+
+
+def split_order(names) -> list[str]:
+    """Splits in file order: val, test, ood_test, then the corruption splits by name."""
+    return [s for s in SPLITS if s in names] + sorted(n for n in names if n not in SPLITS)
 FEATURES_SUFFIX = ".features.npz"
 
 
@@ -311,9 +325,12 @@ def _read_npz(path: Path) -> PredictionSet:
             raise UserError(f"{path}: 'meta' must be a JSON object of fields (dataset, model, ...), got "
                             f"{type(meta).__name__}")
     splits = {}
-    for name in SPLITS:
-        if f"logits_{name}" not in data:
-            continue
+    names = [key[len("logits_"):] for key in data if key.startswith("logits_")]
+    for name in names:
+        if name.startswith("c_") and not is_split_name(name):
+            raise UserError(f"{path}: split '{name}' is no corruption split (c_<corruption>_<severity 1-5>, the "
+                            f"corruptions: {', '.join(CORRUPTION_NAMES)}); rename it or predict it again")
+    for name in split_order([n for n in names if is_split_name(n)]):
         for key in (f"labels_{name}", f"ids_{name}"):
             if key not in data:
                 raise UserError(f"{path}: has logits_{name} but no {key}")
@@ -347,8 +364,9 @@ def _read_csv(path: Path) -> PredictionSet:
     if frame.empty:
         raise UserError(f"{path}: no data rows (only a header)")
     for name in frame["split"].unique():
-        if name not in SPLITS:
-            raise UserError(f"{path}: unknown split '{name}' (expected one of {', '.join(SPLITS)})")
+        if not is_split_name(name):
+            raise UserError(f"{path}: unknown split '{name}' (expected one of {', '.join(SPLITS)}, or a corruption "
+                            f"split c_<corruption>_<severity 1-5>)")
         rows = (frame["split"] == name).to_numpy()
         splits[name] = Split(logits[rows], labels[rows], _csv_ids(frame.loc[rows, "sample_id"].to_numpy()))
     return PredictionSet(model=_model_name_of(path), splits=splits, meta=meta, source=str(path))

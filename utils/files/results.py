@@ -17,10 +17,14 @@ import pandas as pd
 from utils.errors import UserError
 from utils.files import safe_io
 from utils.files.model_names import check_plain_name
+from utils.files.prediction_io import CORRUPTION_SPLIT, split_order
+from utils.maths.shift_detection import DETECTION_COLUMNS
 from utils.maths.uncertainty_metrics import METRIC_COLUMNS
 
 EVAL_SPLITS = ("test", "ood_test")
 OOD_SUFFIX = "_ood"
+CORRUPT_SUFFIX = "_corrupt"          # every corruption split's rows (c_<corruption>_<severity>), in one file
+FILE_GROUPS = ("test", "ood_test", "corrupt")        # a table's files: evaluation_<table>_<dataset>[_ood|_corrupt].csv
 DELTA_VALUE_COLUMNS = ("delta", "ci_low", "ci_high", "significant", "B", "seed")
 ALWAYS_DEFINED = ("Acc", "Brier", "NLL", "ECE")      # CP_AUROC alone may be NaN (all or no prediction correct)
 DUO_MODE_NAMES = ("uqonly", "asymmetric", "asymmetric_code")     # the modes that use stage 3's duo weights
@@ -48,7 +52,7 @@ class ResultTable:
 
     @property
     def always_defined(self) -> tuple[str, ...]:
-        return () if self.is_delta else ALWAYS_DEFINED
+        return () if self.is_delta else tuple(c for c in ALWAYS_DEFINED if c in self.values)
 
 
 _PAIR = ("model_large", "model_small")
@@ -89,6 +93,18 @@ _TABLES = [
           "temperature_base"), ("m", "subsets", "B", "seed", "temperature_base"), ("model", "m"), DELTA_VALUE_COLUMNS,
          {"base": "digest_base"}, _S8),
 ]
+# shift detection (utils/maths/shift_detection.py): test (in) against each shifted split (out), per uncertainty type
+_TABLES += [
+    ResultTable("shift_detection", ("model", "wrapper", "uncertainty_type", "split"),
+         ("model", "wrapper", "uncertainty_type", "split", "digest", "temperature"), ("temperature",), ("model",),
+         DETECTION_COLUMNS, {"model": "digest"}, _S4),
+    ResultTable("duo_shift_detection", (*_PAIR, "mode", "uncertainty_type", "split"),
+         (*_PAIR, "mode", "uncertainty_type", "split", *_SCALES), ("scale_large", "scale_small"), _PAIR,
+         DETECTION_COLUMNS, _PAIR_DIGESTS, _S5),
+    ResultTable("duo_shift_detection_delta", (*_PAIR, "mode", "uncertainty_type", "split", "metric"),
+         (*_PAIR, "mode", "uncertainty_type", "split", "metric", *_SCALES, "temperature"),
+         ("B", "seed", "scale_large", "scale_small", "temperature"), _PAIR, DELTA_VALUE_COLUMNS, _PAIR_DIGESTS, _S5),
+]
 TABLES: dict[str, ResultTable] = {table.name: table for table in _TABLES}
 # --combine probs writes the same tables under the names duo_probs, duo_probs_delta, deep_ensemble_probs, ...
 for _base in ("duo", "deep_ensemble", "duo_delta", "deep_ensemble_delta"):
@@ -102,7 +118,7 @@ NAME_COLUMNS = ("model", "model_large", "model_small", "base")
 # evaluation_<table>_<dataset>[_ood]: a dataset named probs_x or delta_x would share its files with another table's
 # (evaluation_duo_probs_x.csv is table duo_probs of x and table duo of probs_x), one named x_ood its test file with
 # the ood file of x
-RESERVED_DATASET_PREFIXES = ("probs_", "delta_")
+RESERVED_DATASET_PREFIXES = ("probs_", "delta_", "shift_detection_")
 
 
 def check_dataset_name(name: str, what: str) -> str:
@@ -110,8 +126,8 @@ def check_dataset_name(name: str, what: str) -> str:
     ending in the ood suffix."""
     check_plain_name(name, what)
     folded = name.casefold()
-    if folded.startswith(RESERVED_DATASET_PREFIXES) or folded.endswith(OOD_SUFFIX):
-        clash = (f"ends in {OOD_SUFFIX}" if folded.endswith(OOD_SUFFIX)
+    if folded.startswith(RESERVED_DATASET_PREFIXES) or folded.endswith((OOD_SUFFIX, CORRUPT_SUFFIX)):
+        clash = (f"ends in {OOD_SUFFIX} or {CORRUPT_SUFFIX}" if folded.endswith((OOD_SUFFIX, CORRUPT_SUFFIX))
                  else f"starts with {' or '.join(RESERVED_DATASET_PREFIXES)}")
         raise UserError(f"{what}: '{name}' {clash}"
                         f", which result file names use (for ood_test, --combine probs and --bootstrap files); pass "
@@ -119,18 +135,33 @@ def check_dataset_name(name: str, what: str) -> str:
     return name
 
 
+def file_group(split: str) -> str:
+    """Which of a table's files holds a split's rows: test, ood_test, or corrupt (every corruption split)."""
+    return split if split in EVAL_SPLITS else "corrupt" if CORRUPTION_SPLIT.fullmatch(str(split)) else "unknown"
+
+
+def eval_splits(names) -> list[str]:
+    """The evaluation splits among `names`: test, ood_test, then the corruption splits (stage 1's --corruptions)."""
+    return [s for s in split_order(names) if file_group(s) != "unknown"]
+
+
+_SUFFIX = {"test": "", "ood_test": OOD_SUFFIX, "corrupt": CORRUPT_SUFFIX}
+
+
 def results_path(output_dir: str | Path, table: str, dataset: str, split: str) -> Path:
-    return Path(output_dir) / f"evaluation_{table}_{dataset}{OOD_SUFFIX if split == 'ood_test' else ''}.csv"
+    """The file of a split's rows (`split` may also be a file group)."""
+    group = split if split in _SUFFIX else file_group(split)
+    return Path(output_dir) / f"evaluation_{table}_{dataset}{_SUFFIX[group]}.csv"
 
 
 def _file_split(path: Path) -> str:
-    return "ood_test" if path.stem.endswith(OOD_SUFFIX) else "test"
+    return "ood_test" if path.stem.endswith(OOD_SUFFIX) else "corrupt" if path.stem.endswith(CORRUPT_SUFFIX) else "test"
 
 
 # ----------------------------------------------------------------------------- writing
 
 def queue_results(outputs: safe_io.Outputs, output_dir: str | Path, table: str, dataset: str,
-                  rows: list[dict], splits=EVAL_SPLITS) -> list[Path]:
+                  rows: list[dict], splits=FILE_GROUPS) -> list[Path]:
     """Queue `rows` for the table's test and ood files in `outputs`: each group (a model, a pair, ...) written
     replaces all of that group's rows in the files of `splits` (the splits this run speaks for: both, unless it
     evaluates one split by design), so a split the rerun no longer has loses its old rows. A row with a
@@ -146,9 +177,10 @@ def queue_results(outputs: safe_io.Outputs, output_dir: str | Path, table: str, 
                             f"was written to {output_dir}: check the prediction files and temperatures")
     groups = frame[list(spec.group)].drop_duplicates()
     queued = []
-    for split in splits:
-        path = results_path(output_dir, table, dataset, split)
-        part = frame[frame["split"] == split]
+    groups_of_rows = frame["split"].map(file_group)
+    for group in dict.fromkeys(file_group(s) if s not in _SUFFIX else s for s in splits):
+        path = results_path(output_dir, table, dataset, group)
+        part = frame[(groups_of_rows == group).to_numpy()]
         covered = part[list(spec.group)].drop_duplicates()
         absent = groups.merge(covered, how="left", indicator=True)
         absent = absent[absent["_merge"] == "left_only"][list(spec.group)]
@@ -178,7 +210,7 @@ def read_results(results_dir: str | Path, table: str) -> pd.DataFrame:
     # evaluation_duo_* also matches the files of the tables duo_delta, duo_probs, ...: those are not this table's
     others = [other[len(table) + 1:] + "_" for other in TABLES if other.startswith(f"{table}_")]
     for path in sorted(Path(results_dir).glob(f"evaluation_{table}_*.csv")):
-        dataset = path.stem[len(f"evaluation_{table}_"):].removesuffix(OOD_SUFFIX)
+        dataset = path.stem[len(f"evaluation_{table}_"):].removesuffix(OOD_SUFFIX).removesuffix(CORRUPT_SUFFIX)
         if any(dataset.startswith(prefix) for prefix in others):
             continue
         frame = safe_io.read_table(path, "results file", keep_default_na=False, na_values=[""], dtype=str)
@@ -210,12 +242,14 @@ def check_rows(frame: pd.DataFrame, path: Path, spec: ResultTable) -> pd.DataFra
         raise UserError(f"{path}: data row {int(blank.argmax()) + 1} has an empty {', '.join(spec.keys)} cell; rerun "
                         f"the stage that writes it ({spec.stage})")
     expected_split = _file_split(path)
-    wrong = (frame["split"].astype(str) != expected_split).to_numpy()
+    wrong = (frame["split"].astype(str).map(file_group) != expected_split).to_numpy()
     if wrong.any():
         row = int(wrong.argmax())
+        holds = ("corruption split (c_<corruption>_<severity>)" if expected_split == "corrupt"
+                 else f"'{expected_split}'")
         raise UserError(f"{path}: data row {row + 1} is a '{frame['split'].iloc[row]}' row, but this file holds "
-                        f"'{expected_split}' rows (its name {'ends' if expected_split == 'ood_test' else 'does not end'} "
-                        f"in {OOD_SUFFIX}); rerun the stage that writes it ({spec.stage})")
+                        f"{holds} rows (its name ends in {_SUFFIX[expected_split] or 'the dataset'}); rerun the stage "
+                        f"that writes it ({spec.stage})")
     for column in numbers:
         text = frame[column]
         if text.dtype.kind in "fiu":
@@ -263,7 +297,8 @@ def _check_ranges(frame: pd.DataFrame, path: Path, spec: ResultTable) -> None:
     a fraction: a hand-edited 7 for 0.7 is an error, never a 700 % in a table or on a Pareto front."""
     from utils.maths.cascades import ORDERS
     slack = 1e-9                                  # E-AURC = AURC - oracle may round a hair below 0
-    checks = [(m, -slack, 1 + slack) for m in METRIC_COLUMNS if m != "NLL"] + [("NLL", 0.0, np.inf)]
+    checks = [(m, -slack, 1 + slack) for m in spec.values if m != "NLL"] + \
+        ([("NLL", 0.0, np.inf)] if "NLL" in spec.values else [])
     if spec.name == "cascade":
         checks.append(("deferred", 0.0, 1.0))
     for column, low, high in checks:

@@ -173,7 +173,10 @@ def predict_steps(plan: Plan, stages) -> list[Step]:
             args += [f"--{key}", plan.config[key]]
     if "train" not in stages:
         args += ["--weights", plan.config.get("weights", "default")]
-    steps = [Step("predict", args)]
+    sweep = plan.config.get("corruptions") or {}
+    corrupted = (["--corruptions", *sweep["names"], "--severities", *sweep.get("severities", [1, 2, 3, 4, 5]),
+                  "--corruption_seed", sweep.get("seed", 0)] if sweep.get("names") else [])
+    steps = [Step("predict", args + corrupted)]        # the trials (deep-ensemble members) need no sweep
     if plan.from_trials:              # the deep ensemble's members: every FT trial of the large model
         trials = ["--model_dir", checkpoint_dir(plan.checkpoints, plan.dataset, "soup") / plan.large,
                   "--name_prefix", f"{plan.large}_"]

@@ -17,6 +17,7 @@ from utils.cli.parsing import (
 )
 from utils.errors import UserError
 from utils.files.model_names import SOURCES, check_plain_name
+from utils.files.prediction_io import CORRUPTION_NAMES
 from utils.paths import resolve_config_path
 
 STAGES = ("train", "soup", "predict", "ivon", "laplace", "temp_scale", "duo_temp_scale", "evaluate", "evaluate_duo",
@@ -85,6 +86,9 @@ PIPELINE_SCHEMA = {
     "bootstrap": _passed(int, bootstrap_resamples),
     "cascades": {"steps": _passed(int, cascade_steps), "budgets": _passed(_NUMBER, positive_float, many=True)},
     "stages": Field((list,), items=(str,), choices=STAGES),
+    # stage 1's corruption sweep of the test split (beyond the paper; docs/robustness.md)
+    "corruptions": {"names": Field((list,), items=(str,), choices=(*CORRUPTION_NAMES, "all")),
+                    "severities": Field((list,), items=(int,), choices=(1, 2, 3, 4, 5)), "seed": Field((int,))},
     # --print_slurm's jobs: GPUs (0: a CPU partition; trials then ask for none) and CPUs per job, and the partition,
     # memory and time limit of every job (utils/cli/slurm.py's RESOURCES when absent)
     "slurm": {"gpus": Field((int,), 0), "cpus": Field((int,), 1), "partition": Field((str,), check=slurm_word),

@@ -26,9 +26,11 @@ from utils.report.sections import (
     add_tables,
     summary_table,
 )
+from utils.report.shift import add_shift_sections, is_corruption
 from utils.stages.calibration import Calibration, calibration_facts
 
 REPORTED_TABLES = ("single_model", "duo", "deep_ensemble", "duo_delta", "cascade", "single_model_delta", "deep_ensemble_delta")
+SHIFT_TABLES = ("shift_detection", "duo_shift_detection", "duo_shift_detection_delta")
 
 
 def filled_duo_costs(frame: pd.DataFrame, costs: dict) -> dict:
@@ -65,7 +67,7 @@ class Built:
 def build_report(args) -> Built:
     """Read and check the results of `args.results_dir` and lay out every section (see the module's docstring)."""
     results = Path(args.results_dir)
-    read = {table: results_schema.read_results(results, table) for table in REPORTED_TABLES}
+    read = {table: results_schema.read_results(results, table) for table in REPORTED_TABLES + SHIFT_TABLES}
     single = read["single_model"]
     if single.empty:
         raise UserError(f"--results_dir: no single-model results (evaluation_single_model_*.csv with rows) in {results}; "
@@ -99,6 +101,9 @@ def build_report(args) -> Built:
     stages.update({str(calibration.single_path): "evaluate/2_temp_scale.py",
                    str(calibration.duo_path): "evaluate/3_duo_temp_scale.py"})
     results_schema.check_agreement(found, stages)
+    # the corruption splits have their own sections; every other section reads test and ood_test only
+    corrupted = {table: read[table][is_corruption(read[table]["split"])] for table in ("single_model", "duo", "duo_delta")}
+    read = {table: frame if table in SHIFT_TABLES else frame[~is_corruption(frame["split"])] for table, frame in read.items()}
     single, duos, ensembles, deltas, cascade, single_deltas, ensemble_deltas = (read[table] for table in REPORTED_TABLES)
     # a model's cost, wherever a results file states it (a duos CSV's costs reach stage 5's rows even where stage 4
     # had none): the single models of Fig. 2 and the Pareto front get it too
@@ -128,4 +133,6 @@ def build_report(args) -> Built:
     add_curves(report, args, duos, large_models, calibration, found)
     add_cascades(report, cascade, single, duos)
     add_pareto(report, single, duos, ensembles, cascade)
+    add_shift_sections(report, corrupted["single_model"], corrupted["duo"], corrupted["duo_delta"],
+                       *(read[table] for table in SHIFT_TABLES), large_models)
     return Built(report, out_path, summary)

@@ -236,3 +236,24 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
                  ("" if pd.isna(v) else str(v)) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def severity_figure(curves: dict[str, dict[str, pd.DataFrame]], large: str, path) -> None:
+    """The asymmetric duo's gain over the TS large model against corruption severity, one panel per metric, one line
+    per sidekick (utils/report/shift.py's severity_curve)."""
+    metrics = list(next(iter(curves.values())))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for small, found in curves.items():
+            curve = found[metric]
+            if len(curve):
+                ax.errorbar(curve["severity"], curve["delta"], yerr=[curve["delta"] - curve["ci_low"],
+                                                                     curve["ci_high"] - curve["delta"]],
+                            marker="o", ms=4, capsize=3, label=small)
+        ax.axhline(0.0, color="black", lw=0.8, ls="--")
+        ax.set(xlabel="severity", ylabel=f"Δ {metric} (duo − TS large)", xticks=range(1, 6))
+    axes[0][0].legend(fontsize=7, title="sidekick", title_fontsize=7)
+    fig.suptitle(f"{large}: asymmetric duo − TS large, mean over corruptions", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+    plt.close(fig)

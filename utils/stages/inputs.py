@@ -17,7 +17,7 @@ from utils.files.prediction_io import (
     normalise_predictions_dir,
     read_predictions,
 )
-from utils.files.results import EVAL_SPLITS, check_dataset_name
+from utils.files.results import check_dataset_name, eval_splits
 
 
 class PredictionCache:
@@ -43,9 +43,7 @@ def paired_splits(large: PredictionSet, small: PredictionSet):
     """(split, large's data, small's data aligned to it by id) for each evaluation split both files hold; a split
     the sidekick lacks is skipped with a warning."""
     large.split("test", "to evaluate the duo")
-    for split in EVAL_SPLITS:
-        if split not in large.splits:
-            continue
+    for split in eval_splits(large.splits):
         if split not in small.splits:
             warn(f"{large.model} + {small.model}: {small.source} has no '{split}' split; skipped it")
             continue

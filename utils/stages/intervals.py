@@ -6,7 +6,7 @@ import numpy as np
 
 from utils.files.model_names import baseline_backbone
 from utils.files.prediction_io import aligned, read_predictions
-from utils.files.results import EVAL_SPLITS
+from utils.files.results import eval_splits
 from utils.maths import bootstrap
 from utils.maths import uncertainty_metrics as um
 
@@ -86,7 +86,7 @@ def baseline_delta_rows(files, calibration, uncertainty_types, resamples: int, s
         base_temperature = calibration.temperature(base_set)
         baselines = {split: bootstrap_baseline(data, base_temperature, uncertainty_types, resamples, seed,
                                                f"{base_set.source}: split '{split}'")
-                     for split, data in base_set.splits.items() if split in EVAL_SPLITS}
+                     for split, data in base_set.splits.items() if split in eval_splits(base_set.splits)}
         for name in sorted(names):
             other = read_predictions(files[name])
             for split, base in baselines.items():

@@ -76,10 +76,11 @@ def single_rows(data, temperature: float, uncertainty_types: Iterable[str] = SIN
 
 def duo_rows(data_large, data_small, temps, modes, uncertainty_types, combine: str = "logits",
              normalizers: dict | None = None, base: dict | None = None, resamples: int = 0,
-             seed: int = 0) -> tuple[list[dict], list[dict]]:
+             seed: int = 0, uncertainties: dict | None = None) -> tuple[list[dict], list[dict]]:
     """Stage 5's rows of one duo on one split (row-aligned Splits), each mode and uncertainty type (metrics plus mode,
     uncertainty_type and the member scalings used), and with a `bootstrap_baseline` `base` the paired intervals
-    against it (plus the baseline's temperature)."""
+    against it (plus the baseline's temperature). `uncertainties`, when given, receives every mode's per-sample
+    uncertainty by (mode, uncertainty_type)."""
     from utils.maths.duo_modes import duo_outputs, member_scales
     outputs = duo_outputs(data_large.logits, data_small.logits, temps, modes, uncertainty_types, normalizers, combine)
     rows, deltas, compared = [], [], []
@@ -88,6 +89,8 @@ def duo_rows(data_large, data_small, temps, modes, uncertainty_types, combine: s
         used = {"mode": mode, "scale_large": scale_large, "scale_small": scale_small}
         scored = metrics_by_uncertainty(out.logits, data_large.labels, out.predictions, out.uncertainty, out.stats)
         rows += [{**metrics, **used, "uncertainty_type": uncertainty} for uncertainty, metrics in scored.items()]
+        if uncertainties is not None:       # kept for shift detection (utils/stages/shift.py)
+            uncertainties.update({(mode, u): values for u, values in out.uncertainty.items()})
         if base is not None:
             compared.append((used, mode_terms(out, data_large.labels)))
     if compared:                  # every mode and uncertainty type resampled together: they share the work
