@@ -19,6 +19,30 @@ def pytest_collection_modifyitems(config, items):
         random.Random(int(seed)).shuffle(items)
 
 
+def _untracked() -> set[str] | None:
+    """Files in the repository that git neither tracks nor ignores (None outside a git checkout)."""
+    listed = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--directory"], cwd=REPO,
+                            capture_output=True, text=True)          # --directory: an empty folder counts too
+    return set(listed.stdout.splitlines()) if listed.returncode == 0 else None
+
+
+def pytest_sessionstart(session):
+    session.config.untracked_before = _untracked()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite writes only into temporary folders: a file it left in the repository fails the run (a test
+    whose working folder was the repository's, such as a stage run in-process with a relative path)."""
+    before = getattr(session.config, "untracked_before", None)
+    if hasattr(session.config, "workerinput") or before is None:      # judged once, by the xdist controller
+        return
+    left = sorted((_untracked() or set()) - before)
+    if left:
+        print(f"\nerror: the tests left {len(left)} file(s) in the repository: {', '.join(left[:10])}",
+              file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture
 def stage(capsys):
     """Run a stage script's main(argv) in-process: stage('evaluate/2_temp_scale.py', *args) -> (code, out, err)."""

@@ -170,9 +170,10 @@ def test_a_tampered_trial_is_listed_as_failed(tmp_path):
 
 # ----------------------------------------------------------------------------- generated shell
 
-def test_generated_slurm_scripts_quote_hostile_paths(tmp_path):
+def test_generated_slurm_scripts_quote_hostile_paths(tmp_path, monkeypatch):
     """An output_root with a space and `$(...)` in it: submit.sh and the array job pass it as one
     argument and run no command from it."""
+    monkeypatch.chdir(tmp_path)          # submit.sh makes logs/ in the folder --print_slurm ran from
     marker = tmp_path / "PWNED"
     root = tmp_path / f"my runs $(touch {marker})"
     config = tmp_path / "pipeline.yaml"

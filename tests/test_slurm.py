@@ -84,8 +84,12 @@ def test_train_array_requeue_and_predict_array(cluster, tmp_path):
         time.sleep(0.5)
     requeue = subprocess.run(["scontrol", "requeue", f"{job}_1"], env=cluster.env, capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
-    # slurm holds a requeued job for a while before it may start again; as an administrator may, release it now
-    subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now"], env=cluster.env, capture_output=True)
+    # slurm holds a requeued job for a while before it may start again; as an administrator may, release it early,
+    # but not in the second its old run was killed: slurmd refuses a credential made in the second it revoked the
+    # job's ("Job credential revoked": the task ends FAILED, seen once here with StartTime=now)
+    released = subprocess.run(["scontrol", "update", f"JobId={job}_1", "StartTime=now+3"], env=cluster.env,
+                              capture_output=True, text=True)
+    assert released.returncode == 0, released.stderr
     jobs = cluster.wait(job, timeout=600)
     log = log_of(work, first_log)
     assert {j["JobState"] for j in jobs.values()} == {"COMPLETED"}, (jobs, log, log_of(work, f"duo-train_{job}_2.out"))
