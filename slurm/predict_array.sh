@@ -16,6 +16,7 @@ export HF_HUB_OFFLINE=1      # compute nodes: weights come from the staged cache
 REPO=${DUOS_REPO:-$(pwd)}
 PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
 CPUS="${SLURM_CPUS_PER_TASK:-1}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"
 DATASET=${1:?usage: bash slurm/predict_array.sh DATASET}
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
   tasks=$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)

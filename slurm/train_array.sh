@@ -18,6 +18,7 @@ export HF_HUB_OFFLINE=1      # compute nodes: weights come from the staged cache
 REPO=${DUOS_REPO:-$(pwd)}
 PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
 CPUS="${SLURM_CPUS_PER_TASK:-1}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"
 DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}
 BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script

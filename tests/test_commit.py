@@ -95,7 +95,9 @@ def test_a_failure_at_any_write_leaves_every_file_as_it_was(workspace, tmp_path,
     writes, renames = count_steps(monkeypatch, stage, clean, name)
     assert writes >= 2 and renames == writes, (writes, renames)          # a multi-file run, every file renamed
     for step, total in (("_write_temporary", writes), ("_replace", renames)):
-        for k in range(1, total + 1):
+        # the first, second, a middle, the next-to-last and the last call: one commit routine serves every stage,
+        # so these places stand for the rest (every k took 68 s for stage 9, which writes the report and its figures)
+        for k in sorted({1, 2, total // 2 + 1, total - 1, total}):
             root = tmp_path / f"{step}{k}"
             shutil.copytree(workspace, root)
             before = unlocked(snapshot(root))
