@@ -16,8 +16,9 @@ export HF_HUB_OFFLINE=1      # compute nodes: weights come from the staged cache
 REPO=${DUOS_REPO:-$(pwd)}
 PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
 CPUS="${SLURM_CPUS_PER_TASK:-1}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"
-DATASET=${1:?usage: bash slurm/predict_array.sh DATASET}
+if [ -n "${SLURM_JOB_ID:-}" ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"; fi
+if [ $# -lt 1 ]; then echo "error: no dataset given: bash slurm/predict_array.sh DATASET" >&2; exit 2; fi
+DATASET=$1
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
   tasks=$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)
   if ! [ "$tasks" -gt 0 ] 2>/dev/null; then

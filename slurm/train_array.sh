@@ -18,8 +18,9 @@ export HF_HUB_OFFLINE=1      # compute nodes: weights come from the staged cache
 REPO=${DUOS_REPO:-$(pwd)}
 PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
 CPUS="${SLURM_CPUS_PER_TASK:-1}"
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"
-DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}
+if [ -n "${SLURM_JOB_ID:-}" ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"; fi
+if [ $# -lt 1 ]; then echo "error: no dataset given: bash slurm/train_array.sh DATASET [extra hp_tune flags]" >&2; exit 2; fi
+DATASET=$1
 BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
   tasks=$("$PY" -m utils.cli.slurm backbones "$BACKBONES")

@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-# The files that hold the longest tests (seconds in one `make test` here: the slurm tests ~450, the tiny demo
-# ~450, the README sequence ~340, Ray training ~200, a real Ray head ~110) are handed out first, so that no
+# The files that hold the longest tests (seconds in one fresh-clone `make test` here: the slurm tests ~560, the
+# README sequence ~380, the tiny demo ~270, Ray training ~150, a real Ray head ~60) are handed out first, so that no
 # worker starts one of them while the other has nothing left (with --no-loadscope-reorder in pyproject.toml,
 # xdist hands out files in this order).
 LONGEST_FIRST = ("test_slurm.py", "test_pipeline.py", "test_readme.py", "test_training.py", "test_cluster.py")
@@ -35,11 +35,21 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))          # stable: each file's own order kept
 
 
+# Where a stage run with its default, relative paths writes (ignored by git, so listed by name)
+OUTPUT_FOLDERS = ("runs", "checkpoints", "predictions", "calibrated", "results", "logs")
+
+
 def _untracked() -> set[str] | None:
-    """Files in the repository that git neither tracks nor ignores (None outside a git checkout)."""
-    listed = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--directory"], cwd=REPO,
-                            capture_output=True, text=True)          # --directory: an empty folder counts too
-    return set(listed.stdout.splitlines()) if listed.returncode == 0 else None
+    """Files in the repository that git neither tracks nor ignores, and the output folders present (None without
+    git or outside a git checkout: the check is then off)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--directory"], cwd=REPO,
+                                capture_output=True, text=True)      # --directory: an empty folder counts too
+    except OSError:
+        return None
+    if listed.returncode != 0:
+        return None
+    return set(listed.stdout.splitlines()) | {f"{name}/" for name in OUTPUT_FOLDERS if (REPO / name).exists()}
 
 
 def pytest_sessionstart(session):

@@ -238,3 +238,33 @@ def test_a_script_with_nothing_to_submit_is_one_error_and_submits_nothing(tmp_pa
         assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
         assert "Traceback" not in result.stderr
     assert not (tmp_path / "sbatch_calls").exists() and not (tmp_path / "logs").exists()
+
+
+def test_a_job_runs_with_its_cpus_as_threads_and_the_submitting_shell_exports_none(tmp_path):
+    """torch's threads follow the job's CPUs (OMP_NUM_THREADS, unless the user set it); the submitting shell must
+    not set it, or sbatch would pass it on to the job. (The test session sets OMP_NUM_THREADS=1: removed here.)"""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "sbatch").write_text(f'#!/bin/bash\necho "sbatch ${{OMP_NUM_THREADS-unset}}" >> {calls}\n')
+    (bin_dir / "python").write_text(f'#!/bin/bash\ncase "$*" in *utils.cli.slurm*) exec {sys.executable} "$@" ;; esac\n'
+                                    f'echo "$(basename "$1") ${{OMP_NUM_THREADS-unset}}" >> {calls}\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    (tmp_path / "backbones.csv").write_text("model_name,source,GFLOPS\nresnet10t,timm,0.02\n")
+    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS" and not k.startswith("SLURM_")}
+    base.update(PATH=f"{bin_dir}:{os.environ['PATH']}", DUOS_REPO=str(REPO), DUOS_PYTHON=str(bin_dir / "python"),
+                BACKBONE_CSV="backbones.csv")
+    job = {"SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "1", "SLURM_CPUS_PER_TASK": "6", "SLURM_SUBMIT_DIR": str(tmp_path)}
+    script = str(REPO / "slurm" / "train_array.sh")
+    for env, expected in (({}, ["sbatch unset"]), (job, ["hp_tune.py 6", "make_soup.py 6"]),
+                          ({**job, "OMP_NUM_THREADS": "3"}, ["hp_tune.py 3", "make_soup.py 3"])):
+        calls.unlink(missing_ok=True)
+        result = subprocess.run(["bash", script, "mnist5k"], cwd=tmp_path, env={**base, **env}, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert calls.read_text().split("\n")[:-1] == expected, (env, calls.read_text())
+    for name in ("train_array.sh", "predict_array.sh"):                   # no dataset: one error line
+        result = subprocess.run(["bash", str(REPO / "slurm" / name)], cwd=tmp_path, env=base, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2 and result.stderr.startswith("error: no dataset given: bash slurm/"), result.stderr

@@ -46,8 +46,9 @@ def prelude(repo: str = "$(pwd)") -> str:
             'PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"\n'
             'CPUS="${SLURM_CPUS_PER_TASK:-1}"\n'
             # torch starts a thread per core of the node, not of the allocation: jobs sharing a node without
-            # cgroups then oversubscribe it (on the test cluster, next to another run: 540 s against 152 s with one thread)
-            'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"\n')
+            # cgroups then oversubscribe it (on the test cluster, next to another run: 540 s against 152 s with
+            # one thread). Only inside the job: sbatch passes the submitting shell's environment on.
+            'if [ -n "${SLURM_JOB_ID:-}" ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"; fi\n')
 
 
 def self_submit(array_size: str, what: str) -> str:
@@ -75,6 +76,11 @@ _BACKBONE_OF_TASK = '"$PY" -m utils.cli.slurm backbones "$BACKBONES" "$SLURM_ARR
 _BACKBONE_COUNT = '$("$PY" -m utils.cli.slurm backbones "$BACKBONES")'
 
 
+def _dataset_argument(usage: str) -> str:
+    return ('if [ $# -lt 1 ]; then echo "error: no dataset given: bash slurm/' + usage + '" >&2; exit 2; fi\n'
+            'DATASET=$1\n')
+
+
 def shipped_train_array() -> str:
     return (header("duo-train", "train", True, """
 One backbone of configs/backbones.csv per array index (row 1 = index 1): the LP -> FT search of
@@ -83,7 +89,7 @@ train/hp_tune.py with --resume (a requeued or time-limited task continues its se
   sbatch --array=1-40 slurm/train_array.sh caltech256       # the same, when logs/ exists
   BACKBONE_CSV=my_backbones.csv bash slurm/train_array.sh caltech256   # your own list of backbones
 Run from the repository (or set DUOS_REPO); tasks share checkpoints/<dataset>/*.csv safely.""")
-            + prelude() + 'DATASET=${1:?usage: bash slurm/train_array.sh DATASET [extra hp_tune flags]}\n'
+            + prelude() + _dataset_argument("train_array.sh DATASET [extra hp_tune flags]")
             + 'BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder\n'
             + self_submit(_BACKBONE_COUNT, "backbones (BACKBONE_CSV, default configs/backbones.csv)") + "shift\n"
             + f"MODEL=$({_BACKBONE_OF_TASK})\n"
@@ -101,7 +107,7 @@ complete prediction file from the same checkpoint is reused, so a resubmitted ar
 missing or stale.
   bash slurm/predict_array.sh caltech256      # creates logs/, submits one task per checkpoint""")
             + prelude()
-            + 'DATASET=${1:?usage: bash slurm/predict_array.sh DATASET}\n'
+            + _dataset_argument("predict_array.sh DATASET")
             + self_submit('$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)',
                           'checkpoints (checkpoints/<dataset>/ff/*.pth)')
             + 'CHECKPOINT=$(find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" | sort | sed -n "${SLURM_ARRAY_TASK_ID}p")\n'
