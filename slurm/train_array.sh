@@ -20,8 +20,11 @@ PY="${DUOS_PYTHON:-$REPO/.venv/bin/python}"
 CPUS="${SLURM_CPUS_PER_TASK:-1}"
 if [ -n "${SLURM_JOB_ID:-}" ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"; fi
 if [ $# -lt 1 ]; then echo "error: no dataset given: bash slurm/train_array.sh DATASET [extra hp_tune flags]" >&2; exit 2; fi
+case "$1" in iwildcam|caltech256|imagenet|mnist5k) ;;
+  *) echo "error: unknown dataset '$1' (known: iwildcam, caltech256, imagenet, mnist5k)" >&2; exit 2 ;;
+esac
 DATASET=$1
-BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder
+BACKBONES="${BACKBONE_CSV-$REPO/configs/backbones.csv}"   # relative: to the submit folder
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
   tasks=$("$PY" -m utils.cli.slurm backbones "$BACKBONES")
   if ! [ "$tasks" -gt 0 ] 2>/dev/null; then
@@ -29,6 +32,9 @@ if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submi
   fi
   mkdir -p logs
   exec sbatch --array=1-"$tasks" "$0" "$@"
+fi
+if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then
+  echo "error: not an array task (no SLURM_ARRAY_TASK_ID): submit this script with bash, which counts the tasks" >&2; exit 2
 fi
 shift
 MODEL=$("$PY" -m utils.cli.slurm backbones "$BACKBONES" "$SLURM_ARRAY_TASK_ID")

@@ -232,11 +232,22 @@ def test_a_script_with_nothing_to_submit_is_one_error_and_submits_nothing(tmp_pa
     (bin_dir / "sbatch").write_text(f"#!/bin/bash\necho called >> {tmp_path / 'sbatch_calls'}\n")
     (bin_dir / "sbatch").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DUOS_REPO": str(REPO), "DUOS_PYTHON": sys.executable}
-    for script, extra in (("train_array.sh", {"BACKBONE_CSV": "missing.csv"}), ("predict_array.sh", {})):
-        result = subprocess.run(["bash", str(REPO / "slurm" / script), "mnist5k"], cwd=tmp_path, capture_output=True,
+    (tmp_path / "twice.csv").write_text("model_name,source\nresnet10t,timm\nResNet10t,timm\n")
+    for script, extra, dataset, says in (
+            ("train_array.sh", {"BACKBONE_CSV": "missing.csv"}, "mnist5k", "missing.csv"),
+            ("train_array.sh", {"BACKBONE_CSV": ""}, "mnist5k", "error: "),          # empty: no silent default
+            ("train_array.sh", {"BACKBONE_CSV": "twice.csv"}, "mnist5k", "data rows 1 and 2 both list ResNet10t"),
+            ("train_array.sh", {}, "caltech265", "unknown dataset 'caltech265'"),
+            ("train_array.sh", {}, "$(touch PWNED)", "unknown dataset"),
+            ("predict_array.sh", {}, "mnist5k", "no checkpoints (checkpoints/mnist5k/ff/*.pth) to submit (found 0)"),
+            ("train_array.sh", {"SLURM_JOB_ID": "7"}, "mnist5k", "not an array task"),   # sbatch without --array
+            ("predict_array.sh", {"SLURM_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "3"}, "mnist5k", "no checkpoint number 3")):
+        result = subprocess.run(["bash", str(REPO / "slurm" / script), dataset], cwd=tmp_path, capture_output=True,
                                 text=True, env={**env, **extra}, timeout=120)
-        assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith("error: "), result.stderr
-        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 2 and last.startswith("error: ") and says in last, (script, extra, result.stderr)
+        assert "Traceback" not in result.stderr and "see the lines above" not in result.stderr.splitlines()[0]
+    assert not (tmp_path / "PWNED").exists()
     assert not (tmp_path / "sbatch_calls").exists() and not (tmp_path / "logs").exists()
 
 

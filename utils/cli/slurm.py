@@ -51,16 +51,21 @@ def prelude(repo: str = "$(pwd)") -> str:
             'if [ -n "${SLURM_JOB_ID:-}" ]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS}"; fi\n')
 
 
-def self_submit(array_size: str, what: str) -> str:
+def self_submit(array_size: str, what: str, counted_by_us: bool = True) -> str:
     """`bash script.sh ARGS` outside a job: count the array's tasks (a failing count, or none, is an error before
-    anything is submitted), create logs/ and submit this script with sbatch."""
+    anything is submitted), create logs/ and submit this script with sbatch; inside the job, an array task id."""
+    above = "; see the lines above" if counted_by_us else ""      # our counter prints its own error line first
     return ('if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script\n'
             f"  tasks={array_size}\n"
             '  if ! [ "$tasks" -gt 0 ] 2>/dev/null; then\n'
-            f'    echo "error: no {what} to submit (found ${{tasks:-none}}); see the lines above" >&2; exit 2\n'
+            f'    echo "error: no {what} to submit (found ${{tasks:-none}}){above}" >&2; exit 2\n'
             "  fi\n"
             "  mkdir -p logs\n"
             '  exec sbatch --array=1-"$tasks" "$0" "$@"\n'
+            "fi\n"
+            'if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then\n'
+            '  echo "error: not an array task (no SLURM_ARRAY_TASK_ID): submit this script with bash, which counts '
+            'the tasks" >&2; exit 2\n'
             "fi\n")
 
 
@@ -77,7 +82,11 @@ _BACKBONE_COUNT = '$("$PY" -m utils.cli.slurm backbones "$BACKBONES")'
 
 
 def _dataset_argument(usage: str) -> str:
+    """The first argument, a dataset the stages know: checked before anything is submitted."""
+    from utils.cli.config import DATASETS
     return ('if [ $# -lt 1 ]; then echo "error: no dataset given: bash slurm/' + usage + '" >&2; exit 2; fi\n'
+            f'case "$1" in {"|".join(DATASETS)}) ;;\n'
+            f'  *) echo "error: unknown dataset \'$1\' (known: {", ".join(DATASETS)})" >&2; exit 2 ;;\nesac\n'
             'DATASET=$1\n')
 
 
@@ -90,7 +99,7 @@ train/hp_tune.py with --resume (a requeued or time-limited task continues its se
   BACKBONE_CSV=my_backbones.csv bash slurm/train_array.sh caltech256   # your own list of backbones
 Run from the repository (or set DUOS_REPO); tasks share checkpoints/<dataset>/*.csv safely.""")
             + prelude() + _dataset_argument("train_array.sh DATASET [extra hp_tune flags]")
-            + 'BACKBONES="${BACKBONE_CSV:-$REPO/configs/backbones.csv}"   # relative: to the submit folder\n'
+            + 'BACKBONES="${BACKBONE_CSV-$REPO/configs/backbones.csv}"   # relative: to the submit folder\n'
             + self_submit(_BACKBONE_COUNT, "backbones (BACKBONE_CSV, default configs/backbones.csv)") + "shift\n"
             + f"MODEL=$({_BACKBONE_OF_TASK})\n"
             + 'echo "task ${SLURM_ARRAY_TASK_ID}: ${MODEL} on ${DATASET}"\n'
@@ -109,8 +118,13 @@ missing or stale.
             + prelude()
             + _dataset_argument("predict_array.sh DATASET")
             + self_submit('$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)',
-                          'checkpoints (checkpoints/<dataset>/ff/*.pth)')
-            + 'CHECKPOINT=$(find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" | sort | sed -n "${SLURM_ARRAY_TASK_ID}p")\n'
+                          'checkpoints (checkpoints/$1/ff/*.pth)', counted_by_us=False)
+            + 'CHECKPOINT=$( (find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | sort '
+            + '| sed -n "${SLURM_ARRAY_TASK_ID}p")\n'
+            + 'if [ -z "$CHECKPOINT" ]; then\n'
+            + '  echo "error: no checkpoint number $SLURM_ARRAY_TASK_ID in checkpoints/$DATASET/ff (array larger than '
+            + 'its checkpoints)" >&2; exit 2\n'
+            + 'fi\n'
             + command("evaluate/1_single_model_prediction.py", ["--model_path"]) + ' "$CHECKPOINT" --dataset "$DATASET" '
             + '--output_dir "./predictions/$DATASET" --features --num_workers "$CPUS"\n')
 

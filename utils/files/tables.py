@@ -170,8 +170,12 @@ def read_backbones(path: str | Path | None = None, flag: str = "--backbone_csv")
     empty = frame["model_name"].isna().to_numpy()
     if empty.any():
         raise UserError(f"{path}: data row {int(empty.argmax()) + 1} has no model_name")
+    first_row: dict[str, int] = {}
     for row, name in enumerate(frame["model_name"]):
         check_plain_name(name, f"{path}: data row {row + 1}, model_name")
+        earlier = first_row.setdefault(str(name).casefold(), row + 1)
+        if earlier != row + 1:            # two rows, one model's files: two array tasks would train it twice
+            raise UserError(f"{path}: data rows {earlier} and {row + 1} both list {name} (one row per backbone)")
     frame.attrs["path"] = str(path)
     return frame
 
