@@ -236,7 +236,7 @@ def test_a_script_with_nothing_to_submit_is_one_error_and_submits_nothing(tmp_pa
     for script, extra, dataset, says in (
             ("train_array.sh", {"BACKBONE_CSV": "missing.csv"}, "mnist5k", "missing.csv"),
             ("train_array.sh", {"BACKBONE_CSV": ""}, "mnist5k", "error: "),          # empty: no silent default
-            ("train_array.sh", {"BACKBONE_CSV": "twice.csv"}, "mnist5k", "data rows 1 and 2 both list ResNet10t"),
+            ("train_array.sh", {"BACKBONE_CSV": "twice.csv"}, "mnist5k", "two rows for backbone ResNet10t"),
             ("train_array.sh", {}, "caltech265", "unknown dataset 'caltech265'"),
             ("train_array.sh", {}, "$(touch PWNED)", "unknown dataset"),
             ("predict_array.sh", {}, "mnist5k", "no checkpoints (checkpoints/mnist5k/ff/*.pth) to submit (found 0)"),

@@ -76,7 +76,8 @@ def duos_from_backbones(backbones: pd.DataFrame, large_models: list[str], soups:
 
 def backbone_costs(backbones: pd.DataFrame) -> pd.DataFrame:
     """The backbone rows with their GFLOPS as numbers (finite, > 0): the rows pairing by cost needs; a missing
-    column, a cell that is not such a number, or a name listed twice is an error naming the file and row."""
+    column or a cell that is not such a number is an error naming the file and row (read_backbones refuses a
+    name listed twice)."""
     path = backbones.attrs.get("path", "the backbone CSV")
     if "GFLOPS" not in backbones.columns:
         raise UserError(f"{path}: no GFLOPS column; pairing by cost needs each backbone's GFLOPs (header "
@@ -87,7 +88,6 @@ def backbone_costs(backbones: pd.DataFrame) -> pd.DataFrame:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise UserError(f"{path}: data row {row + 1} ({backbones['model_name'].iloc[row]}): GFLOPS must be a finite "
                         f"number > 0, got {float(costs.iloc[row]):g}")
-    _check_unique(path, backbones["model_name"].astype(str).tolist(), "backbone", "names in any case are one model")
     return backbones.assign(GFLOPS=costs.astype(float))
 
 
@@ -170,12 +170,10 @@ def read_backbones(path: str | Path | None = None, flag: str = "--backbone_csv")
     empty = frame["model_name"].isna().to_numpy()
     if empty.any():
         raise UserError(f"{path}: data row {int(empty.argmax()) + 1} has no model_name")
-    first_row: dict[str, int] = {}
     for row, name in enumerate(frame["model_name"]):
         check_plain_name(name, f"{path}: data row {row + 1}, model_name")
-        earlier = first_row.setdefault(str(name).casefold(), row + 1)
-        if earlier != row + 1:            # two rows, one model's files: two array tasks would train it twice
-            raise UserError(f"{path}: data rows {earlier} and {row + 1} both list {name} (one row per backbone)")
+    # two rows, one model's files (two array tasks would train it twice): refused for every use of the CSV
+    _check_unique(path, frame["model_name"].astype(str).tolist(), "backbone", "names in any case are one model")
     frame.attrs["path"] = str(path)
     return frame
 
