@@ -23,9 +23,9 @@ case "$1" in iwildcam|caltech256|imagenet|mnist5k) ;;
 esac
 DATASET=$1
 if [ -z "${SLURM_JOB_ID:-}" ]; then      # run with bash: create logs/ and submit this script
-  tasks=$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)
+  tasks=$( (find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)
   if ! [ "$tasks" -gt 0 ] 2>/dev/null; then
-    echo "error: no checkpoints (checkpoints/$1/ff/*.pth) to submit (found ${tasks:-none})" >&2; exit 2
+    echo "error: no checkpoints (checkpoints/$DATASET/ff/*.pth) to submit (found ${tasks:-none})" >&2; exit 2
   fi
   mkdir -p logs
   exec sbatch --array=1-"$tasks" "$0" "$@"

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from tests import dataset_trees
-from tests.conftest import REPO
+from tests.conftest import OUTPUT_FOLDERS, REPO
 from utils.maths.duo_modes import MODES
 from utils.maths.uncertainty_metrics import UNCERTAINTY_TYPES
 
@@ -82,7 +82,7 @@ def test_readme_script_extraction():
 
 
 def repository_outputs() -> set[str]:
-    names = ("checkpoints", "predictions", "calibrated", "results", "data", "my_duos.csv", "logs")
+    names = (*OUTPUT_FOLDERS, "data", "my_duos.csv")
     return {name for name in names if (REPO / name).exists()}
 
 

@@ -79,6 +79,7 @@ def command(script: str, args: list) -> str:
 
 _BACKBONE_OF_TASK = '"$PY" -m utils.cli.slurm backbones "$BACKBONES" "$SLURM_ARRAY_TASK_ID"'
 _BACKBONE_COUNT = '$("$PY" -m utils.cli.slurm backbones "$BACKBONES")'
+_CHECKPOINTS = '(find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true)'   # none: empty
 
 
 def _dataset_argument(usage: str) -> str:
@@ -117,10 +118,9 @@ missing or stale.
   bash slurm/predict_array.sh caltech256      # creates logs/, submits one task per checkpoint""")
             + prelude()
             + _dataset_argument("predict_array.sh DATASET")
-            + self_submit('$( (find "checkpoints/$1/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | wc -l)',
-                          'checkpoints (checkpoints/$1/ff/*.pth)', counted_by_us=False)
-            + 'CHECKPOINT=$( (find "checkpoints/$DATASET/ff" -maxdepth 1 -name "*.pth" 2>/dev/null || true) | sort '
-            + '| sed -n "${SLURM_ARRAY_TASK_ID}p")\n'
+            + self_submit(f'$( {_CHECKPOINTS} | wc -l)', 'checkpoints (checkpoints/$DATASET/ff/*.pth)',
+                          counted_by_us=False)
+            + f'CHECKPOINT=$( {_CHECKPOINTS} | sort | sed -n "${{SLURM_ARRAY_TASK_ID}}p")\n'
             + 'if [ -z "$CHECKPOINT" ]; then\n'
             + '  echo "error: no checkpoint number $SLURM_ARRAY_TASK_ID in checkpoints/$DATASET/ff (array larger than '
             + 'its checkpoints)" >&2; exit 2\n'
