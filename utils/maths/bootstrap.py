@@ -26,6 +26,7 @@ FEWEST_RESAMPLES, MOST_RESAMPLES = 100, 100_000   # fewer leave a 95% interval's
 # mean anything (with 1 sample every resample is the same: a zero-width interval); such a split is refused.
 FEWEST_SAMPLES = 20
 CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per float64 array
+CLASS_COUNT_BYTES = 1 << 28           # the per-class counts of the members resampled together: 256 MiB at most
 # An interval that excludes 0 only by rounding (a duo whose fit reverted to f_large differs from the TS large
 # model by ~1e-9 in NLL) is no finding: significance needs a bound beyond this, in the metric's own units.
 NEGLIGIBLE = 1e-9
@@ -134,12 +135,17 @@ def weighted_metrics(terms: SampleTerms, counts: np.ndarray) -> dict[str, np.nda
 def _class_and_bin_metrics(terms: SampleTerms, counts: np.ndarray, n: np.ndarray, true: np.ndarray) -> dict:
     """F1, F1_present and ECE of each column of `counts` (`true`: the per-class counts of the labels)."""
     tp, pred = (np.asarray(matrix @ counts) for matrix in (terms.hit_class, terms.predicted_class))
-    out = {"F1": _macro_f1(tp, true, pred, present_only=False), "F1_present": _macro_f1(tp, true, pred, present_only=True)}
     inside = np.flatnonzero(terms.ece_bin >= 0)
     gap = sparse.csr_matrix(((terms.confidence - terms.calibration_correct)[inside], (terms.ece_bin[inside], inside)),
                             shape=(um.ECE_BINS, len(terms.ece_bin)))
-    out["ECE"] = np.abs(np.asarray(gap @ counts)).sum(axis=0) / n
-    return out
+    return _f1_and_ece(tp, true, pred, np.asarray(gap @ counts), n)
+
+
+def _f1_and_ece(tp: np.ndarray, true: np.ndarray, pred: np.ndarray, bin_gaps: np.ndarray, n: np.ndarray) -> dict:
+    """F1, F1_present and ECE from the per-class counts (K, R) and the ECE bins' sums of gaps (bins, R)."""
+    tp, true, pred = (np.asarray(x, dtype=np.float64) for x in (tp, true, pred))
+    return {"F1": _macro_f1(tp, true, pred, present_only=False), "F1_present": _macro_f1(tp, true, pred, present_only=True),
+            "ECE": np.abs(bin_gaps).sum(axis=0) / n}
 
 
 def _weighted_selective(terms: SampleTerms, counts: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
@@ -233,16 +239,22 @@ def draw_counts(n: int, resamples: int, seed: int) -> np.ndarray:
     return counts.astype(np.uint8 if counts.max() <= np.iinfo(np.uint8).max else np.int32)
 
 
-_DRAWN: dict[tuple[int, int, int], np.ndarray] = {}      # the last few (n, resamples, seed): a stage's duos share them
+# The last few (n, resamples, seed) drawn, in both layouts: a stage's duos share them.
+_DRAWN: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
 
 
-def shared_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+def shared_counts(n: int, resamples: int, seed: int, by_sample: bool = False) -> np.ndarray:
+    """`draw_counts(n, resamples, seed)`, kept for the next call; with `by_sample` its transpose (n, resamples),
+    C-ordered, which the passes that run along the resamples want."""
     key = (n, resamples, seed)
     if key not in _DRAWN:
         while len(_DRAWN) >= 2:
             _DRAWN.pop(next(iter(_DRAWN)))
-        _DRAWN[key] = draw_counts(n, resamples, seed)
-    return _DRAWN[key]
+        _DRAWN[key] = {"by_resample": draw_counts(n, resamples, seed)}
+    drawn = _DRAWN[key]
+    if by_sample and "by_sample" not in drawn:
+        drawn["by_sample"] = np.ascontiguousarray(drawn["by_resample"].T)
+    return drawn["by_sample" if by_sample else "by_resample"]
 
 
 def _content_key(*arrays: np.ndarray) -> bytes:
@@ -273,7 +285,7 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
     for member in members:
         key = _content_key(member.predictions, member.nll, member.brier, member.confidence, member.calibration_correct)
         additive.setdefault(key, member)
-    sums = _additive_resampled(list(additive.values()), counts)
+    sums = _additive_resampled(list(additive.values()), shared_counts(n, resamples, seed, by_sample=True))
     for key, values in zip(additive, sums):
         scored[key] = values
     ranked = {}
@@ -289,23 +301,47 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
     return out if several else out[0]
 
 
-def _additive_resampled(members: list[SampleTerms], counts: np.ndarray) -> list[dict]:
-    """Acc, NLL, Brier (one matrix product for all members), F1 and ECE of each member, chunk by chunk."""
-    resamples, n = counts.shape
+def _additive_resampled(members: list[SampleTerms], counts_by_sample: np.ndarray) -> list[dict]:
+    """Acc, NLL, Brier (one matrix product for all members, chunk by chunk), F1 and ECE (one compiled pass over the
+    counts for a group of members) of each member. counts_by_sample: (n, resamples)."""
+    n, resamples = counts_by_sample.shape
     chunk = max(1, CHUNK_ENTRIES // n)
     stacked = np.stack([v for m in members for v in (m.correct.astype(np.float64), m.nll, m.brier)])
-    parts: list[list[dict]] = [[] for _ in members]
+    products, total = [], []
     for start in range(0, resamples, chunk):
-        block = np.ascontiguousarray(counts[start:start + chunk].T, dtype=np.float64)   # (n, chunk), C order:
-        # scipy's sparse products would copy an F-ordered one for every product
-        total = block.sum(axis=0)
-        products = stacked @ block / total
-        true = np.asarray(members[0].true_class @ block)
-        for i, member in enumerate(members):
-            found = {"Acc": products[3 * i], "NLL": products[3 * i + 1], "Brier": products[3 * i + 2]}
-            found.update(_class_and_bin_metrics(member, block, total, true))
-            parts[i].append(found)
-    return [{m: np.concatenate([p[m] for p in part]) for m in part[0]} for part in parts]
+        block = counts_by_sample[:, start:start + chunk].astype(np.float64)
+        total.append(block.sum(axis=0))
+        products.append(stacked @ block / total[-1])
+    products, total = np.hstack(products), np.concatenate(total)
+    out = [{"Acc": products[3 * i], "NLL": products[3 * i + 1], "Brier": products[3 * i + 2]}
+           for i in range(len(members))]
+    for start, group in _member_groups(members, resamples):
+        for i, found in enumerate(_class_and_bin_resampled(group, counts_by_sample, total), start):
+            out[i].update(found)
+    return out
+
+
+def _member_groups(members: list[SampleTerms], resamples: int):
+    """(index of the first, members) in groups whose per-class counts (2 x K x resamples int64 each) stay
+    within CLASS_COUNT_BYTES."""
+    per_member = 2 * members[0].true_class.shape[0] * resamples * 8
+    size = max(1, CLASS_COUNT_BYTES // per_member)
+    for start in range(0, len(members), size):
+        yield start, members[start:start + size]
+
+
+def _class_and_bin_resampled(members: list[SampleTerms], counts_by_sample: np.ndarray, total: np.ndarray) -> list[dict]:
+    """F1, F1_present and ECE of each member on every resample, from one compiled pass over the counts."""
+    from utils.maths.bootstrap_kernels import class_and_bin_sums
+
+    def by_sample(values) -> np.ndarray:              # (N, M): a sample's members side by side
+        return np.stack(list(values), axis=1)
+    true, hits, predicted, bin_gaps = class_and_bin_sums(
+        counts_by_sample, members[0].labels, by_sample(m.predictions for m in members),
+        by_sample(m.correct for m in members), by_sample(np.where(m.ece_bin >= 0, m.ece_bin, um.ECE_BINS) for m in members),
+        by_sample(m.confidence - m.calibration_correct for m in members), members[0].true_class.shape[0],
+        um.ECE_BINS)
+    return [_f1_and_ece(hits[i], true, predicted[i], bin_gaps[i], total) for i in range(len(members))]
 
 
 def _selective_resampled(terms: SampleTerms, counts: np.ndarray) -> dict[str, np.ndarray]:
@@ -317,7 +353,7 @@ def _selective_resampled(terms: SampleTerms, counts: np.ndarray) -> dict[str, np
     run_start[terms.tie_starts] = True
     harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
     n_errors, s1, s2, a1, a2, loss, best = selective_sums(counts, terms.order, err, run_start, harmonic,
-                                                          np.asarray(SAC_LEVELS, dtype=np.float64))
+                                                          np.asarray(SAC_LEVELS, dtype=np.int64))
     total = float(n)
     n_correct = total - n_errors
     aurc = (s1 - s2 + n_errors) / total

@@ -1,7 +1,13 @@
 """The ranking pass of the paired bootstrap, compiled (numba): for every resample, one walk over the samples in
 uncertainty order gives the selective metrics' sums (AURC, AUGRC, CP_AUROC's wins, SAC@t) at once, resamples
-spread over the cores. The arithmetic is `bootstrap._weighted_selective`'s, term for term: sums of integers stay
-exact, and the harmonic terms agree to rounding (tests/test_bootstrap.py compares the two)."""
+spread over the cores. The numbers are `bootstrap._weighted_selective`'s (tests/test_bootstrap.py compares the
+two): the counting terms are kept as integers, so they are exact, and the harmonic terms are added in the same
+order, so they agree to rounding.
+
+Why the walk has no data-dependent branch on a sample: about a third of the counts are zero and a sample's
+correctness looks random in uncertainty order, so a branch on either is mispredicted often; a zero count adds
+zero to every sum instead. SAC's levels are tracked as "how many levels the prefix allows", which moves by one
+level now and then, rather than tested level by level at every sample."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,57 +17,126 @@ from numba import njit, prange
 @njit(parallel=True, cache=True)
 def selective_sums(counts, order, err, run_start, harmonic, levels):
     """counts (B, N) integer draws; order (N,) samples by uncertainty; err (N,) 1.0 where wrong, in `order`;
-    run_start (N,) bool, a run of equal uncertainty starts here, in `order`. Returns, per resample: n_errors,
-    AURC's and AUGRC's sums, CP_AUROC's tie-aware loss term S (wins = n_correct n_errors - S) and SAC's best k per
-    level."""
-    resamples, rows = counts.shape[0], order.shape[0]
-    n_levels = levels.shape[0]
-    n_errors = np.zeros(resamples)
-    aurc_pos, aurc_neg, augrc_a, augrc_b = (np.zeros(resamples), np.zeros(resamples), np.zeros(resamples),
-                                            np.zeros(resamples))
-    loss = np.zeros(resamples)
+    run_start (N,) bool, a run of equal uncertainty starts here, in `order`; levels ascending whole percentages.
+    Returns, per resample: n_errors, AURC's and AUGRC's sums, CP_AUROC's tie-aware loss term S
+    (wins = n_correct n_errors - S) and SAC's best k per level."""
+    resamples, n_levels = counts.shape[0], levels.shape[0]
+    wrong = (err > 0).astype(np.int64)
+    positions = order.astype(np.uint64)           # unsigned: no negative-index handling in the inner loop
+    whole_levels = levels.astype(np.int64)
+    out = np.zeros((6, resamples))
     best = np.zeros((n_levels, resamples))
     for r in prange(resamples):
-        total, errors = 0, 0
-        s1, s2, a1, a2, lost = 0.0, 0.0, 0.0, 0.0, 0.0
-        run_pos, run_neg, cum_neg = 0.0, 0.0, 0.0
-        h_before = 0.0                        # harmonic[total] before this sample (harmonic[0] = 0)
-        for j in range(rows):
-            if run_start[j] and j > 0:
-                cum_neg += run_neg
-                lost += run_pos * (cum_neg - 0.5 * run_neg)
-                run_pos, run_neg = 0.0, 0.0
-            c = counts[r, order[j]]
-            if c == 0:                        # a sample not drawn changes no sum (its run may still start here)
-                continue
-            e = err[j]
-            total_before, errors_before = total, errors
-            total += c
-            if e > 0:
-                errors += c
-                run_neg += c
-            else:
-                run_pos += c
-            h_total = harmonic[total]
-            h_gap = h_total - h_before
-            h_before = h_total
-            s1 += errors_before * h_gap
-            s2 += e * total_before * h_gap
-            a1 += errors_before * c
-            a2 += e * c * c
-            allowed = (total - errors) * 100.0 / max(total, 1)
-            for level in range(n_levels):           # levels ascending: the first one not allowed ends it
-                if allowed < levels[level]:
+        plain_best = np.zeros(n_levels, np.int64)
+        inner_best = np.zeros(n_levels, np.int64)
+        n_errors, s1, s2, a1, a2, loss = _one_resample(counts[r], positions, wrong, run_start, harmonic,
+                                                       whole_levels, plain_best, inner_best)
+        out[0, r], out[1, r], out[2, r], out[3, r], out[4, r], out[5, r] = n_errors, s1, s2, a1, a2, loss
+        running = 0                                # a prefix that allows level l allows every lower one
+        for level in range(n_levels - 1, -1, -1):
+            running = max(running, plain_best[level])
+            best[level, r] = max(running, inner_best[level])
+    return out[0], out[1], out[2], out[3], out[4], out[5], best
+
+
+@njit(cache=True, inline="never")
+def _one_resample(row, positions, wrong, run_start, harmonic, levels, plain_best, inner_best):
+    """One resample's walk (sample j a block of c = row[positions[j]] equal copies). Fills plain_best[l]: the
+    largest prefix (in copies, at a block's end) whose highest allowed level is l; inner_best[l]: the largest
+    point inside a block of wrong copies that allows level l."""
+    n_levels = levels.shape[0]
+    total, errors = 0, 0
+    s1, s2 = 0.0, 0.0                              # AURC's sums: errors_k / k and the in-block ramp
+    a1, a2 = 0, 0                                  # AUGRC's sums
+    lost2 = 0                                      # 2 x CP_AUROC's loss term, an integer
+    run_errors, run_right = 0, 0                   # errors and right answers before the present run
+    h_before = 0.0
+    allowed = 0                                    # how many levels the present prefix allows
+    for j in range(positions.shape[0]):
+        if run_start[j]:                           # close the run before: each of its right answers loses to
+            right = total - errors                 # the errors ranked before it and to half of its run's errors
+            lost2 += (right - run_right) * (errors + run_errors)
+            run_errors, run_right = errors, right
+        c = np.int64(row[positions[j]])
+        w = wrong[j]
+        total_before, errors_before = total, errors
+        total += c
+        errors += c * w
+        h_total = harmonic[np.uint64(total)]
+        h_gap = h_total - h_before                 # sum of 1/k over the copies of this block
+        h_before = h_total
+        s1 += errors_before * h_gap
+        s2 += (w * total_before) * h_gap
+        a1 += errors_before * c
+        a2 += w * c * c
+        allowed_before = allowed
+        right100 = (total - errors) * 100          # level t allowed: 100 right >= t total (exact, no division)
+        while allowed < n_levels and right100 >= levels[allowed] * total:
+            allowed += 1
+        while allowed > 0 and right100 < levels[allowed - 1] * total:
+            allowed -= 1
+        if allowed > 0:
+            plain_best[allowed - 1] = total
+        # inside a block of wrong copies the right answers stay, so point k allows t while 100 right >= t k:
+        # only possible where the prefix before the block allowed a level
+        if (w > 0) & (c >= 2) & (allowed_before > 0):
+            slack = 100 * (total_before - errors_before)
+            first = total_before + 1
+            for level in range(n_levels):
+                if slack < levels[level] * first:
                     break
-                best[level, r] = total
-            if e > 0 and c >= 2:              # inside a block of one wrong prediction drawn twice or more
-                slack = 100.0 * (total - c - (errors - c))
-                for level in range(n_levels):
-                    inner = min(total - 1.0, np.floor(slack / levels[level]))
-                    if inner >= total - c + 1 and inner > best[level, r]:
-                        best[level, r] = inner
-        cum_neg += run_neg
-        lost += run_pos * (cum_neg - 0.5 * run_neg)
-        n_errors[r] = errors
-        aurc_pos[r], aurc_neg[r], augrc_a[r], augrc_b[r], loss[r] = s1, s2, a1, a2, lost
-    return n_errors, aurc_pos, aurc_neg, augrc_a, augrc_b, loss, best
+                inner = min(total - 1, np.int64(np.floor(slack / levels[level])))
+                if inner > inner_best[level]:
+                    inner_best[level] = inner
+    right = total - errors
+    lost2 += (right - run_right) * (errors + run_errors)
+    return errors, s1, s2, a1, a2, lost2 / 2.0
+
+
+RESAMPLES_PER_PASS = 128          # class_and_bin_sums: a group's class counts stay in cache (measured fastest)
+
+
+@njit(parallel=True, cache=True)
+def class_and_bin_sums(counts_by_sample, labels, predictions, correct, bins, gaps, num_classes, n_bins):
+    """The count-weighted sums behind F1 and ECE, for M predictors scored on the same N samples, every resample
+    at once. counts_by_sample (N, B) integer draws; labels (N,); predictions, correct (bool) and bins (the ECE
+    bin, n_bins for outside every bin) (N, M); gaps (N, M) confidence - calibration_correct. Returns the
+    per-class counts of the labels (K, B), of the correct predictions and of the predictions (M, K, B), and
+    each ECE bin's sum of gaps (M, n_bins, B), added in sample order as the sparse products do. A group of
+    resamples is one pass over the samples that adds each sample's row of counts to its classes' rows: the
+    additions run along the resamples, in vector registers."""
+    n, resamples = counts_by_sample.shape
+    members = predictions.shape[1]
+    true = np.zeros((num_classes, resamples), np.int64)
+    hits = np.zeros((members, num_classes, resamples), np.int64)
+    predicted = np.zeros((members, num_classes, resamples), np.int64)
+    bin_gaps = np.zeros((members, n_bins, resamples))
+    for group in prange((resamples + RESAMPLES_PER_PASS - 1) // RESAMPLES_PER_PASS):
+        first = group * RESAMPLES_PER_PASS
+        width = min(RESAMPLES_PER_PASS, resamples - first)
+        true_g = np.zeros((num_classes, width), np.int32)        # sums of at most n draws
+        hits_g = np.zeros((members, num_classes, width), np.int32)
+        predicted_g = np.zeros((members, num_classes, width), np.int32)
+        gaps_g = np.zeros((members, n_bins + 1, width))
+        for i in range(n):
+            drawn = counts_by_sample[i, first:first + width]
+            _add(true_g[labels[i]], drawn)
+            for m in range(members):
+                k = predictions[i, m]
+                _add(predicted_g[m, k], drawn)
+                if correct[i, m]:
+                    _add(hits_g[m, k], drawn)
+                gap, into = gaps[i, m], gaps_g[m, bins[i, m]]
+                for q in range(width):
+                    into[q] += drawn[q] * gap
+        true[:, first:first + width] = true_g
+        hits[:, :, first:first + width] = hits_g
+        predicted[:, :, first:first + width] = predicted_g
+        bin_gaps[:, :, first:first + width] = gaps_g[:, :n_bins]
+    return true, hits, predicted, bin_gaps
+
+
+@njit(cache=True, inline="always")
+def _add(into, drawn):
+    for q in range(drawn.shape[0]):
+        into[q] += drawn[q]
