@@ -227,16 +227,14 @@ def draw_counts(n: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) counts, the smallest integer type that holds them: row r holds how often each of the n
     samples was drawn in resample r. The same draws as `resample_counts` called chunk by chunk with one generator
     (the layout `weighted_metrics` wants is the transpose), so every result of earlier versions stays valid."""
+    from utils.maths.bootstrap_kernels import count_draws
     rng = np.random.default_rng(seed)
     chunk = max(1, CHUNK_ENTRIES // n)
-    parts = []
+    counts = np.zeros((resamples, n), dtype=np.int32)
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
-        draws = rng.integers(0, n, size=(size, n))
-        draws += (np.arange(size) * n)[:, None]
-        parts.append(np.bincount(draws.ravel(), minlength=n * size).reshape(size, n))
-    counts = np.concatenate(parts)
-    return counts.astype(np.uint8 if counts.max() <= np.iinfo(np.uint8).max else np.int32)
+        count_draws(rng.integers(0, n, size=(size, n)), counts[start:start + size])
+    return counts.astype(np.uint8) if counts.max() <= np.iinfo(np.uint8).max else counts
 
 
 # The last few (n, resamples, seed) drawn, in both layouts: a stage's duos share them.

@@ -140,3 +140,12 @@ def class_and_bin_sums(counts_by_sample, labels, predictions, correct, bins, gap
 def _add(into, drawn):
     for q in range(drawn.shape[0]):
         into[q] += drawn[q]
+
+
+@njit(parallel=True, cache=True)
+def count_draws(draws, counts):
+    """counts[r, i] += how often sample i is among draws[r] (a row of sample indices), rows spread over the cores."""
+    for r in prange(draws.shape[0]):
+        row = counts[r]
+        for i in draws[r]:
+            row[i] += 1
