@@ -292,3 +292,14 @@ def test_shared_resampling_equals_each_predictor_on_its_own(n, k, seed):
     assert np.isnan(shared[-1]["CP_AUROC"]).all() and (shared[-1]["Acc"] == 1).all()
     single = bootstrap.resampled_metrics(predictors[2], 200, seed)          # one predictor alone: the same draws
     assert all(np.array_equal(single[m], shared[2][m], equal_nan=True) for m in um.METRIC_COLUMNS)
+
+
+def test_class_counts_taken_a_few_resamples_at_a_time_give_the_same_numbers(monkeypatch):
+    """F1's and ECE's class counts are counted in passes of resamples and groups of members that fit
+    CLASS_COUNT_BYTES (B = 100,000 with 1,000 classes would otherwise need GBs): the smallest passes change nothing."""
+    predictors = duo_like_predictors(331, 5, 1)
+    whole = bootstrap.resampled_metrics(predictors, 300, 4)
+    monkeypatch.setattr(bootstrap, "CLASS_COUNT_BYTES", 1)        # one member at a time, 128 resamples a pass
+    for got, expected in zip(bootstrap.resampled_metrics(predictors, 300, 4), whole):
+        for metric in ("F1", "F1_present", "ECE"):
+            assert np.array_equal(got[metric], expected[metric]), metric
