@@ -6,7 +6,8 @@ from PIL import Image
 from scipy import ndimage
 
 from load_data import corruptions
-from utils.maths.shift_detection import detection_metrics, weighted_detection
+from utils.maths.bootstrap import draw_counts
+from utils.maths.shift_detection import detection_metrics, resampled_detection, weighted_detection
 
 
 def brute_force(score_in, score_out) -> dict:
@@ -45,6 +46,25 @@ def test_identical_distributions_give_half_and_counts_weight_samples():
     for r in range(5):                       # a count of k is the sample written k times
         expected = detection_metrics(np.repeat(score_in, counts_in[r]), np.repeat(score_out, counts_out[r]))
         assert {k: v[r] for k, v in found.items()} == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("rounding", [None, 1, 0])                  # no ties, some, many
+def test_the_compiled_walk_gives_the_reference_numbers(rounding):
+    """The bootstrap's compiled walk against `weighted_detection` on the same draws: AUROC and FPR95 bitwise,
+    AUPR to rounding; splits of different sizes, ties, samples drawn zero times and counts over 255 (int32)."""
+    rng = np.random.default_rng(5)
+    score_in, score_out = rng.normal(0, 1, 300), rng.normal(0.7, 1.5, 40)
+    if rounding is not None:
+        score_in, score_out = np.round(score_in, rounding), np.round(score_out, rounding)
+    counts_in, counts_out = draw_counts(300, 200, seed=0), draw_counts(40, 200, seed=1)
+    assert counts_in.dtype == np.uint8 and (counts_in == 0).mean() > 0.3
+    skewed = rng.integers(0, 600, (3, 40)).astype(np.int32)                # counts_in uint8, counts_out int32
+    for drawn_in, drawn_out in ((counts_in, counts_out), (counts_in[:3], skewed)):
+        found = resampled_detection(score_in, score_out, drawn_in, drawn_out)
+        expected = weighted_detection(score_in, score_out, drawn_in, drawn_out)
+        assert np.array_equal(found["AUROC"], expected["AUROC"])
+        assert np.array_equal(found["FPR95"], expected["FPR95"])
+        np.testing.assert_allclose(found["AUPR"], expected["AUPR"], rtol=0, atol=1e-14)
 
 
 def natural_image(size: int = 224) -> Image.Image:

@@ -149,3 +149,56 @@ def count_draws(draws, counts):
         row = counts[r]
         for i in draws[r]:
             row[i] += 1
+
+
+@njit(parallel=True, cache=True)
+def detection_sums(counts_in, counts_out, order, shifted, group_end, tpr_level):
+    """Shift detection (utils/maths/shift_detection.py) on every resample: counts_in (B, n_in) and counts_out
+    (B, n_out) integer draws of the test split and of the shifted one (same dtype); order (n_in + n_out,) both
+    splits' samples by descending score, shifted ones numbered after the test split's; shifted (n,) bool and
+    group_end (n,) bool (the last of a run of tied scores), in `order`. Returns AUROC, AUPR and FPR95 per resample,
+    `weighted_detection`'s numbers: AUROC's sum is an integer (exact), AUPR's is compensated."""
+    resamples, n_in = counts_in.shape[0], counts_in.shape[1]
+    n = n_in + counts_out.shape[1]
+    positions = order.astype(np.uint64)
+    is_out = shifted.astype(np.int64)
+    auroc, aupr, fpr95 = np.empty(resamples), np.empty(resamples), np.empty(resamples)
+    for r in prange(resamples):
+        row = np.empty(n, counts_in.dtype)       # both splits' draws in one row: no branch on the split
+        row[:n_in] = counts_in[r]
+        row[n_in:] = counts_out[r]
+        auroc[r], aupr[r], fpr95[r] = _one_detection(row, n_in, positions, is_out, group_end, tpr_level)
+    return auroc, aupr, fpr95
+
+
+@njit(cache=True, inline="never")
+def _one_detection(row, n_in, positions, is_out, group_end, tpr_level):
+    negatives, positives = 0, 0
+    for i in range(n_in):
+        negatives += np.int64(row[i])
+    for i in range(n_in, row.shape[0]):
+        positives += np.int64(row[i])
+    threshold = tpr_level * positives - 1e-9 * positives    # as weighted_detection computes it
+    tp, fp, tp_run, fp_run = 0, 0, 0, 0
+    doubled_wins = 0                # 2 x AUROC's numerator: shifted copies ranked above, tied ones counting half
+    precision_sum, compensation = 0.0, 0.0
+    fpr = -1.0
+    for j in range(positions.shape[0]):
+        c = np.int64(row[positions[j]])
+        tp_run += c * is_out[j]
+        fp_run += c * (1 - is_out[j])
+        if group_end[j]:
+            doubled_wins += fp_run * (2 * tp + tp_run)
+            tp += tp_run
+            fp += fp_run
+            term = tp_run * (tp / max(tp + fp, 1))
+            total = precision_sum + term            # Neumaier's sum: the rounding of the many terms does not add up
+            if abs(precision_sum) >= abs(term):
+                compensation += (precision_sum - total) + term
+            else:
+                compensation += (term - total) + precision_sum
+            precision_sum = total
+            if fpr < 0.0 and tp >= threshold:
+                fpr = fp / negatives
+            tp_run, fp_run = 0, 0
+    return doubled_wins * 0.5 / (positives * negatives), (precision_sum + compensation) / positives, fpr

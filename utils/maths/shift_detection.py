@@ -9,8 +9,10 @@ shifted ones (positives). Higher uncertainty should mean "shifted".
   shifted ones (tied samples flagged together).
 
 Each is computed for every column of two count matrices at once (`weighted_detection`: sample i of the test
-split counted counts_in[r, i] times in resample r), so the paired bootstrap of a duo against its large model
-reuses it; with counts of 1 it is the plain metric (`detection_metrics`). docs/methods.md states the conventions.
+split counted counts_in[r, i] times in resample r); with counts of 1 it is the plain metric (`detection_metrics`).
+The paired bootstrap of a duo against its large model takes the same numbers from a compiled walk per resample
+(`resampled_detection`), which tests/test_shift_detection.py checks against `weighted_detection`.
+docs/methods.md states the conventions.
 """
 from __future__ import annotations
 
@@ -40,6 +42,21 @@ def weighted_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: n
     reached = tp_cum >= TPR_LEVEL * positives[:, None] - 1e-9 * positives[:, None]
     first = reached.argmax(axis=1)
     fpr95 = fp_cum[np.arange(len(first)), first] / negatives
+    return {"AUROC": auroc, "AUPR": aupr, "FPR95": fpr95}
+
+
+def resampled_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: np.ndarray,
+                        counts_out: np.ndarray) -> dict[str, np.ndarray]:
+    """`weighted_detection`'s numbers for integer count matrices of any number of resamples, without its
+    (resamples x samples) float arrays: one compiled walk per resample in score order, spread over the cores."""
+    from utils.maths.bootstrap_kernels import detection_sums
+    scores = np.concatenate([np.asarray(score_in, np.float64), np.asarray(score_out, np.float64)])
+    order = np.argsort(-scores, kind="stable")
+    ranked = scores[order]
+    group_end = np.r_[ranked[1:] != ranked[:-1], True]
+    dtype = np.result_type(counts_in.dtype, counts_out.dtype)
+    auroc, aupr, fpr95 = detection_sums(counts_in.astype(dtype, copy=False), counts_out.astype(dtype, copy=False),
+                                        order, order >= len(score_in), group_end, TPR_LEVEL)
     return {"AUROC": auroc, "AUPR": aupr, "FPR95": fpr95}
 
 

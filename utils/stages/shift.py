@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from utils.maths import bootstrap
-from utils.maths.shift_detection import DETECTION_COLUMNS, detection_metrics, weighted_detection
+from utils.maths.shift_detection import DETECTION_COLUMNS, detection_metrics, resampled_detection
 from utils.stages.intervals import scaled_terms
 
 IN_SPLIT = "test"
@@ -42,12 +42,8 @@ def single_uncertainties(splits: dict, temperature: float, uncertainty_types) ->
 def _resampled(inside: np.ndarray, outside: np.ndarray, resamples: int, seed: int) -> dict[str, np.ndarray]:
     """The detection metrics on `resamples` paired resamples: the test split and the shifted one each resampled
     (independent draws, seed and seed + 1; the same draws for every predictor compared)."""
-    counts_in = bootstrap.shared_counts(len(inside), resamples, seed)
-    counts_out = bootstrap.shared_counts(len(outside), resamples, seed + 1)
-    chunk = max(1, bootstrap.CHUNK_ENTRIES // (len(inside) + len(outside)))
-    parts = [weighted_detection(inside, outside, counts_in[s:s + chunk], counts_out[s:s + chunk])
-             for s in range(0, resamples, chunk)]
-    return {m: np.concatenate([p[m] for p in parts]) for m in DETECTION_COLUMNS}
+    return resampled_detection(inside, outside, bootstrap.shared_counts(len(inside), resamples, seed),
+                               bootstrap.shared_counts(len(outside), resamples, seed + 1))
 
 
 def detection_deltas(duo: dict[str, dict[tuple, np.ndarray]], base: dict[str, dict[str, np.ndarray]],
