@@ -6,8 +6,9 @@ order, so they agree to rounding.
 
 Why the walk has no data-dependent branch on a sample: about a third of the counts are zero and a sample's
 correctness looks random in uncertainty order, so a branch on either is mispredicted often; a zero count adds
-zero to every sum instead. SAC's levels are tracked as "how many levels the prefix allows", which moves by one
-level now and then, rather than tested level by level at every sample."""
+zero to every sum instead. SAC's levels are tracked as "how many levels the prefix allows", which moves now and
+then: a sample costs one comparison against the present range, and only a crossing (`_cross`) records prefixes
+and looks inside the block for points that still allow the levels lost."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,35 +24,39 @@ def selective_sums(counts, order, err, run_start, harmonic, levels):
     resamples, n_levels = counts.shape[0], levels.shape[0]
     wrong = (err > 0).astype(np.int64)
     positions = order.astype(np.uint64)           # unsigned: no negative-index handling in the inner loop
-    whole_levels = levels.astype(np.int64)
+    bounds = np.empty(n_levels + 2, np.int64)     # the levels between two sentinels (see _one_resample)
+    bounds[0], bounds[1:n_levels + 1], bounds[n_levels + 1] = -1, levels, 101
     out = np.zeros((6, resamples))
     best = np.zeros((n_levels, resamples))
     for r in prange(resamples):
-        plain_best = np.zeros(n_levels, np.int64)
+        plain_best = np.zeros(n_levels + 1, np.int64)
         inner_best = np.zeros(n_levels, np.int64)
         n_errors, s1, s2, a1, a2, loss = _one_resample(counts[r], positions, wrong, run_start, harmonic,
-                                                       whole_levels, plain_best, inner_best)
+                                                       bounds, plain_best, inner_best)
         out[0, r], out[1, r], out[2, r], out[3, r], out[4, r], out[5, r] = n_errors, s1, s2, a1, a2, loss
         running = 0                                # a prefix that allows level l allows every lower one
         for level in range(n_levels - 1, -1, -1):
-            running = max(running, plain_best[level])
+            running = max(running, plain_best[level + 1])
             best[level, r] = max(running, inner_best[level])
     return out[0], out[1], out[2], out[3], out[4], out[5], best
 
 
 @njit(cache=True, inline="never")
-def _one_resample(row, positions, wrong, run_start, harmonic, levels, plain_best, inner_best):
-    """One resample's walk (sample j a block of c = row[positions[j]] equal copies). Fills plain_best[l]: the
-    largest prefix (in copies, at a block's end) whose highest allowed level is l; inner_best[l]: the largest
-    point inside a block of wrong copies that allows level l."""
-    n_levels = levels.shape[0]
+def _one_resample(row, positions, wrong, run_start, harmonic, bounds, plain_best, inner_best):
+    """One resample's walk (sample j a block of c = row[positions[j]] equal copies). Fills plain_best[a]: the
+    largest prefix (in copies, at a block's end) that allows exactly the a lowest levels; inner_best[l]: the
+    largest point inside a block of wrong copies that allows level l where the block's end does not."""
     total, errors = 0, 0
     s1, s2 = 0.0, 0.0                              # AURC's sums: errors_k / k and the in-block ramp
     a1, a2 = 0, 0                                  # AUGRC's sums
     lost2 = 0                                      # 2 x CP_AUROC's loss term, an integer
     run_errors, run_right = 0, 0                   # errors and right answers before the present run
     h_before = 0.0
-    allowed = 0                                    # how many levels the present prefix allows
+    # SAC: the prefix allows the `allowed` lowest levels while bounds[allowed] * total <= 100 right <
+    # bounds[allowed + 1] * total (bounds[0] = -1 and a last bound of 101 stand for "no level" and "every
+    # level"). One unsigned comparison per sample tests both; only a crossing (rare) does more.
+    allowed = 0
+    down, up = bounds[0], bounds[1]
     for j in range(positions.shape[0]):
         if run_start[j]:                           # close the run before: each of its right answers loses to
             right = total - errors                 # the errors ranked before it and to half of its run's errors
@@ -69,28 +74,40 @@ def _one_resample(row, positions, wrong, run_start, harmonic, levels, plain_best
         s2 += (w * total_before) * h_gap
         a1 += errors_before * c
         a2 += w * c * c
-        allowed_before = allowed
-        right100 = (total - errors) * 100          # level t allowed: 100 right >= t total (exact, no division)
-        while allowed < n_levels and right100 >= levels[allowed] * total:
-            allowed += 1
-        while allowed > 0 and right100 < levels[allowed - 1] * total:
-            allowed -= 1
-        if allowed > 0:
-            plain_best[allowed - 1] = total
-        # inside a block of wrong copies the right answers stay, so point k allows t while 100 right >= t k:
-        # only possible where the prefix before the block allowed a level
-        if (w > 0) & (c >= 2) & (allowed_before > 0):
-            slack = 100 * (total_before - errors_before)
-            first = total_before + 1
-            for level in range(n_levels):
-                if slack < levels[level] * first:
-                    break
-                inner = min(total - 1, np.int64(np.floor(slack / levels[level])))
-                if inner > inner_best[level]:
-                    inner_best[level] = inner
+        above = (total - errors) * 100 - down * total
+        if np.uint64(above) >= np.uint64((up - down) * total):
+            allowed = _cross(allowed, total_before, errors_before, total, errors, bounds, plain_best, inner_best)
+            down, up = bounds[allowed], bounds[allowed + 1]
+    plain_best[allowed] = total
     right = total - errors
     lost2 += (right - run_right) * (errors + run_errors)
     return errors, s1, s2, a1, a2, lost2 / 2.0
+
+
+@njit(cache=True, inline="never")
+def _cross(allowed, total_before, errors_before, total, errors, bounds, plain_best, inner_best):
+    """The prefix left its range of allowed levels: record the range's largest prefix, find the new range, and
+    for a fall (a block of wrong copies) the points inside the block that still allow the levels lost."""
+    n_levels = bounds.shape[0] - 2
+    plain_best[allowed] = total_before
+    before = allowed
+    right100 = (total - errors) * 100
+    while allowed < n_levels and right100 >= bounds[allowed + 1] * total:
+        allowed += 1
+    while allowed > 0 and right100 < bounds[allowed] * total:
+        allowed -= 1
+    if allowed < before and total - total_before >= 2:
+        # inside the block the right answers stay, so point k allows t while 100 right >= t k; the levels still
+        # allowed at the block's end have a larger prefix there
+        slack, first = 100 * (total_before - errors_before), total_before + 1
+        for level in range(allowed, before):
+            t = bounds[level + 1]
+            if slack < t * first:
+                break
+            inner = min(total - 1, np.int64(np.floor(slack / t)))
+            if inner > inner_best[level]:
+                inner_best[level] = inner
+    return allowed
 
 
 RESAMPLES_PER_PASS = 128          # class_and_bin_sums: a group's class counts stay in cache (measured fastest)
