@@ -22,7 +22,7 @@ def selective_sums(counts, order, err, run_start, harmonic, levels):
     Returns, per resample: n_errors, AURC's and AUGRC's sums, CP_AUROC's tie-aware loss term S
     (wins = n_correct n_errors - S) and SAC's best k per level."""
     resamples, n_levels = counts.shape[0], levels.shape[0]
-    wrong = (err > 0).astype(np.int64)
+    wrong = -(err > 0).astype(np.int64)           # -1 where wrong: an AND instead of a multiply (see _one_resample)
     positions = order.astype(np.uint64)           # unsigned: no negative-index handling in the inner loop
     bounds = np.empty(n_levels + 2, np.int64)     # the levels between two sentinels (see _one_resample)
     bounds[0], bounds[1:n_levels + 1], bounds[n_levels + 1] = -1, levels, 101
@@ -63,17 +63,17 @@ def _one_resample(row, positions, wrong, run_start, harmonic, bounds, plain_best
             lost2 += (right - run_right) * (errors + run_errors)
             run_errors, run_right = errors, right
         c = np.int64(row[positions[j]])
-        w = wrong[j]
+        w = wrong[j]                               # all bits set where wrong, else 0
         total_before, errors_before = total, errors
         total += c
-        errors += c * w
+        errors += c & w
         h_total = harmonic[np.uint64(total)]
         h_gap = h_total - h_before                 # sum of 1/k over the copies of this block
         h_before = h_total
         s1 += errors_before * h_gap
-        s2 += (w * total_before) * h_gap
+        s2 += (total_before & w) * h_gap
         a1 += errors_before * c
-        a2 += w * c * c
+        a2 += (c * c) & w
         above = (total - errors) * 100 - down * total
         if np.uint64(above) >= np.uint64((up - down) * total):
             allowed = _cross(allowed, total_before, errors_before, total, errors, bounds, plain_best, inner_best)
