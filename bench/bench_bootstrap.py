@@ -2,9 +2,9 @@
 temperature-scaled large model, on test (47,500) and a shifted split (10,000) x 1,000 classes, B = 1000, models of
 ImageNet-like accuracy (`split`). Times the shared implementation (`bootstrap.resampled_metrics`) against the plain
 one it replaced (`bootstrap.reference_resampled_metrics`: every predictor on its own) in the same run, checks that
-both give the same intervals, and prints the peak memory of the shared run. Then the same for the duo's shift-detection intervals
-(AUROC / AUPR / FPR95 of test against the shifted split, `shift.detection_deltas`): the compiled walk
-(`shift_detection.resampled_detection`) against the array version it replaced (`weighted_detection`).
+both give the same intervals, and prints the peak memory of the shared run. Then the same for the duo's
+shift-detection intervals (AUROC / AUPR / FPR95 of test against the shifted split, `shift.detection_deltas`): the
+compiled walk (`shift_detection.resampled_detection`) against the array version it replaced (`weighted_detection`).
 
     python bench/bench_bootstrap.py                          # N=47500 + 10000, K=1000, B=1000 (~2.5 min)
     python bench/bench_bootstrap.py --n 5000 --k 100 --skip_reference

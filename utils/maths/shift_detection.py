@@ -22,13 +22,20 @@ DETECTION_COLUMNS = ("AUROC", "AUPR", "FPR95")
 TPR_LEVEL = 0.95
 
 
-def weighted_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: np.ndarray,
-                       counts_out: np.ndarray) -> dict[str, np.ndarray]:
-    """The three metrics for each row r of counts_in (R, n_in) and counts_out (R, n_out)."""
+def _ranked(score_in: np.ndarray, score_out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits' samples by descending score (stable; the shifted split's numbered after the test split's),
+    and where a run of tied scores starts, in that order."""
     scores = np.concatenate([np.asarray(score_in, np.float64), np.asarray(score_out, np.float64)])
     order = np.argsort(-scores, kind="stable")
     ranked = scores[order]
-    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])         # groups of tied scores, descending
+    return order, np.r_[True, ranked[1:] != ranked[:-1]]
+
+
+def weighted_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: np.ndarray,
+                       counts_out: np.ndarray) -> dict[str, np.ndarray]:
+    """The three metrics for each row r of counts_in (R, n_in) and counts_out (R, n_out)."""
+    order, run_start = _ranked(score_in, score_out)
+    starts = np.flatnonzero(run_start)                                        # groups of tied scores, descending
     weights = np.concatenate([np.asarray(counts_in, np.float64), np.asarray(counts_out, np.float64)], axis=1)[:, order]
     is_out = (order >= len(score_in)).astype(np.float64)
     tp = np.add.reduceat(weights * is_out, starts, axis=1)                     # (R, groups)
@@ -50,10 +57,8 @@ def resampled_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: 
     """`weighted_detection`'s numbers for integer count matrices of any number of resamples, without its
     (resamples x samples) float arrays: one compiled walk per resample in score order, spread over the cores."""
     from utils.maths.bootstrap_kernels import detection_sums
-    scores = np.concatenate([np.asarray(score_in, np.float64), np.asarray(score_out, np.float64)])
-    order = np.argsort(-scores, kind="stable")
-    ranked = scores[order]
-    group_end = np.r_[ranked[1:] != ranked[:-1], True]
+    order, run_start = _ranked(score_in, score_out)
+    group_end = np.r_[run_start[1:], True]
     dtype = np.result_type(counts_in.dtype, counts_out.dtype)
     auroc, aupr, fpr95 = detection_sums(counts_in.astype(dtype, copy=False), counts_out.astype(dtype, copy=False),
                                         order, order >= len(score_in), group_end, TPR_LEVEL)
