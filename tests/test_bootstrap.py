@@ -303,3 +303,20 @@ def test_class_counts_taken_a_few_resamples_at_a_time_give_the_same_numbers(monk
     for got, expected in zip(bootstrap.resampled_metrics(predictors, 300, 4), whole):
         for metric in ("F1", "F1_present", "ECE"):
             assert np.array_equal(got[metric], expected[metric]), metric
+
+
+@pytest.mark.parametrize("lanes, dtype", [(1, np.uint8), (7, np.int32), (200, np.uint8)])
+def test_the_ranking_pass_gives_the_reference_numbers_for_any_group_of_resamples(monkeypatch, lanes, dtype):
+    """The compiled ranking pass walks the resamples in groups (`lanes` at a time) over uint8 or int32 counts; every
+    width gives `_weighted_selective`'s numbers: SAC exactly, the others to 1e-12 (ties, a degenerate predictor)."""
+    from utils.maths import bootstrap_kernels
+    monkeypatch.setattr(bootstrap_kernels, "lanes_for", lambda resamples, threads: lanes)
+    n = 331
+    counts = bootstrap.draw_counts(n, 200, 6)
+    for terms in duo_like_predictors(n, 5, 1):
+        got = bootstrap._selective_resampled(terms, np.ascontiguousarray(counts.T).astype(dtype))
+        expected = bootstrap._weighted_selective(terms, counts.T.astype(np.float64), np.full(200, float(n)))
+        for metric, values in got.items():
+            if metric.startswith("SAC"):
+                assert np.array_equal(values, expected[metric]), metric
+            np.testing.assert_allclose(values, expected[metric], rtol=0, atol=1e-12, equal_nan=True, err_msg=metric)

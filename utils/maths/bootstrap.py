@@ -277,19 +277,19 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
     members = terms if several else [terms]
     n = len(members[0].correct)
     check_samples(n, "the paired bootstrap")
-    counts = shared_counts(n, resamples, seed)
+    counts_by_sample = shared_counts(n, resamples, seed, by_sample=True)
     scored = {}            # content key -> that predictor's part of the metrics
     additive = {}
     for member in members:
         key = _content_key(member.predictions, member.nll, member.brier, member.confidence, member.calibration_correct)
         additive.setdefault(key, member)
-    sums = _additive_resampled(list(additive.values()), shared_counts(n, resamples, seed, by_sample=True))
+    sums = _additive_resampled(list(additive.values()), counts_by_sample)
     for key, values in zip(additive, sums):
         scored[key] = values
     ranked = {}
     for member in members:
         ranked.setdefault(_content_key(member.uncertainty, member.correct), member)
-    selective = {key: _selective_resampled(member, counts) for key, member in ranked.items()}
+    selective = {key: _selective_resampled(member, counts_by_sample) for key, member in ranked.items()}
     out = []
     for member in members:
         found = {**scored[_content_key(member.predictions, member.nll, member.brier, member.confidence,
@@ -355,19 +355,21 @@ def _class_and_bin_resampled(members: list[SampleTerms], counts_by_sample: np.nd
             for i in range(len(members))]
 
 
-def _selective_resampled(terms: SampleTerms, counts: np.ndarray) -> dict[str, np.ndarray]:
-    """`_weighted_selective` of every resample at once, from the compiled ranking pass."""
-    from utils.maths.bootstrap_kernels import selective_sums
-    resamples, n = counts.shape
-    err = (~terms.correct[terms.order]).astype(np.float64)
+def _selective_resampled(terms: SampleTerms, counts_by_sample: np.ndarray) -> dict[str, np.ndarray]:
+    """`_weighted_selective` of every resample at once, from the compiled ranking pass. counts_by_sample: (n, resamples)."""
+    import numba
+
+    from utils.maths.bootstrap_kernels import lanes_for, selective_sums
+    n, resamples = counts_by_sample.shape
     run_start = np.zeros(n, dtype=np.bool_)
     run_start[terms.tie_starts] = True
     harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
-    n_errors, s1, s2, a1, a2, loss, best = selective_sums(counts, terms.order, err, run_start, harmonic,
-                                                          np.asarray(SAC_LEVELS, dtype=np.int64))
+    n_errors, ramp_sum, a1, a2, loss, best = selective_sums(
+        counts_by_sample, terms.order, ~terms.correct[terms.order], run_start, np.arange(n + 1) * harmonic,
+        np.asarray(SAC_LEVELS, dtype=np.int64), lanes_for(resamples, numba.get_num_threads()))
     total = float(n)
     n_correct = total - n_errors
-    aurc = (s1 - s2 + n_errors) / total
+    aurc = (n_errors * (harmonic[n] + 1) - ramp_sum) / total
     oracle = (n_errors - n_correct * (harmonic[n] - harmonic[n_correct.astype(np.int64)])) / total
     pairs = n_correct * n_errors
     out = {"AURC": aurc, "E-AURC": aurc - oracle, "AUGRC": (a1 + (a2 + n_errors) / 2) / total ** 2,
