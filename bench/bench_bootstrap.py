@@ -58,7 +58,9 @@ def one_duo(splits, resamples: int, per_split: dict | None = None) -> tuple[list
 
 
 def array_detection(score_in, score_out, counts_in, counts_out) -> dict[str, np.ndarray]:
-    """The detection bootstrap before the compiled walk: `weighted_detection` on chunks of resamples."""
+    """The detection bootstrap before the compiled walk: `weighted_detection` on chunks of resamples (it wants
+    them along axis 0)."""
+    counts_in, counts_out = counts_in.T, counts_out.T
     chunk = max(1, bootstrap.CHUNK_ENTRIES // (len(score_in) + len(score_out)))
     parts = [shift_detection.weighted_detection(score_in, score_out, counts_in[s:s + chunk], counts_out[s:s + chunk])
              for s in range(0, len(counts_in), chunk)]

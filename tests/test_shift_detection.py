@@ -1,5 +1,7 @@
 """utils/maths/shift_detection.py against brute force (every threshold tried), ties included; load_data/corruptions.py:
 deterministic under its seed, stronger with severity, names that round-trip."""
+import itertools
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -49,22 +51,28 @@ def test_identical_distributions_give_half_and_counts_weight_samples():
 
 
 @pytest.mark.parametrize("rounding", [None, 1, 0])                  # no ties, some, many
-def test_the_compiled_walk_gives_the_reference_numbers(rounding):
-    """The bootstrap's compiled walk against `weighted_detection` on the same draws: AUROC and FPR95 bitwise,
-    AUPR to rounding; splits of different sizes, ties, samples drawn zero times and counts over 255 (int32)."""
+def test_the_compiled_walk_gives_the_reference_numbers(monkeypatch, rounding):
+    """The bootstrap's compiled walks against `weighted_detection` on the same draws: AUROC and FPR95 bitwise,
+    AUPR to rounding; splits of different sizes, ties, samples drawn zero times, counts over 255 (int32), and
+    resamples walked in groups of any width."""
+    from utils.maths import bootstrap_kernels
     rng = np.random.default_rng(5)
     score_in, score_out = rng.normal(0, 1, 300), rng.normal(0.7, 1.5, 40)
+    score_in[:3] = 10.0, 11.0, 12.0                 # test samples ranked first
     if rounding is not None:
         score_in, score_out = np.round(score_in, rounding), np.round(score_out, rounding)
     counts_in, counts_out = draw_counts(300, 200, seed=0), draw_counts(40, 200, seed=1)
     assert counts_in.dtype == np.uint8 and (counts_in == 0).mean() > 0.3
     skewed = rng.integers(0, 600, (3, 40)).astype(np.int32)                # counts_in uint8, counts_out int32
-    for drawn_in, drawn_out in ((counts_in, counts_out), (counts_in[:3], skewed)):
-        found = resampled_detection(score_in, score_out, drawn_in, drawn_out)
-        expected = weighted_detection(score_in, score_out, drawn_in, drawn_out)
-        assert np.array_equal(found["AUROC"], expected["AUROC"])
+    skewed[0] = 0                                  # no shifted sample drawn: every threshold reaches the TPR level
+    for (drawn_in, drawn_out), lanes in itertools.product(((counts_in, counts_out), (counts_in[:3], skewed)), (1, 7, 64)):
+        monkeypatch.setattr(bootstrap_kernels, "lanes_for", lambda resamples, threads, width=lanes: width)
+        found = resampled_detection(score_in, score_out, np.ascontiguousarray(drawn_in.T), np.ascontiguousarray(drawn_out.T))
+        with np.errstate(divide="ignore", invalid="ignore"):         # 0 / 0 where no shifted sample was drawn
+            expected = weighted_detection(score_in, score_out, drawn_in, drawn_out)
+        assert np.array_equal(found["AUROC"], expected["AUROC"], equal_nan=True)
         assert np.array_equal(found["FPR95"], expected["FPR95"])
-        np.testing.assert_allclose(found["AUPR"], expected["AUPR"], rtol=0, atol=1e-14)
+        np.testing.assert_allclose(found["AUPR"], expected["AUPR"], rtol=0, atol=1e-14, equal_nan=True)
 
 
 def natural_image(size: int = 224) -> Image.Image:

@@ -225,53 +225,80 @@ def count_draws(draws, counts):
 
 
 @njit(parallel=True, cache=True)
-def detection_sums(counts_in, counts_out, order, shifted, group_end, tpr_level):
-    """Shift detection (utils/maths/shift_detection.py) on every resample: counts_in (B, n_in) and counts_out
-    (B, n_out) integer draws of the test split and of the shifted one (same dtype); order (n_in + n_out,) both
-    splits' samples by descending score, shifted ones numbered after the test split's; shifted (n,) bool and
-    group_end (n,) bool (the last of a run of tied scores), in `order`. Returns AUROC, AUPR and FPR95 per resample,
-    `weighted_detection`'s numbers: AUROC's sum is an integer (exact), AUPR's is compensated."""
-    resamples, n_in = counts_in.shape[0], counts_in.shape[1]
-    n = n_in + counts_out.shape[1]
-    positions = order.astype(np.uint64)
-    is_out = shifted.astype(np.int64)
+def detection_sums(counts_in, counts_out, order, shifted, group_end, full_group, tpr_level, lanes):
+    """Shift detection (utils/maths/shift_detection.py) on every resample: counts_in (n_in, B) and counts_out
+    (n_out, B) integer draws of the test split and of the shifted one (same dtype); order (n_in + n_out,) both
+    splits' samples by descending score, shifted ones numbered after the test split's; shifted (n,) bool, group_end
+    (n,) bool (the last of a run of tied scores) and full_group (n,) bool (a group's end where the group holds a
+    shifted sample, or the first group), in `order`; lanes: resamples walked together (`lanes_for`). Returns AUROC,
+    AUPR and FPR95 per resample, `weighted_detection`'s numbers: AUROC's sum is exact, AUPR's compensated.
+
+    Laid out as the ranking pass: a group of resamples walks together over the (samples, resamples) counts. The
+    counts are summed as float64 (whole numbers, exact below 2**53). A group of test-split samples only adds to the
+    false positives: its recall gain, so its AUPR term, is 0, and it cannot be the first to reach the TPR level
+    (the true positives did not change since the group before); so only `full_group`s do the division and the
+    compensated sum."""
+    n_in, resamples = counts_in.shape
+    n = n_in + counts_out.shape[0]
+    positions = order.astype(np.int64)
+    flat_in, flat_out = counts_in.reshape(-1), counts_out.reshape(-1)
+    line = max(1, 64 // flat_in.itemsize)
     auroc, aupr, fpr95 = np.empty(resamples), np.empty(resamples), np.empty(resamples)
-    for r in prange(resamples):
-        row = np.empty(n, counts_in.dtype)       # both splits' draws in one row: no branch on the split
-        row[:n_in] = counts_in[r]
-        row[n_in:] = counts_out[r]
-        auroc[r], aupr[r], fpr95[r] = _one_detection(row, n_in, positions, is_out, group_end, tpr_level)
-    return auroc, aupr, fpr95
-
-
-@njit(cache=True, inline="never")
-def _one_detection(row, n_in, positions, is_out, group_end, tpr_level):
-    negatives, positives = 0, 0
-    for i in range(n_in):
-        negatives += np.int64(row[i])
-    for i in range(n_in, row.shape[0]):
-        positives += np.int64(row[i])
-    threshold = tpr_level * positives - 1e-9 * positives    # as weighted_detection computes it
-    tp, fp, tp_run, fp_run = 0, 0, 0, 0
-    doubled_wins = 0                # 2 x AUROC's numerator: shifted copies ranked above, tied ones counting half
-    precision_sum, compensation = 0.0, 0.0
-    fpr = -1.0
-    for j in range(positions.shape[0]):
-        c = np.int64(row[positions[j]])
-        tp_run += c * is_out[j]
-        fp_run += c * (1 - is_out[j])
-        if group_end[j]:
-            doubled_wins += fp_run * (2 * tp + tp_run)
-            tp += tp_run
-            fp += fp_run
-            term = tp_run * (tp / max(tp + fp, 1))
-            total = precision_sum + term            # Neumaier's sum: the rounding of the many terms does not add up
-            if abs(precision_sum) >= abs(term):
-                compensation += (precision_sum - total) + term
+    for group in prange((resamples + lanes - 1) // lanes):
+        first = group * lanes
+        width = min(lanes, resamples - first)
+        negatives, positives = np.zeros(width, np.int64), np.zeros(width, np.int64)
+        for i in range(n_in):
+            row = counts_in[i, first:first + width]
+            for q in range(width):
+                negatives[q] += row[q]
+        for i in range(n - n_in):
+            row = counts_out[i, first:first + width]
+            for q in range(width):
+                positives[q] += row[q]
+        threshold = tpr_level * positives - 1e-9 * positives      # as weighted_detection computes it
+        tp, fp, tp_run, fp_run = np.zeros(width), np.zeros(width), np.zeros(width), np.zeros(width)
+        doubled_wins = np.zeros(width)   # 2 x AUROC's numerator: shifted copies ranked above, tied ones counting half
+        precision_sum, compensation = np.zeros(width), np.zeros(width)
+        fpr = np.full(width, -1.0)
+        for j in range(n):
+            ahead = positions[min(j + PREFETCH_AHEAD, n - 1)]
+            if ahead < n_in:
+                for offset in range(0, width, line):
+                    _prefetch(flat_in, ahead * resamples + first + offset)
             else:
-                compensation += (term - total) + precision_sum
-            precision_sum = total
-            if fpr < 0.0 and tp >= threshold:
-                fpr = fp / negatives
-            tp_run, fp_run = 0, 0
-    return doubled_wins * 0.5 / (positives * negatives), (precision_sum + compensation) / positives, fpr
+                for offset in range(0, width, line):
+                    _prefetch(flat_out, (ahead - n_in) * resamples + first + offset)
+            if shifted[j]:
+                row = counts_out[positions[j] - n_in, first:first + width]
+                for q in range(width):
+                    tp_run[q] += row[q]
+            else:
+                row = counts_in[positions[j], first:first + width]
+                for q in range(width):
+                    fp_run[q] += row[q]
+            if not group_end[j]:
+                continue
+            if not full_group[j]:
+                for q in range(width):
+                    doubled_wins[q] += fp_run[q] * (2 * tp[q])
+                    fp[q] += fp_run[q]
+                    fp_run[q] = 0.0
+                continue
+            for q in range(width):
+                doubled_wins[q] += fp_run[q] * (2 * tp[q] + tp_run[q])
+                t, f = tp[q] + tp_run[q], fp[q] + fp_run[q]
+                tp[q], fp[q] = t, f
+                term = tp_run[q] * (t / max(t + f, 1.0))
+                before = precision_sum[q]
+                total = before + term        # Neumaier's sum: the rounding of the many terms does not add up
+                compensation[q] += ((before - total) + term) if abs(before) >= abs(term) else ((term - total) + before)
+                precision_sum[q] = total
+                if fpr[q] < 0.0 and t >= threshold[q]:
+                    fpr[q] = f / negatives[q]
+                tp_run[q], fp_run[q] = 0.0, 0.0
+        for q in range(width):
+            auroc[first + q] = doubled_wins[q] * 0.5 / (positives[q] * negatives[q])
+            aupr[first + q] = (precision_sum[q] + compensation[q]) / positives[q]
+            fpr95[first + q] = fpr[q]
+    return auroc, aupr, fpr95

@@ -10,7 +10,7 @@ shifted ones (positives). Higher uncertainty should mean "shifted".
 
 Each is computed for every column of two count matrices at once (`weighted_detection`: sample i of the test
 split counted counts_in[r, i] times in resample r); with counts of 1 it is the plain metric (`detection_metrics`).
-The paired bootstrap of a duo against its large model takes the same numbers from a compiled walk per resample
+The paired bootstrap of a duo against its large model takes the same numbers from compiled walks in score order
 (`resampled_detection`), which tests/test_shift_detection.py checks against `weighted_detection`.
 docs/methods.md states the conventions.
 """
@@ -54,14 +54,25 @@ def weighted_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: n
 
 def resampled_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: np.ndarray,
                         counts_out: np.ndarray) -> dict[str, np.ndarray]:
-    """`weighted_detection`'s numbers for integer count matrices of any number of resamples, without its
-    (resamples x samples) float arrays: one compiled walk per resample in score order, spread over the cores."""
-    from utils.maths.bootstrap_kernels import detection_sums
+    """`weighted_detection`'s numbers for integer counts of any number of resamples, given samples along axis 0
+    (counts_in (n_in, R), counts_out (n_out, R): the layout `bootstrap.shared_counts(..., by_sample=True)` keeps),
+    without (resamples x samples) float arrays: compiled walks in score order, groups of resamples spread over the
+    cores."""
+    import numba
+
+    from utils.maths.bootstrap_kernels import detection_sums, lanes_for
     order, run_start = _ranked(score_in, score_out)
     group_end = np.r_[run_start[1:], True]
+    shifted = order >= len(score_in)
+    group = np.cumsum(run_start) - 1
+    with_shifted = np.zeros(group[-1] + 1, dtype=bool)
+    with_shifted[group[shifted]] = True
+    full_group = group_end & with_shifted[group]
+    full_group[np.argmax(group_end)] = True                   # the first group: the TPR level may be reached at once
     dtype = np.result_type(counts_in.dtype, counts_out.dtype)
     auroc, aupr, fpr95 = detection_sums(counts_in.astype(dtype, copy=False), counts_out.astype(dtype, copy=False),
-                                        order, order >= len(score_in), group_end, TPR_LEVEL)
+                                        order, shifted, group_end, full_group, TPR_LEVEL,
+                                        lanes_for(counts_in.shape[1], numba.get_num_threads()))
     return {"AUROC": auroc, "AUPR": aupr, "FPR95": fpr95}
 
 
