@@ -277,7 +277,7 @@ def duo_like_predictors(n: int, k: int, seed: int) -> list:
             bootstrap.sample_terms(logits, labels), base, bootstrap.sample_terms(perfect, labels)]
 
 
-@pytest.mark.parametrize("n, k, seed", [(20, 2, 0), (331, 5, 1), (3000, 12, 2)])
+@pytest.mark.parametrize("n, k, seed", [(20, 2, 0), (331, 5, 1), (3000, 12, 2), (200, 40, 3)])   # 40: classes left out
 def test_shared_resampling_equals_each_predictor_on_its_own(n, k, seed):
     """The shared implementation (one count matrix, deduplicated passes, the compiled ranking pass) gives every
     predictor the metrics the plain one gives it on the same draws, to 1e-12: published intervals stay valid."""
@@ -294,14 +294,15 @@ def test_shared_resampling_equals_each_predictor_on_its_own(n, k, seed):
     assert all(np.array_equal(single[m], shared[2][m], equal_nan=True) for m in um.METRIC_COLUMNS)
 
 
-def test_class_counts_taken_a_few_resamples_at_a_time_give_the_same_numbers(monkeypatch):
-    """F1's and ECE's class counts are counted in passes of resamples and groups of members that fit
-    CLASS_COUNT_BYTES (B = 100,000 with 1,000 classes would otherwise need GBs): the smallest passes change nothing."""
+def test_members_counted_one_group_at_a_time_give_the_same_numbers(monkeypatch):
+    """The additive metrics come from passes over groups of members whose class counts fit CLASS_COUNT_BYTES (a
+    thread's counts for 128 resamples; many members with many classes would otherwise need GBs): one member at a
+    time changes nothing."""
     predictors = duo_like_predictors(331, 5, 1)
     whole = bootstrap.resampled_metrics(predictors, 300, 4)
-    monkeypatch.setattr(bootstrap, "CLASS_COUNT_BYTES", 1)        # one member at a time, 128 resamples a pass
+    monkeypatch.setattr(bootstrap, "CLASS_COUNT_BYTES", 1)        # one member at a time
     for got, expected in zip(bootstrap.resampled_metrics(predictors, 300, 4), whole):
-        for metric in ("F1", "F1_present", "ECE"):
+        for metric in ("Acc", "NLL", "Brier", "F1", "F1_present", "ECE"):
             assert np.array_equal(got[metric], expected[metric]), metric
 
 

@@ -26,7 +26,7 @@ FEWEST_RESAMPLES, MOST_RESAMPLES = 100, 100_000   # fewer leave a 95% interval's
 # mean anything (with 1 sample every resample is the same: a zero-width interval); such a split is refused.
 FEWEST_SAMPLES = 20
 CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per float64 array
-CLASS_COUNT_BYTES = 1 << 28           # F1's per-class counts of the resamples counted together: ~256 MiB
+CLASS_COUNT_BYTES = 1 << 26           # F1's class counts of one pass of resamples, per thread: ~64 MiB
 # An interval that excludes 0 only by rounding (a duo whose fit reverted to f_large differs from the TS large
 # model by ~1e-9 in NLL) is no finding: significance needs a bound beyond this, in the metric's own units.
 NEGLIGIBLE = 1e-9
@@ -300,59 +300,32 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
 
 
 def _additive_resampled(members: list[SampleTerms], counts_by_sample: np.ndarray) -> list[dict]:
-    """Acc, NLL, Brier (one matrix product for all members, chunk by chunk), F1 and ECE (one compiled pass over the
-    counts for a group of members) of each member. counts_by_sample: (n, resamples)."""
-    n, resamples = counts_by_sample.shape
-    chunk = max(1, CHUNK_ENTRIES // n)
-    stacked = np.stack([v for m in members for v in (m.correct.astype(np.float64), m.nll, m.brier)])
-    products, total = [], []
-    for start in range(0, resamples, chunk):
-        block = counts_by_sample[:, start:start + chunk].astype(np.float64)
-        total.append(block.sum(axis=0))
-        products.append(stacked @ block / total[-1])
-    products, total = np.hstack(products), np.concatenate(total)
-    out = [{"Acc": products[3 * i], "NLL": products[3 * i + 1], "Brier": products[3 * i + 2]}
-           for i in range(len(members))]
-    for start, group in _member_groups(members):
-        for i, found in enumerate(_class_and_bin_resampled(group, counts_by_sample, total), start):
-            out[i].update(found)
+    """Acc, NLL, Brier, F1, F1_present and ECE of each member on every resample, from compiled passes over the counts
+    (one per group of members whose class counts fit CLASS_COUNT_BYTES). counts_by_sample: (n, resamples)."""
+    from utils.maths.bootstrap_kernels import additive_sums
+
+    def by_sample(values) -> np.ndarray:              # (N, M): a sample's members side by side
+        return np.stack(list(values), axis=1)
+    out = []
+    for group in _member_groups(members):
+        right, nll, brier, f1, f1_present, bin_gaps, sizes = additive_sums(
+            counts_by_sample, group[0].labels, by_sample(m.predictions for m in group),
+            by_sample(m.correct for m in group), by_sample(np.where(m.ece_bin >= 0, m.ece_bin, um.ECE_BINS) for m in group),
+            by_sample(m.confidence - m.calibration_correct for m in group), by_sample(m.nll for m in group),
+            by_sample(m.brier for m in group), group[0].true_class.shape[0], um.ECE_BINS)
+        total = sizes.astype(np.float64)
+        out += [{"Acc": right[i] / total, "NLL": nll[i] / total, "Brier": brier[i] / total, "F1": f1[i],
+                 "F1_present": f1_present[i], "ECE": np.abs(bin_gaps[i]).sum(axis=0) / total} for i in range(len(group))]
     return out
 
 
 def _member_groups(members: list[SampleTerms]):
-    """(index of the first, members) in groups whose class counts for one pass of resamples stay within
-    CLASS_COUNT_BYTES."""
+    """The members in groups whose class counts for one pass of resamples stay within CLASS_COUNT_BYTES."""
     from utils.maths.bootstrap_kernels import RESAMPLES_PER_PASS
-    size = max(1, CLASS_COUNT_BYTES // (RESAMPLES_PER_PASS * _class_bytes(1, members[0].true_class.shape[0])))
-    for start in range(0, len(members), size):
-        yield start, members[start:start + size]
-
-
-def _class_bytes(members: int, num_classes: int) -> int:
-    """Memory per resample of the class counts of `members` (int64, and their float64 copies for F1)."""
-    return (2 * members + 1) * num_classes * 8 * 2
-
-
-def _class_and_bin_resampled(members: list[SampleTerms], counts_by_sample: np.ndarray, total: np.ndarray) -> list[dict]:
-    """F1, F1_present and ECE of each member on every resample, from compiled passes over the counts, as many
-    resamples at a time as CLASS_COUNT_BYTES allows (B = 100,000 with 1,000 classes would otherwise need GBs)."""
-    from utils.maths.bootstrap_kernels import RESAMPLES_PER_PASS, class_and_bin_sums
-
-    def by_sample(values) -> np.ndarray:              # (N, M): a sample's members side by side
-        return np.stack(list(values), axis=1)
     num_classes = members[0].true_class.shape[0]
-    inputs = (members[0].labels, by_sample(m.predictions for m in members), by_sample(m.correct for m in members),
-              by_sample(np.where(m.ece_bin >= 0, m.ece_bin, um.ECE_BINS) for m in members),
-              by_sample(m.confidence - m.calibration_correct for m in members), num_classes, um.ECE_BINS)
-    resamples = counts_by_sample.shape[1]
-    step = max(1, CLASS_COUNT_BYTES // (_class_bytes(len(members), num_classes) * RESAMPLES_PER_PASS)) * RESAMPLES_PER_PASS
-    parts = []
-    for start in range(0, resamples, step):
-        true, hits, predicted, bin_gaps = class_and_bin_sums(counts_by_sample[:, start:start + step], *inputs)
-        parts.append([_f1_and_ece(hits[i], true, predicted[i], bin_gaps[i], total[start:start + step])
-                      for i in range(len(members))])
-    return [{metric: np.concatenate([part[i][metric] for part in parts]) for metric in parts[0][i]}
-            for i in range(len(members))]
+    size = max(1, (CLASS_COUNT_BYTES // (RESAMPLES_PER_PASS * num_classes * 4) - 1) // 2)   # int32 (2 M + 1) x K
+    for start in range(0, len(members), size):
+        yield members[start:start + size]
 
 
 def _selective_resampled(terms: SampleTerms, counts_by_sample: np.ndarray) -> dict[str, np.ndarray]:

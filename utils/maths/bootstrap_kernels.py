@@ -166,24 +166,29 @@ def _cross(allowed, total_before, errors_before, total, errors, bounds, plain_be
     return allowed
 
 
-RESAMPLES_PER_PASS = 128          # class_and_bin_sums: a group's class counts stay in cache (measured fastest)
+RESAMPLES_PER_PASS = 128          # additive_sums: a group's class counts stay in cache (measured fastest)
 
 
 @njit(parallel=True, cache=True)
-def class_and_bin_sums(counts_by_sample, labels, predictions, correct, bins, gaps, num_classes, n_bins):
-    """The count-weighted sums behind F1 and ECE, for M predictors scored on the same N samples, every resample
-    at once. counts_by_sample (N, B) integer draws; labels (N,); predictions, correct (bool) and bins (the ECE
-    bin, n_bins for outside every bin) (N, M); gaps (N, M) confidence - calibration_correct. Returns the
-    per-class counts of the labels (K, B), of the correct predictions and of the predictions (M, K, B), and
-    each ECE bin's sum of gaps (M, n_bins, B), added in sample order as the sparse products do. A group of
-    resamples is one pass over the samples that adds each sample's row of counts to its classes' rows: the
-    additions run along the resamples, in vector registers."""
+def additive_sums(counts_by_sample, labels, predictions, correct, bins, gaps, nll, brier, num_classes, n_bins):
+    """The count-weighted sums of the additive metrics, for M predictors scored on the same N samples, every resample
+    at once. counts_by_sample (N, B) integer draws; labels (N,); predictions, correct (bool), bins (the ECE bin,
+    n_bins for outside every bin), gaps (confidence - calibration_correct), nll and brier (N, M). Returns per member
+    and resample: right answers (M, B), NLL's and Brier's sums (M, B), F1 and F1 over the classes present (M, B),
+    each ECE bin's sum of gaps (M, n_bins, B); and each resample's size (B,).
+
+    A group of resamples is one pass over the samples that adds each sample's row of counts to its classes' rows and
+    to the members' sums: the additions run along the resamples, in vector registers. F1 then comes from the group's
+    class counts (macro average over the classes in class order, as `bootstrap._macro_f1` adds them), so no
+    (classes x resamples) array leaves the pass. The sums are integers where the terms are (exact); NLL's and Brier's are
+    compensated, and the gaps' are added in sample order (as the sparse products of `weighted_metrics`)."""
     n, resamples = counts_by_sample.shape
     members = predictions.shape[1]
-    true = np.zeros((num_classes, resamples), np.int64)
-    hits = np.zeros((members, num_classes, resamples), np.int64)
-    predicted = np.zeros((members, num_classes, resamples), np.int64)
+    right = np.zeros((members, resamples), np.int64)
+    nll_sums, brier_sums = np.zeros((members, resamples)), np.zeros((members, resamples))
+    f1, f1_present = np.zeros((members, resamples)), np.zeros((members, resamples))
     bin_gaps = np.zeros((members, n_bins, resamples))
+    sizes = np.zeros(resamples, np.int64)
     for group in prange((resamples + RESAMPLES_PER_PASS - 1) // RESAMPLES_PER_PASS):
         first = group * RESAMPLES_PER_PASS
         width = min(RESAMPLES_PER_PASS, resamples - first)
@@ -191,22 +196,57 @@ def class_and_bin_sums(counts_by_sample, labels, predictions, correct, bins, gap
         hits_g = np.zeros((members, num_classes, width), np.int32)
         predicted_g = np.zeros((members, num_classes, width), np.int32)
         gaps_g = np.zeros((members, n_bins + 1, width))
+        right_g = np.zeros((members, width), np.int64)
+        nll_g, brier_g = np.zeros((members, width)), np.zeros((members, width))
+        nll_lost, brier_lost = np.zeros((members, width)), np.zeros((members, width))     # Kahan's compensations
+        size_g = np.zeros(width, np.int64)
         for i in range(n):
             drawn = counts_by_sample[i, first:first + width]
             _add(true_g[labels[i]], drawn)
+            _add(size_g, drawn)
             for m in range(members):
                 k = predictions[i, m]
                 _add(predicted_g[m, k], drawn)
                 if correct[i, m]:
                     _add(hits_g[m, k], drawn)
-                gap, into = gaps[i, m], gaps_g[m, bins[i, m]]
-                for q in range(width):
-                    into[q] += drawn[q] * gap
-        true[:, first:first + width] = true_g
-        hits[:, :, first:first + width] = hits_g
-        predicted[:, :, first:first + width] = predicted_g
+                    _add(right_g[m], drawn)
+                _add_scaled(gaps_g[m, bins[i, m]], drawn, gaps[i, m])
+                _add_compensated(nll_g[m], nll_lost[m], drawn, nll[i, m])
+                _add_compensated(brier_g[m], brier_lost[m], drawn, brier[i, m])
+        for m in range(members):
+            for q in range(width):
+                everywhere, present, used, seen = 0.0, 0.0, 0, 0
+                for k in range(num_classes):
+                    true_k = np.float64(true_g[k, q])
+                    denom = true_k + np.float64(predicted_g[m, k, q])
+                    score = 2.0 * np.float64(hits_g[m, k, q]) / denom if denom > 0 else 0.0
+                    everywhere += score * (denom > 0)
+                    present += score * (true_k > 0)
+                    used += denom > 0
+                    seen += true_k > 0
+                f1[m, first + q], f1_present[m, first + q] = everywhere / used, present / seen
+        right[:, first:first + width] = right_g
+        nll_sums[:, first:first + width] = nll_g
+        brier_sums[:, first:first + width] = brier_g
         bin_gaps[:, :, first:first + width] = gaps_g[:, :n_bins]
-    return true, hits, predicted, bin_gaps
+        sizes[first:first + width] = size_g
+    return right, nll_sums, brier_sums, f1, f1_present, bin_gaps, sizes
+
+
+@njit(cache=True, inline="always")
+def _add_compensated(into, lost, drawn, value):
+    """Kahan's summation: N terms of one sign added one by one would lose ~sqrt(N) roundings."""
+    for q in range(drawn.shape[0]):
+        term = drawn[q] * value - lost[q]
+        total = into[q] + term
+        lost[q] = (total - into[q]) - term
+        into[q] = total
+
+
+@njit(cache=True, inline="always")
+def _add_scaled(into, drawn, value):
+    for q in range(drawn.shape[0]):
+        into[q] += drawn[q] * value
 
 
 @njit(cache=True, inline="always")
