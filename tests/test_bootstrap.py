@@ -321,3 +321,19 @@ def test_the_ranking_pass_gives_the_reference_numbers_for_any_group_of_resamples
             if metric.startswith("SAC"):
                 assert np.array_equal(values, expected[metric]), metric
             np.testing.assert_allclose(values, expected[metric], rtol=0, atol=1e-12, equal_nan=True, err_msg=metric)
+
+
+def test_a_stage5_run_draws_each_split_once(monkeypatch):
+    """Each duo of a stage-5 run resamples test and a shifted split for its intervals, and both again (the shifted
+    split with its own seed) for shift detection: three draws in all, kept for every later duo of the run."""
+    from utils.stages import shift
+    drawn = []
+    real = bootstrap.draw_counts
+    monkeypatch.setattr(bootstrap, "draw_counts", lambda *args: drawn.append(args) or real(*args))
+    monkeypatch.setattr(bootstrap, "_DRAWN", {})
+    test_split, shifted_split = duo_like_predictors(300, 5, 0)[:2], duo_like_predictors(120, 5, 1)[:2]
+    for _ in range(3):                                 # three duos
+        for predictors in (test_split, shifted_split):
+            bootstrap.resampled_metrics(predictors, 100, 0)
+        shift._resampled(test_split[0].uncertainty, shifted_split[0].uncertainty, 100, 0)
+    assert sorted(drawn) == [(120, 100, 0), (120, 100, 1), (300, 100, 0)]

@@ -237,22 +237,25 @@ def draw_counts(n: int, resamples: int, seed: int) -> np.ndarray:
     return counts.astype(np.uint8) if counts.max() <= np.iinfo(np.uint8).max else counts
 
 
-# The last few (n, resamples, seed) drawn, in both layouts: a stage's duos share them.
-_DRAWN: dict[tuple[int, int, int], dict[str, np.ndarray]] = {}
+# The (n, resamples, seed) drawn lately, in the layout the compiled passes read: a stage's duos share them. A stage-5
+# duo with a shifted split uses three (test, the shifted split, and the shifted split's own draws for detection), and
+# more shifted splits use more, so the cache is bounded by memory, not by a count, and the least recently used leave.
+_DRAWN: dict[tuple[int, int, int], np.ndarray] = {}
+DRAWN_BYTES = 1 << 30
 
 
-def shared_counts(n: int, resamples: int, seed: int, by_sample: bool = False) -> np.ndarray:
-    """`draw_counts(n, resamples, seed)`, kept for the next call; with `by_sample` its transpose (n, resamples),
-    C-ordered, which the passes that run along the resamples want."""
+def shared_counts(n: int, resamples: int, seed: int) -> np.ndarray:
+    """`draw_counts(n, resamples, seed)` transposed to (n, resamples), C-ordered (a sample's draws in every resample
+    side by side, the layout of utils/maths/bootstrap_kernels.py), kept for the next call with the same arguments."""
     key = (n, resamples, seed)
-    if key not in _DRAWN:
-        while len(_DRAWN) >= 2:
-            _DRAWN.pop(next(iter(_DRAWN)))
-        _DRAWN[key] = {"by_resample": draw_counts(n, resamples, seed)}
-    drawn = _DRAWN[key]
-    if by_sample and "by_sample" not in drawn:
-        drawn["by_sample"] = np.ascontiguousarray(drawn["by_resample"].T)
-    return drawn["by_sample" if by_sample else "by_resample"]
+    if key in _DRAWN:
+        _DRAWN[key] = _DRAWN.pop(key)                   # most recently used last
+        return _DRAWN[key]
+    counts = np.ascontiguousarray(draw_counts(n, resamples, seed).T)
+    while _DRAWN and sum(kept.nbytes for kept in _DRAWN.values()) + counts.nbytes > DRAWN_BYTES:
+        _DRAWN.pop(next(iter(_DRAWN)))
+    _DRAWN[key] = counts
+    return counts
 
 
 def _content_key(*arrays: np.ndarray) -> bytes:
@@ -277,7 +280,7 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
     members = terms if several else [terms]
     n = len(members[0].correct)
     check_samples(n, "the paired bootstrap")
-    counts_by_sample = shared_counts(n, resamples, seed, by_sample=True)
+    counts_by_sample = shared_counts(n, resamples, seed)
     scored = {}            # content key -> that predictor's part of the metrics
     additive = {}
     for member in members:

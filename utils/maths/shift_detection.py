@@ -55,7 +55,7 @@ def weighted_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: n
 def resampled_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: np.ndarray,
                         counts_out: np.ndarray) -> dict[str, np.ndarray]:
     """`weighted_detection`'s numbers for integer counts of any number of resamples, given samples along axis 0
-    (counts_in (n_in, R), counts_out (n_out, R): the layout `bootstrap.shared_counts(..., by_sample=True)` keeps),
+    (counts_in (n_in, R), counts_out (n_out, R): the layout `bootstrap.shared_counts` keeps),
     without (resamples x samples) float arrays: compiled walks in score order, groups of resamples spread over the
     cores."""
     import numba

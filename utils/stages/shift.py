@@ -42,8 +42,8 @@ def single_uncertainties(splits: dict, temperature: float, uncertainty_types) ->
 def _resampled(inside: np.ndarray, outside: np.ndarray, resamples: int, seed: int) -> dict[str, np.ndarray]:
     """The detection metrics on `resamples` paired resamples: the test split and the shifted one each resampled
     (independent draws, seed and seed + 1; the same draws for every predictor compared)."""
-    return resampled_detection(inside, outside, bootstrap.shared_counts(len(inside), resamples, seed, by_sample=True),
-                               bootstrap.shared_counts(len(outside), resamples, seed + 1, by_sample=True))
+    return resampled_detection(inside, outside, bootstrap.shared_counts(len(inside), resamples, seed),
+                               bootstrap.shared_counts(len(outside), resamples, seed + 1))
 
 
 def detection_deltas(duo: dict[str, dict[tuple, np.ndarray]], base: dict[str, dict[str, np.ndarray]],
