@@ -270,10 +270,10 @@ def resampled_metrics(terms: SampleTerms | list[SampleTerms], resamples: int, se
     scored on the same samples (a list of dicts, each resample shared by all). The same (n, resamples, seed)
     always draws the same resamples, so results of separate calls pair up too.
 
-    The predictors share their work: one count matrix (kept for the next call with the same draws), one matrix
-    product for the additive metrics of every distinct prediction, one ranking pass per distinct (uncertainty,
-    errors) pair, compiled and spread over the cores (utils/maths/bootstrap_kernels.py). The numbers are
-    `weighted_metrics`' on the same counts."""
+    The predictors share their work: one count matrix (kept for the next call with the same draws), one pass over
+    it for the additive metrics of every distinct prediction, one ranking pass per distinct (uncertainty, errors)
+    pair, compiled and spread over the cores (utils/maths/bootstrap_kernels.py). The numbers are `weighted_metrics`'
+    on the same counts (to 1e-12; tests/test_bootstrap.py)."""
     if not FEWEST_RESAMPLES <= resamples <= MOST_RESAMPLES:
         raise ValueError(f"{resamples} resamples: use {FEWEST_RESAMPLES} to {MOST_RESAMPLES} (1000 is usual)")
     several = isinstance(terms, list)
