@@ -315,8 +315,8 @@ def test_the_ranking_pass_gives_the_reference_numbers_for_any_group_of_resamples
     n = 331
     counts = bootstrap.draw_counts(n, 200, 6)
     for terms in duo_like_predictors(n, 5, 1):
-        got = bootstrap._selective_resampled(terms, np.ascontiguousarray(counts.T).astype(dtype))
-        expected = bootstrap._weighted_selective(terms, counts.T.astype(np.float64), np.full(200, float(n)))
+        got = bootstrap._selective_resampled(terms, counts.astype(dtype))
+        expected = bootstrap._weighted_selective(terms, counts.astype(np.float64), np.full(200, float(n)))
         for metric, values in got.items():
             if metric.startswith("SAC"):
                 assert np.array_equal(values, expected[metric]), metric
@@ -337,3 +337,23 @@ def test_a_stage5_run_draws_each_split_once(monkeypatch):
             bootstrap.resampled_metrics(predictors, 100, 0)
         shift._resampled(test_split[0].uncertainty, shifted_split[0].uncertainty, 100, 0)
     assert sorted(drawn) == [(120, 100, 0), (120, 100, 1), (300, 100, 0)]
+
+
+def test_a_count_over_255_widens_the_drawn_counts(monkeypatch):
+    """Counts are kept as uint8 (a sample drawn 256 times in one resample of N draws almost never happens); a chunk
+    that holds such a count turns the whole matrix into int32, the chunks counted before it kept."""
+    from utils.maths import bootstrap_kernels
+    n, chunk = 500, bootstrap.CHUNK_ENTRIES // 500
+    expected = bootstrap.draw_counts(n, 3 * chunk, 0).astype(np.int32)
+    real = bootstrap_kernels.count_draws
+    calls = []
+
+    def count_draws(draws, counts):
+        real(draws, counts)
+        calls.append(1)
+        if len(calls) == 2:                 # the second chunk: one sample drawn 300 times more in its first resample
+            counts[0, 7] += 300
+    monkeypatch.setattr(bootstrap_kernels, "count_draws", count_draws)
+    got = bootstrap.draw_counts(n, 3 * chunk, 0)
+    expected[7, chunk] += 300
+    assert got.dtype == np.int32 and np.array_equal(got, expected)

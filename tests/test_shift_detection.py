@@ -63,13 +63,14 @@ def test_the_compiled_walk_gives_the_reference_numbers(monkeypatch, rounding):
         score_in, score_out = np.round(score_in, rounding), np.round(score_out, rounding)
     counts_in, counts_out = draw_counts(300, 200, seed=0), draw_counts(40, 200, seed=1)
     assert counts_in.dtype == np.uint8 and (counts_in == 0).mean() > 0.3
-    skewed = rng.integers(0, 600, (3, 40)).astype(np.int32)                # counts_in uint8, counts_out int32
-    skewed[0] = 0                                  # no shifted sample drawn: every threshold reaches the TPR level
-    for (drawn_in, drawn_out), lanes in itertools.product(((counts_in, counts_out), (counts_in[:3], skewed)), (1, 7, 64)):
+    skewed = rng.integers(0, 600, (40, 3)).astype(np.int32)                # counts_in uint8, counts_out int32
+    skewed[:, 0] = 0                               # no shifted sample drawn: every threshold reaches the TPR level
+    cases = ((counts_in, counts_out), (np.ascontiguousarray(counts_in[:, :3]), skewed))
+    for (drawn_in, drawn_out), lanes in itertools.product(cases, (1, 7, 64)):
         monkeypatch.setattr(bootstrap_kernels, "lanes_for", lambda resamples, threads, width=lanes: width)
-        found = resampled_detection(score_in, score_out, np.ascontiguousarray(drawn_in.T), np.ascontiguousarray(drawn_out.T))
+        found = resampled_detection(score_in, score_out, drawn_in, drawn_out)      # samples along axis 0
         with np.errstate(divide="ignore", invalid="ignore"):         # 0 / 0 where no shifted sample was drawn
-            expected = weighted_detection(score_in, score_out, drawn_in, drawn_out)
+            expected = weighted_detection(score_in, score_out, drawn_in.T, drawn_out.T)
         assert np.array_equal(found["AUROC"], expected["AUROC"], equal_nan=True)
         assert np.array_equal(found["FPR95"], expected["FPR95"])
         np.testing.assert_allclose(found["AUPR"], expected["AUPR"], rtol=0, atol=1e-14, equal_nan=True)

@@ -314,7 +314,8 @@ def _read_npz(path: Path) -> PredictionSet:
         with np.load(path, allow_pickle=False) as archive:
             data = {key: archive[key] for key in archive.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise UserError(f"{path}: cannot read NPZ ({_npz_problem(exc)}); regenerate it with stage 1") from None
+        raise UserError(f"{path}: cannot read NPZ ({_npz_problem(exc)}); regenerate it with stage 1, or write it "
+                        "again from your own logits (docs/files.md)") from None
     meta: dict = {}
     if "meta" in data:
         try:

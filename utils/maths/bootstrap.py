@@ -2,9 +2,10 @@
 scored on the same test samples (a duo against its temperature-scaled large model).
 
 A resample is a count vector c (how often each sample was drawn, summing to N). Every metric is then
-a function of weighted sums over the samples, so B resamples are a (B, N) count matrix and the
-metrics are matrix products and cumulative sums over one fixed ordering: no resampled copy of the
-logits, and one sort per predictor (not per resample) for the ranking metrics. With c = 1 every
+a function of weighted sums over the samples, so B resamples are an (N, B) count matrix and the
+metrics are weighted sums and cumulative sums over one fixed ordering: no resampled copy of the
+logits, and one sort per predictor (not per resample) for the ranking metrics. `weighted_metrics` is
+the plain version in numpy; `resampled_metrics` gets the same numbers from compiled passes. With c = 1 every
 function reproduces `uncertainty_metrics.compute_metrics` (ties in uncertainty broken by sample
 order, as there). Both predictors get the same count matrix: the interval is paired.
 """
@@ -26,7 +27,7 @@ FEWEST_RESAMPLES, MOST_RESAMPLES = 100, 100_000   # fewer leave a 95% interval's
 # mean anything (with 1 sample every resample is the same: a zero-width interval); such a split is refused.
 FEWEST_SAMPLES = 20
 CHUNK_ENTRIES = 1 << 21               # resamples per chunk x N: ~16 MiB per float64 array
-CLASS_COUNT_BYTES = 1 << 26           # F1's class counts of one pass of resamples, per thread: ~64 MiB
+CLASS_COUNT_BYTES = 1 << 27           # F1's class counts, all threads' passes of resamples: ~128 MiB
 # An interval that excludes 0 only by rounding (a duo whose fit reverted to f_large differs from the TS large
 # model by ~1e-9 in NLL) is no finding: significance needs a bound beyond this, in the metric's own units.
 NEGLIGIBLE = 1e-9
@@ -224,17 +225,24 @@ def resample_counts(n: int, resamples: int, rng: np.random.Generator) -> np.ndar
 
 
 def draw_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n) counts, the smallest integer type that holds them: row r holds how often each of the n
-    samples was drawn in resample r. The same draws as `resample_counts` called chunk by chunk with one generator
-    (the layout `weighted_metrics` wants is the transpose), so every result of earlier versions stays valid."""
+    """(n, resamples) counts, C-ordered, in the smallest integer type that holds them: column r holds how often each
+    of the n samples was drawn in resample r (a sample's draws in every resample side by side, the layout of
+    utils/maths/bootstrap_kernels.py). The same draws as `resample_counts` called chunk by chunk with one generator,
+    so every result of earlier versions stays valid. Counted a chunk of resamples at a time: memory stays at the
+    result (uint8: n x resamples bytes, 4.75 GB for B = 100,000 at ImageNet's 47,500) and one chunk."""
     from utils.maths.bootstrap_kernels import count_draws
     rng = np.random.default_rng(seed)
     chunk = max(1, CHUNK_ENTRIES // n)
-    counts = np.zeros((resamples, n), dtype=np.int32)
+    counts = np.empty((n, resamples), dtype=np.uint8)
+    block = np.empty((chunk, n), dtype=np.int32)
     for start in range(0, resamples, chunk):
-        size = min(chunk, resamples - start)
-        count_draws(rng.integers(0, n, size=(size, n)), counts[start:start + size])
-    return counts.astype(np.uint8) if counts.max() <= np.iinfo(np.uint8).max else counts
+        part = block[:min(chunk, resamples - start)]
+        part[:] = 0
+        count_draws(rng.integers(0, n, size=part.shape), part)
+        if counts.dtype == np.uint8 and part.max() > np.iinfo(np.uint8).max:
+            counts = counts.astype(np.int32)             # a sample drawn 256 times or more in one resample: rare
+        counts[:, start:start + len(part)] = part.T
+    return counts
 
 
 # The (n, resamples, seed) drawn lately, in the layout the compiled passes read: a stage's duos share them. A stage-5
@@ -245,13 +253,12 @@ DRAWN_BYTES = 1 << 30
 
 
 def shared_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """`draw_counts(n, resamples, seed)` transposed to (n, resamples), C-ordered (a sample's draws in every resample
-    side by side, the layout of utils/maths/bootstrap_kernels.py), kept for the next call with the same arguments."""
+    """`draw_counts(n, resamples, seed)`, kept for the next call with the same arguments."""
     key = (n, resamples, seed)
     if key in _DRAWN:
         _DRAWN[key] = _DRAWN.pop(key)                   # most recently used last
         return _DRAWN[key]
-    counts = np.ascontiguousarray(draw_counts(n, resamples, seed).T)
+    counts = draw_counts(n, resamples, seed)
     while _DRAWN and sum(kept.nbytes for kept in _DRAWN.values()) + counts.nbytes > DRAWN_BYTES:
         _DRAWN.pop(next(iter(_DRAWN)))
     _DRAWN[key] = counts
@@ -323,10 +330,13 @@ def _additive_resampled(members: list[SampleTerms], counts_by_sample: np.ndarray
 
 
 def _member_groups(members: list[SampleTerms]):
-    """The members in groups whose class counts for one pass of resamples stay within CLASS_COUNT_BYTES."""
+    """The members in groups whose class counts stay within CLASS_COUNT_BYTES, all threads' together (each thread
+    counts a pass of resamples: int32 (2 M + 1) x K x RESAMPLES_PER_PASS)."""
+    import numba
+
     from utils.maths.bootstrap_kernels import RESAMPLES_PER_PASS
-    num_classes = members[0].true_class.shape[0]
-    size = max(1, (CLASS_COUNT_BYTES // (RESAMPLES_PER_PASS * num_classes * 4) - 1) // 2)   # int32 (2 M + 1) x K
+    per_thread = CLASS_COUNT_BYTES // numba.get_num_threads()
+    size = max(1, (per_thread // (RESAMPLES_PER_PASS * members[0].true_class.shape[0] * 4) - 1) // 2)
     for start in range(0, len(members), size):
         yield members[start:start + size]
 
