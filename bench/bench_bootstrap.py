@@ -130,8 +130,8 @@ def main() -> None:
     print(compare(shared, plain))
     sweep = "the paper's 134 ImageNet duos" if (args.n, args.k) == ([47_500, 10_000], 1_000) else \
         f"134 duos of this size (N={args.n}, K={args.k}; not ImageNet's)"
-    print(f"{sweep} with --bootstrap {args.resamples}: ~{134 * shared_s / 60:.0f} min of duo intervals "
-          f"(before: ~{134 * plain_s / 3600:.1f} h), ~{134 * (shared_s + walk_s) / 60:.0f} min with shift detection's "
+    print(f"{sweep} with --bootstrap {args.resamples}: ~{134 * shared_s / 60:.1f} min of duo intervals "
+          f"(before: ~{134 * plain_s / 3600:.1f} h), ~{134 * (shared_s + walk_s) / 60:.1f} min with shift detection's "
           f"(before: ~{134 * (plain_s + arrays_s) / 3600:.1f} h)")
 
 

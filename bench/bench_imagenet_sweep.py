@@ -2,7 +2,10 @@
 10,000 images x 1,000 classes, all 5 modes x 3 uncertainty types; wall time per duo and peak memory of
 the stage's process (temperatures fitted beforehand by stages 2 and 3, which are not timed).
 
-    python bench/bench_imagenet_sweep.py [--large 4 --small 8]
+    python bench/bench_imagenet_sweep.py [--large 4 --small 8] [--bootstrap 1000]
+
+With --bootstrap B, stage 5 runs a second time with the paired intervals (shift detection's included) and the bench
+prints both.
 
 Writes ~3 GB of synthetic prediction files to a temporary folder (--tmp_dir to choose where).
 """
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=4)
     parser.add_argument("--small", type=int, default=8)
     parser.add_argument("--tmp_dir", help="where the synthetic prediction files go (default: the system's)")
+    parser.add_argument("--bootstrap", type=int, default=0, help="also time stage 5 with --bootstrap B")
     args = parser.parse_args()
     large = [f"large_{i}" for i in range(args.large)]
     small = [f"small_{i}" for i in range(args.small)]
@@ -72,13 +76,21 @@ def main() -> None:
         run("evaluate/2_temp_scale.py", "--predictions_dir", root / "predictions", "--output_dir", root / "cal")
         run("evaluate/3_duo_temp_scale.py", "--config", root / "duos.csv", "--predictions_dir", root / "predictions",
             "--output_dir", root / "cal")
-        wall, peak_gb = run("evaluate/5_evaluate_duo_predictions.py", "--config", root / "duos.csv", "--predictions_dir",
-                            root / "predictions", "--calibrated_dir", root / "cal", "--output_dir", root / "results")
+        stage5 = ("evaluate/5_evaluate_duo_predictions.py", "--config", root / "duos.csv", "--predictions_dir",
+                  root / "predictions", "--calibrated_dir", root / "cal")
+        wall, peak_gb = run(*stage5, "--output_dir", root / "results")
         rows = sum(len(pd.read_csv(root / "results" / f"evaluation_duo_imagenet{s}.csv")) for s in ("", "_ood"))
+        if args.bootstrap:
+            boot_wall, boot_gb = run(*stage5, "--output_dir", root / "results_bootstrap", "--bootstrap", args.bootstrap)
+            intervals = sum(len(pd.read_csv(path)) for path in (root / "results_bootstrap").glob("*delta*.csv"))
     duos = len(large) * len(small)
     print(f"stage 5, {duos} duos x 5 modes x 3 uncertainty types x 2 splits at ImageNet size ({rows} rows): "
           f"{wall:.1f} s wall, {wall / duos:.2f} s per duo (target <= {TARGET_S_PER_DUO} s), "
           f"peak {peak_gb:.2f} GB (target <= {TARGET_GB} GB)")
+    if args.bootstrap:
+        print(f"with --bootstrap {args.bootstrap} ({intervals} interval rows, shift detection's included): "
+              f"{boot_wall:.1f} s wall, {boot_wall / duos:.2f} s per duo, peak {boot_gb:.2f} GB; "
+              f"134 such duos ~{134 * boot_wall / duos / 60:.1f} min")
 
 
 if __name__ == "__main__":
