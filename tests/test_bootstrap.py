@@ -311,7 +311,7 @@ def test_the_ranking_pass_gives_the_reference_numbers_for_any_group_of_resamples
     """The compiled ranking pass walks the resamples in groups (`lanes` at a time) over uint8 or int32 counts; every
     width gives `_weighted_selective`'s numbers: SAC exactly, the others to 1e-12 (ties, a degenerate predictor)."""
     from utils.maths import bootstrap_kernels
-    monkeypatch.setattr(bootstrap_kernels, "lanes_for", lambda resamples, threads: lanes)
+    monkeypatch.setattr(bootstrap_kernels, "lanes_for", lambda resamples: lanes)
     n = 331
     counts = bootstrap.draw_counts(n, 200, 6)
     for terms in duo_like_predictors(n, 5, 1):

@@ -67,7 +67,7 @@ def test_the_compiled_walk_gives_the_reference_numbers(monkeypatch, rounding):
     skewed[:, 0] = 0                               # no shifted sample drawn: every threshold reaches the TPR level
     cases = ((counts_in, counts_out), (np.ascontiguousarray(counts_in[:, :3]), skewed))
     for (drawn_in, drawn_out), lanes in itertools.product(cases, (1, 7, 64)):
-        monkeypatch.setattr(bootstrap_kernels, "lanes_for", lambda resamples, threads, width=lanes: width)
+        monkeypatch.setattr(bootstrap_kernels, "lanes_for", lambda resamples, width=lanes: width)
         found = resampled_detection(score_in, score_out, drawn_in, drawn_out)      # samples along axis 0
         with np.errstate(divide="ignore", invalid="ignore"):         # 0 / 0 where no shifted sample was drawn
             expected = weighted_detection(score_in, score_out, drawn_in.T, drawn_out.T)

@@ -343,8 +343,6 @@ def _member_groups(members: list[SampleTerms]):
 
 def _selective_resampled(terms: SampleTerms, counts_by_sample: np.ndarray) -> dict[str, np.ndarray]:
     """`_weighted_selective` of every resample at once, from the compiled ranking pass. counts_by_sample: (n, resamples)."""
-    import numba
-
     from utils.maths.bootstrap_kernels import lanes_for, selective_sums
     n, resamples = counts_by_sample.shape
     run_start = np.zeros(n, dtype=np.bool_)
@@ -352,7 +350,7 @@ def _selective_resampled(terms: SampleTerms, counts_by_sample: np.ndarray) -> di
     harmonic = np.r_[0.0, np.cumsum(1.0 / np.arange(1, n + 1))]
     n_errors, ramp_sum, a1, a2, loss, best = selective_sums(
         counts_by_sample, terms.order, ~terms.correct[terms.order], run_start, np.arange(n + 1) * harmonic,
-        np.asarray(SAC_LEVELS, dtype=np.int64), lanes_for(resamples, numba.get_num_threads()))
+        np.asarray(SAC_LEVELS, dtype=np.int64), lanes_for(resamples))
     total = float(n)
     n_correct = total - n_errors
     aurc = (n_errors * (harmonic[n] + 1) - ramp_sum) / total

@@ -22,6 +22,7 @@ How the walk is laid out, and why:
 - The rows are read in an order no hardware prefetcher can guess: the walk asks for the row a few samples ahead."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -46,9 +47,16 @@ def _prefetch(typingctx, array, index):
     return types.none(array, types.intp), codegen
 
 
-def lanes_for(resamples: int, threads: int) -> int:
-    """Resamples per group: every thread gets a group, none more than MOST_LANES."""
-    groups = max(threads, -(-resamples // MOST_LANES))
+@njit(cache=True, inline="always")
+def _prefetch_row(flat, start, width):
+    """Ask for flat[start:start + width] (a group's slice of a row of counts), one cache line at a time."""
+    for offset in range(0, width, max(1, 64 // flat.itemsize)):
+        _prefetch(flat, start + offset)
+
+
+def lanes_for(resamples: int) -> int:
+    """Resamples per group: every numba thread gets a group, none more than MOST_LANES."""
+    groups = max(numba.get_num_threads(), -(-resamples // MOST_LANES))
     return max(1, -(-resamples // groups))
 
 
@@ -64,7 +72,6 @@ def selective_sums(counts_by_sample, order, wrong, run_start, ramp, levels, lane
     ties = not np.all(run_start)
     positions = order.astype(np.int64)
     flat = counts_by_sample.reshape(-1)
-    line = max(1, 64 // flat.itemsize)
     bounds = np.empty(n_levels + 2, np.int64)     # the levels between two sentinels: "no level" and "every level"
     bounds[0], bounds[1:n_levels + 1], bounds[n_levels + 1] = -1, levels, 101
     out = np.zeros((5, resamples))
@@ -84,9 +91,7 @@ def selective_sums(counts_by_sample, order, wrong, run_start, ramp, levels, lane
         plain_best = np.zeros((width, n_levels + 1), np.int64)
         inner_best = np.zeros((width, n_levels), np.int64)
         for j in range(n):
-            ahead = positions[min(j + PREFETCH_AHEAD, n - 1)] * resamples + first
-            for offset in range(0, width, line):
-                _prefetch(flat, ahead + offset)
+            _prefetch_row(flat, positions[min(j + PREFETCH_AHEAD, n - 1)] * resamples + first, width)
             row = counts_by_sample[positions[j], first:first + width]
             if ties and run_start[j]:      # close the run before: its right answers lose to the errors before it
                 for q in range(width):     # and to half of the run's own
@@ -94,8 +99,7 @@ def selective_sums(counts_by_sample, order, wrong, run_start, ramp, levels, lane
                     lost2[q] += (right - run_right[q]) * (errors[q] + run_errors[q])
                     run_right[q], run_errors[q] = right, errors[q]
             if not wrong[j]:
-                for q in range(width):
-                    total[q] += row[q]
+                _add(total, row)
                 continue
             any_crossed = np.uint8(0)
             for q in range(width):
@@ -282,20 +286,15 @@ def detection_sums(counts_in, counts_out, order, shifted, group_end, full_group,
     n = n_in + counts_out.shape[0]
     positions = order.astype(np.int64)
     flat_in, flat_out = counts_in.reshape(-1), counts_out.reshape(-1)
-    line = max(1, 64 // flat_in.itemsize)
     auroc, aupr, fpr95 = np.empty(resamples), np.empty(resamples), np.empty(resamples)
     for group in prange((resamples + lanes - 1) // lanes):
         first = group * lanes
         width = min(lanes, resamples - first)
         negatives, positives = np.zeros(width, np.int64), np.zeros(width, np.int64)
         for i in range(n_in):
-            row = counts_in[i, first:first + width]
-            for q in range(width):
-                negatives[q] += row[q]
+            _add(negatives, counts_in[i, first:first + width])
         for i in range(n - n_in):
-            row = counts_out[i, first:first + width]
-            for q in range(width):
-                positives[q] += row[q]
+            _add(positives, counts_out[i, first:first + width])
         threshold = tpr_level * positives - 1e-9 * positives      # as weighted_detection computes it
         tp, fp, tp_run, fp_run = np.zeros(width), np.zeros(width), np.zeros(width), np.zeros(width)
         doubled_wins = np.zeros(width)   # 2 x AUROC's numerator: shifted copies ranked above, tied ones counting half
@@ -304,19 +303,13 @@ def detection_sums(counts_in, counts_out, order, shifted, group_end, full_group,
         for j in range(n):
             ahead = positions[min(j + PREFETCH_AHEAD, n - 1)]
             if ahead < n_in:
-                for offset in range(0, width, line):
-                    _prefetch(flat_in, ahead * resamples + first + offset)
+                _prefetch_row(flat_in, ahead * resamples + first, width)
             else:
-                for offset in range(0, width, line):
-                    _prefetch(flat_out, (ahead - n_in) * resamples + first + offset)
+                _prefetch_row(flat_out, (ahead - n_in) * resamples + first, width)
             if shifted[j]:
-                row = counts_out[positions[j] - n_in, first:first + width]
-                for q in range(width):
-                    tp_run[q] += row[q]
+                _add(tp_run, counts_out[positions[j] - n_in, first:first + width])
             else:
-                row = counts_in[positions[j], first:first + width]
-                for q in range(width):
-                    fp_run[q] += row[q]
+                _add(fp_run, counts_in[positions[j], first:first + width])
             if not group_end[j]:
                 continue
             if not full_group[j]:

@@ -58,8 +58,6 @@ def resampled_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: 
     (counts_in (n_in, R), counts_out (n_out, R): the layout `bootstrap.shared_counts` keeps),
     without (resamples x samples) float arrays: compiled walks in score order, groups of resamples spread over the
     cores."""
-    import numba
-
     from utils.maths.bootstrap_kernels import detection_sums, lanes_for
     order, run_start = _ranked(score_in, score_out)
     group_end = np.r_[run_start[1:], True]
@@ -72,7 +70,7 @@ def resampled_detection(score_in: np.ndarray, score_out: np.ndarray, counts_in: 
     dtype = np.result_type(counts_in.dtype, counts_out.dtype)
     auroc, aupr, fpr95 = detection_sums(counts_in.astype(dtype, copy=False), counts_out.astype(dtype, copy=False),
                                         order, shifted, group_end, full_group, TPR_LEVEL,
-                                        lanes_for(counts_in.shape[1], numba.get_num_threads()))
+                                        lanes_for(counts_in.shape[1]))
     return {"AUROC": auroc, "AUPR": aupr, "FPR95": fpr95}
 
 
